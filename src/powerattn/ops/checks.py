@@ -1,0 +1,49 @@
+"""Input validation shared by every attention entry point."""
+
+from __future__ import annotations
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming the problem unless q/k/v follow the SDPA convention:
+    ``q (B, Hq, Sq, D)``, ``k, v (B, Hkv, Sk, D)``, ``Hq % Hkv == 0``, ``0 < Sq <= Sk``, one
+    floating dtype and one device."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(
+                f"{name} must have 4 dimensions (batch, heads, seq, head_dim), got shape "
+                f"{tuple(t.shape)}"
+            )
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(
+                f"{name}.dtype is {t.dtype}; supported: "
+                + ", ".join(str(d) for d in SUPPORTED_DTYPES)
+            )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    B, Hq, Sq, D = q.shape
+    if k.shape[0] != B:
+        raise ValueError(f"batch sizes differ: q has {B}, k/v have {k.shape[0]}")
+    if k.shape[3] != D:
+        raise ValueError(f"head dims differ: q has {D}, k/v have {k.shape[3]}")
+    Hkv, Sk = k.shape[1], k.shape[2]
+    if Hkv == 0 or Hq % Hkv:
+        raise ValueError(
+            f"query heads ({Hq}) must be a multiple of key/value heads ({Hkv}) for GQA/MQA"
+        )
+    if Sq == 0 or Sk == 0:
+        raise ValueError(f"sequence lengths must be positive, got Sq={Sq}, Sk={Sk}")
+    if Sq > Sk:
+        raise ValueError(
+            f"Sq ({Sq}) > Sk ({Sk}): queries are aligned to the end of the keys, so there "
+            "must be at least as many keys as queries"
+        )

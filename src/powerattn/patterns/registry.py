@@ -1,0 +1,60 @@
+"""Registry of patterns by name; the kernels, the analysis, the plots and the CLI read it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+from .base import Pattern
+
+PATTERNS: dict[str, type[Pattern]] = {}
+
+P = TypeVar("P", bound=type[Pattern])
+
+
+def register(cls: P) -> P:
+    """Class decorator: make a :class:`Pattern` subclass available by its ``name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in PATTERNS and PATTERNS[cls.name] is not cls:
+        raise ValueError(f"a pattern named {cls.name!r} is already registered")
+    PATTERNS[cls.name] = cls
+    return cls
+
+
+def pattern_names() -> list[str]:
+    return sorted(PATTERNS)
+
+
+def pattern_params(name: str) -> dict[str, Any]:
+    """Parameter names of pattern ``name`` with their defaults."""
+    cls = _lookup(name)
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def _lookup(name: str) -> type[Pattern]:
+    try:
+        return PATTERNS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown pattern {name!r}; valid names: {', '.join(pattern_names())}"
+        ) from None
+
+
+def get_pattern(name: str | Pattern, **params: Any) -> Pattern:
+    """Build a registered pattern: ``get_pattern("power", window=5, sink=1, block_size=256)``.
+
+    A :class:`Pattern` instance is returned as is (with ``params`` applied on top).
+    Unknown names or parameters raise ``ValueError`` listing what is valid.
+    """
+    if isinstance(name, Pattern):
+        return dataclasses.replace(name, **params) if params else name
+    cls = _lookup(name)
+    valid = pattern_params(name)
+    bad = sorted(set(params) - set(valid))
+    if bad:
+        raise ValueError(
+            f"pattern {name!r} has no parameter {', '.join(map(repr, bad))}; valid parameters: "
+            + ", ".join(f"{k} (default {v!r})" for k, v in valid.items())
+        )
+    return cls(**params)
