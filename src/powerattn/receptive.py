@@ -39,10 +39,12 @@ def hops(pattern: Pattern | str, seq_len: int) -> np.ndarray:
     while frontier.size:
         level += 1
         nxt = idx[frontier].ravel()
-        nxt = np.unique(nxt[nxt >= 0])
-        nxt = nxt[dist[nxt] < 0]
-        dist[nxt] = level
-        frontier = nxt
+        # Mark, don't np.unique: a sort of all frontier edges costs ~0.4 s for full at 1M.
+        fresh = np.zeros(n, dtype=bool)
+        fresh[nxt[nxt >= 0]] = True
+        fresh &= dist < 0
+        frontier = np.flatnonzero(fresh)
+        dist[frontier] = level
     return dist
 
 

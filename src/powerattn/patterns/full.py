@@ -21,6 +21,16 @@ class FullPattern(Pattern):
     def block_rule(self, qb: Any, kb: Any) -> Any:
         return kb == kb  # always true, in the argument's own type (bool, array, tensor)
 
+    def _layout_arrays(
+        self, num_q_blocks: int, num_kv_blocks: int, q_block_offset: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # Written down directly: the generic path sorts an (n, n) candidate array, ~0.4 s at
+        # 4096 blocks (1M tokens). Row q holds 0..q, then -1 padding.
+        qb = np.arange(q_block_offset, q_block_offset + num_q_blocks, dtype=np.int64)
+        kb = np.arange(min(int(qb[-1]) + 1, num_kv_blocks), dtype=np.int64)
+        idx = np.where(kb[None, :] <= qb[:, None], kb[None, :], -1)
+        return np.minimum(qb + 1, num_kv_blocks), idx
+
     def _candidates(self, qb: np.ndarray) -> np.ndarray:
         hi = int(qb.max()) if qb.size else 0
         return np.broadcast_to(np.arange(hi + 1, dtype=np.int64), (qb.size, hi + 1))

@@ -1,0 +1,173 @@
+"""``powerattn bench layout``: how long the analytic layout and the receptive-field analysis
+take on the CPU, for every pattern at an equal budget.
+
+For each sequence length and pattern it times, separately and as a user calls them:
+``pattern.block_layout(n)``, ``hops(pattern, seq_len)`` and ``coverage(pattern, seq_len,
+layers)`` (each of the last two rebuilds the layout, so the total over-counts the layout
+twice: an upper bound). The issue's target: total < 1 s at 1M tokens (4096 blocks of 256).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..patterns import equal_budget, pattern_names
+from ..receptive import coverage, hops
+
+DEFAULT_SEQ_LENS = (32768, 131072, 262144, 1048576)
+TARGET_S = 1.0  # the issue's goal for the whole analysis at 1M tokens
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _best_of(fn, repeats: int) -> float:
+    """Fastest of ``repeats`` wall-clock runs of ``fn()``, in seconds (the least noisy
+    estimate on a shared CPU)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run(
+    seq_lens: tuple[int, ...] = DEFAULT_SEQ_LENS,
+    block_size: int = 256,
+    layers: int = 28,
+    repeats: int = 3,
+    patterns: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Time layout + analysis for every pattern (at equal budget) at each length.
+
+    Returns one record per (seq_len, pattern) with the times in milliseconds."""
+    rows = []
+    for seq_len in seq_lens:
+        pats = equal_budget(seq_len, block_size)
+        for name, p in pats.items():
+            if patterns and name not in patterns:
+                continue
+            n = p.num_blocks(seq_len)
+            t_layout = _best_of(lambda p=p, n=n: p.block_layout(n), repeats)
+            t_hops = _best_of(lambda p=p, s=seq_len: hops(p, s), repeats)
+            t_cov = _best_of(lambda p=p, s=seq_len: coverage(p, s, layers), repeats)
+            total = t_layout + t_hops + t_cov
+            rows.append(
+                {
+                    "seq_len": seq_len,
+                    "num_blocks": n,
+                    "pattern": name,
+                    "pattern_desc": p.describe(),
+                    "max_degree": p.max_degree(n),
+                    "layout_ms": 1e3 * t_layout,
+                    "hops_ms": 1e3 * t_hops,
+                    "coverage_ms": 1e3 * t_cov,
+                    "total_ms": 1e3 * total,
+                }
+            )
+            r = rows[-1]
+            print(
+                f"{seq_len:>9,}  {n:>6}  {name:<15} {r['max_degree']:>6}  "
+                f"{r['layout_ms']:>10.1f}  {r['hops_ms']:>9.1f}  {r['coverage_ms']:>11.1f}  "
+                f"{r['total_ms']:>9.1f}",
+                flush=True,
+            )
+    return rows
+
+
+def _main(args: argparse.Namespace) -> int:
+    import torch
+
+    print(
+        f"CPU: {cpu_model()}; numpy {np.__version__}, torch {torch.__version__}; "
+        f"best of {args.repeats}; block size {args.block_size}, {args.layers} layers; "
+        "patterns at equal budget"
+    )
+    print(
+        f"{'seq_len':>9}  {'blocks':>6}  {'pattern':<15} {'degree':>6}  {'layout ms':>10}  "
+        f"{'hops ms':>9}  {'coverage ms':>11}  {'total ms':>9}"
+    )
+    rows = run(tuple(args.seq_lens), args.block_size, args.layers, args.repeats, args.patterns)
+    big = max(r["seq_len"] for r in rows)
+    slow = [r["pattern"] for r in rows if r["seq_len"] == big and r["total_ms"] > 1e3 * TARGET_S]
+    verdict = "all under" if not slow else "over: " + ", ".join(slow) + " --"
+    print(f"\nat {big:,} tokens: {verdict} the {TARGET_S:g} s target")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "cpu": cpu_model(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "torch": torch.__version__,
+            "repeats": args.repeats,
+            "block_size": args.block_size,
+            "layers": args.layers,
+            "target_s": TARGET_S,
+        }
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": rows}, f, indent=2)
+            f.write("\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "layout",
+        help="CPU time of block_layout + hops + coverage for every pattern",
+        description=(
+            "Time the analytic block layout and the receptive-field analysis (hops, coverage) "
+            "of every pattern at an equal budget, on the CPU. Each figure is the best of "
+            "--repeats runs. Target: under 1 s in total at 1M tokens (4096 blocks of 256)."
+        ),
+    )
+    p.add_argument(
+        "--seq-lens",
+        type=_positive_int,
+        nargs="+",
+        default=list(DEFAULT_SEQ_LENS),
+        metavar="N",
+        help="sequence lengths in tokens (default: 32K 128K 256K 1M)",
+    )
+    p.add_argument(
+        "--block-size", type=_positive_int, default=256, help="tokens per block (default 256)"
+    )
+    p.add_argument(
+        "--layers", type=_positive_int, default=28, help="layers for coverage (default 28)"
+    )
+    p.add_argument(
+        "--repeats", type=_positive_int, default=3, help="runs per measurement (default 3)"
+    )
+    p.add_argument(
+        "--patterns",
+        nargs="+",
+        metavar="NAME",
+        choices=pattern_names(),
+        help="only these patterns (default: all)",
+    )
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.set_defaults(func=_main)
