@@ -1,0 +1,197 @@
+"""Training configuration: dataclasses, loadable from YAML or JSON.
+
+A config file mirrors the dataclasses::
+
+    seed: 0
+    batch_size: 32
+    model: {layers: 6, hidden: 128, heads: 4}
+    pattern: {name: power}                  # equal budget at the final length by default
+    task: {block_size: 32, digits: 5}
+    stages: [{seq_len: 512, steps: 200}, {seq_len: 1024, steps: 200}]
+    optim: {lr: 1.0e-3, warmup_steps: 50}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..patterns import Pattern, equal_budget, get_pattern, pattern_names
+from ..tasks.passkey import min_length
+
+
+@dataclass
+class ModelConfig:
+    """A small Llama (random init)."""
+
+    layers: int = 6
+    hidden: int = 128
+    heads: int = 4
+    kv_heads: int = 4  # < heads: grouped-query attention
+    intermediate: int = 512  # SwiGLU width
+    rope_theta: float = 10000.0
+
+
+@dataclass
+class PatternConfig:
+    """Which attention pattern every (non-full) layer uses.
+
+    ``budget_seq_len``: take the pattern from :func:`powerattn.equal_budget` at this length
+    (default: the last curriculum stage's), so every pattern has the same maximum number of
+    attended blocks; ``params`` then override its parameters. ``full_layers``: indices of
+    layers kept at full attention (hybrid models).
+    """
+
+    name: str = "power"
+    params: dict[str, Any] = field(default_factory=dict)
+    budget_seq_len: int | None = None
+    full_layers: list[int] = field(default_factory=list)
+
+
+@dataclass
+class TaskConfig:
+    """Passkey documents: ``block_size`` tokens per attention block, ``digits`` per key."""
+
+    block_size: int = 32
+    digits: int = 5
+
+
+@dataclass
+class Stage:
+    """One curriculum stage: ``steps`` optimizer steps on documents of ``seq_len`` tokens."""
+
+    seq_len: int
+    steps: int
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr``."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run (passkey curriculum)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pattern: PatternConfig = field(default_factory=PatternConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    stages: list[Stage] = field(
+        default_factory=lambda: [Stage(512, 100), Stage(1024, 100), Stage(2048, 100)]
+    )
+    batch_size: int = 32
+    seed: int = 0
+    loss_on: str = "answer"  # "answer": the key's digits only; "all": every next token
+    checkpoint_every: int = 100  # steps; a checkpoint is also written at the end
+    log_every: int = 10
+    device: str = "auto"  # "auto" = cuda if available, else cpu
+    backend: str = "auto"  # sparse_attention backend
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    @property
+    def final_seq_len(self) -> int:
+        return self.stages[-1].seq_len
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field."""
+        if not self.stages:
+            raise ValueError("stages must list at least one curriculum stage")
+        for i, s in enumerate(self.stages):
+            if s.steps <= 0:
+                raise ValueError(f"stages[{i}].steps must be positive, got {s.steps}")
+            if s.seq_len < min_length(self.task.digits):
+                raise ValueError(
+                    f"stages[{i}].seq_len ({s.seq_len}) is shorter than the shortest passkey "
+                    f"document ({min_length(self.task.digits)} tokens)"
+                )
+        if self.loss_on not in ("answer", "all"):
+            raise ValueError(f"loss_on must be 'answer' or 'all', got {self.loss_on!r}")
+        if self.pattern.name not in pattern_names():
+            raise ValueError(
+                f"pattern.name {self.pattern.name!r} is not one of {', '.join(pattern_names())}"
+            )
+        m = self.model
+        if m.hidden % m.heads or m.heads % m.kv_heads:
+            raise ValueError(
+                f"model.hidden ({m.hidden}) must be divisible by model.heads ({m.heads}) and "
+                f"model.heads by model.kv_heads ({m.kv_heads})"
+            )
+        bad = [i for i in self.pattern.full_layers if not 0 <= i < m.layers]
+        if bad:
+            raise ValueError(f"pattern.full_layers {bad} outside 0..{m.layers - 1}")
+        for name in ("batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def build_pattern(self) -> Pattern:
+        """The pattern of the sparse layers (see :class:`PatternConfig`)."""
+        p = self.pattern
+        bs = self.task.block_size
+        if p.name == "full":
+            return get_pattern("full", block_size=bs)
+        budget_len = p.budget_seq_len or self.final_seq_len
+        base = equal_budget(budget_len, bs)[p.name]
+        return get_pattern(base, **p.params) if p.params else base
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a nested dict; unknown keys raise ``ValueError``."""
+        return _build(cls, data, "config")
+
+
+_NESTED = {
+    "model": ModelConfig,
+    "pattern": PatternConfig,
+    "task": TaskConfig,
+    "optim": OptimConfig,
+}
+
+
+def _build(cls, data: dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(data) - names)
+    if bad:
+        raise ValueError(f"{where} has unknown keys {bad}; valid: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        if cls is TrainConfig and key in _NESTED:
+            value = _build(_NESTED[key], value, f"{where}.{key}")
+        elif cls is TrainConfig and key == "stages":
+            value = [_build(Stage, s, f"{where}.stages[{i}]") for i, s in enumerate(value)]
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a :class:`TrainConfig` from a ``.yaml``/``.yml`` or ``.json`` file."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml  # a dependency of transformers, needed for training anyway
+
+        data = yaml.safe_load(text) or {}
+    elif path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        raise ValueError(f"config path must end in .yaml, .yml or .json, got {path}")
+    return TrainConfig.from_dict(data)

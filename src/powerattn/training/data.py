@@ -1,0 +1,32 @@
+"""Deterministic training data: the batch of step ``t`` depends only on ``(seed, t)``.
+
+So a resumed run sees exactly the batches the uninterrupted run would have seen, with no
+data-loader state to save.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..tasks.passkey import PasskeyBatch, passkey_batch
+from .config import Stage, TrainConfig
+
+
+def stage_at(stages: list[Stage], step: int) -> tuple[int, Stage]:
+    """``(index, stage)`` of the curriculum stage that step ``step`` (0-based) belongs to."""
+    if step < 0:
+        raise ValueError(f"step must be non-negative, got {step}")
+    end = 0
+    for i, stage in enumerate(stages):
+        end += stage.steps
+        if step < end:
+            return i, stage
+    raise ValueError(f"step {step} is past the last stage (total {end} steps)")
+
+
+def batch_for_step(cfg: TrainConfig, step: int) -> PasskeyBatch:
+    """The training batch of step ``step``: passkeys at uniform random depths, at the length
+    of the curriculum stage the step falls in."""
+    _, stage = stage_at(cfg.stages, step)
+    rng = np.random.default_rng([cfg.seed, 0x7A55, step])
+    return passkey_batch(stage.seq_len, cfg.batch_size, rng, digits=cfg.task.digits)

@@ -1,0 +1,253 @@
+"""The training loop: AdamW, warm-up + cosine, gradient clipping, bf16 autocast on GPU, a length
+curriculum, checkpoints that resume exactly, a progress bar and a JSONL metrics file.
+
+Exact resume: the batch of step ``t`` is a pure function of ``(seed, t)`` (see
+:mod:`.data`), and a checkpoint holds the model, optimizer, scheduler, step and every RNG
+state. A run killed at any point and restarted from its last checkpoint therefore takes the
+same steps as one that was never interrupted (bit for bit on CPU; on GPU up to the
+non-determinism of the kernels).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+from .data import batch_for_step, stage_at
+from .model import build_model
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> cuda if available, else cpu; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_lambda(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base learning rate at ``step``: linear warm-up over
+    ``warmup_steps``, then cosine decay to ``min_lr_ratio`` at the last step."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    span = max(cfg.total_steps - o.warmup_steps, 1)
+    t = min((step - o.warmup_steps) / span, 1.0)
+    return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def passkey_loss(
+    model: nn.Module, input_ids: torch.Tensor, digits: int, loss_on: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, answer_correct)``: mean next-token cross-entropy (over the answer's digits,
+    or over every token with ``loss_on="all"``) and ``(B, digits)`` bool, whether the
+    teacher-forced argmax got each answer digit right.
+
+    Args:
+        input_ids: ``(B, S)`` int64 documents whose last ``digits`` tokens are the answer.
+    """
+    if loss_on == "answer":
+        # Only the last digits + 1 positions' logits are needed: the one before each digit.
+        logits = model(input_ids, logits_to_keep=digits + 1).logits[:, :-1].float()
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), input_ids[:, -digits:].ravel())
+    else:
+        logits = model(input_ids).logits.float()  # (B, S, V)
+        loss = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), input_ids[:, 1:].ravel()
+        )
+        logits = logits[:, -digits - 1 : -1]
+    correct = logits.argmax(-1) == input_ids[:, -digits:]  # (B, digits)
+    return loss, correct
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Trains one model on the passkey curriculum of ``cfg``, writing into ``out_dir``:
+    ``checkpoint.pt`` (latest), ``metrics.jsonl`` (one JSON object per logged step),
+    ``config.json``."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+        self.pattern = cfg.build_pattern()
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(
+            cfg.model,
+            self.pattern,
+            max_seq_len=max(s.seq_len for s in cfg.stages),
+            full_layers=cfg.pattern.full_layers,
+            backend=cfg.backend,
+            seed=cfg.seed,
+        ).to(self.device)
+        o = cfg.optim
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": o.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=o.lr,
+            betas=(o.beta1, o.beta2),
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_lambda(s, cfg)
+        )
+        self.step = 0
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """Write the full training state atomically (a kill mid-write keeps the old one)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / CHECKPOINT
+        tmp = path.with_suffix(".tmp")
+        torch.save(
+            {
+                "step": self.step,
+                "config": self.cfg.to_dict(),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": _rng_state(),
+            },
+            tmp,
+        )
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: str | Path | None = None) -> bool:
+        """Restore the state saved in ``path`` (default: ``out_dir/checkpoint.pt``); False if
+        there is none. A checkpoint of a different configuration raises ``ValueError``."""
+        path = Path(path) if path else self.out / CHECKPOINT
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state["config"] != self.cfg.to_dict():
+            raise ValueError(f"checkpoint {path} was written by a different configuration")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        return True
+
+    def _trim_metrics(self) -> None:
+        """Drop metric lines logged after the checkpoint we resume from (they will be
+        logged again), so the file reads like an uninterrupted run's."""
+        path = self.out / METRICS
+        if not path.exists():
+            return
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= self.step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, resume: bool = True, stop_at: int | None = None) -> dict[str, Any]:
+        """Train to the end of the curriculum (or to step ``stop_at``, for tests).
+
+        With ``resume`` (default), continue from ``out_dir/checkpoint.pt`` if it exists.
+        Returns the last logged metrics.
+        """
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume and self.load_checkpoint():
+            self._trim_metrics()
+        elif (self.out / METRICS).exists():
+            (self.out / METRICS).unlink()
+        (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        end = cfg.total_steps if stop_at is None else min(stop_at, cfg.total_steps)
+        use_amp = self.device.type == "cuda"
+        bar = _progress(self.progress, total=cfg.total_steps, initial=self.step)
+        last: dict[str, Any] = {}
+        tokens, t0 = 0, time.perf_counter()
+        # Accumulated on the device and read at log time only: a read per step would make
+        # the host wait for the GPU every step.
+        loss_sum = torch.zeros((), device=self.device)
+        correct_sum = torch.zeros((), device=self.device)
+        count = 0
+        self.model.train()
+        while self.step < end:
+            stage_idx, stage = stage_at(cfg.stages, self.step)
+            batch = batch_for_step(cfg, self.step)
+            ids = batch.input_ids.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss, correct = passkey_loss(self.model, ids, cfg.task.digits, cfg.loss_on)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            tokens += ids.numel()
+            loss_sum += loss.detach()
+            correct_sum += correct.all(-1).float().mean()
+            count += 1
+            if self.step % cfg.log_every == 0 or self.step == end:
+                elapsed = time.perf_counter() - t0
+                last = {
+                    "step": self.step,
+                    "stage": stage_idx,
+                    "seq_len": stage.seq_len,
+                    "loss": float(loss_sum) / count,
+                    "exact_match": float(correct_sum) / count,
+                    "grad_norm": float(grad_norm),
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "tokens_per_s": tokens / elapsed,
+                    "time_s": elapsed,
+                }
+                with open(self.out / METRICS, "a") as f:
+                    f.write(json.dumps(last) + "\n")
+                bar.set_postfix(
+                    loss=f"{last['loss']:.3f}",
+                    em=f"{last['exact_match']:.2f}",
+                    L=stage.seq_len,
+                    tok_s=f"{last['tokens_per_s']:.3g}",
+                )
+                loss_sum.zero_()
+                correct_sum.zero_()
+                count = 0
+            bar.update(1)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.total_steps:
+                self.save_checkpoint()
+        bar.close()
+        return last
+
+
+def _progress(enabled: bool, total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
