@@ -207,15 +207,18 @@ class Pattern:
         qb = np.arange(n)[:, None]
         kv_tok = np.where(valid, sizes[np.clip(idx, 0, None)], 0)
         off = np.where(valid & (idx != qb), kv_tok * sizes[:, None], 0).sum()
-        diag = (sizes * (sizes + 1) // 2).sum()  # the diagonal block is always attended
+        # The diagonal block, where attended (LongNet without a rate-1 pair skips some rows).
+        on_diag = (idx == qb).any(axis=1)
+        diag = (sizes * (sizes + 1) // 2)[on_diag].sum()
         return float(off + diag) / (seq_len * (seq_len + 1) / 2)
 
     # ---------------------------------------------------------- derived: token level
     def mask_mod(self, b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> Any:
         """FlexAttention ``mask_mod``: whether absolute position ``q_idx`` attends ``kv_idx``.
 
-        Tensor ops only, so FlexAttention can compile it. Positions are absolute: when the
-        queries are the last ``q_len`` of ``kv_len`` positions, use :meth:`mask_mod_for`.
+        Tensor ops only, so FlexAttention can compile it. Positions are absolute. Hand
+        FlexAttention :meth:`mask_mod_for` rather than this bound method: FlexAttention counts
+        ``self`` among the positional parameters and would take it for a ``score_mod``.
         """
         bs = self.block_size
         return (kv_idx <= q_idx) & self.block_rule(q_idx // bs, kv_idx // bs)
@@ -225,9 +228,8 @@ class Pattern:
         ``kv_len`` keys (FlexAttention's ``q_idx`` is local)."""
         _check_lengths(q_len, kv_len)
         offset = kv_len - q_len
-        if offset == 0:
-            return self.mask_mod
 
+        # Always a plain 4-argument function (also for offset 0): see mask_mod.
         def mask_mod(b, h, q_idx, kv_idx):
             return self.mask_mod(b, h, q_idx + offset, kv_idx)
 
