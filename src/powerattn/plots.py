@@ -138,8 +138,7 @@ def draw_reachability(
     if vmax is None:
         vmax = int(img.max())
     img[img == 0] = np.nan  # unreached: background
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#f0f0f0")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#f0f0f0")
     n = img.shape[1]
     im = ax.imshow(
         img,
