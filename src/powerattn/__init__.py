@@ -1,7 +1,7 @@
 """powerattn: PowerAttention (Chen et al., 2025) and other static block-sparse patterns --
 a pattern catalogue, the receptive-field theory as tools, and fast attention operators."""
 
-from .ops.api import sparse_attention
+from .ops.api import power_attention, sparse_attention
 from .ops.reference import reference_attention
 from .patterns import Pattern, equal_budget, get_pattern, pattern_names
 from .receptive import coverage, hops, layers_for_full_coverage
@@ -16,6 +16,7 @@ __all__ = [
     "hops",
     "layers_for_full_coverage",
     "pattern_names",
+    "power_attention",
     "reference_attention",
     "sparse_attention",
 ]

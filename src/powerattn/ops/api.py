@@ -1,14 +1,52 @@
-"""The public operator: validates, then dispatches to a backend."""
+"""The public operator: validates, then dispatches to a backend.
+
+Backends (``backend=``):
+
+* ``"flex"`` -- FlexAttention with an analytic BlockMask (CUDA; CPU through its compiled
+  C++ kernel). Forward and backward, any ``Sq <= Sk``.
+* ``"decode"`` -- one Triton kernel that reads only the attended key blocks (CUDA, or CPU
+  tensors under ``TRITON_INTERPRET=1``); ``Sq <= DECODE_MAX_Q``, no gradient.
+* ``"dense"`` -- masked attention with materialised scores, in the input precision; refused
+  above :data:`~powerattn.ops.dense.DENSE_MAX_SCORES` scores.
+* ``"reference"`` -- the float64-capable oracle (:func:`reference_attention`), for checks.
+* ``"auto"`` -- CUDA: ``decode`` when ``Sq <= DECODE_MAX_Q`` and no gradient is needed, else
+  ``flex``. CPU: ``dense`` up to ``CPU_DENSE_AUTO_MAX`` scores or when a gradient is needed
+  (FlexAttention has no CPU backward), else ``flex`` (compiled C++ kernel).
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from ..patterns import Pattern, get_pattern
+from . import decode as _decode
 from .checks import check_qkv
+from .dense import DENSE_MAX_SCORES, dense_scores_count, dense_sparse_attention
+from .flex import flex_sparse_attention
 from .reference import reference_attention
 
-BACKENDS = ("auto", "reference")
+BACKENDS = ("auto", "flex", "decode", "dense", "reference")
+# CPU: up to this many scores (B*Hq*Sq*Sk, 256 MiB of float32) the dense path beats compiling
+# FlexAttention's CPU kernel (tens of seconds per new shape); above it, flex.
+CPU_DENSE_AUTO_MAX = 1 << 26
+DECODE_MAX_Q = _decode.DECODE_MAX_Q
+
+
+def _needs_grad(*ts: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
+def _pick_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_lse: bool) -> str:
+    if q.device.type == "cuda":
+        if q.shape[2] <= DECODE_MAX_Q and not _needs_grad(q, k, v) and _decode.supports(q, k):
+            return "decode"
+        return "flex"
+    # FlexAttention's CPU kernel has no backward and no lse: those go dense (up to its limit).
+    if dense_scores_count(q, k) <= CPU_DENSE_AUTO_MAX or _needs_grad(q, k, v) or return_lse:
+        return "dense"
+    return "flex"
 
 
 def sparse_attention(
@@ -24,15 +62,88 @@ def sparse_attention(
     """Block-sparse causal attention under ``pattern`` (SDPA tensor convention).
 
     Args:
-        q: ``(B, Hq, Sq, D)``; k, v: ``(B, Hkv, Sk, D)``; ``Hq % Hkv == 0``; ``Sq <= Sk`` with
-            the queries aligned to the end of the keys.
-        pattern: a :class:`~powerattn.patterns.Pattern` or a registered name.
+        q: ``(B, Hq, Sq, D)`` float16, bfloat16 or float32 (float64: ``dense``/``reference``).
+        k, v: ``(B, Hkv, Sk, D)``, same dtype and device as ``q``; ``Hq % Hkv == 0`` (query
+            head ``h`` reads key/value head ``h // (Hq // Hkv)``; K/V are never copied).
+        pattern: a :class:`~powerattn.patterns.Pattern` or a registered name (default
+            parameters), e.g. ``"power"``.
         scale: softmax scale, default ``1 / sqrt(D)``.
-        return_lse: also return the float32 log-sum-exp ``(B, Hq, Sq)``.
-        backend: one of :data:`BACKENDS`.
+        return_lse: also return the log-sum-exp of the scaled, masked scores.
+        backend: one of :data:`BACKENDS` (see the module docstring); an explicit backend
+            that cannot serve the input raises ``ValueError``.
+
+    Alignment: ``Sq <= Sk`` and the queries are the *last* ``Sq`` positions (``Sq == Sk``:
+    prefill/training; ``Sq == 1``: decode; in between: chunked prefill). Query ``i`` sits at
+    absolute position ``Sk - Sq + i`` and attends key ``j <= Sk - Sq + i`` when the
+    pattern's block rule allows block pair ``(pos // block_size, j // block_size)``::
+
+        keys:     0 1 2 3 4 5 6 7
+        queries:          0 1 2 3     (Sq=4, Sk=8)
+
+    ``Sk`` need not be a multiple of the block size. A row that attends no key (possible
+    only for degenerate patterns) gives output 0 and lse ``-inf``.
+
+    Returns:
+        ``out (B, Hq, Sq, D)`` in the input dtype; with ``return_lse`` also
+        ``lse (B, Hq, Sq)`` float32.
     """
     check_qkv(q, k, v)
     pattern = get_pattern(pattern)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return reference_attention(q, k, v, pattern, scale=scale, return_lse=return_lse)
+    D = q.shape[-1]
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if backend == "reference":
+        return reference_attention(q, k, v, pattern, scale=scale, return_lse=return_lse)
+    if backend == "auto":
+        backend = _pick_backend(q, k, v, return_lse)
+    if q.dtype == torch.float64 and backend in ("flex", "decode"):
+        raise ValueError(
+            f"backend={backend!r} does not support float64 inputs (use 'dense' or 'reference')"
+        )
+    if backend == "dense":
+        if dense_scores_count(q, k) > DENSE_MAX_SCORES:
+            raise ValueError(
+                f"backend='dense' would materialise {dense_scores_count(q, k):,} scores "
+                f"(B*Hq*Sq*Sk); the limit is {DENSE_MAX_SCORES:,}: use backend='flex'"
+            )
+        out, lse = dense_sparse_attention(q, k, v, pattern, scale)
+    elif backend == "decode":
+        if _needs_grad(q, k, v):
+            raise ValueError(
+                "backend='decode' has no backward; inputs require grad (use 'flex' or 'auto')"
+            )
+        _decode.check_supported(q, k)
+        out, lse = _decode.decode_attention(q, k, v, pattern, scale)
+    else:
+        if q.device.type != "cuda" and _needs_grad(q, k, v):
+            raise ValueError(
+                f"backend='flex' has no backward on {q.device.type} (FlexAttention limitation); "
+                "inputs require grad: use backend='dense' (or 'auto')"
+            )
+        out, lse = flex_sparse_attention(q, k, v, pattern, scale, need_lse=return_lse)
+    return (out, lse) if return_lse else out
+
+
+def power_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    block_size: int = 256,
+    window: int = 5,
+    sink: int = 1,
+    scale: float | None = None,
+    return_lse: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """PowerAttention (Chen et al., 2025) in one call: query block ``qb`` attends key block
+    ``kb`` iff ``d = qb - kb`` is below ``window``, a power of two (``d = 0`` included), or
+    ``kb < sink``; causal inside the diagonal block.
+
+    Same tensors, alignment and returns as :func:`sparse_attention`: q ``(B, Hq, Sq, D)``,
+    k/v ``(B, Hkv, Sk, D)``, queries the last ``Sq`` positions; ``out (B, Hq, Sq, D)`` in
+    the input dtype, ``lse (B, Hq, Sq)`` float32 with ``return_lse``.
+    """
+    pattern = get_pattern("power", block_size=block_size, window=window, sink=sink)
+    return sparse_attention(q, k, v, pattern, scale=scale, return_lse=return_lse, backend=backend)

@@ -1,0 +1,161 @@
+"""FlexAttention backend: prefill, chunked prefill and training (forward and backward).
+
+The BlockMask is written down from the pattern's analytic tile lists (:mod:`.layout`) --
+key side *and* query side -- and handed to ``BlockMask`` directly: no ``create_block_mask``
+over ``S x S`` and no dense transpose (``BlockMask.from_kv_blocks`` derives the query side
+densely). Masks are cached per (pattern, Sq, Sk, device, tile).
+
+``flex_attention`` is compiled once, at import. Unfused fallback guard: when a compiled
+function exceeds dynamo's recompile limit, dynamo silently runs it *eagerly*, and eager
+``flex_attention`` is the reference math path that materialises ``S x S`` scores. We call the
+compiled function with ``fail_on_recompile_limit_hit=True`` so that case raises
+:class:`FlexRecompileError` instead. Recompiles are kept rare: the query offset enters the
+``mask_mod`` as a captured tensor (not a Python int), the masks are cached (same
+``mask_mod`` object for the same shapes) and dynamo's automatic dynamic shapes make the
+second sequence length compile a length-generic kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+try:  # torch >= 2.9: return_lse is deprecated in favour of return_aux
+    from torch.nn.attention.flex_attention import AuxRequest
+except ImportError:  # pragma: no cover - older torch
+    AuxRequest = None
+
+from ..patterns import Pattern
+from .layout import tile_layout
+
+# FlexAttention tile (its BlockMask BLOCK_SIZE). 128 is what its GPU kernels are tuned for;
+# pattern blocks of other sizes (16..256+) and unaligned offsets are handled by the layout.
+TILE = 128
+# Compiled variants allowed before we refuse (each dtype / GQA ratio / head dim / pattern /
+# grad mode costs one; sequence lengths go dynamic after the first change).
+RECOMPILE_LIMIT = 64
+_MASK_CACHE_SIZE = 64
+
+_compiled_flex = torch.compile(flex_attention)
+_mask_cache: OrderedDict[tuple, BlockMask] = OrderedDict()
+
+
+class FlexRecompileError(RuntimeError):
+    """FlexAttention would fall back to its unfused eager path (recompile limit reached)."""
+
+
+def _offset_mask_mod(pattern: Pattern, offset: torch.Tensor):
+    """Token predicate on FlexAttention's local query index: absolute query = local + offset.
+    The offset is a tensor so a new ``Sk - Sq`` does not recompile the kernel."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return pattern.mask_mod(b, h, q_idx + offset, kv_idx)
+
+    return mask_mod
+
+
+def block_mask_for(
+    pattern: Pattern, q_len: int, kv_len: int, device: torch.device | str, tile: int = TILE
+) -> BlockMask:
+    """The cached FlexAttention ``BlockMask`` of ``pattern`` for ``q_len`` queries aligned to
+    the end of ``kv_len`` keys, on ``device``. Built analytically (both sides), one
+    host-to-device copy."""
+    device = torch.device(device)
+    key = (pattern, q_len, kv_len, device, tile)
+    bm = _mask_cache.get(key)
+    if bm is not None:
+        _mask_cache.move_to_end(key)
+        return bm
+    lay = tile_layout(pattern, q_len, kv_len, tile, tile, full_width=device.type != "cuda")
+    parts = [
+        lay.kv_count,
+        lay.kv_idx,
+        lay.full_kv_count,
+        lay.full_kv_idx,
+        lay.q_count,
+        lay.q_idx,
+        lay.full_q_count,
+        lay.full_q_idx,
+    ]
+    # One buffer, one copy; each piece is a contiguous view of it, shaped (1, 1, rows[, W]).
+    buf = torch.from_numpy(np.concatenate([p.reshape(-1) for p in parts]))
+    buf = buf.to(device)
+    views, start = [], 0
+    for p in parts:
+        views.append(buf[start : start + p.size].view(1, 1, *p.shape))
+        start += p.size
+    offset = torch.tensor(kv_len - q_len, dtype=torch.int32, device=device)
+    bm = BlockMask(
+        seq_lengths=(q_len, kv_len),
+        kv_num_blocks=views[0],
+        kv_indices=views[1],
+        full_kv_num_blocks=views[2],
+        full_kv_indices=views[3],
+        q_num_blocks=views[4],
+        q_indices=views[5],
+        full_q_num_blocks=views[6],
+        full_q_indices=views[7],
+        BLOCK_SIZE=(tile, tile),
+        mask_mod=_offset_mask_mod(pattern, offset),
+    )
+    _mask_cache[key] = bm
+    if len(_mask_cache) > _MASK_CACHE_SIZE:
+        _mask_cache.popitem(last=False)
+    return bm
+
+
+@contextlib.contextmanager
+def recompile_guard(limit: int | None = None):
+    """Turn dynamo's silent eager fallback of the compiled ``flex_attention`` into an error."""
+    limit = RECOMPILE_LIMIT if limit is None else limit
+    try:
+        with torch._dynamo.config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True):
+            yield
+    except torch._dynamo.exc.FailOnRecompileLimitHit as exc:
+        raise FlexRecompileError(
+            f"FlexAttention reached {limit} compiled variants; running on would use its "
+            "unfused fallback, which materialises the full score matrix. Use fewer distinct "
+            "dtypes/head layouts/patterns per process, or raise "
+            "powerattn.ops.flex.RECOMPILE_LIMIT."
+        ) from exc
+
+
+def flex_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pattern: Pattern,
+    scale: float,
+    need_lse: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Block-sparse attention through FlexAttention (differentiable on CUDA).
+
+    Args:
+        q: ``(B, Hq, Sq, D)``; k, v: ``(B, Hkv, Sk, D)`` (validated by the caller).
+        need_lse: return the lse. On CUDA it is always computed (one compiled variant, and
+            the backward needs it anyway); FlexAttention's CPU kernel cannot produce it.
+    Returns:
+        ``out (B, Hq, Sq, D)`` in q's dtype and ``lse (B, Hq, Sq)`` float32 (natural log),
+        or ``None`` for the lse on the CPU.
+    """
+    Sq, Sk = q.shape[2], k.shape[2]
+    bm = block_mask_for(pattern, Sq, Sk, q.device)
+    gqa = q.shape[1] != k.shape[1]
+    # Inside the user's compiled graph: call the op itself (no nested compile).
+    fn = flex_attention if torch.compiler.is_compiling() else _compiled_flex
+    guard = contextlib.nullcontext() if torch.compiler.is_compiling() else recompile_guard()
+    with guard:
+        if q.device.type == "cpu":
+            if need_lse:
+                raise ValueError("backend='flex' cannot return the lse on the CPU")
+            return fn(q, k, v, block_mask=bm, scale=scale, enable_gqa=gqa), None
+        if AuxRequest is not None:
+            out, aux = fn(
+                q, k, v, block_mask=bm, scale=scale, enable_gqa=gqa, return_aux=AuxRequest(lse=True)
+            )
+            return out, aux.lse
+        return fn(q, k, v, block_mask=bm, scale=scale, enable_gqa=gqa, return_lse=True)

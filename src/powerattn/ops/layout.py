@@ -1,0 +1,177 @@
+"""Tile layouts for FlexAttention, derived analytically from a pattern's ``block_layout``.
+
+FlexAttention works on tiles of ``q_tile x kv_tile`` tokens whose query tiles start at the
+first *local* query (``q_idx = 0``), while a pattern's blocks sit at *absolute* positions
+(the queries are the last ``Sq`` of ``Sk`` positions). The two grids only line up when the
+tile size divides the block size and ``Sk - Sq`` is a multiple of the tile. This module
+handles the general case: a query tile may straddle two pattern blocks, a pattern block may
+cover several tiles or a tile several blocks, and the last tiles may be cut by ``Sq``/``Sk``.
+
+For query tile ``i`` with pattern query blocks ``Q_i`` and key tile ``j`` with pattern key
+blocks ``K_j``, we count the allowed block pairs ``n_ij = |{(a, b) in Q_i x K_j: a -> b}|``
+(from the pattern's per-block index lists: O(tiles x degree), never O(S^2)). Tile ``(i, j)``
+is computed iff ``n_ij > 0`` and some key of ``j`` is causally visible from ``i``; it is
+*full* (no token mask needed) iff ``n_ij == |Q_i| |K_j|`` and every key of ``j`` precedes
+every query of ``i``. The query-side (transposed) lists that FlexAttention's backward reads
+come from the same pair list sorted the other way, so nothing is ever dense.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..patterns import Pattern
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """Block-sparse tile lists in FlexAttention's layout (all int32 numpy arrays).
+
+    Attributes:
+        kv_count, kv_idx: ``(n_q_tiles,)``, ``(n_q_tiles, W)`` -- partial key tiles per query
+            tile (the token-level ``mask_mod`` is applied), ascending, padded with 0.
+        full_kv_count, full_kv_idx: the same for full key tiles (no mask applied).
+        q_count, q_idx, full_q_count, full_q_idx: ``(n_kv_tiles,)``, ``(n_kv_tiles, W')`` --
+            the transpose: query tiles reading each key tile (used by the backward).
+        q_len, kv_len: sequence lengths; q_tile, kv_tile: tile sizes in tokens.
+    """
+
+    kv_count: np.ndarray
+    kv_idx: np.ndarray
+    full_kv_count: np.ndarray
+    full_kv_idx: np.ndarray
+    q_count: np.ndarray
+    q_idx: np.ndarray
+    full_q_count: np.ndarray
+    full_q_idx: np.ndarray
+    q_len: int
+    kv_len: int
+    q_tile: int
+    kv_tile: int
+
+    @property
+    def num_q_tiles(self) -> int:
+        return int(self.kv_count.shape[0])
+
+    @property
+    def num_kv_tiles(self) -> int:
+        return int(self.q_count.shape[0])
+
+    def computed_tiles(self) -> int:
+        """Number of (query tile, key tile) pairs the kernel visits."""
+        return int(self.kv_count.sum() + self.full_kv_count.sum())
+
+
+def _pack_rows(rows: np.ndarray, cols: np.ndarray, n_rows: int, width: int | None):
+    """Left-pack ``cols`` (sorted by ``(rows, cols)``) into ``(n_rows, W)``, padded with 0."""
+    count = np.bincount(rows, minlength=n_rows).astype(np.int32)
+    w = max(int(count.max()) if count.size else 0, 1) if width is None else width
+    start = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(count, out=start[1:])
+    rank = np.arange(rows.size, dtype=np.int64) - start[rows]
+    out = np.zeros((n_rows, w), dtype=np.int32)
+    out[rows, rank] = cols
+    return count, out
+
+
+def tile_layout(
+    pattern: Pattern,
+    q_len: int,
+    kv_len: int,
+    q_tile: int = 128,
+    kv_tile: int = 128,
+    full_width: bool = False,
+) -> TileLayout:
+    """The FlexAttention tile lists of ``pattern`` for ``q_len`` queries aligned to the end of
+    ``kv_len`` keys.
+
+    Args:
+        pattern: the block pattern (any block size).
+        q_len, kv_len: ``1 <= q_len <= kv_len`` (any values, not only multiples of a tile).
+        q_tile, kv_tile: FlexAttention's ``BLOCK_SIZE`` (query, key) in tokens.
+        full_width: pad the index lists to the number of tiles (FlexAttention's CPU kernel
+            needs that); otherwise to the longest list (what the GPU kernel needs).
+    """
+    if not 1 <= q_len <= kv_len:
+        raise ValueError(f"need 1 <= q_len <= kv_len, got q_len={q_len}, kv_len={kv_len}")
+    bs = pattern.block_size
+    off = kv_len - q_len
+    n_qt, n_kt = math.ceil(q_len / q_tile), math.ceil(kv_len / kv_tile)
+    n_kb = math.ceil(kv_len / bs)
+    qb0 = off // bs
+    lay = pattern.block_layout(n_kb - qb0, n_kb, qb0)
+    idx = lay.kv_indices.numpy().astype(np.int64)  # (n_qb, deg): key blocks per query block
+
+    # Query tile i: absolute rows [lo_i, hi_i] -> pattern query blocks qlo_i .. qhi_i.
+    ti = np.arange(n_qt, dtype=np.int64)
+    lo = off + ti * q_tile
+    hi = np.minimum(lo + q_tile, kv_len) - 1
+    qlo, qhi = lo // bs, hi // bs
+    n_qi = qhi - qlo + 1  # |Q_i|
+    # (i, query block) pairs.
+    m = int(n_qi.max())
+    pi = np.repeat(ti, m)
+    pq = (qlo[:, None] + np.arange(m)[None, :]).reshape(-1)
+    keep = pq <= np.repeat(qhi, m)
+    pi, pq = pi[keep], pq[keep]
+    # (i, key block) entries: one per allowed block pair.
+    rows = idx[pq - qb0]  # (P, deg)
+    deg_ok = rows >= 0
+    ei = np.broadcast_to(pi[:, None], rows.shape)[deg_ok]
+    eb = rows[deg_ok]
+    # Key block -> key tiles it overlaps (inside kv_len).
+    t_lo = eb * bs // kv_tile
+    t_hi = (np.minimum((eb + 1) * bs, kv_len) - 1) // kv_tile
+    u = int((t_hi - t_lo).max()) + 1 if eb.size else 1
+    ej = (t_lo[:, None] + np.arange(u)[None, :]).reshape(-1)
+    ei = np.repeat(ei, u)
+    ok = ej <= np.repeat(t_hi, u)
+    ei, ej = ei[ok], ej[ok]
+    # Drop tiles lying entirely after the last query of the tile (causally empty).
+    ok = ej * kv_tile <= hi[ei]
+    ei, ej = ei[ok], ej[ok]
+
+    key, n_pairs = np.unique(ei * n_kt + ej, return_counts=True)  # sorted by (i, j)
+    ti_u, tj_u = key // n_kt, key % n_kt
+    kv_end = np.minimum((tj_u + 1) * kv_tile, kv_len) - 1  # last key of tile j
+    n_kj = kv_end // bs - tj_u * kv_tile // bs + 1  # |K_j|
+    full = (n_pairs == n_qi[ti_u] * n_kj) & (kv_end <= lo[ti_u])
+
+    def side(sel, r, c, n_r, n_c):
+        return _pack_rows(r[sel], c[sel], n_r, n_c if full_width else None)
+
+    kv_count, kv_idx = side(~full, ti_u, tj_u, n_qt, n_kt)
+    full_kv_count, full_kv_idx = side(full, ti_u, tj_u, n_qt, n_kt)
+    order = np.lexsort((ti_u, tj_u))  # sorted by (j, i)
+    tj_t, ti_t, full_t = tj_u[order], ti_u[order], full[order]
+    q_count, q_idx = side(~full_t, tj_t, ti_t, n_kt, n_qt)
+    full_q_count, full_q_idx = side(full_t, tj_t, ti_t, n_kt, n_qt)
+    return TileLayout(
+        kv_count=kv_count,
+        kv_idx=kv_idx,
+        full_kv_count=full_kv_count,
+        full_kv_idx=full_kv_idx,
+        q_count=q_count,
+        q_idx=q_idx,
+        full_q_count=full_q_count,
+        full_q_idx=full_q_idx,
+        q_len=q_len,
+        kv_len=kv_len,
+        q_tile=q_tile,
+        kv_tile=kv_tile,
+    )
+
+
+def tile_masks(layout: TileLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Dense ``(n_q_tiles, n_kv_tiles)`` bool matrices (computed, full) of a layout -- for
+    tests and pictures at small sizes only."""
+    n_qt, n_kt = layout.num_q_tiles, layout.num_kv_tiles
+    computed = np.zeros((n_qt, n_kt), dtype=bool)
+    full = np.zeros((n_qt, n_kt), dtype=bool)
+    for i in range(n_qt):
+        computed[i, layout.kv_idx[i, : layout.kv_count[i]]] = True
+        full[i, layout.full_kv_idx[i, : layout.full_kv_count[i]]] = True
+    return computed | full, full
