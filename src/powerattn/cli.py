@@ -13,6 +13,7 @@ import sys
 _COMMAND_MODULES = [
     "powerattn.commands.analysis",
     "powerattn.bench",
+    "powerattn.commands.train",
 ]
 
 

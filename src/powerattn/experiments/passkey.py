@@ -1,0 +1,348 @@
+"""The passkey experiments: train one small model per pattern at an equal budget and test
+whether retrieval succeeds where the receptive-field theory says the needle can reach.
+
+Parts (each a list of training runs, every run = train + evaluate):
+
+* ``main``: every pattern of :func:`powerattn.equal_budget` (budget set at the last
+  curriculum length), same model, same data, same steps -> accuracy by needle depth and
+  length (the paper's Fig. 3), and accuracy against the theoretical reachable fraction;
+* ``layers``: PowerAttention with fewer layers -> accuracy against the reachable fraction
+  per number of layers (the paper's Fig. 1b);
+* ``long``: power and stride slash trained to twice the length at the budget of that length,
+  where stride slash needs more hops than the model has layers (the paper's 64K comparison).
+
+Runs are independent: ``--jobs N`` trains N at once as subprocesses (small models leave
+a big GPU mostly idle, and the kernel compilation is on the CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..receptive import coverage
+from ..training.config import (
+    ModelConfig,
+    OptimConfig,
+    PatternConfig,
+    Stage,
+    TaskConfig,
+    TrainConfig,
+)
+from ..training.evaluate import evaluate_passkey, needle_hops
+from ..training.trainer import Trainer
+
+MAIN_PATTERNS = ["power", "sliding_window", "stride_slash", "dilated", "longnet", "full"]
+PARTS = ("main", "layers", "long")
+
+
+@dataclass
+class Preset:
+    """Sizes of one experiment campaign."""
+
+    model: ModelConfig
+    stages: list[Stage]
+    long_stages: list[Stage]
+    layer_sweep: list[int]
+    long_patterns: list[str] = field(default_factory=lambda: ["power", "stride_slash"])
+    block_size: int = 32
+    batch_size: int = 32
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval_depths: int = 11
+    eval_samples: int = 32
+    loss_on: str = "answer"
+    seed: int = 0
+
+
+PRESETS: dict[str, Preset] = {
+    # Seconds on a CPU: checks the plumbing of every part, learns nothing.
+    "smoke": Preset(
+        model=ModelConfig(layers=2, hidden=32, heads=2, kv_heads=2, intermediate=64),
+        stages=[Stage(320, 3), Stage(384, 3)],
+        long_stages=[Stage(320, 2), Stage(448, 2)],
+        layer_sweep=[1],
+        batch_size=4,
+        optim=OptimConfig(warmup_steps=2),
+        eval_depths=3,
+        eval_samples=2,
+    ),
+    # The H200 campaign: 32-token blocks, 16 -> 128 blocks (512 -> 4096 tokens), 6 layers.
+    # At 128 blocks power covers every block in 6 hops, stride slash (stride 32) in 8,
+    # sliding window reaches ~50 blocks back; at 256 blocks stride slash needs 11.
+    "gpu": Preset(
+        model=ModelConfig(layers=6, hidden=128, heads=4, kv_heads=4, intermediate=512),
+        stages=[Stage(512, 300), Stage(1024, 300), Stage(2048, 300), Stage(4096, 300)],
+        long_stages=[Stage(1024, 300), Stage(2048, 300), Stage(4096, 300), Stage(8192, 300)],
+        layer_sweep=[2, 3, 4],
+        batch_size=32,
+        optim=OptimConfig(lr=1e-3, warmup_steps=100),
+    ),
+}
+
+
+@dataclass
+class RunSpec:
+    name: str
+    part: str
+    config: TrainConfig
+    eval_lengths: list[int]
+
+
+def plan(
+    preset: str | Preset,
+    parts: list[str] | None = None,
+    patterns: list[str] | None = None,
+    steps_scale: float = 1.0,
+) -> list[RunSpec]:
+    """The training runs of an experiment campaign."""
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        preset = PRESETS[preset]
+    parts = list(PARTS) if parts is None else parts
+    bad = sorted(set(parts) - set(PARTS))
+    if bad:
+        raise ValueError(f"parts {bad} unknown; valid: {list(PARTS)}")
+    patterns = MAIN_PATTERNS if patterns is None else patterns
+    bad = sorted(set(patterns) - set(MAIN_PATTERNS))
+    if bad:
+        raise ValueError(f"patterns {bad} unknown; valid: {MAIN_PATTERNS}")
+    if steps_scale <= 0:
+        raise ValueError(f"steps_scale must be positive, got {steps_scale}")
+
+    def scaled(stages: list[Stage]) -> list[Stage]:
+        return [Stage(s.seq_len, max(1, round(s.steps * steps_scale))) for s in stages]
+
+    def config(name: str, stages: list[Stage], layers: int | None = None) -> TrainConfig:
+        model = dataclasses.replace(preset.model)
+        if layers is not None:
+            model.layers = layers
+        return TrainConfig(
+            model=model,
+            pattern=PatternConfig(name=name),
+            task=TaskConfig(block_size=preset.block_size),
+            optim=dataclasses.replace(preset.optim),
+            stages=scaled(stages),
+            batch_size=preset.batch_size,
+            seed=preset.seed,
+            loss_on=preset.loss_on,
+            checkpoint_every=100,
+            log_every=10,
+        )
+
+    lengths = [s.seq_len for s in preset.stages]
+    runs = []
+    if "main" in parts:
+        runs += [RunSpec(f"main-{p}", "main", config(p, preset.stages), lengths) for p in patterns]
+    if "layers" in parts:
+        runs += [
+            RunSpec(f"layers{n}-power", "layers", config("power", preset.stages, n), lengths[-1:])
+            for n in preset.layer_sweep
+        ]
+    if "long" in parts:
+        long_lengths = [s.seq_len for s in preset.long_stages]
+        runs += [
+            RunSpec(f"long-{p}", "long", config(p, preset.long_stages), long_lengths[-2:])
+            for p in preset.long_patterns
+            if p in patterns
+        ]
+    return runs
+
+
+def run_one(spec: RunSpec, out_dir: Path, preset: Preset, progress: bool = True) -> dict[str, Any]:
+    """Train (resuming if a checkpoint exists) and evaluate one run; writes ``eval.json``."""
+    run_dir = out_dir / "runs" / spec.name
+    t0 = time.perf_counter()
+    trainer = Trainer(spec.config, run_dir, progress=progress)
+    final = trainer.train(resume=True)
+    train_s = time.perf_counter() - t0
+    cfg = spec.config
+    depths = np.linspace(0.0, 1.0, preset.eval_depths)
+    layers = cfg.model.layers
+    pattern = trainer.pattern
+    evals = {}
+    for seq_len in spec.eval_lengths:
+        res = evaluate_passkey(
+            trainer.model, seq_len, depths, preset.eval_samples, digits=cfg.task.digits
+        )
+        nh = needle_hops(pattern, seq_len, res["key_positions"], cfg.task.digits)
+        reach = (nh >= 0) & (nh <= layers)
+        evals[str(seq_len)] = {
+            "depth_target": res["depth_target"].tolist(),
+            "depth": res["depth"].round(4).tolist(),
+            "correct": res["correct"].astype(int).tolist(),
+            "digit_acc": res["digit_acc"].round(3).tolist(),
+            "needle_hops": nh.tolist(),
+            "accuracy": float(res["correct"].mean()),
+            "reachable_fraction": float(reach.mean()),
+            "accuracy_reachable": float(res["correct"][reach].mean()) if reach.any() else None,
+            "accuracy_unreachable": float(res["correct"][~reach].mean())
+            if (~reach).any()
+            else None,
+            "block_coverage": float(coverage(pattern, seq_len, layers)[-1]),
+        }
+    result = {
+        "name": spec.name,
+        "part": spec.part,
+        "pattern": pattern.name,
+        "pattern_desc": pattern.describe(),
+        "max_degree": pattern.max_degree(pattern.num_blocks(cfg.final_seq_len)),
+        "layers": layers,
+        "config": cfg.to_dict(),
+        "final_train_metrics": final,
+        "wall_s": time.perf_counter() - t0,
+        "train_s": train_s,
+        "eval": evals,
+    }
+    (run_dir / "eval.json").write_text(json.dumps(result) + "\n")
+    return result
+
+
+def _environment() -> dict[str, Any]:
+    import transformers
+
+    env = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
+    return env
+
+
+def run_experiment(
+    preset_name: str,
+    out_dir: str | Path,
+    parts: list[str] | None = None,
+    patterns: list[str] | None = None,
+    steps_scale: float = 1.0,
+    jobs: int = 1,
+    only: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any] | None:
+    """Run a campaign (or the single run ``only``) and write ``results.json`` + plots."""
+    out = Path(out_dir)
+    preset = PRESETS[preset_name] if preset_name in PRESETS else None
+    specs = plan(preset_name, parts, patterns, steps_scale)
+    assert preset is not None
+    if only is not None:
+        match = [s for s in specs if s.name == only]
+        if not match:
+            raise ValueError(f"only {only!r} is not a run of this plan: {[s.name for s in specs]}")
+        run_one(match[0], out, preset, progress)
+        return None
+    t0 = time.perf_counter()
+    if jobs <= 1:
+        for spec in specs:
+            print(f"== {spec.name}", flush=True)
+            run_one(spec, out, preset, progress)
+    else:
+        _run_parallel(specs, out, preset_name, parts, patterns, steps_scale, jobs)
+    results = {
+        "meta": {
+            "preset": preset_name,
+            "steps_scale": steps_scale,
+            "jobs": jobs,
+            "wall_s": time.perf_counter() - t0,
+            "command": " ".join(sys.argv),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            **_environment(),
+        },
+        "runs": {},
+    }
+    for spec in specs:
+        run_dir = out / "runs" / spec.name
+        if not (run_dir / "eval.json").exists():  # failed: reported, the others still count
+            results["meta"].setdefault("failed", []).append(spec.name)
+            continue
+        res = json.loads((run_dir / "eval.json").read_text())
+        metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        res["curve"] = [
+            [m["step"], round(m["loss"], 4), round(m["exact_match"], 3)] for m in metrics
+        ]
+        res["tokens_per_s"] = float(np.mean([m["tokens_per_s"] for m in metrics]))
+        results["runs"][spec.name] = res
+    (out / "results.json").write_text(json.dumps(results) + "\n")
+    from .plots import plot_all
+
+    plot_all(results, out)
+    print(summary_table(results))
+    return results
+
+
+def _run_parallel(specs, out, preset_name, parts, patterns, steps_scale, jobs) -> None:
+    """One subprocess per run, ``jobs`` at a time; each logs to ``runs/NAME/log.txt``."""
+    pending = list(specs)
+    active: list[tuple[RunSpec, subprocess.Popen, Any]] = []
+    failed = []
+    while pending or active:
+        while pending and len(active) < jobs:
+            spec = pending.pop(0)
+            log_path = out / "runs" / spec.name / "log.txt"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "powerattn.cli", "experiment", "passkey",
+                   "--preset", preset_name, "--out", str(out), "--only", spec.name,
+                   "--steps-scale", str(steps_scale), "--no-progress"]  # fmt: skip
+            if parts:
+                cmd += ["--parts", ",".join(parts)]
+            if patterns:
+                cmd += ["--patterns", ",".join(patterns)]
+            log = open(log_path, "w")
+            active.append((spec, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+            print(f"== started {spec.name}", flush=True)
+        time.sleep(0.5)
+        for item in list(active):
+            spec, proc, log = item
+            if proc.poll() is not None:
+                log.close()
+                active.remove(item)
+                print(f"== finished {spec.name} (exit {proc.returncode})", flush=True)
+                if proc.returncode:
+                    failed.append(spec.name)
+    if failed:
+        print(f"== runs failed: {failed}; see runs/NAME/log.txt", flush=True)
+
+
+def merge_results(paths: list[str | Path]) -> dict[str, Any]:
+    """One results dict from several ``results.json`` (campaigns run in separate calls): the
+    runs of all, and each file's metadata under ``meta["parts"]``."""
+    merged: dict[str, Any] = {"meta": {"parts": []}, "runs": {}}
+    for path in paths:
+        res = json.loads(Path(path).read_text())
+        merged["meta"]["parts"].append(res["meta"])
+        merged["runs"].update(res["runs"])
+    return merged
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """A plain-text table: per run and evaluated length, accuracy and the theory."""
+    rows = [
+        f"{'run':<22} {'pattern':<15} {'L':>2} {'deg':>3} {'len':>5} {'acc':>6} "
+        f"{'reach':>6} {'acc|r':>6} {'acc|~r':>6} {'tok/s':>9}"
+    ]
+    for name, r in results["runs"].items():
+        for seq_len, e in r["eval"].items():
+
+            def f(x):
+                return "   -  " if x is None else f"{x:6.3f}"
+
+            rows.append(
+                f"{name:<22} {r['pattern']:<15} {r['layers']:>2} {r['max_degree']:>3} "
+                f"{seq_len:>5} {f(e['accuracy'])} {f(e['reachable_fraction'])} "
+                f"{f(e['accuracy_reachable'])} {f(e['accuracy_unreachable'])} "
+                f"{r['tokens_per_s']:9.3g}"
+            )
+    return "\n".join(rows)
+
+
+__all__ = ["PRESETS", "Preset", "RunSpec", "merge_results", "plan", "run_experiment", "run_one"]
