@@ -63,13 +63,13 @@ def check_supported(q: torch.Tensor, k: torch.Tensor) -> None:
     """Raise ``ValueError`` naming the reason the decode kernel cannot serve the input."""
     if triton is None:
         raise ValueError("backend='decode' needs triton (pip install 'powerattn[triton]')")
-    if not _device_ok(q):
-        raise ValueError(
-            f"backend='decode' runs on CUDA (or CPU under TRITON_INTERPRET=1), got {q.device}"
-        )
     if q.shape[2] > DECODE_MAX_Q:
         raise ValueError(
             f"backend='decode' serves Sq <= {DECODE_MAX_Q} queries, got Sq={q.shape[2]}"
+        )
+    if not _device_ok(q):
+        raise ValueError(
+            f"backend='decode' runs on CUDA (or CPU under TRITON_INTERPRET=1), got {q.device}"
         )
     if q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"backend='decode' serves head dims <= {MAX_HEAD_DIM}, got {q.shape[-1]}")

@@ -1,0 +1,252 @@
+"""Correctness of ``sparse_attention`` / ``power_attention`` against the float64 reference.
+
+Tolerance (flash-attention style): the operator's error against the float64 reference must be
+at most 2x (forward) / 3x (gradients) the error of a same-precision dense masked SDPA against
+that reference, plus a small floor. Runs on CUDA when present (FlexAttention + the Triton
+decode kernel, via ``backend="auto"``), otherwise on the CPU (dense backend; FlexAttention's
+compiled CPU kernel in a few forward-only cases; the decode kernel in test_decode.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from powerattn import get_pattern, pattern_names, power_attention, reference_attention
+from powerattn.ops import api, flex
+from powerattn.ops.layout import tile_layout, tile_masks
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# Small pattern blocks so that a few hundred tokens span many blocks; Sk not a multiple.
+BLOCK = 16
+SK = 203
+FLOOR = {torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 2e-4}
+
+
+def _pattern(name: str, block_size: int = BLOCK):
+    # Shrink the long-range parameters so they act inside a few hundred tokens.
+    params = {"stride_slash": {"stride": 4}, "longnet": {"segments": ((4, 1), (8, 2), (16, 4))}}
+    return get_pattern(name, block_size=block_size, **params.get(name, {}))
+
+
+def _inputs(B, Hq, Hkv, Sq, Sk, D, dtype, grad=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g).to(DEVICE, dtype).requires_grad_(grad)  # noqa: E731
+    return mk(B, Hq, Sq, D), mk(B, Hkv, Sk, D), mk(B, Hkv, Sk, D)
+
+
+def _sdpa_dense(q, k, v, pattern):
+    """Same-precision dense masked SDPA (K/V repeated: test-only), the error yardstick."""
+    G = q.shape[1] // k.shape[1]
+    mask = pattern.dense_mask(q.shape[2], k.shape[2]).to(q.device)
+    k, v = k.repeat_interleave(G, 1), v.repeat_interleave(G, 1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _err(a, b):
+    return (a.double() - b.double()).abs().max().item()
+
+
+def _grads(out, inputs, dout):
+    return torch.autograd.grad(out, inputs, dout)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("sq", [1, 17, SK], ids=lambda s: f"sq{s}")
+@pytest.mark.parametrize("gqa", [1, 4, 7], ids=lambda g: f"gqa{g}")
+@pytest.mark.parametrize("name", pattern_names())
+def test_matches_reference(name, gqa, sq, dtype):
+    pattern = _pattern(name)
+    Hkv = 2
+    q, k, v = _inputs(2, Hkv * gqa, Hkv, sq, SK, 64, dtype, seed=hash((name, gqa, sq)) % 1000)
+    ref, ref_lse = reference_attention(q, k, v, pattern, return_lse=True, upcast=True)
+    base = _sdpa_dense(q, k, v, pattern)
+    dout = torch.randn_like(ref)
+    # Forward only, no grad: on CUDA this is the decode kernel for Sq=1 (flex otherwise).
+    with torch.no_grad():
+        out, lse = api.sparse_attention(q, k, v, pattern, return_lse=True)
+    assert out.dtype == dtype and out.shape == q.shape
+    assert lse.dtype == torch.float32 and lse.shape == q.shape[:3]
+    assert torch.isfinite(out).all()
+    assert _err(out, ref) <= 2 * _err(base, ref) + FLOOR[dtype]
+    assert _err(lse, ref_lse) <= 1e-5 + 1e-2 * (dtype != torch.float32)
+    # Forward + backward (flex on CUDA, dense on CPU).
+    out = api.sparse_attention(q, k, v, pattern)
+    assert _err(out, ref) <= 2 * _err(base, ref) + FLOOR[dtype]
+    g_out = _grads(out, (q, k, v), dout.to(dtype))
+    g_ref = _grads(ref, (q, k, v), dout)
+    g_base = _grads(base, (q, k, v), dout.to(dtype))
+    for a, r, b in zip(g_out, g_ref, g_base, strict=True):
+        assert _err(a, r) <= 3 * _err(b, r) + FLOOR[dtype] * 3
+
+
+@pytest.mark.parametrize("bs", [16, 32, 64, 128, 256])
+def test_block_sizes_and_offsets(bs):
+    """Pattern blocks larger and smaller than the tile; Sk - Sq not a multiple of anything."""
+    pattern = _pattern("power", bs)
+    for sq, sk in [(1, 3 * bs + 5), (bs + 3, 4 * bs + 7), (5 * bs + 1, 5 * bs + 1)]:
+        q, k, v = _inputs(1, 4, 2, sq, sk, 64, torch.float32, grad=False, seed=bs + sq)
+        ref = reference_attention(q, k, v, pattern, upcast=True)
+        out = api.sparse_attention(q, k, v, pattern)
+        base = _sdpa_dense(q, k, v, pattern)
+        assert _err(out, ref) <= 2 * _err(base, ref) + FLOOR[torch.float32]
+
+
+def test_head_dim_128_and_batch():
+    pattern = _pattern("power")
+    q, k, v = _inputs(3, 8, 2, 40, 150, 128, torch.bfloat16, grad=False, seed=7)
+    ref = reference_attention(q, k, v, pattern, upcast=True)
+    base = _sdpa_dense(q, k, v, pattern)
+    out = power_attention(q, k, v, block_size=BLOCK)
+    assert _err(out, ref) <= 2 * _err(base, ref) + FLOOR[torch.bfloat16]
+
+
+def test_power_attention_is_power_pattern():
+    q, k, v = _inputs(1, 2, 1, 9, 100, 64, torch.float32, grad=False, seed=3)
+    a = power_attention(q, k, v, block_size=16, window=3, sink=2, scale=0.2)
+    b = api.sparse_attention(
+        q, k, v, get_pattern("power", block_size=16, window=3, sink=2), scale=0.2
+    )
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_scale_is_applied():
+    pattern = _pattern("power")
+    q, k, v = _inputs(1, 2, 2, 5, 50, 64, torch.float32, grad=False, seed=4)
+    out = api.sparse_attention(q, k, v, pattern, scale=0.05)
+    ref = reference_attention(q, k, v, pattern, scale=0.05, upcast=True)
+    assert _err(out, ref) < 1e-5
+    assert _err(api.sparse_attention(q, k, v, pattern), ref) > 1e-3  # default 1/sqrt(D) differs
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+@pytest.mark.parametrize("name", pattern_names())
+@pytest.mark.parametrize("bs", [16, 32, 64, 128, 256])
+def test_tile_layout_is_exact(name, bs):
+    """Tile lists: every attended pair is in a listed tile, no unattended tile is listed,
+    'full' tiles are exactly the fully attended ones, and the query side is the transpose."""
+    pattern = _pattern(name, bs)
+    for sq, sk, tile in [(1, 999, 128), (17, 1000, 64), (300, 1111, 128), (1000, 1000, 128)]:
+        lay = tile_layout(pattern, sq, sk, tile, tile)
+        computed, full = tile_masks(lay)
+        nq, nk = lay.num_q_tiles, lay.num_kv_tiles
+        dense = torch.zeros(nq * tile, nk * tile, dtype=torch.bool)
+        dense[:sq, :sk] = pattern.dense_mask(sq, sk)
+        valid = torch.zeros_like(dense)
+        valid[:sq, :sk] = True
+        tiles = dense.view(nq, tile, nk, tile)
+        any_t = tiles.any(3).any(1).numpy()
+        all_t = (tiles | ~valid.view(nq, tile, nk, tile)).all(3).all(1).numpy()
+        assert (computed == any_t).all()
+        assert (full == all_t).all()
+        qt = torch.zeros(nk, nq, dtype=torch.bool)
+        qf = torch.zeros(nk, nq, dtype=torch.bool)
+        for j in range(nk):
+            qt[j, lay.q_idx[j, : lay.q_count[j]]] = True
+            qf[j, lay.full_q_idx[j, : lay.full_q_count[j]]] = True
+        assert ((qt | qf).T.numpy() == computed).all()
+        assert (qf.T.numpy() == full).all()
+
+
+def test_block_mask_is_cached_and_sized():
+    pattern = _pattern("power")
+    a = flex.block_mask_for(pattern, 17, 500, "cpu")
+    assert flex.block_mask_for(pattern, 17, 500, "cpu") is a
+    assert a.seq_lengths == (17, 500)
+    assert flex.block_mask_for(pattern, 17, 501, "cpu") is not a
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _qkv(*shapes, dtype=torch.float32, device="cpu"):
+    return [torch.randn(*s, dtype=dtype, device=device) for s in shapes]
+
+
+@pytest.mark.parametrize(
+    "shapes, match",
+    [
+        (((2, 4, 8), (1, 2, 8, 16), (1, 2, 8, 16)), "q must have 4 dimensions"),
+        (((1, 4, 8, 16), (1, 2, 8, 16), (1, 2, 9, 16)), "same shape"),
+        (((1, 3, 8, 16), (1, 2, 8, 16), (1, 2, 8, 16)), "multiple of key/value heads"),
+        (((1, 4, 9, 16), (1, 2, 8, 16), (1, 2, 8, 16)), r"Sq \(9\) > Sk \(8\)"),
+        (((2, 4, 8, 16), (1, 2, 8, 16), (1, 2, 8, 16)), "batch sizes differ"),
+        (((1, 4, 8, 32), (1, 2, 8, 16), (1, 2, 8, 16)), "head dims differ"),
+    ],
+)
+def test_bad_shapes(shapes, match):
+    with pytest.raises(ValueError, match=match):
+        api.sparse_attention(*_qkv(*shapes), "power")
+
+
+def test_bad_dtype_device_backend_pattern():
+    q, k, v = _qkv((1, 2, 4, 16), (1, 2, 4, 16), (1, 2, 4, 16))
+    with pytest.raises(ValueError, match="share a dtype"):
+        api.sparse_attention(q, k.half(), v, "power")
+    with pytest.raises(ValueError, match="dtype"):
+        api.sparse_attention(q.int(), k.int(), v.int(), "power")
+    with pytest.raises(ValueError, match="one device"):
+        api.sparse_attention(q, k.to("meta"), v, "power")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        api.sparse_attention(q, k, v, "power", backend="triton")
+    with pytest.raises(ValueError, match="unknown pattern"):
+        api.sparse_attention(q, k, v, "powerr")
+    with pytest.raises(ValueError, match="float64"):
+        api.sparse_attention(q.double(), k.double(), v.double(), "power", backend="flex")
+    with pytest.raises(ValueError, match="block_size"):
+        power_attention(q, k, v, block_size=0)
+
+
+def test_explicit_backend_that_cannot_serve_raises():
+    q, k, v = _qkv((1, 2, 17, 16), (1, 2, 40, 16), (1, 2, 40, 16))
+    with pytest.raises(ValueError, match="Sq <= 16"):
+        api.sparse_attention(q, k, v, "power", backend="decode")
+    q1 = q[:, :, :1].clone().requires_grad_()
+    with pytest.raises(ValueError, match="no backward"):
+        api.sparse_attention(q1, k, v, "power", backend="decode")
+    if DEVICE == "cpu":
+        with pytest.raises(ValueError, match="runs on CUDA"):
+            api.sparse_attention(q[:, :, :1], k, v, "power", backend="decode")
+        with pytest.raises(ValueError, match="no backward on cpu"):
+            api.sparse_attention(q1, k, v, "power", backend="flex")
+        with pytest.raises(ValueError, match="lse on the CPU"):
+            api.sparse_attention(q, k, v, "power", backend="flex", return_lse=True)
+
+
+def test_dense_refuses_huge_scores():
+    # Meta tensors: the refusal happens before anything is allocated.
+    n = int(math.isqrt(api.DENSE_MAX_SCORES)) + 1
+    q, k, v = _qkv((1, 1, n, 16), (1, 1, n, 16), (1, 1, n, 16), device="meta")
+    with pytest.raises(ValueError, match="would materialise"):
+        api.sparse_attention(q, k, v, "power", backend="dense")
+
+
+def test_auto_picks():
+    q, k, v = _qkv((1, 2, 4, 16), (1, 2, 40, 16), (1, 2, 40, 16))
+    assert api._pick_backend(q, k, v, return_lse=False) == "dense"
+    n = 1 << 13  # B*Hq*Sq*Sk = 2^27 > CPU_DENSE_AUTO_MAX
+    big = _qkv((1, 2, n, 16), (1, 2, n, 16), (1, 2, n, 16), device="meta")
+    assert api._pick_backend(*big, return_lse=False) == "flex"
+    assert api._pick_backend(*big, return_lse=True) == "dense"  # CPU flex has no lse
+
+
+# ----------------------------------------------------------------------------- compile
+
+
+def test_inside_torch_compile_fullgraph():
+    """The dense path (CPU) traces without graph breaks; aot_eager keeps CI fast."""
+    pattern = _pattern("power")
+
+    def layer(q, k, v):
+        return api.sparse_attention(q, k, v, pattern, backend="dense") * 2
+
+    q, k, v = _inputs(1, 4, 2, 33, 33, 64, torch.float32, grad=False, seed=11)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    ref = reference_attention(q, k, v, pattern, upcast=True) * 2
+    assert _err(compiled(q, k, v), ref) < 1e-5
