@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-_BENCH_MODULES: list[str] = ["powerattn.bench.layout"]
+_BENCH_MODULES: list[str] = ["powerattn.bench.layout", "powerattn.bench.e2e"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
