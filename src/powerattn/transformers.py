@@ -146,6 +146,11 @@ def _parse_settings(blob: str) -> Settings:
     return Settings(pattern, frozenset(int(i) for i in d.get("full_layers", [])), backend)
 
 
+# Per config object: (a copy of the raw dict, its Settings). Every layer of every forward asks,
+# so the common case is one dict comparison instead of a JSON dump and a parse.
+_settings_cache: dict[int, tuple[dict[str, Any], Settings]] = {}
+
+
 def get_settings(config: Any) -> Settings:
     """The :class:`Settings` stored on a transformers config (defaults when none are)."""
     raw = getattr(config, CONFIG_KEY, None)
@@ -153,7 +158,14 @@ def get_settings(config: Any) -> Settings:
         raw = {"pattern": DEFAULT_PATTERN}
     if not isinstance(raw, dict):
         raise ValueError(f"config.{CONFIG_KEY} must be a dict, got {type(raw).__name__}")
-    return _parse_settings(json.dumps(raw, sort_keys=True))
+    hit = _settings_cache.get(id(config))
+    if hit is not None and hit[0] == raw:
+        return hit[1]
+    settings = _parse_settings(json.dumps(raw, sort_keys=True))
+    if len(_settings_cache) > 256:
+        _settings_cache.clear()
+    _settings_cache[id(config)] = (json.loads(json.dumps(raw)), settings)
+    return settings
 
 
 # --------------------------------------------------------------------------- registration
