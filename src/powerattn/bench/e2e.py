@@ -216,7 +216,7 @@ def profile_call(fn, device: torch.device) -> dict[str, Any]:
         fn()
         _sync(device)
     wall = time.perf_counter() - t0
-    cats = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
+    cats = {"matmul": 0.0, "attention": 0.0, "kv_cache_cat": 0.0, "other": 0.0}
     kernels = []
     for evt in prof.key_averages():
         t = _device_time_us(evt)
@@ -225,13 +225,14 @@ def profile_call(fn, device: torch.device) -> dict[str, Any]:
         if "DeviceType.CPU" in str(evt.device_type):
             continue
         name = evt.key.lower()
-        cat = (
-            "matmul"
-            if any(k in name for k in _GEMM_KEYS)
-            else "attention"
-            if any(k in name for k in _ATTN_KEYS)
-            else "other"
-        )
+        if any(k in name for k in _GEMM_KEYS):
+            cat = "matmul"
+        elif any(k in name for k in _ATTN_KEYS):
+            cat = "attention"
+        elif "catarray" in name:  # DynamicCache grows by torch.cat: copies the whole cache
+            cat = "kv_cache_cat"
+        else:
+            cat = "other"
         cats[cat] += t
         kernels.append((t, cat, evt.key[:90], evt.count))
     kernels.sort(reverse=True)
