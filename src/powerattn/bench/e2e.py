@@ -194,7 +194,7 @@ def prefill_and_decode(
 
 # ----------------------------------------------------------------------------- profiling
 _GEMM_KEYS = ("gemm", "cutlass", "nvjet", "xmma", "matmul", "cublas")
-_ATTN_KEYS = ("flash", "fmha", "attention", "attn", "flex", "triton_tem", "decode", "cudnn")
+_ATTN_KEYS = ("flash", "fmha", "sdpa", "attention", "attn", "flex", "triton_tem", "decode")
 
 
 def _device_time_us(evt) -> float:
@@ -225,10 +225,10 @@ def profile_call(fn, device: torch.device) -> dict[str, Any]:
         if "DeviceType.CPU" in str(evt.device_type):
             continue
         name = evt.key.lower()
-        if any(k in name for k in _GEMM_KEYS):
-            cat = "matmul"
-        elif any(k in name for k in _ATTN_KEYS):
+        if any(k in name for k in _ATTN_KEYS):  # first: cuDNN/flash names may hold "gemm"
             cat = "attention"
+        elif any(k in name for k in _GEMM_KEYS):
+            cat = "matmul"
         elif "catarray" in name:  # DynamicCache grows by torch.cat: copies the whole cache
             cat = "kv_cache_cat"
         else:
