@@ -34,7 +34,7 @@ terms:
             along one edge of the pattern. After L layers the last token can know a block
             iff a path of at most L edges leads to it (its receptive field).
   coverage  after L layers: the fraction of blocks whose information can reach the last
-            token. PowerAttention covers every block within distance 2^L in L layers.
+            token. PowerAttention covers every block within distance 2^L - 1 in L layers.
 """
 
 _PARAM_HELP = {
@@ -96,7 +96,8 @@ def _add_common(p: argparse.ArgumentParser, *, layers: bool, seq_len: int = 3276
         "--seq-len",
         type=_positive_int,
         default=seq_len,
-        help=f"sequence length in tokens (default {seq_len}; the paper's is 32768)",
+        help=f"sequence length in tokens (default {seq_len}"
+        + (", the paper's setting)" if seq_len == 32768 else "; the paper's is 32768)"),
     )
     p.add_argument(
         "--block-size",
