@@ -65,24 +65,30 @@ def equal_budget(
     out: dict[str, Pattern] = {"power": power}
     out["sliding_window"] = _largest(
         lambda w: get_pattern("sliding_window", block_size=block_size, window=w, sink=1),
-        1, n, deg, budget,
+        1,
+        n,
+        deg,
+        budget,
     )
     # Degree falls as the stride grows: search on -stride.
     stride_slash = _largest(
         lambda s: get_pattern("stride_slash", block_size=block_size, stride=-s),
-        -n, -1, deg, budget,
+        -n,
+        -1,
+        deg,
+        budget,
     )
     out["stride_slash"] = stride_slash
     out["dilated"] = _largest(
         lambda w: get_pattern("dilated", block_size=block_size, window=w),
-        1, 2 * n, deg, budget,
+        1,
+        2 * n,
+        deg,
+        budget,
     )
     # LongNet is kept in the paper's shape, (8, 1), (16, 2), ... up to the sequence: other
     # segment lengths misalign its segments with the last block and mostly just shrink its
     # reach. At 32K that gives it 13 blocks to power's 10 -- a margin in LongNet's favour.
-    out["longnet"] = get_pattern(
-        "longnet", block_size=block_size, segments=longnet_segments(8, n)
-    )
+    out["longnet"] = get_pattern("longnet", block_size=block_size, segments=longnet_segments(8, n))
     out["full"] = get_pattern("full", block_size=block_size)
     return out
-
