@@ -103,7 +103,7 @@ if triton is not None:
         G, HKV, SPLITS, N_MB,
         MODE: tl.constexpr, HAS_POW: tl.constexpr, CHUNKS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        HEAD_D: tl.constexpr, PREC: tl.constexpr,
+        HEAD_D: tl.constexpr, PREC: tl.constexpr, PREC_PV: tl.constexpr, DOT_F32: tl.constexpr,
     ):  # fmt: skip
         i_bh = tl.program_id(0)
         i_s = tl.program_id(1)
@@ -123,6 +123,8 @@ if triton is not None:
             + s[:, None] * stride_qs + o_d[None, :] * stride_qd
         )  # fmt: skip
         b_q = tl.load(p_q, mask=m_row[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+        if DOT_F32:  # Triton's interpreter miscomputes bf16 dots: upcast (exact) there
+            b_q = b_q.to(tl.float32)
         b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
         b_l = tl.zeros([BLOCK_M], tl.float32)
         b_acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -160,6 +162,8 @@ if triton is not None:
                 m_n = (o_n < Sk) & (o_n < (kb + 1) * bs)
                 p_k = k_base + o_n[None, :] * stride_ks + o_d[:, None] * stride_kd
                 b_kt = tl.load(p_k, mask=m_n[None, :] & m_d[:, None], other=0.0)  # [BD, BN]
+                if DOT_F32:
+                    b_kt = b_kt.to(tl.float32)
                 b_s = tl.dot(b_q, b_kt, input_precision=PREC) * qk_scale  # [BM, BN], log2
                 if MODE == 0:
                     allowed = ((bits >> (qb_r - qb_first)) & 1) != 0  # [BM]
@@ -174,8 +178,10 @@ if triton is not None:
                 b_l = b_l * alpha + tl.sum(b_p, 1)
                 p_v = v_base + o_n[:, None] * stride_vs + o_d[None, :] * stride_vd
                 b_v = tl.load(p_v, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
+                # P stays float32 (V is exact in tf32): decode is memory-bound, and rounding P
+                # to bf16 as flash attention does would cost accuracy for no speed.
                 b_acc = b_acc * alpha[:, None] + tl.dot(
-                    b_p.to(b_v.dtype), b_v, input_precision=PREC
+                    b_p, b_v.to(tl.float32), input_precision=PREC_PV
                 )
                 b_m = m_new
         # Partials: (B*HKV, SPLITS, N_MB * BLOCK_M[, BLOCK_D]).
@@ -279,6 +285,7 @@ def decode_attention(
     pattern: Pattern,
     scale: float,
     splits: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse attention for a few queries at the end of the keys (no autograd).
 
@@ -288,6 +295,7 @@ def decode_attention(
         pattern: any pattern; power/sliding_window/full enumerate their blocks in-kernel.
         scale: softmax scale.
         splits: programs per (batch, KV head); default: enough to fill the GPU.
+        out: optional ``(B, Hq, Sq, D)`` tensor of q's dtype to write into.
     Returns:
         ``out (B, Hq, Sq, D)`` in q's dtype and ``lse (B, Hq, Sq)`` float32.
     """
@@ -331,9 +339,9 @@ def decode_attention(
         )
         _scratch[skey] = scratch
     o_part, m_part, l_part = scratch
-    out = torch.empty_like(q)
+    out = torch.empty_like(q) if out is None else out
     lse = torch.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    prec = "ieee" if q.dtype == torch.float32 or _INTERPRET else "tf32"
     _decode_partial_kernel[(B * Hkv, splits, n_mb)](
         q, k, v, o_part, m_part, l_part, tbl, bits, cnt,
         *q.stride(), *k.stride(), *v.stride(),
@@ -342,6 +350,8 @@ def decode_attention(
         G, Hkv, splits, n_mb,
         MODE=mode, HAS_POW=has_pow, CHUNKS=chunks,
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, HEAD_D=D, PREC=prec,
+        PREC_PV="ieee" if q.dtype == torch.float32 or _INTERPRET else "tf32",
+        DOT_F32=_INTERPRET and q.dtype == torch.bfloat16,
         num_warps=4, num_stages=2,
     )  # fmt: skip
     _decode_combine_kernel[(B * Hkv, n_mb)](

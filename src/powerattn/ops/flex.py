@@ -41,6 +41,9 @@ RECOMPILE_LIMIT = 64
 _MASK_CACHE_SIZE = 64
 
 _compiled_flex = torch.compile(flex_attention)
+# Inductor's CPU flex template miscompiles (C++ errors) once shapes go dynamic (torch 2.13),
+# so the CPU compiles one static kernel per shape.
+_compiled_flex_cpu = torch.compile(flex_attention, dynamic=False)
 _mask_cache: OrderedDict[tuple, BlockMask] = OrderedDict()
 
 
@@ -146,7 +149,10 @@ def flex_sparse_attention(
     bm = block_mask_for(pattern, Sq, Sk, q.device)
     gqa = q.shape[1] != k.shape[1]
     # Inside the user's compiled graph: call the op itself (no nested compile).
-    fn = flex_attention if torch.compiler.is_compiling() else _compiled_flex
+    if torch.compiler.is_compiling():
+        fn = flex_attention
+    else:
+        fn = _compiled_flex if q.device.type == "cuda" else _compiled_flex_cpu
     guard = contextlib.nullcontext() if torch.compiler.is_compiling() else recompile_guard()
     with guard:
         if q.device.type == "cpu":
