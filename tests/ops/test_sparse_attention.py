@@ -21,16 +21,26 @@ from powerattn.ops.layout import tile_layout, tile_masks
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-# Small pattern blocks so that a few hundred tokens span many blocks; Sk not a multiple.
-BLOCK = 16
-SK = 203
+# A few pattern blocks, Sk not a multiple of the block size. On CUDA the blocks are 128
+# tokens (FlexAttention's tile), on the CPU 16 (the dense path does not care).
+BLOCK = 128 if DEVICE == "cuda" else 16
+SK = 5 * BLOCK + BLOCK // 2 + 11
 FLOOR = {torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 2e-4}
+# Each (dtype, head layout) costs FlexAttention one compile on CUDA (tens of seconds): there
+# the GQA x dtype grid is a Latin square; the CPU runs all of it.
+CUDA_GQA_DTYPES = {(1, torch.float32), (4, torch.bfloat16), (7, torch.float16)}
+# Small long-range parameters, so that every pattern differs from full inside a few blocks.
+SMALL = {
+    "power": {"window": 2, "sink": 1},
+    "sliding_window": {"window": 3, "sink": 1},
+    "stride_slash": {"window": 2, "stride": 3, "sink": 1},
+    "dilated": {"window": 6, "dilation": 2},
+    "longnet": {"segments": ((2, 1), (4, 2), (8, 4))},
+}
 
 
 def _pattern(name: str, block_size: int = BLOCK):
-    # Shrink the long-range parameters so they act inside a few hundred tokens.
-    params = {"stride_slash": {"stride": 4}, "longnet": {"segments": ((4, 1), (8, 2), (16, 4))}}
-    return get_pattern(name, block_size=block_size, **params.get(name, {}))
+    return get_pattern(name, block_size=block_size, **SMALL.get(name, {}))
 
 
 def _inputs(B, Hq, Hkv, Sq, Sk, D, dtype, grad=True, seed=0):
@@ -60,23 +70,30 @@ def _grads(out, inputs, dout):
 @pytest.mark.parametrize("gqa", [1, 4, 7], ids=lambda g: f"gqa{g}")
 @pytest.mark.parametrize("name", pattern_names())
 def test_matches_reference(name, gqa, sq, dtype):
+    if DEVICE == "cuda" and (gqa, dtype) not in CUDA_GQA_DTYPES:
+        pytest.skip("CUDA runs a Latin square of GQA x dtype (compile time)")
     pattern = _pattern(name)
     Hkv = 2
     q, k, v = _inputs(2, Hkv * gqa, Hkv, sq, SK, 64, dtype, seed=hash((name, gqa, sq)) % 1000)
     ref, ref_lse = reference_attention(q, k, v, pattern, return_lse=True, upcast=True)
     base = _sdpa_dense(q, k, v, pattern)
     dout = torch.randn_like(ref)
-    # Forward only, no grad: on CUDA this is the decode kernel for Sq=1 (flex otherwise).
-    with torch.no_grad():
-        out, lse = api.sparse_attention(q, k, v, pattern, return_lse=True)
+    tol = 2 * _err(base, ref) + FLOOR[dtype]
+    lse_tol = 1e-5 if dtype == torch.float32 else 1e-2
+    if sq <= api.DECODE_MAX_Q:  # no grad: the decode kernel on CUDA
+        with torch.no_grad():
+            out, lse = api.sparse_attention(q, k, v, pattern, return_lse=True)
+        assert out.dtype == dtype and out.shape == q.shape
+        assert lse.dtype == torch.float32 and lse.shape == q.shape[:3]
+        assert _err(out, ref) <= tol
+        assert _err(lse, ref_lse) <= lse_tol
+    # Forward + backward (flex on CUDA, dense on CPU).
+    out, lse = api.sparse_attention(q, k, v, pattern, return_lse=True)
     assert out.dtype == dtype and out.shape == q.shape
     assert lse.dtype == torch.float32 and lse.shape == q.shape[:3]
     assert torch.isfinite(out).all()
-    assert _err(out, ref) <= 2 * _err(base, ref) + FLOOR[dtype]
-    assert _err(lse, ref_lse) <= 1e-5 + 1e-2 * (dtype != torch.float32)
-    # Forward + backward (flex on CUDA, dense on CPU).
-    out = api.sparse_attention(q, k, v, pattern)
-    assert _err(out, ref) <= 2 * _err(base, ref) + FLOOR[dtype]
+    assert _err(out, ref) <= tol
+    assert _err(lse, ref_lse) <= lse_tol
     g_out = _grads(out, (q, k, v), dout.to(dtype))
     g_ref = _grads(ref, (q, k, v), dout)
     g_base = _grads(base, (q, k, v), dout.to(dtype))
@@ -89,7 +106,7 @@ def test_block_sizes_and_offsets(bs):
     """Pattern blocks larger and smaller than the tile; Sk - Sq not a multiple of anything."""
     pattern = _pattern("power", bs)
     for sq, sk in [(1, 3 * bs + 5), (bs + 3, 4 * bs + 7), (5 * bs + 1, 5 * bs + 1)]:
-        q, k, v = _inputs(1, 4, 2, sq, sk, 64, torch.float32, grad=False, seed=bs + sq)
+        q, k, v = _inputs(1, 2, 2, sq, sk, 64, torch.float32, grad=False, seed=bs + sq)
         ref = reference_attention(q, k, v, pattern, upcast=True)
         out = api.sparse_attention(q, k, v, pattern)
         base = _sdpa_dense(q, k, v, pattern)
@@ -101,7 +118,7 @@ def test_head_dim_128_and_batch():
     q, k, v = _inputs(3, 8, 2, 40, 150, 128, torch.bfloat16, grad=False, seed=7)
     ref = reference_attention(q, k, v, pattern, upcast=True)
     base = _sdpa_dense(q, k, v, pattern)
-    out = power_attention(q, k, v, block_size=BLOCK)
+    out = power_attention(q, k, v, block_size=BLOCK, window=2, sink=1)
     assert _err(out, ref) <= 2 * _err(base, ref) + FLOOR[torch.bfloat16]
 
 

@@ -5,14 +5,17 @@ key side *and* query side -- and handed to ``BlockMask`` directly: no ``create_b
 over ``S x S`` and no dense transpose (``BlockMask.from_kv_blocks`` derives the query side
 densely). Masks are cached per (pattern, Sq, Sk, device, tile).
 
-``flex_attention`` is compiled once, at import. Unfused fallback guard: when a compiled
-function exceeds dynamo's recompile limit, dynamo silently runs it *eagerly*, and eager
-``flex_attention`` is the reference math path that materialises ``S x S`` scores. We call the
-compiled function with ``fail_on_recompile_limit_hit=True`` so that case raises
-:class:`FlexRecompileError` instead. Recompiles are kept rare: the query offset enters the
-``mask_mod`` as a captured tensor (not a Python int), the masks are cached (same
-``mask_mod`` object for the same shapes) and dynamo's automatic dynamic shapes make the
-second sequence length compile a length-generic kernel.
+``flex_attention`` is compiled once, at import (CUDA: ``dynamic=True``, one kernel for all
+lengths). Unfused fallback guard: when a compiled function exceeds dynamo's recompile limit,
+dynamo silently runs it *eagerly*, and eager ``flex_attention`` is the math path that
+materialises ``S x S`` scores. We call the compiled function with
+``fail_on_recompile_limit_hit=True``, so that case raises :class:`FlexRecompileError`.
+Recompiles are kept rare: when the pattern's block size is a multiple of the tile (the
+default 256 vs 128), tiles never straddle pattern blocks (queries are padded at the front
+when ``Sk - Sq`` is not a tile multiple), so the ``mask_mod`` is plain causality shared by
+every pattern; the query offset is a captured tensor, not a Python int; masks are cached.
+Smaller blocks (16..64) need the pattern's own ``mask_mod`` in straddling tiles: one
+compiled variant per pattern instance.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 try:  # torch >= 2.9: return_lse is deprecated in favour of return_aux
@@ -40,7 +44,8 @@ TILE = 128
 RECOMPILE_LIMIT = 64
 _MASK_CACHE_SIZE = 64
 
-_compiled_flex = torch.compile(flex_attention)
+# dynamic=True: one kernel for every sequence length (no recompile per length).
+_compiled_flex = torch.compile(flex_attention, dynamic=True)
 # Inductor's CPU flex template miscompiles (C++ errors) once shapes go dynamic (torch 2.13),
 # so the CPU compiles one static kernel per shape.
 _compiled_flex_cpu = torch.compile(flex_attention, dynamic=False)
@@ -51,14 +56,32 @@ class FlexRecompileError(RuntimeError):
     """FlexAttention would fall back to its unfused eager path (recompile limit reached)."""
 
 
-def _offset_mask_mod(pattern: Pattern, offset: torch.Tensor):
-    """Token predicate on FlexAttention's local query index: absolute query = local + offset.
-    The offset is a tensor so a new ``Sk - Sq`` does not recompile the kernel."""
+def _causal_mask_mod(offset: torch.Tensor):
+    """Token predicate when tiles align with pattern blocks: the tile lists already encode
+    the pattern, the partial (diagonal) tiles only need causality. Pattern-independent, so
+    every pattern shares one compiled kernel; the offset is a tensor so a new ``Sk - Sq``
+    does not recompile either."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return kv_idx <= q_idx + offset
+
+    return mask_mod
+
+
+def _pattern_mask_mod(pattern: Pattern, offset: torch.Tensor):
+    """Full token predicate (local query index + offset = absolute position), for tiles that
+    straddle pattern blocks (block size not a multiple of the tile). Compiled per pattern."""
 
     def mask_mod(b, h, q_idx, kv_idx):
         return pattern.mask_mod(b, h, q_idx + offset, kv_idx)
 
     return mask_mod
+
+
+def tiles_align(pattern: Pattern, q_len: int, kv_len: int, tile: int = TILE) -> bool:
+    """Whether every tile lies inside one pattern block (block size a multiple of the tile
+    and ``Sk - Sq`` a multiple of the tile)."""
+    return pattern.block_size % tile == 0 and (kv_len - q_len) % tile == 0
 
 
 def block_mask_for(
@@ -103,7 +126,11 @@ def block_mask_for(
         full_q_num_blocks=views[6],
         full_q_indices=views[7],
         BLOCK_SIZE=(tile, tile),
-        mask_mod=_offset_mask_mod(pattern, offset),
+        mask_mod=(
+            _causal_mask_mod(offset)
+            if tiles_align(pattern, q_len, kv_len, tile)
+            else _pattern_mask_mod(pattern, offset)
+        ),
     )
     _mask_cache[key] = bm
     if len(_mask_cache) > _MASK_CACHE_SIZE:
@@ -146,7 +173,14 @@ def flex_sparse_attention(
         or ``None`` for the lse on the CPU.
     """
     Sq, Sk = q.shape[2], k.shape[2]
-    bm = block_mask_for(pattern, Sq, Sk, q.device)
+    # Blocks that are multiples of the tile but an offset that is not (decode-like chunks):
+    # prepend zero queries so that tiles align again; their rows are dropped below.
+    pad = 0
+    if q.device.type == "cuda" and pattern.block_size % TILE == 0:
+        pad = (Sk - Sq) % TILE
+        if pad:
+            q = F.pad(q, (0, 0, pad, 0))
+    bm = block_mask_for(pattern, Sq + pad, Sk, q.device)
     gqa = q.shape[1] != k.shape[1]
     # Inside the user's compiled graph: call the op itself (no nested compile).
     if torch.compiler.is_compiling():
@@ -163,5 +197,9 @@ def flex_sparse_attention(
             out, aux = fn(
                 q, k, v, block_mask=bm, scale=scale, enable_gqa=gqa, return_aux=AuxRequest(lse=True)
             )
-            return out, aux.lse
-        return fn(q, k, v, block_mask=bm, scale=scale, enable_gqa=gqa, return_lse=True)
+            lse = aux.lse
+        else:
+            out, lse = fn(q, k, v, block_mask=bm, scale=scale, enable_gqa=gqa, return_lse=True)
+    if pad:
+        out, lse = out[:, :, pad:].contiguous(), lse[:, :, pad:].contiguous()
+    return out, lse
