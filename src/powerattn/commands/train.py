@@ -46,9 +46,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--out", required=True, help="output directory")
     k.add_argument("--parts", type=_csv, help="comma list of main,layers,long (default all)")
     k.add_argument("--patterns", type=_csv, help="comma list of patterns (default all)")
+    k.add_argument(
+        "--layer-sweep",
+        type=lambda t: [int(x) for x in _csv(t)],
+        help="layer counts of the 'layers' part (comma list; default: the preset's)",
+    )
     k.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps")
     k.add_argument("--jobs", type=int, default=1, help="runs trained at once (subprocesses)")
     k.add_argument("--only", help="train and evaluate this one run (used by --jobs)")
+    k.add_argument(
+        "--deadline",
+        type=float,
+        help="seconds from now after which every run stops training and is evaluated as is",
+    )
+    k.add_argument("--stop-time", type=float, help=argparse.SUPPRESS)  # absolute, for --jobs
     k.add_argument(
         "--replot",
         type=_csv,
@@ -94,6 +105,11 @@ def _passkey(args: argparse.Namespace) -> int:
         return 0
     if args.jobs <= 0:
         raise ValueError(f"--jobs must be positive, got {args.jobs}")
+    stop_time = args.stop_time
+    if args.deadline is not None:
+        import time
+
+        stop_time = time.time() + args.deadline
     run_experiment(
         args.preset,
         args.out,
@@ -103,5 +119,7 @@ def _passkey(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         only=args.only,
         progress=not args.no_progress,
+        stop_time=stop_time,
+        layer_sweep=args.layer_sweep,
     )
     return 0

@@ -30,6 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..ops.api import sparse_attention
+from ..ops.reference import reference_attention
+from ..patterns import Pattern
 from ..receptive import coverage
 from ..training.config import (
     ModelConfig,
@@ -81,8 +84,9 @@ PRESETS: dict[str, Preset] = {
     # sliding window reaches ~50 blocks back; at 256 blocks stride slash needs 11.
     "gpu": Preset(
         model=ModelConfig(layers=6, hidden=128, heads=4, kv_heads=4, intermediate=512),
-        stages=[Stage(512, 300), Stage(1024, 300), Stage(2048, 300), Stage(4096, 300)],
-        long_stages=[Stage(1024, 300), Stage(2048, 300), Stage(4096, 300), Stage(8192, 300)],
+        # More steps at the last length: each new length first costs accuracy (the pilot run).
+        stages=[Stage(512, 200), Stage(1024, 200), Stage(2048, 250), Stage(4096, 450)],
+        long_stages=[Stage(1024, 200), Stage(2048, 200), Stage(4096, 250), Stage(8192, 450)],
         layer_sweep=[2, 3, 4],
         batch_size=32,
         optim=OptimConfig(lr=1e-3, warmup_steps=100),
@@ -103,12 +107,18 @@ def plan(
     parts: list[str] | None = None,
     patterns: list[str] | None = None,
     steps_scale: float = 1.0,
+    layer_sweep: list[int] | None = None,
 ) -> list[RunSpec]:
-    """The training runs of an experiment campaign."""
+    """The training runs of an experiment campaign (``layer_sweep`` overrides the preset's
+    layer counts of the ``layers`` part)."""
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
         preset = PRESETS[preset]
+    if layer_sweep is not None:
+        if any(n <= 0 for n in layer_sweep):
+            raise ValueError(f"layer_sweep must hold positive layer counts, got {layer_sweep}")
+        preset = dataclasses.replace(preset, layer_sweep=list(layer_sweep))
     parts = list(PARTS) if parts is None else parts
     bad = sorted(set(parts) - set(PARTS))
     if bad:
@@ -159,14 +169,74 @@ def plan(
     return runs
 
 
-def run_one(spec: RunSpec, out_dir: Path, preset: Preset, progress: bool = True) -> dict[str, Any]:
-    """Train (resuming if a checkpoint exists) and evaluate one run; writes ``eval.json``."""
+def check_backend(
+    pattern: Pattern,
+    seq_len: int,
+    device: torch.device,
+    backend: str = "auto",
+    heads: int = 4,
+    head_dim: int = 32,
+    batch: int = 2,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Check the attention the model trains with against the float64 oracle, in place.
+
+    Forward and input gradients of ``sparse_attention(backend=...)`` in the training dtype
+    (bf16 on CUDA, fp32 on CPU) vs :func:`reference_attention` in float64; the tolerance is
+    relative to a same-precision dense implementation's error: 2x for the output, 3x for
+    the gradients. Returns the errors and ``ok``.
+    """
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch, heads, seq_len, head_dim)
+    q, k, v, dout = (torch.randn(shape, generator=gen) for _ in range(4))
+
+    def run(fn, dt):
+        xs = [t.to(device, dt).requires_grad_() for t in (q, k, v)]
+        out = fn(*xs)
+        grads = torch.autograd.grad(out, xs, dout.to(device, dt))
+        return [t.detach().double() for t in (out, *grads)]
+
+    ref = run(lambda a, b, c: reference_attention(a, b, c, pattern, upcast=True), torch.float64)
+    base = run(lambda a, b, c: reference_attention(a, b, c, pattern), dtype)
+    test = run(lambda a, b, c: sparse_attention(a, b, c, pattern, backend=backend), dtype)
+    report: dict[str, Any] = {"seq_len": seq_len, "dtype": str(dtype), "ok": True}
+    for i, name in enumerate(("out", "dq", "dk", "dv")):
+        err = float((test[i] - ref[i]).abs().max())
+        base_err = float((base[i] - ref[i]).abs().max())
+        factor = 2.0 if name == "out" else 3.0
+        report[name] = {"err": err, "dense_err": base_err}
+        report["ok"] &= err <= factor * base_err + 1e-6
+    return report
+
+
+def run_one(
+    spec: RunSpec,
+    out_dir: Path,
+    preset: Preset,
+    progress: bool = True,
+    stop_time: float | None = None,
+) -> dict[str, Any]:
+    """Train (resuming if a checkpoint exists) and evaluate one run; writes ``eval.json``.
+
+    The attention backend is checked against the oracle before training (first stage
+    length) and after it (every evaluated length), in the same process as the training, so
+    a kernel problem shows up next to the numbers it would spoil. Training stops early at
+    wall-clock ``stop_time`` (the run is then evaluated as it is and marked so).
+    """
     run_dir = out_dir / "runs" / spec.name
     t0 = time.perf_counter()
     trainer = Trainer(spec.config, run_dir, progress=progress)
-    final = trainer.train(resume=True)
-    train_s = time.perf_counter() - t0
     cfg = spec.config
+    m = cfg.model
+    checks = [
+        check_backend(
+            trainer.pattern, cfg.stages[0].seq_len, trainer.device, cfg.backend, m.heads,
+            m.hidden // m.heads,
+        )
+    ]  # fmt: skip
+    final = trainer.train(resume=True, stop_time=stop_time)
+    train_s = time.perf_counter() - t0
     depths = np.linspace(0.0, 1.0, preset.eval_depths)
     layers = cfg.model.layers
     pattern = trainer.pattern
@@ -191,8 +261,16 @@ def run_one(spec: RunSpec, out_dir: Path, preset: Preset, progress: bool = True)
             else None,
             "block_coverage": float(coverage(pattern, seq_len, layers)[-1]),
         }
+    checks += [
+        check_backend(trainer.pattern, n, trainer.device, cfg.backend, m.heads, m.hidden // m.heads)
+        for n in spec.eval_lengths
+    ]
     result = {
         "name": spec.name,
+        "steps_done": trainer.step,
+        "steps_planned": cfg.total_steps,
+        "backend_check": checks,
+        "backend_ok": all(c["ok"] for c in checks),
         "part": spec.part,
         "pattern": pattern.name,
         "pattern_desc": pattern.describe(),
@@ -229,25 +307,32 @@ def run_experiment(
     jobs: int = 1,
     only: str | None = None,
     progress: bool = True,
+    stop_time: float | None = None,
+    layer_sweep: list[int] | None = None,
 ) -> dict[str, Any] | None:
-    """Run a campaign (or the single run ``only``) and write ``results.json`` + plots."""
+    """Run a campaign (or the single run ``only``) and write ``results.json`` + plots.
+
+    ``stop_time`` (wall clock, ``time.time()``): every run stops training then and is
+    evaluated as it stands (marked by ``steps_done < steps_planned``)."""
     out = Path(out_dir)
     preset = PRESETS[preset_name] if preset_name in PRESETS else None
-    specs = plan(preset_name, parts, patterns, steps_scale)
+    specs = plan(preset_name, parts, patterns, steps_scale, layer_sweep)
     assert preset is not None
     if only is not None:
         match = [s for s in specs if s.name == only]
         if not match:
             raise ValueError(f"only {only!r} is not a run of this plan: {[s.name for s in specs]}")
-        run_one(match[0], out, preset, progress)
+        run_one(match[0], out, preset, progress, stop_time)
         return None
     t0 = time.perf_counter()
     if jobs <= 1:
         for spec in specs:
             print(f"== {spec.name}", flush=True)
-            run_one(spec, out, preset, progress)
+            run_one(spec, out, preset, progress, stop_time)
     else:
-        _run_parallel(specs, out, preset_name, parts, patterns, steps_scale, jobs)
+        _run_parallel(
+            specs, out, preset_name, parts, patterns, steps_scale, jobs, stop_time, layer_sweep
+        )
     results = {
         "meta": {
             "preset": preset_name,
@@ -280,7 +365,9 @@ def run_experiment(
     return results
 
 
-def _run_parallel(specs, out, preset_name, parts, patterns, steps_scale, jobs) -> None:
+def _run_parallel(
+    specs, out, preset_name, parts, patterns, steps_scale, jobs, stop_time, layer_sweep
+) -> None:
     """One subprocess per run, ``jobs`` at a time; each logs to ``runs/NAME/log.txt``."""
     pending = list(specs)
     active: list[tuple[RunSpec, subprocess.Popen, Any]] = []
@@ -297,6 +384,10 @@ def _run_parallel(specs, out, preset_name, parts, patterns, steps_scale, jobs) -
                 cmd += ["--parts", ",".join(parts)]
             if patterns:
                 cmd += ["--patterns", ",".join(patterns)]
+            if stop_time is not None:
+                cmd += ["--stop-time", repr(stop_time)]
+            if layer_sweep is not None:
+                cmd += ["--layer-sweep", ",".join(map(str, layer_sweep))]
             log = open(log_path, "w")
             active.append((spec, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
             print(f"== started {spec.name}", flush=True)

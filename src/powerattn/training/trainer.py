@@ -176,8 +176,12 @@ class Trainer:
         path.write_text("".join(ln + "\n" for ln in keep))
 
     # ------------------------------------------------------------------ the loop
-    def train(self, resume: bool = True, stop_at: int | None = None) -> dict[str, Any]:
-        """Train to the end of the curriculum (or to step ``stop_at``, for tests).
+    def train(
+        self, resume: bool = True, stop_at: int | None = None, stop_time: float | None = None
+    ) -> dict[str, Any]:
+        """Train to the end of the curriculum, or to step ``stop_at``, or until the wall clock
+        (``time.time()``) passes ``stop_time`` -- then a checkpoint is written and a later
+        call resumes from it.
 
         With ``resume`` (default), continue from ``out_dir/checkpoint.pt`` if it exists.
         Returns the last logged metrics.
@@ -201,6 +205,9 @@ class Trainer:
         count = 0
         self.model.train()
         while self.step < end:
+            if stop_time is not None and time.time() > stop_time:
+                self.save_checkpoint()
+                break
             stage_idx, stage = stage_at(cfg.stages, self.step)
             batch = batch_for_step(cfg, self.step)
             ids = batch.input_ids.to(self.device, non_blocking=True)
