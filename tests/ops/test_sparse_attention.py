@@ -10,6 +10,7 @@ compiled CPU kernel in a few forward-only cases; the decode kernel in test_decod
 from __future__ import annotations
 
 import math
+import zlib
 
 import pytest
 import torch
@@ -74,7 +75,8 @@ def test_matches_reference(name, gqa, sq, dtype):
         pytest.skip("CUDA runs a Latin square of GQA x dtype (compile time)")
     pattern = _pattern(name)
     Hkv = 2
-    q, k, v = _inputs(2, Hkv * gqa, Hkv, sq, SK, 64, dtype, seed=hash((name, gqa, sq)) % 1000)
+    seed = zlib.crc32(f"{name}{gqa}{sq}".encode())
+    q, k, v = _inputs(2, Hkv * gqa, Hkv, sq, SK, 64, dtype, seed=seed)
     ref, ref_lse = reference_attention(q, k, v, pattern, return_lse=True, upcast=True)
     base = _sdpa_dense(q, k, v, pattern)
     dout = torch.randn_like(ref)

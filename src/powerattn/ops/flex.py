@@ -142,8 +142,10 @@ def block_mask_for(
 def recompile_guard(limit: int | None = None):
     """Turn dynamo's silent eager fallback of the compiled ``flex_attention`` into an error."""
     limit = RECOMPILE_LIMIT if limit is None else limit
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
     try:
-        with torch._dynamo.config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True):
+        with cfg.patch(**{name: limit, "fail_on_recompile_limit_hit": True}):
             yield
     except torch._dynamo.exc.FailOnRecompileLimitHit as exc:
         raise FlexRecompileError(
