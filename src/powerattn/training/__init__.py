@@ -1,25 +1,29 @@
-"""Training small models from scratch on the passkey curriculum (``powerattn train``)."""
+"""Training small models from scratch on the passkey curriculum (``powerattn train``).
 
-from .config import (
-    ModelConfig,
-    OptimConfig,
-    PatternConfig,
-    Stage,
-    TaskConfig,
-    TrainConfig,
-    load_config,
-)
-from .tokenizer import ByteTokenizer
-from .trainer import Trainer
+Names are imported lazily: :mod:`powerattn.tasks` uses the tokenizer from here, and the
+trainer uses the tasks.
+"""
 
-__all__ = [
-    "ByteTokenizer",
-    "ModelConfig",
-    "OptimConfig",
-    "PatternConfig",
-    "Stage",
-    "TaskConfig",
-    "TrainConfig",
-    "Trainer",
-    "load_config",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ByteTokenizer": "tokenizer",
+    "ModelConfig": "config",
+    "OptimConfig": "config",
+    "PatternConfig": "config",
+    "Stage": "config",
+    "TaskConfig": "config",
+    "TrainConfig": "config",
+    "load_config": "config",
+    "Trainer": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from ..patterns import Pattern, equal_budget, get_pattern, pattern_names
-from ..tasks.passkey import min_length
 
 
 @dataclass
@@ -109,6 +108,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
+        from ..tasks.passkey import min_length  # here: tasks import the tokenizer from us
+
         if not self.stages:
             raise ValueError("stages must list at least one curriculum stage")
         for i, s in enumerate(self.stages):

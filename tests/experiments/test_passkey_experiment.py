@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from powerattn import equal_budget, get_pattern
+from powerattn.cli import main
+from powerattn.experiments.passkey import check_backend, plan
+from powerattn.receptive import hops
+from powerattn.tasks import passkey_batch
+from powerattn.training.evaluate import needle_hops
+
+
+def test_smoke_campaign_through_the_cli(tmp_path, capsys):
+    """The CPU version of every part (main, layers, long): trains, evaluates, plots."""
+    out = tmp_path / "out"
+    rc = main(["experiment", "passkey", "--preset", "smoke", "--out", str(out),
+               "--patterns", "power,stride_slash,full", "--no-progress"])  # fmt: skip
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["runs"]) == {
+        "main-power", "main-stride_slash", "main-full", "layers1-power",
+        "long-power", "long-stride_slash",
+    }  # fmt: skip
+    for name in ("heatmaps.png", "reach.png", "long.png", "curves.png"):
+        assert (out / name).stat().st_size > 10_000
+    run = res["runs"]["main-power"]
+    assert run["backend_ok"] and run["steps_done"] == run["steps_planned"] == 6
+    ev = run["eval"]["384"]
+    assert len(ev["correct"]) == len(ev["needle_hops"]) == 3 * 2
+    assert res["runs"]["layers1-power"]["layers"] == 1
+    assert "main-full" in capsys.readouterr().out
+    # Redraw from the saved results (and merge two files into one).
+    rc = main(["experiment", "passkey", "--out", str(tmp_path / "re"),
+               "--replot", f"{out / 'results.json'},{out / 'results.json'}"])  # fmt: skip
+    assert rc == 0 and (tmp_path / "re" / "heatmaps.png").exists()
+
+
+def test_needle_hops_brute_force():
+    """needle_hops = max over digits of min over the key's two statements of the hops of the
+    digit's block, counted from the block predicting the first answer digit."""
+    seq_len, digits = 2048, 5
+    b = passkey_batch(seq_len, 12, np.random.default_rng(3), depths=np.linspace(0, 1, 12))
+    for name, pattern in equal_budget(seq_len, 32).items():
+        got = needle_hops(pattern, seq_len, b.key_positions, digits)
+        h = hops(pattern, seq_len - digits)
+        for i in range(12):
+            per_digit = []
+            for j in range(digits):
+                opts = [h[b.key_positions[i, o, j] // 32] for o in range(2)]
+                opts = [x for x in opts if x >= 0]
+                per_digit.append(min(opts) if opts else None)
+            want = -1 if None in per_digit else max(per_digit)
+            assert got[i] == want, (name, i)
+    full = needle_hops(get_pattern("full", block_size=32), seq_len, b.key_positions, digits)
+    assert (full == 1).all()
+
+
+def test_check_backend_passes_on_cpu_and_catches_a_wrong_pattern(monkeypatch):
+    p = get_pattern("power", block_size=16)
+    rep = check_backend(p, 160, torch.device("cpu"), heads=2, head_dim=8)
+    assert rep["ok"] and rep["dq"]["err"] <= 3 * rep["dq"]["dense_err"] + 1e-6
+    import powerattn.experiments.passkey as mod
+
+    wrong = get_pattern("sliding_window", block_size=16, window=2, sink=0)
+    real = mod.sparse_attention
+    monkeypatch.setattr(mod, "sparse_attention", lambda q, k, v, pat, **kw: real(q, k, v, wrong))
+    assert not check_backend(p, 160, torch.device("cpu"), heads=2, head_dim=8)["ok"]
+
+
+def test_plan():
+    runs = plan("gpu")
+    names = [r.name for r in runs]
+    main_patterns = ("power", "sliding_window", "stride_slash", "dilated", "longnet", "full")
+    assert names[:6] == [f"main-{p}" for p in main_patterns]
+    assert {"layers2-power", "long-power", "long-stride_slash"} <= set(names)
+    main_power = runs[0].config
+    assert main_power.build_pattern() == equal_budget(4096, 32)["power"]
+    long = next(r for r in runs if r.name == "long-stride_slash").config
+    assert long.build_pattern() == equal_budget(8192, 32)["stride_slash"]
+    assert [r.name for r in plan("gpu", ["layers"], layer_sweep=[5])] == ["layers5-power"]
+    half = plan("gpu", ["main"], ["power"], steps_scale=0.5)[0].config
+    assert half.total_steps == main_power.total_steps // 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"preset": "huge"}, "preset"),
+        ({"parts": ["nope"]}, "parts"),
+        ({"patterns": ["nope"]}, "patterns"),
+        ({"steps_scale": 0}, "steps_scale"),
+        ({"layer_sweep": [0]}, "layer_sweep"),
+    ],
+)
+def test_plan_bad_input(kwargs, match):
+    kwargs = {"preset": "smoke", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        plan(**kwargs)
+
+
+def test_cli_bad_input(capsys):
+    assert main(["experiment", "passkey", "--out", "x", "--jobs", "0"]) == 2
+    assert "--jobs" in capsys.readouterr().err

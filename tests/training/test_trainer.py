@@ -1,0 +1,118 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from powerattn import get_pattern
+from powerattn.receptive import hops
+from powerattn.training import ModelConfig, OptimConfig, Stage, TrainConfig, Trainer
+from powerattn.training.model import build_model
+from powerattn.training.trainer import lr_lambda
+
+
+def tiny_config(**kw) -> TrainConfig:
+    cfg = TrainConfig(
+        model=ModelConfig(layers=2, hidden=32, heads=2, kv_heads=1, intermediate=64),
+        stages=[Stage(320, 4), Stage(384, 4)],
+        batch_size=3,
+        optim=OptimConfig(lr=3e-3, warmup_steps=2),
+        checkpoint_every=2,
+        log_every=1,
+        device="cpu",
+    )
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def params(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_resume_is_exact(tmp_path):
+    """8 steps straight == 4 steps, a 'kill' (the process state is dropped), a fresh trainer
+    resuming from the checkpoint, 4 more steps: same parameters, optimizer state, metrics."""
+    cfg = tiny_config()
+    straight = Trainer(cfg, tmp_path / "a", progress=False)
+    straight.train()
+    killed = Trainer(cfg, tmp_path / "b", progress=False)
+    killed.train(stop_at=5)  # checkpoint at step 4; step 5's work is lost with the process
+    del killed
+    resumed = Trainer(cfg, tmp_path / "b", progress=False)
+    assert resumed.load_checkpoint() and resumed.step == 4
+    resumed.train()
+    assert resumed.step == straight.step == cfg.total_steps
+    pa, pb = params(straight), params(resumed)
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    sa, sb = straight.optimizer.state_dict(), resumed.optimizer.state_dict()
+    for i in sa["state"]:
+        assert torch.equal(sa["state"][i]["exp_avg_sq"], sb["state"][i]["exp_avg_sq"])
+    assert straight.scheduler.get_last_lr() == resumed.scheduler.get_last_lr()
+
+    def losses(d):
+        lines = (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+        return [(m["step"], m["loss"]) for m in map(json.loads, lines)]
+
+    assert losses("a") == losses("b")  # the lines after the checkpoint were logged once
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    Trainer(tiny_config(), tmp_path, progress=False).train(stop_at=2)
+    other = Trainer(tiny_config(seed=1), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="different configuration"):
+        other.train()
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = tiny_config()
+    cfg.stages = [Stage(320, 100)]
+    cfg.optim.warmup_steps = 10
+    lrs = [lr_lambda(s, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert lrs[-1] == pytest.approx(cfg.optim.min_lr_ratio, abs=1e-3)
+
+
+def test_loss_goes_down(tmp_path):
+    cfg = tiny_config(stages=[Stage(320, 40)], batch_size=8, log_every=5)
+    cfg.pattern.name = "full"
+    Trainer(cfg, tmp_path, progress=False).train()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["loss"] < 0.8 * lines[0]["loss"]
+    assert {"loss", "tokens_per_s", "lr", "exact_match", "seq_len"} <= set(lines[-1])
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_model_receptive_field_matches_the_theory(layers):
+    """Changing the tokens of block j changes the last position's logits iff the theory
+    says block j reaches the last block within `layers` layers."""
+    bs, n = 8, 12
+    pattern = get_pattern("power", block_size=bs, window=1, sink=0)
+    cfg = ModelConfig(layers=layers, hidden=32, heads=2, kv_heads=2, intermediate=64)
+    model = build_model(cfg, pattern, max_seq_len=bs * n, seed=0).eval()
+    ids = torch.randint(0, 256, (1, bs * n), generator=torch.Generator().manual_seed(0))
+    h = hops(pattern, bs * n)
+    with torch.no_grad():
+        base = model(ids).logits[0, -1]
+        for j in range(n - 1):
+            other = ids.clone()
+            other[0, j * bs : (j + 1) * bs] = (other[0, j * bs : (j + 1) * bs] + 1) % 256
+            changed = not torch.equal(model(other).logits[0, -1], base)
+            assert changed == (0 <= h[j] <= layers), (j, h[j])
+    assert (h[: n - 1] > layers).any() and ((h[: n - 1] >= 0) & (h[: n - 1] <= layers)).any()
+
+
+def test_hybrid_full_layers_widen_the_receptive_field():
+    bs, n = 8, 12
+    pattern = get_pattern("sliding_window", block_size=bs, window=1, sink=0)
+    cfg = ModelConfig(layers=1, hidden=32, heads=2, kv_heads=2, intermediate=64)
+    sparse = build_model(cfg, pattern, bs * n, seed=0).eval()
+    hybrid = build_model(cfg, pattern, bs * n, full_layers=[0], seed=0).eval()
+    ids = torch.randint(0, 256, (1, bs * n), generator=torch.Generator().manual_seed(1))
+    other = ids.clone()
+    other[0, 0] = (other[0, 0] + 1) % 256
+    with torch.no_grad():
+        assert torch.equal(sparse(ids).logits[0, -1], sparse(other).logits[0, -1])
+        assert not torch.equal(hybrid(ids).logits[0, -1], hybrid(other).logits[0, -1])
+    assert np.isfinite(hybrid(ids).logits.detach().numpy()).all()
