@@ -306,10 +306,40 @@ def smoke_check(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> di
     res["prefill_ok"] = res["prefill_err"] <= 2 * res["prefill_err_same_precision_eager"]
     res["decode_ok"] = res["decode_step_err_vs_ref"] <= 2 * res["prefill_err_same_precision_eager"]
     res["pattern_matters"] = res["power_vs_full_diff"] > 4 * res["prefill_err_same_precision_eager"]
+    res["operator"] = operator_check(device, dtype)
     model.to("meta")  # free the weights before the big model is built
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return res
+
+
+def operator_check(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    """``sparse_attention`` ("auto") against the float64 reference, on q in transformers'
+    memory layout (a transposed view of ``(B, S, H, D)``) and on contiguous q, for prefill and
+    a single decode query; ``*_base`` is the same-precision dense reference's error."""
+    from ..ops.api import sparse_attention
+    from ..ops.reference import reference_attention
+    from ..patterns import get_pattern
+
+    out: dict[str, float] = {}
+    g = torch.Generator(device="cpu").manual_seed(1)
+    for bs, d, hq, hkv, s in ((64, 64, 8, 2, 1024), (256, 128, 28, 4, 4096)):
+        p = get_pattern("power", block_size=bs)
+        q = torch.randn(1, s, hq, d, generator=g).to(device, dtype).transpose(1, 2)
+        k = torch.randn(1, hkv, s, d, generator=g).to(device, dtype)
+        v = torch.randn(1, hkv, s, d, generator=g).to(device, dtype)
+        ref = reference_attention(q, k, v, p, upcast=True)
+        base = reference_attention(q, k, v, p)
+        tag = f"bs{bs}_d{d}"
+        out[f"{tag}_prefill_base"] = (base.double() - ref).abs().max().item()
+        out[f"{tag}_decode_base"] = (base[:, :, -1:].double() - ref[:, :, -1:]).abs().max().item()
+        for name, qq in (("transposed", q), ("contiguous", q.contiguous())):
+            o = sparse_attention(qq, k, v, p)
+            out[f"{tag}_prefill_{name}"] = (o.double() - ref).abs().max().item()
+            o = sparse_attention(qq[:, :, -1:], k, v, p)
+            out[f"{tag}_decode_{name}"] = (o.double() - ref[:, :, -1:]).abs().max().item()
+        del ref, base
+    return out
 
 
 # ----------------------------------------------------------------------------- the run
