@@ -59,13 +59,15 @@ def test_needle_hops_brute_force():
 
 def test_check_backend_passes_on_cpu_and_catches_a_wrong_pattern(monkeypatch):
     p = get_pattern("power", block_size=16)
+    for name in ("full", "longnet"):
+        assert check_backend(get_pattern(name, block_size=16), 160, torch.device("cpu"))["ok"]
     rep = check_backend(p, 160, torch.device("cpu"), heads=2, head_dim=8)
     assert rep["ok"] and rep["dq"]["err"] <= 3 * rep["dq"]["dense_err"] + 1e-6
     import powerattn.experiments.passkey as mod
 
     wrong = get_pattern("sliding_window", block_size=16, window=2, sink=0)
-    real = mod.sparse_attention
-    monkeypatch.setattr(mod, "sparse_attention", lambda q, k, v, pat, **kw: real(q, k, v, wrong))
+    real = mod.attention
+    monkeypatch.setattr(mod, "attention", lambda q, k, v, pat, **kw: real(q, k, v, wrong))
     assert not check_backend(p, 160, torch.device("cpu"), heads=2, head_dim=8)["ok"]
 
 

@@ -37,8 +37,13 @@ def test_curriculum_stages_and_seeded_batches():
     assert batch_for_step(cfg, 4).seq_len == 1024
     assert batch_for_step(cfg, 1).keys == batch_for_step(cfg, 1).keys
     assert batch_for_step(cfg, 1).keys != batch_for_step(cfg, 2).keys
+    cfg.replay = 0.5
+    cfg.stages = [Stage(512, 1), Stage(1024, 1), Stage(2048, 400)]
+    lens = [batch_for_step(cfg, s).seq_len for s in range(2, 402)]
+    assert set(lens) == {512, 1024, 2048} and 150 < lens.count(2048) < 250
+    assert lens == [batch_for_step(cfg, s).seq_len for s in range(2, 402)]
     with pytest.raises(ValueError, match="past the last stage"):
-        stage_at(cfg.stages, 5)
+        stage_at(cfg.stages, 402)
     with pytest.raises(ValueError, match="step"):
         stage_at(cfg.stages, -1)
 
@@ -54,6 +59,7 @@ def test_curriculum_stages_and_seeded_batches():
         ({"model": {"hidden": 100, "heads": 3}}, "model.hidden"),
         ({"pattern": {"full_layers": [9]}}, "full_layers"),
         ({"batch_size": 0}, "batch_size"),
+        ({"replay": 1.0}, "replay"),
     ],
 )
 def test_validate_names_the_bad_field(change, match):

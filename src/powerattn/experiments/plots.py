@@ -35,7 +35,7 @@ def plot_heatmaps(results: dict[str, Any], path: Path, part: str = "main") -> No
         return
     cols = min(3, len(runs))
     rows = (len(runs) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
     for ax, r in zip(axes.ravel(), runs, strict=False):
         lengths = sorted(r["eval"], key=int)
         mat, unreach = [], []
@@ -62,6 +62,7 @@ def plot_heatmaps(results: dict[str, Any], path: Path, part: str = "main") -> No
         ax.set_ylabel("length (tokens)", fontsize=7)
     for ax in axes.ravel()[len(runs) :]:
         ax.axis("off")
+    fig.subplots_adjust(hspace=0.6, wspace=0.3)
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="exact match")
     fig.suptitle(
         "Passkey exact match by needle depth and length (dots: theory says unreachable)", y=1.04
@@ -71,52 +72,75 @@ def plot_heatmaps(results: dict[str, Any], path: Path, part: str = "main") -> No
 
 
 def plot_reach(results: dict[str, Any], path: Path) -> None:
-    """Left: accuracy vs the theoretically reachable fraction at the longest trained length,
-    one point per run (patterns, and power with fewer layers; Fig. 1b). Right: accuracy by
-    the needle's hop count, main runs."""
+    """Retrieval against the receptive-field theory, at each run's longest trained length.
+
+    Left: accuracy vs the fraction of needles reachable within L layers (filled) and within
+    L - 1 layers (hollow), one pair per run. Middle: PowerAttention trained with different
+    numbers of layers, accuracy vs layers, over the theoretical reachable fraction (the
+    paper's Fig. 1b). Right: accuracy by the number of hops the needle needs (main runs).
+    """
     plt = _plt()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
-    a.plot([0, 1], [0, 1], "k:", lw=1, label="accuracy = reachable fraction")
+    fig, (a, m, b) = plt.subplots(1, 3, figsize=(16, 4.4))
+    a.plot([0, 1], [0, 1], "k:", lw=1)
     for r in results["runs"].values():
         if r["part"] not in ("main", "layers"):
             continue
-        s = max(r["eval"], key=int)
-        e = r["eval"][s]
-        marker = "o" if r["part"] == "main" else "s"
-        a.scatter(e["reachable_fraction"], e["accuracy"], marker=marker)
-        a.annotate(
-            f"{r['pattern']} L={r['layers']}",
-            (e["reachable_fraction"], e["accuracy"]),
-            fontsize=7,
-            xytext=(3, 3),
-            textcoords="offset points",
-        )
-    a.set_xlabel("theory: fraction of needles reachable in L layers")
+        e = r["eval"][max(r["eval"], key=int)]
+        layers = r["layers"]
+        within = e.get("reachable_within") or [e["reachable_fraction"]] * (layers + 2)
+        x_l, x_l1 = within[layers - 1], (within[layers - 2] if layers > 1 else 0.0)
+        line = a.plot([x_l1, x_l], [e["accuracy"]] * 2, "-", lw=0.8)
+        color = line[0].get_color()
+        a.scatter([x_l], [e["accuracy"]], color=color)
+        a.scatter([x_l1], [e["accuracy"]], facecolors="none", edgecolors=color)
+        a.annotate(f"{r['pattern']} L={layers}", (x_l, e["accuracy"]), fontsize=7,
+                   xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    a.set_xlabel("theory: needles reachable in L (filled) / L-1 (hollow) layers")
     a.set_ylabel("passkey exact match")
     a.set_xlim(-0.03, 1.05)
     a.set_ylim(-0.03, 1.05)
-    a.legend(fontsize=7)
-    a.set_title("retrieval vs receptive field (longest length)")
+    a.set_title("retrieval vs receptive field")
+
+    power = sorted(
+        (r for r in results["runs"].values()
+         if r["pattern"] == "power" and r["part"] in ("main", "layers")),
+        key=lambda r: r["layers"],
+    )  # fmt: skip
+    if power:
+        deepest = power[-1]
+        e = deepest["eval"][max(deepest["eval"], key=int)]
+        within = e.get("reachable_within", [])
+        ks = np.arange(1, len(within) + 1)
+        m.plot(ks, within, "k--", lw=1, label="theory: reachable in k hops")
+        m.plot(ks + 1, within, "k:", lw=1, label="theory shifted: k hops + 1 layer")
+        xs = [r["layers"] for r in power]
+        ys = [r["eval"][max(r["eval"], key=int)]["accuracy"] for r in power]
+        m.plot(xs, ys, "o-", color="C0", label="power: trained with L layers")
+        m.set_xlabel("layers")
+        m.set_ylabel("exact match / reachable fraction")
+        m.set_ylim(-0.03, 1.05)
+        m.legend(fontsize=7)
+        m.set_title(f"PowerAttention by depth of the model ({max(deepest['eval'], key=int)} tok)")
+    else:
+        m.axis("off")
+
+    layers = None
     for r in results["runs"].values():
         if r["part"] != "main":
             continue
-        s = max(r["eval"], key=int)
-        nh = np.asarray(r["eval"][s]["needle_hops"])
-        c = np.asarray(r["eval"][s]["correct"], dtype=float)
+        ev = r["eval"][max(r["eval"], key=int)]
+        nh = np.asarray(ev["needle_hops"])
+        c = np.asarray(ev["correct"], dtype=float)
         nh = np.where(nh < 0, 99, nh)  # never reachable -> a bin on the right
         xs = np.unique(nh)
-        b.plot(
-            [min(x, 17) for x in xs],
-            [c[nh == x].mean() for x in xs],
-            "o-",
-            label=r["pattern"],
-            ms=3,
-        )
+        b.plot([min(x, 17) for x in xs], [c[nh == x].mean() for x in xs], "o-",
+               label=r["pattern"], ms=3)  # fmt: skip
         layers = r["layers"]
-    b.axvline(layers + 0.5, color="k", ls=":", lw=1)
+    if layers is not None:
+        b.axvline(layers + 0.5, color="k", ls=":", lw=1)
+        b.set_title(f"accuracy by needle hops (model has {layers} layers)")
     b.set_xlabel("hops the needle needs (17 = never)")
     b.set_ylabel("exact match")
-    b.set_title(f"accuracy by needle hops (model has {layers} layers)")
     b.legend(fontsize=7)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)

@@ -93,6 +93,9 @@ class TrainConfig:
     batch_size: int = 32
     seed: int = 0
     loss_on: str = "answer"  # "answer": the key's digits only; "all": every next token
+    # Fraction of the steps of stage i > 0 spent on the length of an earlier stage (drawn
+    # uniformly), so that the model keeps the shorter lengths it learned first.
+    replay: float = 0.0
     checkpoint_every: int = 100  # steps; a checkpoint is also written at the end
     log_every: int = 10
     device: str = "auto"  # "auto" = cuda if available, else cpu
@@ -120,6 +123,8 @@ class TrainConfig:
                     f"stages[{i}].seq_len ({s.seq_len}) is shorter than the shortest passkey "
                     f"document ({min_length(self.task.digits)} tokens)"
                 )
+        if not 0.0 <= self.replay < 1.0:
+            raise ValueError(f"replay must be in [0, 1), got {self.replay}")
         if self.loss_on not in ("answer", "all"):
             raise ValueError(f"loss_on must be 'answer' or 'all', got {self.loss_on!r}")
         if self.pattern.name not in pattern_names():

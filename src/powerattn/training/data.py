@@ -24,9 +24,18 @@ def stage_at(stages: list[Stage], step: int) -> tuple[int, Stage]:
     raise ValueError(f"step {step} is past the last stage (total {end} steps)")
 
 
+def seq_len_for_step(cfg: TrainConfig, step: int) -> int:
+    """The document length of step ``step``: its stage's, or with probability
+    ``cfg.replay`` (stages after the first) an earlier stage's, drawn uniformly."""
+    idx, stage = stage_at(cfg.stages, step)
+    rng = np.random.default_rng([cfg.seed, 0x1E7, step])
+    if idx > 0 and rng.random() < cfg.replay:
+        return cfg.stages[int(rng.integers(idx))].seq_len
+    return stage.seq_len
+
+
 def batch_for_step(cfg: TrainConfig, step: int) -> PasskeyBatch:
     """The training batch of step ``step``: passkeys at uniform random depths, at the length
-    of the curriculum stage the step falls in."""
-    _, stage = stage_at(cfg.stages, step)
+    :func:`seq_len_for_step` gives."""
     rng = np.random.default_rng([cfg.seed, 0x7A55, step])
-    return passkey_batch(stage.seq_len, cfg.batch_size, rng, digits=cfg.task.digits)
+    return passkey_batch(seq_len_for_step(cfg, step), cfg.batch_size, rng, digits=cfg.task.digits)

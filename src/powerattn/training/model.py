@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..ops.api import sparse_attention
@@ -13,13 +14,33 @@ from .tokenizer import ByteTokenizer
 _IMPL = "powerattn_training"
 
 
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pattern: Pattern,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The attention every model layer computes: q ``(B, Hq, S, D)``, k/v ``(B, Hkv, S, D)``
+    -> ``(B, Hq, S, D)``, all of one dtype.
+
+    :func:`powerattn.sparse_attention` with ``pattern``; the ``full`` pattern (the dense
+    ceiling of the comparison) goes to PyTorch's causal SDPA, which computes the same thing
+    with a FlashAttention kernel.
+    """
+    if pattern.name == "full":
+        return F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        )
+    return sparse_attention(q, k, v, pattern, scale=scale, backend=backend)
+
+
 def _attention(module: nn.Module, query, key, value, attention_mask, scaling=None, **kwargs):
     """``AttentionInterface`` function: q ``(B, Hq, S, D)``, k/v ``(B, Hkv, S, D)`` ->
     ``((B, S, Hq, D), None)``. The pattern is the one attached to the module."""
     del attention_mask, kwargs  # the pattern is the mask; every document fills the sequence
-    out = sparse_attention(
-        query, key, value, module.powerattn_pattern, scale=scaling, backend=module.powerattn_backend
-    )
+    out = attention(query, key, value, module.powerattn_pattern, scaling, module.powerattn_backend)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -228,7 +228,7 @@ class Trainer:
                 last = {
                     "step": self.step,
                     "stage": stage_idx,
-                    "seq_len": stage.seq_len,
+                    "seq_len": stage.seq_len,  # the stage's (replayed steps may be shorter)
                     "loss": float(loss_sum) / count,
                     "exact_match": float(correct_sum) / count,
                     "grad_norm": float(grad_norm),
