@@ -37,6 +37,19 @@ def test_smoke_campaign_through_the_cli(tmp_path, capsys):
     assert rc == 0 and (tmp_path / "re" / "heatmaps.png").exists()
 
 
+def test_a_run_that_dies_is_retried_on_the_fallback(tmp_path, capsys):
+    """The 'decode' backend has no backward, so the training process exits with an error;
+    the parallel driver reruns it from scratch on sdpa_mask."""
+    out = tmp_path / "out"
+    rc = main(["experiment", "passkey", "--preset", "smoke", "--out", str(out), "--parts",
+               "main", "--patterns", "power", "--backend", "decode", "--jobs", "2"])  # fmt: skip
+    assert rc == 0
+    run = json.loads((out / "results.json").read_text())["runs"]["main-power"]
+    assert run["backend"] == "sdpa_mask" and run["backend_ok"]
+    assert (out / "runs" / "main-power" / "log_failed.txt").exists()
+    assert "retrying main-power" in capsys.readouterr().out
+
+
 def test_needle_hops_brute_force():
     """needle_hops = max over digits of min over the key's two statements of the hops of the
     digit's block, counted from the block predicting the first answer digit."""

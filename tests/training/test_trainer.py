@@ -83,14 +83,15 @@ def test_loss_goes_down(tmp_path):
     assert {"loss", "tokens_per_s", "lr", "exact_match", "seq_len"} <= set(lines[-1])
 
 
+@pytest.mark.parametrize("backend", ["auto", "sdpa_mask"])
 @pytest.mark.parametrize("layers", [1, 2])
-def test_model_receptive_field_matches_the_theory(layers):
+def test_model_receptive_field_matches_the_theory(layers, backend):
     """Changing the tokens of block j changes the last position's logits iff the theory
     says block j reaches the last block within `layers` layers."""
     bs, n = 8, 12
     pattern = get_pattern("power", block_size=bs, window=1, sink=0)
     cfg = ModelConfig(layers=layers, hidden=32, heads=2, kv_heads=2, intermediate=64)
-    model = build_model(cfg, pattern, max_seq_len=bs * n, seed=0).eval()
+    model = build_model(cfg, pattern, max_seq_len=bs * n, backend=backend, seed=0).eval()
     ids = torch.randint(0, 256, (1, bs * n), generator=torch.Generator().manual_seed(0))
     h = hops(pattern, bs * n)
     with torch.no_grad():
@@ -116,3 +117,15 @@ def test_hybrid_full_layers_widen_the_receptive_field():
         assert torch.equal(sparse(ids).logits[0, -1], sparse(other).logits[0, -1])
         assert not torch.equal(hybrid(ids).logits[0, -1], hybrid(other).logits[0, -1])
     assert np.isfinite(hybrid(ids).logits.detach().numpy()).all()
+
+
+def test_sdpa_mask_fallback_computes_the_same_model():
+    pattern = get_pattern("longnet", block_size=8, segments=((4, 1), (8, 2)))
+    cfg = ModelConfig(layers=2, hidden=32, heads=4, kv_heads=2, intermediate=64)
+    ids = torch.randint(0, 256, (2, 96), generator=torch.Generator().manual_seed(2))
+    ref = build_model(cfg, pattern, 96, backend="reference", seed=0)
+    alt = build_model(cfg, pattern, 96, backend="sdpa_mask", seed=0)
+    with torch.no_grad():
+        torch.testing.assert_close(alt(ids).logits, ref(ids).logits, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="backend"):
+        TrainConfig(backend="fast").validate()

@@ -53,6 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     k.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps")
     k.add_argument("--jobs", type=int, default=1, help="runs trained at once (subprocesses)")
+    k.add_argument(
+        "--backend",
+        default="auto",
+        help="attention backend of the sparse layers: a sparse_attention backend or sdpa_mask",
+    )
     k.add_argument("--only", help="train and evaluate this one run (used by --jobs)")
     k.add_argument(
         "--deadline",
@@ -121,5 +126,6 @@ def _passkey(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         stop_time=stop_time,
         layer_sweep=args.layer_sweep,
+        backend=args.backend,
     )
     return 0

@@ -42,7 +42,7 @@ from ..training.config import (
     TrainConfig,
 )
 from ..training.evaluate import evaluate_passkey, needle_hops
-from ..training.model import attention
+from ..training.model import SDPA_MASK, attention
 from ..training.trainer import Trainer
 
 MAIN_PATTERNS = ["power", "sliding_window", "stride_slash", "dilated", "longnet", "full"]
@@ -111,6 +111,7 @@ def plan(
     patterns: list[str] | None = None,
     steps_scale: float = 1.0,
     layer_sweep: list[int] | None = None,
+    backend: str = "auto",
 ) -> list[RunSpec]:
     """The training runs of an experiment campaign (``layer_sweep`` overrides the preset's
     layer counts of the ``layers`` part)."""
@@ -150,6 +151,7 @@ def plan(
             seed=preset.seed,
             loss_on=preset.loss_on,
             replay=preset.replay,
+            backend=backend,
             checkpoint_every=100,
             log_every=10,
         )
@@ -215,6 +217,18 @@ def check_backend(
     return report
 
 
+def exercise_backend(
+    pattern: Pattern, seq_len: int, batch: int, heads: int, head_dim: int, backend: str
+) -> None:
+    """One forward + backward of the model's attention at a training shape on the GPU, and a
+    synchronisation, so that a kernel that cannot serve the shape fails before training."""
+    shape = (batch, heads, seq_len, head_dim)
+    xs = [torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+          for _ in range(3)]  # fmt: skip
+    attention(*xs, pattern, backend=backend).float().square().mean().backward()
+    torch.cuda.synchronize()
+
+
 def run_one(
     spec: RunSpec,
     out_dir: Path,
@@ -234,12 +248,20 @@ def run_one(
     trainer = Trainer(spec.config, run_dir, progress=progress)
     cfg = spec.config
     m = cfg.model
-    checks = [
-        check_backend(
-            trainer.pattern, cfg.stages[0].seq_len, trainer.device, cfg.backend, m.heads,
-            m.hidden // m.heads,
-        )
-    ]  # fmt: skip
+    hd = m.hidden // m.heads
+    if trainer.device.type == "cuda":
+        for n in sorted({s.seq_len for s in cfg.stages} | set(spec.eval_lengths)):
+            exercise_backend(trainer.pattern, n, cfg.batch_size, m.heads, hd, cfg.backend)
+    first = cfg.stages[0].seq_len
+    checks = [check_backend(trainer.pattern, first, trainer.device, cfg.backend, m.heads, hd)]
+    fallback = None
+    if not checks[0]["ok"] and cfg.backend != SDPA_MASK:
+        # The kernel computes something else than the pattern: train on the exact mask.
+        fallback = f"backend {cfg.backend!r} failed the check at {first} tokens"
+        cfg = dataclasses.replace(cfg, backend=SDPA_MASK)
+        spec = dataclasses.replace(spec, config=cfg)
+        trainer = Trainer(cfg, run_dir, progress=progress)
+        checks.append(check_backend(trainer.pattern, first, trainer.device, SDPA_MASK, m.heads, hd))
     final = trainer.train(resume=True, stop_time=stop_time)
     train_s = time.perf_counter() - t0
     depths = np.linspace(0.0, 1.0, preset.eval_depths)
@@ -278,6 +300,8 @@ def run_one(
         "name": spec.name,
         "steps_done": trainer.step,
         "steps_planned": cfg.total_steps,
+        "backend": cfg.backend,
+        "backend_fallback": fallback,
         "backend_check": checks,
         "backend_ok": all(c["ok"] for c in checks),
         "part": spec.part,
@@ -318,6 +342,7 @@ def run_experiment(
     progress: bool = True,
     stop_time: float | None = None,
     layer_sweep: list[int] | None = None,
+    backend: str = "auto",
 ) -> dict[str, Any] | None:
     """Run a campaign (or the single run ``only``) and write ``results.json`` + plots.
 
@@ -325,7 +350,7 @@ def run_experiment(
     evaluated as it stands (marked by ``steps_done < steps_planned``)."""
     out = Path(out_dir)
     preset = PRESETS[preset_name] if preset_name in PRESETS else None
-    specs = plan(preset_name, parts, patterns, steps_scale, layer_sweep)
+    specs = plan(preset_name, parts, patterns, steps_scale, layer_sweep, backend)
     assert preset is not None
     if only is not None:
         match = [s for s in specs if s.name == only]
@@ -340,8 +365,9 @@ def run_experiment(
             run_one(spec, out, preset, progress, stop_time)
     else:
         _run_parallel(
-            specs, out, preset_name, parts, patterns, steps_scale, jobs, stop_time, layer_sweep
-        )
+            specs, out, preset_name, parts, patterns, steps_scale, jobs, stop_time, layer_sweep,
+            backend,
+        )  # fmt: skip
     results = {
         "meta": {
             "preset": preset_name,
@@ -375,20 +401,23 @@ def run_experiment(
 
 
 def _run_parallel(
-    specs, out, preset_name, parts, patterns, steps_scale, jobs, stop_time, layer_sweep
+    specs, out, preset_name, parts, patterns, steps_scale, jobs, stop_time, layer_sweep, backend
 ) -> None:
-    """One subprocess per run, ``jobs`` at a time; each logs to ``runs/NAME/log.txt``."""
-    pending = list(specs)
-    active: list[tuple[RunSpec, subprocess.Popen, Any]] = []
+    """One subprocess per run, ``jobs`` at a time; each logs to ``runs/NAME/log.txt``.
+
+    A run whose process dies (e.g. a kernel fault on the GPU) is started once more, from
+    scratch, on the ``sdpa_mask`` fallback; its first log is kept as ``log_failed.txt``."""
+    pending = [(spec, backend) for spec in specs]
+    active: list[tuple[RunSpec, str, subprocess.Popen, Any]] = []
     failed = []
     while pending or active:
         while pending and len(active) < jobs:
-            spec = pending.pop(0)
-            log_path = out / "runs" / spec.name / "log.txt"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
+            spec, bk = pending.pop(0)
+            run_dir = out / "runs" / spec.name
+            run_dir.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "powerattn.cli", "experiment", "passkey",
                    "--preset", preset_name, "--out", str(out), "--only", spec.name,
-                   "--steps-scale", str(steps_scale), "--no-progress"]  # fmt: skip
+                   "--steps-scale", str(steps_scale), "--backend", bk, "--no-progress"]  # fmt: skip
             if parts:
                 cmd += ["--parts", ",".join(parts)]
             if patterns:
@@ -397,18 +426,27 @@ def _run_parallel(
                 cmd += ["--stop-time", repr(stop_time)]
             if layer_sweep is not None:
                 cmd += ["--layer-sweep", ",".join(map(str, layer_sweep))]
-            log = open(log_path, "w")
-            active.append((spec, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
-            print(f"== started {spec.name}", flush=True)
+            log = open(run_dir / "log.txt", "w")
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            active.append((spec, bk, proc, log))
+            print(f"== started {spec.name} (backend {bk})", flush=True)
         time.sleep(0.5)
         for item in list(active):
-            spec, proc, log = item
-            if proc.poll() is not None:
-                log.close()
-                active.remove(item)
-                print(f"== finished {spec.name} (exit {proc.returncode})", flush=True)
-                if proc.returncode:
-                    failed.append(spec.name)
+            spec, bk, proc, log = item
+            if proc.poll() is None:
+                continue
+            log.close()
+            active.remove(item)
+            print(f"== finished {spec.name} (exit {proc.returncode})", flush=True)
+            if proc.returncode and bk != SDPA_MASK:
+                run_dir = out / "runs" / spec.name
+                (run_dir / "log.txt").rename(run_dir / "log_failed.txt")
+                for name in ("checkpoint.pt", "metrics.jsonl"):
+                    (run_dir / name).unlink(missing_ok=True)
+                pending.append((spec, SDPA_MASK))
+                print(f"== retrying {spec.name} on the {SDPA_MASK} fallback", flush=True)
+            elif proc.returncode:
+                failed.append(spec.name)
     if failed:
         print(f"== runs failed: {failed}; see runs/NAME/log.txt", flush=True)
 

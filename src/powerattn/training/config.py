@@ -99,7 +99,7 @@ class TrainConfig:
     checkpoint_every: int = 100  # steps; a checkpoint is also written at the end
     log_every: int = 10
     device: str = "auto"  # "auto" = cuda if available, else cpu
-    backend: str = "auto"  # sparse_attention backend
+    backend: str = "auto"  # a sparse_attention backend, or "sdpa_mask" (see training.model)
 
     @property
     def total_steps(self) -> int:
@@ -123,6 +123,12 @@ class TrainConfig:
                     f"stages[{i}].seq_len ({s.seq_len}) is shorter than the shortest passkey "
                     f"document ({min_length(self.task.digits)} tokens)"
                 )
+        from ..ops.api import BACKENDS
+
+        if self.backend not in (*BACKENDS, "sdpa_mask"):
+            raise ValueError(
+                f"backend must be one of {(*BACKENDS, 'sdpa_mask')}, got {self.backend!r}"
+            )
         if not 0.0 <= self.replay < 1.0:
             raise ValueError(f"replay must be in [0, 1), got {self.replay}")
         if self.loss_on not in ("answer", "all"):

@@ -3,13 +3,41 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..ops.api import sparse_attention
-from ..patterns import Pattern
+from ..patterns import Pattern, get_pattern
 from ..transformers import apply, dense_causal_attention
 from .config import ModelConfig
 from .tokenizer import ByteTokenizer
+
+# Not a powerattn.sparse_attention backend: the pattern's exact token mask handed to PyTorch's
+# SDPA (its memory-efficient kernel takes any mask, with a backward). Dense cost, no sparsity
+# gain: the fallback for when a block-sparse kernel cannot serve a training shape.
+SDPA_MASK = "sdpa_mask"
+_IMPL = "powerattn_sdpa_mask"
+_masks: dict[tuple, torch.Tensor] = {}
+
+
+def masked_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, scale: float | None
+) -> torch.Tensor:
+    """``pattern``'s exact mask through SDPA: q ``(B, Hq, S, D)``, k/v ``(B, Hkv, S, D)``
+    (``Sq == Sk``) -> ``(B, Hq, S, D)``."""
+    key = (pattern, q.shape[2], k.shape[2], q.device)
+    if key not in _masks:
+        _masks[key] = pattern.dense_mask(q.shape[2], k.shape[2]).to(q.device)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=_masks[key], scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+    )
+
+
+def _masked_sdpa_forward(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """``AttentionInterface`` function of the fallback: ``((B, S, Hq, D), None)``."""
+    del attention_mask, kwargs  # unpadded documents; the pattern is the mask
+    out = attention(query, key, value, module.powerattn_pattern, scaling, SDPA_MASK)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def attention(
@@ -24,10 +52,13 @@ def attention(
     ``(B, Hq, S, D)``, all of one dtype (for checks against the oracle).
 
     :func:`powerattn.sparse_attention` with ``pattern``; the ``full`` pattern (the dense
-    ceiling of the comparison) runs as layers kept full, i.e. PyTorch's causal SDPA.
+    ceiling of the comparison) runs as layers kept full, i.e. PyTorch's causal SDPA;
+    ``backend="sdpa_mask"``: :func:`masked_sdpa`.
     """
     if pattern.name == "full":
         return dense_causal_attention(q, k, v, scale)
+    if backend == SDPA_MASK:
+        return masked_sdpa(q, k, v, pattern, scale)
     return sparse_attention(q, k, v, pattern, scale=scale, backend=backend)
 
 
@@ -41,7 +72,8 @@ def build_model(
 ) -> nn.Module:
     """A randomly initialised ``LlamaForCausalLM`` over the byte vocabulary, in float32,
     switched to our attention by :func:`powerattn.transformers.apply` (``full_layers``: layer
-    indices kept on dense causal attention)."""
+    indices kept on dense causal attention; ``backend="sdpa_mask"``: the masked-SDPA
+    fallback instead)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = ByteTokenizer()
@@ -62,6 +94,15 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
+    if backend == SDPA_MASK:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(_IMPL, _masked_sdpa_forward)
+        full_pat = get_pattern("full", block_size=pattern.block_size)
+        for i, layer in enumerate(model.model.layers):
+            layer.self_attn.powerattn_pattern = full_pat if i in full_layers else pattern
+        model.set_attn_implementation(_IMPL)
+        return model
     # The full ceiling: every layer kept full (causal SDPA, a FlashAttention kernel).
     full = range(cfg.layers) if pattern.name == "full" else full_layers
     apply(model, pattern, full_layers=sorted(full), backend=backend)
