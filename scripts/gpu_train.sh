@@ -2,7 +2,7 @@
 # The passkey experiments on the GPU machine (run from the repository root there).
 #
 #   scripts/gpu_train.sh PARTS TIME_LIMIT_S [more `powerattn experiment passkey` args]
-#   e.g. scripts/gpu_train.sh main 300 --jobs 6
+#   e.g. scripts/gpu_train.sh main 300 --jobs 10
 #
 # Trains into /tmp/passkey (checkpoints stay there) and copies what should come back into
 # $OUT: results.json, the figures, the log, the GPU name and a tarball of every run's

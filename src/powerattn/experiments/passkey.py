@@ -87,9 +87,9 @@ PRESETS: dict[str, Preset] = {
         model=ModelConfig(layers=6, hidden=128, heads=4, kv_heads=4, intermediate=512),
         # More steps at the last length: each new length first costs accuracy, and a quarter
         # of the later stages' steps replay shorter lengths (the pilot forgot them).
-        stages=[Stage(512, 200), Stage(1024, 200), Stage(2048, 250), Stage(4096, 500)],
-        long_stages=[Stage(1024, 200), Stage(2048, 200), Stage(4096, 250), Stage(8192, 500)],
-        layer_sweep=[2, 3, 4],
+        stages=[Stage(512, 200), Stage(1024, 200), Stage(2048, 250), Stage(4096, 450)],
+        long_stages=[Stage(1024, 150), Stage(2048, 150), Stage(4096, 200), Stage(8192, 350)],
+        layer_sweep=[2, 4],
         batch_size=32,
         optim=OptimConfig(lr=1e-3, warmup_steps=100),
         replay=0.25,
