@@ -10,6 +10,7 @@ Block size 4, window 2, sequences of 40-60 tokens: the pattern really drops keys
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -458,6 +459,12 @@ def test_bench_e2e_plumbing(tmp_path, capsys):
     assert "power(block_size=16" in doc["variants"]["power"]
     assert "full layers [0, 1]" in doc["variants"]["hybrid"]  # 2 of every 7 with 2 layers
     assert set(doc["profiles"]) == {"full_decode8_96", "power_decode8_96", "power_prefill_96"}
+    text = (tmp_path / "prof.txt").read_text()
+    assert text.count("=====") == 3 and text.count("Self CPU time total") == 3  # every table
+    assert (
+        "table"
+        not in json.loads((tmp_path / "e2e.json").read_text())["profiles"]["full_decode8_96"]
+    )
     t = doc["summary"]["targets"]
     assert t["seq_len"] == 96 and t["prefill_speedup"] > 0
     assert main(["bench", "e2e", "--from-json", str(tmp_path / "e2e.json")]) == 0

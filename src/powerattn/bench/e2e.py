@@ -386,8 +386,10 @@ def run(cfg: E2EConfig, json_path: str | None = None) -> dict[str, Any]:
         doc["meta"]["elapsed_s"] = time.perf_counter() - start
         if json_path:
             Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+            # The profile tables go to the --profile text file; keep the JSON small.
+            slim = {**doc, "profiles": {k: _no_table(p) for k, p in doc["profiles"].items()}}
             with open(json_path, "w") as f:
-                json.dump(doc, f, indent=2, default=str)
+                json.dump(slim, f, indent=2, default=str)
                 f.write("\n")
 
     def over_budget() -> bool:
@@ -498,14 +500,16 @@ def _profile_prefill(model, seq_len: int, cache_kw: str, device: torch.device) -
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def _no_table(p: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in p.items() if k != "table"}
+
+
 def _write_profiles(doc: dict[str, Any], path: str) -> None:
     with open(path, "w") as f:
         for key, p in doc["profiles"].items():
             f.write(f"===== {key}\n")
-            f.write(json.dumps({k: v for k, v in p.items() if k != "table"}, indent=1))
+            f.write(json.dumps(_no_table(p), indent=1))
             f.write("\n" + p.get("table", "") + "\n\n")
-    for p in doc["profiles"].values():
-        p.pop("table", None)  # the text file has it; keep the JSON small
 
 
 def _tb() -> str:
