@@ -2,7 +2,7 @@
 # GPU job of the attention operator (issue 3): the correctness suite on CUDA, then
 # `powerattn bench kernel` (Qwen2-7B shapes, 8K..128K). Run from the repository root on the
 # GPU machine:
-#     OUT=/tmp/out bash scripts/gpu_kernel.sh [all|tests|bench]
+#     OUT=/tmp/out bash scripts/gpu_kernel.sh [all|tests|bench|diag]
 # Writes env.txt, tests.log, bench.log, kernel.json, kernel.png under $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/powerattn-kernel}
@@ -29,5 +29,10 @@ if [[ $MODE == all || $MODE == bench ]]; then
     sed -n '/^NVIDIA\|^workload/,$p' "$OUT/bench.log" | tail -n 60
     tail -n 5 "$OUT/bench.log"
     echo "bench: rc=$rc in $(($(date +%s) - start)) s"
+fi
+if [[ $MODE == diag ]]; then
+    timeout "${DIAG_TIMEOUT:-200}" python3 results/kernel/flex_diag.py 2>&1 | tee "$OUT/diag.log" \
+        | grep -v Warning | tail -n 60
+    timeout 120 python3 tests/ops/decode_cases.py cuda 2>&1 | tail -n 12
 fi
 exit $rc

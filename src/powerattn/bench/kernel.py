@@ -102,9 +102,12 @@ def _bench_masks(rec, cfg, pattern, s, dev):
     if cfg.skip_flex:
         return None
 
+    def mask_mod(b, h, q_idx, kv_idx):  # create_block_mask wants a plain function
+        return pattern.mask_mod(b, h, q_idx, kv_idx)
+
     def cbm():
         return create_block_mask(
-            pattern.mask_mod, None, None, s, s, device=dev, BLOCK_SIZE=128, _compile=True
+            mask_mod, None, None, s, s, device=dev, BLOCK_SIZE=128, _compile=True
         )
 
     t = time.perf_counter()
@@ -128,9 +131,12 @@ def _bench_decode(rec, cfg, pattern, s, rnd, flex_c, with_flex):
     dense = _bench(lambda: sdpa(q, k, v, enable_gqa=True))
     rec.add("decode", "dense SDPA", s, dense)
     if with_flex:
-        bm1 = create_block_mask(
-            pattern.mask_mod_for(1, s), None, None, 1, s, device=q.device, BLOCK_SIZE=128
-        )
+        offset = s - 1
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return pattern.mask_mod(b, h, q_idx + offset, kv_idx)
+
+        bm1 = create_block_mask(mask_mod, None, None, 1, s, device=q.device, BLOCK_SIZE=128)
         ms = _bench(lambda: flex_c(q, k, v, block_mask=bm1, enable_gqa=True))
         rec.add("decode", "flex (create_block_mask)", s, ms, speedup=round(dense / ms, 2))
     G = Hq // Hkv

@@ -43,6 +43,7 @@ TILE = 128
 # grad mode costs one; sequence lengths go dynamic after the first change).
 RECOMPILE_LIMIT = 64
 _MASK_CACHE_SIZE = 64
+_KERNEL_OPTIONS = {"FORCE_USE_FLEX_ATTENTION": True}
 
 # dynamic=True: one kernel for every sequence length (no recompile per length).
 _compiled_flex = torch.compile(flex_attention, dynamic=True)
@@ -88,43 +89,48 @@ def block_mask_for(
     pattern: Pattern, q_len: int, kv_len: int, device: torch.device | str, tile: int = TILE
 ) -> BlockMask:
     """The cached FlexAttention ``BlockMask`` of ``pattern`` for ``q_len`` queries aligned to
-    the end of ``kv_len`` keys, on ``device``. Built analytically (both sides), one
-    host-to-device copy."""
+    the end of ``kv_len`` keys, on ``device``. Built analytically (both sides): compact
+    lists on the host, one host-to-device copy, padded to full width on the device."""
     device = torch.device(device)
     key = (pattern, q_len, kv_len, device, tile)
     bm = _mask_cache.get(key)
     if bm is not None:
         _mask_cache.move_to_end(key)
         return bm
-    lay = tile_layout(pattern, q_len, kv_len, tile, tile, full_width=device.type != "cuda")
-    parts = [
-        lay.kv_count,
-        lay.kv_idx,
-        lay.full_kv_count,
-        lay.full_kv_idx,
-        lay.q_count,
-        lay.q_idx,
-        lay.full_q_count,
-        lay.full_q_idx,
-    ]
-    # One buffer, one copy; each piece is a contiguous view of it, shaped (1, 1, rows[, W]).
-    buf = torch.from_numpy(np.concatenate([p.reshape(-1) for p in parts]))
-    buf = buf.to(device)
-    views, start = [], 0
-    for p in parts:
-        views.append(buf[start : start + p.size].view(1, 1, *p.shape))
-        start += p.size
-    offset = torch.tensor(kv_len - q_len, dtype=torch.int32, device=device)
+    lay = tile_layout(pattern, q_len, kv_len, tile, tile)
+    counts = [lay.kv_count, lay.full_kv_count, lay.q_count, lay.full_q_count]
+    idx = [lay.kv_idx, lay.full_kv_idx, lay.q_idx, lay.full_q_idx]
+    widths = [lay.num_kv_tiles, lay.num_kv_tiles, lay.num_q_tiles, lay.num_q_tiles]
+    # One host-to-device copy of the compact lists (and the query offset), each piece padded
+    # to 64 bytes so that the views are aligned.
+    pieces = [np.asarray([kv_len - q_len], dtype=np.int32), *counts, *idx]
+    sizes = [-(-p.size // 16) * 16 for p in pieces]
+    host = np.zeros(sum(sizes), dtype=np.int32)
+    starts = np.cumsum([0, *sizes[:-1]])
+    for p, st in zip(pieces, starts, strict=True):
+        host[st : st + p.size] = p.reshape(-1)
+    buf = torch.from_numpy(host).to(device)
+    views = [buf[st : st + p.size].view(p.shape) for p, st in zip(pieces, starts, strict=True)]
+    offset = views[0].view(())
+    counts_d = [c.view(1, 1, -1) for c in views[1:5]]
+    # Index lists padded (with 0) to the number of tiles, on the device: FlexAttention's
+    # kernels (torch 2.11, seen on the H200) read past the longest list otherwise and give
+    # wrong results; its CPU kernel asserts on it.
+    idx_d = []
+    for c, w in zip(views[5:], widths, strict=True):
+        full = torch.zeros(1, 1, c.shape[0], w, dtype=torch.int32, device=device)
+        full[0, 0, :, : c.shape[1]] = c
+        idx_d.append(full)
     bm = BlockMask(
         seq_lengths=(q_len, kv_len),
-        kv_num_blocks=views[0],
-        kv_indices=views[1],
-        full_kv_num_blocks=views[2],
-        full_kv_indices=views[3],
-        q_num_blocks=views[4],
-        q_indices=views[5],
-        full_q_num_blocks=views[6],
-        full_q_indices=views[7],
+        kv_num_blocks=counts_d[0],
+        kv_indices=idx_d[0],
+        full_kv_num_blocks=counts_d[1],
+        full_kv_indices=idx_d[1],
+        q_num_blocks=counts_d[2],
+        q_indices=idx_d[2],
+        full_q_num_blocks=counts_d[3],
+        full_q_indices=idx_d[3],
         BLOCK_SIZE=(tile, tile),
         mask_mod=(
             _causal_mask_mod(offset)
@@ -195,13 +201,14 @@ def flex_sparse_attention(
             if need_lse:
                 raise ValueError("backend='flex' cannot return the lse on the CPU")
             return fn(q, k, v, block_mask=bm, scale=scale, enable_gqa=gqa), None
+        # The regular kernel also for short queries: flex's decoding kernel finds no valid
+        # config under dynamic shapes (torch 2.11, seen on the H200).
+        kw = dict(block_mask=bm, scale=scale, enable_gqa=gqa, kernel_options=_KERNEL_OPTIONS)
         if AuxRequest is not None:
-            out, aux = fn(
-                q, k, v, block_mask=bm, scale=scale, enable_gqa=gqa, return_aux=AuxRequest(lse=True)
-            )
+            out, aux = fn(q, k, v, return_aux=AuxRequest(lse=True), **kw)
             lse = aux.lse
         else:
-            out, lse = fn(q, k, v, block_mask=bm, scale=scale, enable_gqa=gqa, return_lse=True)
+            out, lse = fn(q, k, v, return_lse=True, **kw)
     if pad:
         out, lse = out[:, :, pad:].contiguous(), lse[:, :, pad:].contiguous()
     return out, lse
