@@ -340,6 +340,15 @@ def test_register_is_idempotent():
     assert AttentionMaskInterface()["powerattn"] is pt.mask_forward
 
 
+def test_register_refuses_old_transformers(monkeypatch):
+    import sys
+
+    # The module object itself: loading a checkpoint can re-create transformers' lazy module.
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", "4.56.2")
+    with pytest.raises(ImportError, match="transformers >= 5"):
+        pt.register()
+
+
 def test_mask_function_returns_at_most_2d():
     pt.register()
     from transformers.masking_utils import create_causal_mask

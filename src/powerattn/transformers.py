@@ -57,6 +57,9 @@ CONFIG_KEY = "powerattn"
 """The attribute of ``model.config`` holding the settings dict."""
 
 DEFAULT_PATTERN = "power"
+# The mask-function keywords used here (q_length, q_offset, kv_offset) are transformers 5's;
+# verified with 5.17 and 5.24.
+MIN_TRANSFORMERS_MAJOR = 5
 
 _RULE = re.compile(r"^\s*(\d+)\s*(?:of\s+every|of|/)\s*(\d+)\s*$")
 
@@ -175,6 +178,14 @@ def register() -> None:
     Idempotent. Needed before ``from_pretrained(..., attn_implementation="powerattn")``;
     :func:`apply` calls it.
     """
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    if major < MIN_TRANSFORMERS_MAJOR:
+        raise ImportError(
+            f"powerattn.transformers needs transformers >= {MIN_TRANSFORMERS_MAJOR} (its mask "
+            f"interface), found {transformers.__version__}"
+        )
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
