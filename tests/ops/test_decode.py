@@ -20,9 +20,10 @@ CASES = Path(__file__).with_name("decode_cases.py")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CPU: interpreter test)")
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "two_kernels"])
 @pytest.mark.parametrize("case", decode_cases.cases(), ids=lambda c: "-".join(map(str, c)))
-def test_decode_kernel_cuda(case):
-    msg = decode_cases.check(*case, device="cuda")
+def test_decode_kernel_cuda(case, fused):
+    msg = decode_cases.check(*case, device="cuda", fused=fused)
     assert msg is None, msg
 
 

@@ -44,6 +44,8 @@ _scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 _LOG2E = 1.4426950408889634
 
 MODE_TABLE, MODE_CLOSED = 0, 1
+# Single launch (split-K with an in-kernel semaphore) instead of partial + combine kernels.
+FUSED = True
 
 
 def _device_ok(t: torch.Tensor) -> bool:
@@ -94,16 +96,18 @@ if triton is not None:
 
     @triton.jit
     def _decode_partial_kernel(
-        Q, K, V, O_part, M_part, L_part, TBL, BITS, CNT,
+        Q, K, V, O_part, M_part, L_part, TBL, BITS, CNT, Out, LSE, COUNTER,
         stride_qb, stride_qh, stride_qs, stride_qd,
         stride_kb, stride_kh, stride_ks, stride_kd,
         stride_vb, stride_vh, stride_vs, stride_vd,
+        stride_ob, stride_oh, stride_os, stride_od,
         Sq, Sk, qk_scale, bs,
         qb_first, n_qb, n_slots, sink, window, wslots, e0,
         G, HKV, SPLITS, N_MB,
         MODE: tl.constexpr, HAS_POW: tl.constexpr, CHUNKS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         HEAD_D: tl.constexpr, PREC: tl.constexpr, PREC_PV: tl.constexpr, DOT_F32: tl.constexpr,
+        FUSED: tl.constexpr, SPLITS_P2: tl.constexpr,
     ):  # fmt: skip
         i_bh = tl.program_id(0)
         i_s = tl.program_id(1)
@@ -189,6 +193,57 @@ if triton is not None:
         tl.store(M_part + row, b_m)
         tl.store(L_part + row, b_l)
         tl.store(O_part + row[:, None] * BLOCK_D + o_d[None, :], b_acc)
+        if FUSED:
+            # Single pass: the last program of this (batch, head, row block) to finish
+            # combines the splits (a semaphore; the barrier orders all threads' stores
+            # before the release, loads below bypass L1).
+            tl.debug_barrier()
+            p_cnt = COUNTER + i_bh * N_MB + i_m
+            if tl.atomic_add(p_cnt, 1, sem="acq_rel") == SPLITS - 1:
+                for r in range(0, BLOCK_M):
+                    if i_m * BLOCK_M + r < G * Sq:
+                        _combine_row(
+                            O_part, M_part, L_part, Out, LSE,
+                            stride_ob, stride_oh, stride_os, stride_od,
+                            i_bh, i_m * BLOCK_M + r, Sq, G, HKV, SPLITS, N_MB,
+                            BLOCK_M, BLOCK_D, HEAD_D, SPLITS_P2,
+                        )  # fmt: skip
+                tl.atomic_xchg(p_cnt, 0)  # reset for the next call
+
+    @triton.jit
+    def _combine_row(
+        O_part, M_part, L_part, Out, LSE,
+        stride_ob, stride_oh, stride_os, stride_od,
+        i_bh, row, Sq, G, HKV, SPLITS, N_MB,
+        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_D: tl.constexpr,
+        SPLITS_P2: tl.constexpr,
+    ):  # fmt: skip
+        """Merge the SPLITS partial (m, l, acc) of one query row; write out and lse."""
+        o_sp = tl.arange(0, SPLITS_P2)
+        o_d = tl.arange(0, BLOCK_D)
+        m_sp = o_sp < SPLITS
+        rows = (i_bh * SPLITS + o_sp) * (N_MB * BLOCK_M) + row  # [SP]
+        b_m = tl.load(M_part + rows, mask=m_sp, other=float("-inf"), cache_modifier=".cg")
+        b_l = tl.load(L_part + rows, mask=m_sp, other=0.0, cache_modifier=".cg")
+        b_o = tl.load(
+            O_part + rows[:, None] * BLOCK_D + o_d[None, :],
+            mask=m_sp[:, None],
+            other=0.0,
+            cache_modifier=".cg",
+        )  # [SP, BD]
+        m_max = tl.max(b_m, 0)
+        m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
+        w = tl.exp2(b_m - m_safe)  # [SP]
+        l_tot = tl.sum(b_l * w, 0)
+        empty = l_tot == 0.0
+        out = tl.sum(w[:, None] * b_o, 0) / tl.where(empty, 1.0, l_tot)  # [BD]
+        lse = tl.where(empty, float("-inf"), m_safe + tl.log2(tl.where(empty, 1.0, l_tot)))
+        i_b = i_bh // HKV
+        qh = (i_bh % HKV) * G + row // Sq
+        s = row % Sq
+        p_o = Out + i_b * stride_ob + qh * stride_oh + s * stride_os + o_d * stride_od
+        tl.store(p_o, out.to(Out.dtype.element_ty), mask=o_d < HEAD_D)
+        tl.store(LSE + (i_b * HKV * G + qh) * Sq + s, lse * 0.6931471805599453)  # natural log
 
     @triton.jit
     def _decode_combine_kernel(
@@ -198,42 +253,12 @@ if triton is not None:
         BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_D: tl.constexpr,
         SPLITS_P2: tl.constexpr,
     ):  # fmt: skip
-        i_bh = tl.program_id(0)
-        i_m = tl.program_id(1)
-        i_b = i_bh // HKV
-        i_h = i_bh % HKV
-        o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        o_sp = tl.arange(0, SPLITS_P2)
-        o_d = tl.arange(0, BLOCK_D)
-        rows = (i_bh * SPLITS + o_sp)[:, None] * (N_MB * BLOCK_M) + o_m[None, :]  # [SP, BM]
-        m_sp = o_sp[:, None] < SPLITS
-        b_m = tl.load(M_part + rows, mask=m_sp, other=float("-inf"))
-        b_l = tl.load(L_part + rows, mask=m_sp, other=0.0)
-        m_max = tl.max(b_m, 0)  # [BM]
-        m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
-        w = tl.exp2(b_m - m_safe[None, :])  # [SP, BM]
-        l_tot = tl.sum(b_l * w, 0)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        for sp in range(0, SPLITS):
-            w_sp = tl.sum(tl.where(o_sp[:, None] == sp, w, 0.0), 0)  # [BM]
-            row = (i_bh * SPLITS + sp) * (N_MB * BLOCK_M) + o_m
-            b_o = tl.load(O_part + row[:, None] * BLOCK_D + o_d[None, :])
-            acc += w_sp[:, None] * b_o
-        empty = l_tot == 0.0
-        out = acc / tl.where(empty, 1.0, l_tot)[:, None]
-        lse = tl.where(empty, float("-inf"), (m_safe + tl.log2(tl.where(empty, 1.0, l_tot))))
-        lse = lse * 0.6931471805599453  # log2 -> natural log
-        g = o_m // Sq
-        s = o_m % Sq
-        m_row = o_m < G * Sq
-        qh = i_h * G + g
-        p_o = Out + i_b * stride_ob + qh[:, None] * stride_oh + s[:, None] * stride_os
-        tl.store(
-            p_o + o_d[None, :] * stride_od,
-            out.to(Out.dtype.element_ty),
-            mask=m_row[:, None] & (o_d[None, :] < HEAD_D),
-        )
-        tl.store(LSE + (i_b * HKV * G + qh) * Sq + s, lse, mask=m_row)
+        _combine_row(
+            O_part, M_part, L_part, Out, LSE,
+            stride_ob, stride_oh, stride_os, stride_od,
+            tl.program_id(0), tl.program_id(1), Sq, G, HKV, SPLITS, N_MB,
+            BLOCK_M, BLOCK_D, HEAD_D, SPLITS_P2,
+        )  # fmt: skip
 
 
 def _closed_form(pattern: Pattern, qb_last: int) -> tuple[int, int, bool] | None:
@@ -286,6 +311,7 @@ def decode_attention(
     scale: float,
     splits: int | None = None,
     out: torch.Tensor | None = None,
+    fused: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse attention for a few queries at the end of the keys (no autograd).
 
@@ -296,6 +322,8 @@ def decode_attention(
         scale: softmax scale.
         splits: programs per (batch, KV head); default: enough to fill the GPU.
         out: optional ``(B, Hq, Sq, D)`` tensor of q's dtype to write into.
+        fused: one launch (the last program of each head combines the splits) instead of a
+            second combine kernel; default :data:`FUSED`.
     Returns:
         ``out (B, Hq, Sq, D)`` in q's dtype and ``lse (B, Hq, Sq)`` float32.
     """
@@ -328,7 +356,7 @@ def decode_attention(
         n_units = n_kb * chunks  # upper bound (the count stays on the device)
     if splits is None:
         splits = max(1, min(n_units, math.ceil(2 * _num_sms(q.device) / (B * Hkv * n_mb)), 64))
-    skey = (q.device, B * Hkv, splits, n_mb * BLOCK_M, BLOCK_D)
+    skey = (q.device, _stream_id(q.device), B * Hkv, splits, n_mb, BLOCK_M, BLOCK_D)
     scratch = _scratch.get(skey)
     if scratch is None:
         rows = B * Hkv * splits * n_mb * BLOCK_M
@@ -336,15 +364,18 @@ def decode_attention(
             torch.empty(rows * BLOCK_D, dtype=torch.float32, device=q.device),
             torch.empty(rows, dtype=torch.float32, device=q.device),
             torch.empty(rows, dtype=torch.float32, device=q.device),
+            torch.zeros(B * Hkv * n_mb, dtype=torch.int32, device=q.device),  # semaphores
         )
         _scratch[skey] = scratch
-    o_part, m_part, l_part = scratch
+    o_part, m_part, l_part, counter = scratch
     out = torch.empty_like(q) if out is None else out
     lse = torch.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
+    fused = FUSED if fused is None else fused
     prec = "ieee" if q.dtype == torch.float32 or _INTERPRET else "tf32"
+    splits_p2 = max(2, triton.next_power_of_2(splits))
     _decode_partial_kernel[(B * Hkv, splits, n_mb)](
-        q, k, v, o_part, m_part, l_part, tbl, bits, cnt,
-        *q.stride(), *k.stride(), *v.stride(),
+        q, k, v, o_part, m_part, l_part, tbl, bits, cnt, out, lse, counter,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         Sq, Sk, scale * _LOG2E, bs,
         qb_first, n_qb, n_slots, sink, window, wslots, e0,
         G, Hkv, splits, n_mb,
@@ -352,14 +383,20 @@ def decode_attention(
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, HEAD_D=D, PREC=prec,
         PREC_PV="ieee" if q.dtype == torch.float32 or _INTERPRET else "tf32",
         DOT_F32=_INTERPRET and q.dtype == torch.bfloat16,
+        FUSED=fused, SPLITS_P2=splits_p2,
         num_warps=4, num_stages=2,
     )  # fmt: skip
-    _decode_combine_kernel[(B * Hkv, n_mb)](
-        o_part, m_part, l_part, out, lse,
-        *out.stride(),
-        Sq, G, Hkv, splits, n_mb,
-        BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, HEAD_D=D,
-        SPLITS_P2=max(2, triton.next_power_of_2(splits)),
-        num_warps=4,
-    )  # fmt: skip
+    if not fused:
+        _decode_combine_kernel[(B * Hkv, G * Sq)](
+            o_part, m_part, l_part, out, lse,
+            *out.stride(),
+            Sq, G, Hkv, splits, n_mb,
+            BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, HEAD_D=D, SPLITS_P2=splits_p2,
+            num_warps=4,
+        )  # fmt: skip
     return out, lse
+
+
+def _stream_id(device: torch.device) -> int:
+    """Scratch buffers are per stream: calls on one stream run in order."""
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
