@@ -95,7 +95,7 @@ def _train(args: argparse.Namespace) -> int:
 def _passkey(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..experiments.passkey import run_experiment, summary_table
+    from ..experiments.passkey import run_experiment, summary_table, theory_table
 
     if args.replot:
         from ..experiments.passkey import merge_results
@@ -107,6 +107,8 @@ def _passkey(args: argparse.Namespace) -> int:
         for path in plot_all(results, args.out):
             print(path)
         print(summary_table(results))
+        print()
+        print(theory_table(results))
         return 0
     if args.jobs <= 0:
         raise ValueError(f"--jobs must be positive, got {args.jobs}")

@@ -476,6 +476,36 @@ def merge_results(paths: list[str | Path]) -> dict[str, Any]:
     return merged
 
 
+def theory_table(results: dict[str, Any]) -> str:
+    """Retrieval split by what the theory says, pooled over every run and evaluated length:
+    per run, needles reachable within ``L - 1``, exactly ``L``, or more than ``L`` layers (or
+    never), with how many of each were retrieved (exact match) and their mean digit accuracy.
+    """
+    rows = [f"{'run':<22} {'len':>5}  " + "  ".join(
+        f"{h:>22}" for h in ("hops<=L-1: ok/n dig", "hops=L: ok/n dig", "unreachable: ok/n dig")
+    )]  # fmt: skip
+    tot = np.zeros((3, 2), dtype=int)
+    for name, r in results["runs"].items():
+        layers = r["layers"]
+        for seq_len, e in r["eval"].items():
+            nh = np.asarray(e["needle_hops"])
+            ok = np.asarray(e["correct"], dtype=bool)
+            dig = np.asarray(e["digit_acc"], dtype=float)
+            groups = [
+                (nh >= 0) & (nh <= layers - 1),
+                nh == layers,
+                (nh < 0) | (nh > layers),
+            ]
+            cells = []
+            for i, g in enumerate(groups):
+                tot[i] += (int(ok[g].sum()), int(g.sum()))
+                d = f"{dig[g].mean():.2f}" if g.any() else "  - "
+                cells.append(f"{int(ok[g].sum()):>7}/{int(g.sum()):<5} {d:>5}")
+            rows.append(f"{name:<22} {seq_len:>5}  " + "  ".join(f"{c:>22}" for c in cells))
+    rows.append(f"{'all':<22} {'':>5}  " + "  ".join(f"{f'{a}/{b}':>22}" for a, b in tot))
+    return "\n".join(rows)
+
+
 def summary_table(results: dict[str, Any]) -> str:
     """A plain-text table: per run and evaluated length, accuracy and the theory."""
     rows = [
