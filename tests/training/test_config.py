@@ -75,3 +75,5 @@ def test_unknown_keys_and_suffix(tmp_path):
     (tmp_path / "c.toml").write_text("")
     with pytest.raises(ValueError, match="config path"):
         load_config(tmp_path / "c.toml")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")

@@ -129,3 +129,25 @@ def test_sdpa_mask_fallback_computes_the_same_model():
         torch.testing.assert_close(alt(ids).logits, ref(ids).logits, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="backend"):
         TrainConfig(backend="fast").validate()
+
+
+def test_train_command(tmp_path, capsys):
+    from powerattn.cli import main
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "batch_size: 2\ndevice: cpu\ncheckpoint_every: 2\nlog_every: 1\n"
+        "model: {layers: 1, hidden: 16, heads: 2, kv_heads: 2, intermediate: 32}\n"
+        "stages: [{seq_len: 320, steps: 2}, {seq_len: 384, steps: 2}]\n"
+    )
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--pattern", "dilated",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert "dilated(block_size=32" in capsys.readouterr().out
+    assert (out / "checkpoint.pt").exists() and (out / "config.json").exists()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
+    # Finished runs resume at their end: nothing is trained again.
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--pattern", "dilated",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
+    assert main(["train", "--config", str(tmp_path / "nope.txt"), "--out", str(out)]) == 2

@@ -197,13 +197,15 @@ def _build(cls, data: dict[str, Any], where: str):
 def load_config(path: str | Path) -> TrainConfig:
     """Read a :class:`TrainConfig` from a ``.yaml``/``.yml`` or ``.json`` file."""
     path = Path(path)
+    if path.suffix not in (".yaml", ".yml", ".json"):
+        raise ValueError(f"config path must end in .yaml, .yml or .json, got {path}")
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
     text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
+    if path.suffix == ".json":
+        data = json.loads(text)
+    else:
         import yaml  # a dependency of transformers, needed for training anyway
 
         data = yaml.safe_load(text) or {}
-    elif path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        raise ValueError(f"config path must end in .yaml, .yml or .json, got {path}")
     return TrainConfig.from_dict(data)
