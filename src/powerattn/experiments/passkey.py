@@ -363,9 +363,8 @@ def run_experiment(
     ``stop_time`` (wall clock, ``time.time()``): every run stops training then and is
     evaluated as it stands (marked by ``steps_done < steps_planned``)."""
     out = Path(out_dir)
-    preset = PRESETS[preset_name] if preset_name in PRESETS else None
-    specs = plan(preset_name, parts, patterns, steps_scale, layer_sweep, backend)
-    assert preset is not None
+    specs = plan(preset_name, parts, patterns, steps_scale, layer_sweep, backend)  # validates
+    preset = PRESETS[preset_name]
     if only is not None:
         match = [s for s in specs if s.name == only]
         if not match:
