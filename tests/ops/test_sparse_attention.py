@@ -173,6 +173,21 @@ def test_tile_layout_is_exact(name, bs):
         assert (qf.T.numpy() == full).all()
 
 
+@pytest.mark.parametrize("sq, sk", [(17, 1000), (1000, 1000), (300, 1111)])
+def test_block_mask_holds_the_layout(sq, sk):
+    """The BlockMask tensors (filled by a scatter on the device) are the full-width tile lists
+    of tile_layout, on both sides."""
+    pattern = _pattern("stride_slash", 64)
+    bm = flex.block_mask_for(pattern, sq, sk, "cpu")
+    lay = tile_layout(pattern, sq, sk, full_width=True)
+    got = [bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices]
+    got += [bm.q_num_blocks, bm.q_indices, bm.full_q_num_blocks, bm.full_q_indices]
+    want = [lay.kv_count, lay.kv_idx, lay.full_kv_count, lay.full_kv_idx]
+    want += [lay.q_count, lay.q_idx, lay.full_q_count, lay.full_q_idx]
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g[0, 0], torch.from_numpy(w))
+
+
 def test_block_mask_is_cached_and_sized():
     pattern = _pattern("power")
     a = flex.block_mask_for(pattern, 17, 500, "cpu")

@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - older torch
     AuxRequest = None
 
 from ..patterns import Pattern
-from .layout import tile_layout
+from .layout import tile_entries
 
 # FlexAttention tile (its BlockMask BLOCK_SIZE). 128 is what its GPU kernels are tuned for;
 # pattern blocks of other sizes (16..256+) and unaligned offsets are handled by the layout.
@@ -89,38 +89,54 @@ def block_mask_for(
     pattern: Pattern, q_len: int, kv_len: int, device: torch.device | str, tile: int = TILE
 ) -> BlockMask:
     """The cached FlexAttention ``BlockMask`` of ``pattern`` for ``q_len`` queries aligned to
-    the end of ``kv_len`` keys, on ``device``. Built analytically (both sides): compact
-    lists on the host, one host-to-device copy, padded to full width on the device."""
+    the end of ``kv_len`` keys, on ``device``. Built analytically (both sides): coordinate
+    lists on the host, one host-to-device copy, scattered into full width on the device."""
     device = torch.device(device)
     key = (pattern, q_len, kv_len, device, tile)
     bm = _mask_cache.get(key)
     if bm is not None:
         _mask_cache.move_to_end(key)
         return bm
-    lay = tile_layout(pattern, q_len, kv_len, tile, tile)
-    counts = [lay.kv_count, lay.full_kv_count, lay.q_count, lay.full_q_count]
-    idx = [lay.kv_idx, lay.full_kv_idx, lay.q_idx, lay.full_q_idx]
-    widths = [lay.num_kv_tiles, lay.num_kv_tiles, lay.num_q_tiles, lay.num_q_tiles]
-    # One host-to-device copy of the compact lists (and the query offset), each piece padded
-    # to 64 bytes so that the views are aligned.
-    pieces = [np.asarray([kv_len - q_len], dtype=np.int32), *counts, *idx]
-    sizes = [-(-p.size // 16) * 16 for p in pieces]
-    host = np.zeros(sum(sizes), dtype=np.int32)
+    sides = tile_entries(pattern, q_len, kv_len, tile, tile)
+    # FlexAttention's kernels read index lists padded to the number of tiles (with compact
+    # lists, torch 2.11's GPU kernels gave wrong outputs on the H200, and the CPU kernel
+    # asserts). Those are dense (tiles x tiles) matrices, so they are filled on the device:
+    # one host-to-device copy of the counts, the query offset and the (position, value) of
+    # every entry -- O(entries) -- then one scatter into zeros.
+    counts, pos, vals, base = [], [], [], 0
+    for rows, cols, n_rows, n_cols in sides:
+        count = np.bincount(rows, minlength=n_rows).astype(np.int32)
+        start = np.zeros(n_rows, dtype=np.int64)
+        np.cumsum(count[:-1], out=start[1:])
+        rank = np.arange(rows.size, dtype=np.int64) - start[rows]  # rows are sorted
+        counts.append(count)
+        pos.append(base + rows * n_cols + rank)
+        vals.append(cols)
+        base += n_rows * n_cols
+    if base >= 1 << 31:
+        raise ValueError(
+            f"q_len={q_len}, kv_len={kv_len}: FlexAttention's full-width index lists would "
+            f"hold {base:,} entries (int32 positions overflow); use a larger tile or shorter "
+            "sequences"
+        )
+    # Segments start at 64-byte boundaries so that every view is aligned.
+    segs = [np.asarray([kv_len - q_len], dtype=np.int32), *counts, np.concatenate(pos)]
+    segs.append(np.concatenate(vals))
+    sizes = [-(-x.size // 16) * 16 for x in segs]
     starts = np.cumsum([0, *sizes[:-1]])
-    for p, st in zip(pieces, starts, strict=True):
-        host[st : st + p.size] = p.reshape(-1)
+    host = np.zeros(sum(sizes), dtype=np.int32)
+    for x, st in zip(segs, starts, strict=True):
+        host[st : st + x.size] = x
     buf = torch.from_numpy(host).to(device)
-    views = [buf[st : st + p.size].view(p.shape) for p, st in zip(pieces, starts, strict=True)]
-    offset = views[0].view(())
-    counts_d = [c.view(1, 1, -1) for c in views[1:5]]
-    # Index lists padded (with 0) to the number of tiles, on the device: FlexAttention's
-    # kernels (torch 2.11, seen on the H200) read past the longest list otherwise and give
-    # wrong results; its CPU kernel asserts on it.
-    idx_d = []
-    for c, w in zip(views[5:], widths, strict=True):
-        full = torch.zeros(1, 1, c.shape[0], w, dtype=torch.int32, device=device)
-        full[0, 0, :, : c.shape[1]] = c
-        idx_d.append(full)
+    offset = buf[0]
+    n_ent = segs[-1].size
+    idx_all = torch.zeros(base, dtype=torch.int32, device=device)
+    idx_all[buf[starts[-2] : starts[-2] + n_ent].long()] = buf[starts[-1] : starts[-1] + n_ent]
+    counts_d, idx_d, i0 = [], [], 0
+    for st, (_, _, n_rows, n_cols) in zip(starts[1:5], sides, strict=True):
+        counts_d.append(buf[st : st + n_rows].view(1, 1, n_rows))
+        idx_d.append(idx_all[i0 : i0 + n_rows * n_cols].view(1, 1, n_rows, n_cols))
+        i0 += n_rows * n_cols
     bm = BlockMask(
         seq_lengths=(q_len, kv_len),
         kv_num_blocks=counts_d[0],

@@ -131,23 +131,17 @@ def _general_entries(idx, qb0, bs, off, kv_len, q_tile, kv_tile, n_qt, n_kt):
     return ti_u, tj_u, full
 
 
-def tile_layout(
-    pattern: Pattern,
-    q_len: int,
-    kv_len: int,
-    q_tile: int = 128,
-    kv_tile: int = 128,
-    full_width: bool = False,
-) -> TileLayout:
-    """The FlexAttention tile lists of ``pattern`` for ``q_len`` queries aligned to the end of
-    ``kv_len`` keys.
+def tile_entries(
+    pattern: Pattern, q_len: int, kv_len: int, q_tile: int = 128, kv_tile: int = 128
+) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
+    """The four tile lists of ``pattern`` as sorted coordinate lists ``(rows, cols, n_rows,
+    n_cols)``, in the order: partial key tiles per query tile, full key tiles per query tile,
+    partial query tiles per key tile, full query tiles per key tile. O(tiles x degree).
 
     Args:
         pattern: the block pattern (any block size).
-        q_len, kv_len: ``1 <= q_len <= kv_len`` (any values, not only multiples of a tile).
+        q_len, kv_len: ``1 <= q_len <= kv_len``; the queries are the last ``q_len`` positions.
         q_tile, kv_tile: FlexAttention's ``BLOCK_SIZE`` (query, key) in tokens.
-        full_width: pad the index lists to the number of tiles (FlexAttention's CPU kernel
-            needs that); otherwise to the longest list (what the GPU kernel needs).
     """
     if not 1 <= q_len <= kv_len:
         raise ValueError(f"need 1 <= q_len <= kv_len, got q_len={q_len}, kv_len={kv_len}")
@@ -160,22 +154,41 @@ def tile_layout(
     idx = lay.kv_indices.numpy().astype(np.int64)  # (n_qb, deg): key blocks per query block
 
     if bs % q_tile == 0 and bs % kv_tile == 0 and q_tile == kv_tile and off % q_tile == 0:
-        ti_u, tj_u, full = _aligned_entries(idx, qb0, bs // q_tile, off // q_tile, n_qt, n_kt)
+        ti, tj, full = _aligned_entries(idx, qb0, bs // q_tile, off // q_tile, n_qt, n_kt)
     else:
-        ti_u, tj_u, full = _general_entries(idx, qb0, bs, off, kv_len, q_tile, kv_tile, n_qt, n_kt)
-
-    def side(sel, r, c, n_r, n_c):
-        return _pack_rows(r[sel], c[sel], n_r, n_c if full_width else None)
-
-    kv_count, kv_idx = side(~full, ti_u, tj_u, n_qt, n_kt)
-    full_kv_count, full_kv_idx = side(full, ti_u, tj_u, n_qt, n_kt)
+        ti, tj, full = _general_entries(idx, qb0, bs, off, kv_len, q_tile, kv_tile, n_qt, n_kt)
     # Entries are sorted by (i, j); a stable sort on j makes them (j, i). int16 keys take
     # numpy's radix sort (10x faster here).
-    keys = tj_u.astype(np.int16) if n_kt < (1 << 15) else tj_u
+    keys = tj.astype(np.int16) if n_kt < (1 << 15) else tj
     order = np.argsort(keys, kind="stable")
-    tj_t, ti_t, full_t = tj_u[order], ti_u[order], full[order]
-    q_count, q_idx = side(~full_t, tj_t, ti_t, n_kt, n_qt)
-    full_q_count, full_q_idx = side(full_t, tj_t, ti_t, n_kt, n_qt)
+    tj_t, ti_t, full_t = tj[order], ti[order], full[order]
+    return [
+        (ti[~full], tj[~full], n_qt, n_kt),
+        (ti[full], tj[full], n_qt, n_kt),
+        (tj_t[~full_t], ti_t[~full_t], n_kt, n_qt),
+        (tj_t[full_t], ti_t[full_t], n_kt, n_qt),
+    ]
+
+
+def tile_layout(
+    pattern: Pattern,
+    q_len: int,
+    kv_len: int,
+    q_tile: int = 128,
+    kv_tile: int = 128,
+    full_width: bool = False,
+) -> TileLayout:
+    """The FlexAttention tile lists of ``pattern`` for ``q_len`` queries aligned to the end of
+    ``kv_len`` keys, as padded matrices (see :func:`tile_entries` for the arguments).
+
+    Args:
+        full_width: pad the index lists to the number of tiles (what FlexAttention's kernels
+            read); otherwise to the longest list.
+    """
+    sides = tile_entries(pattern, q_len, kv_len, q_tile, kv_tile)
+    packed = [_pack_rows(r, c, n_r, n_c if full_width else None) for r, c, n_r, n_c in sides]
+    (kv_count, kv_idx), (full_kv_count, full_kv_idx) = packed[0], packed[1]
+    (q_count, q_idx), (full_q_count, full_q_idx) = packed[2], packed[3]
     return TileLayout(
         kv_count=kv_count,
         kv_idx=kv_idx,
