@@ -7,7 +7,11 @@ from __future__ import annotations
 import argparse
 import importlib
 
-_BENCH_MODULES: list[str] = ["powerattn.bench.layout", "powerattn.bench.e2e", "powerattn.bench.kernel"]
+_BENCH_MODULES: list[str] = [
+    "powerattn.bench.layout",
+    "powerattn.bench.e2e",
+    "powerattn.bench.kernel",
+]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -287,7 +287,7 @@ def run(cfg: KernelBenchConfig, log=print, on_progress=None) -> dict:
     # shapes): two wrappers of one function would recompile on every switch (BACKEND_MATCH).
     from ..ops import flex as ops_flex
 
-    flex_c = ops_flex._compiled_flex
+    flex_c = ops_flex.compiled_flex("cuda")
     rec = _Recorder(log)
     env = {
         "gpu": torch.cuda.get_device_name(),

@@ -5,11 +5,12 @@ key side *and* query side -- and handed to ``BlockMask`` directly: no ``create_b
 over ``S x S`` and no dense transpose (``BlockMask.from_kv_blocks`` derives the query side
 densely). Masks are cached per (pattern, Sq, Sk, device, tile).
 
-``flex_attention`` is compiled once, at import (CUDA: ``dynamic=True``, one kernel for all
-lengths). Unfused fallback guard: when a compiled function exceeds dynamo's recompile limit,
-dynamo silently runs it *eagerly*, and eager ``flex_attention`` is the math path that
-materialises ``S x S`` scores. We call the compiled function with
-``fail_on_recompile_limit_hit=True``, so that case raises :class:`FlexRecompileError`.
+``flex_attention`` is compiled once per process (:func:`compiled_flex`; CUDA:
+``dynamic=True``, one kernel for all lengths). Unfused fallback guard: when a compiled
+function exceeds dynamo's recompile limit, dynamo silently runs it *eagerly*, and eager
+``flex_attention`` is the math path that materialises ``S x S`` scores. We call the
+compiled function with ``fail_on_recompile_limit_hit=True``, so that case raises
+:class:`FlexRecompileError`.
 Recompiles are kept rare: when the pattern's block size is a multiple of the tile (the
 default 256 vs 128), tiles never straddle pattern blocks (queries are padded at the front
 when ``Sk - Sq`` is not a tile multiple), so the ``mask_mod`` is plain causality shared by
@@ -45,11 +46,21 @@ RECOMPILE_LIMIT = 64
 _MASK_CACHE_SIZE = 64
 _KERNEL_OPTIONS = {"FORCE_USE_FLEX_ATTENTION": True}
 
-# dynamic=True: one kernel for every sequence length (no recompile per length).
-_compiled_flex = torch.compile(flex_attention, dynamic=True)
-# Inductor's CPU flex template miscompiles (C++ errors) once shapes go dynamic (torch 2.13),
-# so the CPU compiles one static kernel per shape.
-_compiled_flex_cpu = torch.compile(flex_attention, dynamic=False)
+_compiled: dict[str, object] = {}
+
+
+def compiled_flex(device_type: str = "cuda"):
+    """The process-wide compiled ``flex_attention`` (created on first use: building the
+    wrapper imports dynamo, ~2 s, which ``import powerattn`` should not pay). CUDA:
+    ``dynamic=True``, one kernel for every sequence length. CPU: static shapes, because
+    Inductor's CPU flex template fails to build with dynamic ones (torch 2.13)."""
+    fn = _compiled.get(device_type)
+    if fn is None:
+        fn = torch.compile(flex_attention, dynamic=device_type == "cuda")
+        _compiled[device_type] = fn
+    return fn
+
+
 _mask_cache: OrderedDict[tuple, BlockMask] = OrderedDict()
 
 
@@ -210,7 +221,7 @@ def flex_sparse_attention(
     if torch.compiler.is_compiling():
         fn = flex_attention
     else:
-        fn = _compiled_flex if q.device.type == "cuda" else _compiled_flex_cpu
+        fn = compiled_flex("cuda" if q.device.type == "cuda" else "cpu")
     guard = contextlib.nullcontext() if torch.compiler.is_compiling() else recompile_guard()
     with guard:
         if q.device.type == "cpu":
