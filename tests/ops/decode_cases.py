@@ -39,6 +39,8 @@ def cases() -> list[tuple]:
     out.append(("power", 256, 1, 256 * 9 + 77, 7, torch.bfloat16, 128, None))
     out.append(("power", 256, 2, 256 * 8 + 1, 4, torch.float16, 128, 1))
     out.append(("stride_slash", 128, 1, 128 * 9 + 3, 4, torch.float32, 128, 3))
+    # Strided inputs: q from a (B, S, H, D) layout, K/V a prefix of a longer cache.
+    out.append(("power", 32, 3, 32 * 7 + 9, 4, torch.float16, 64, "strided"))
     return out
 
 
@@ -47,9 +49,16 @@ def check(name, bs, sq, sk, gqa, dtype, d, splits, device, fused=None) -> str | 
     pattern = _pattern(name, bs)
     g = torch.Generator().manual_seed(sk + sq * 7 + gqa)
     hkv = 2
-    q = torch.randn(2, hkv * gqa, sq, d, generator=g).to(device, dtype)
-    k = torch.randn(2, hkv, sk, d, generator=g).to(device, dtype)
-    v = torch.randn(2, hkv, sk, d, generator=g).to(device, dtype)
+    if splits == "strided":
+        splits = None
+        q = torch.randn(2, sq, hkv * gqa, d, generator=g).to(device, dtype).transpose(1, 2)
+        k = torch.randn(2, hkv, sk + 50, d, generator=g).to(device, dtype)[:, :, :sk]
+        v = torch.randn(2, hkv, sk + 50, d, generator=g).to(device, dtype)[:, :, :sk]
+        assert not (q.is_contiguous() or k.is_contiguous())
+    else:
+        q = torch.randn(2, hkv * gqa, sq, d, generator=g).to(device, dtype)
+        k = torch.randn(2, hkv, sk, d, generator=g).to(device, dtype)
+        v = torch.randn(2, hkv, sk, d, generator=g).to(device, dtype)
     ref, ref_lse = reference_attention(q, k, v, pattern, return_lse=True, upcast=True)
     mask = pattern.dense_mask(sq, sk).to(device)
     base = F.scaled_dot_product_attention(

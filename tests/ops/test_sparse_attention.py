@@ -268,6 +268,7 @@ def test_auto_picks():
     big = _qkv((1, 2, n, 16), (1, 2, n, 16), (1, 2, n, 16), device="meta")
     assert api._pick_backend(*big, return_lse=False) == "flex"
     assert api._pick_backend(*big, return_lse=True) == "dense"  # CPU flex has no lse
+    assert api._pick_backend(*[t.double() for t in big], return_lse=False) == "dense"
 
 
 # ----------------------------------------------------------------------------- compile

@@ -9,9 +9,10 @@ Backends (``backend=``):
 * ``"dense"`` -- masked attention with materialised scores, in the input precision; refused
   above :data:`~powerattn.ops.dense.DENSE_MAX_SCORES` scores.
 * ``"reference"`` -- the float64-capable oracle (:func:`reference_attention`), for checks.
-* ``"auto"`` -- CUDA: ``decode`` when ``Sq <= DECODE_MAX_Q`` and no gradient is needed, else
-  ``flex``. CPU: ``dense`` up to ``CPU_DENSE_AUTO_MAX`` scores or when a gradient is needed
-  (FlexAttention has no CPU backward), else ``flex`` (compiled C++ kernel).
+* ``"auto"`` -- float64: ``dense``. CUDA: ``decode`` when ``Sq <= DECODE_MAX_Q`` and no
+  gradient is needed, else ``flex``. CPU: ``dense`` up to ``CPU_DENSE_AUTO_MAX`` scores or
+  when a gradient or the lse is needed (FlexAttention's CPU kernel has neither), else
+  ``flex`` (compiled C++ kernel).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def _needs_grad(*ts: torch.Tensor) -> bool:
 
 
 def _pick_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_lse: bool) -> str:
+    if q.dtype == torch.float64:  # checks and references: the fused kernels are 16/32-bit
+        return "dense"
     if q.device.type == "cuda":
         if q.shape[2] <= DECODE_MAX_Q and not _needs_grad(q, k, v) and _decode.supports(q, k):
             return "decode"
