@@ -5,7 +5,11 @@ known in closed form from the position. Work is split over *units* (one ``BLOCK_
 chunk of one attended block); program ``(b * Hkv + h, split, row_block)`` takes units
 ``split, split + SPLITS, ...`` for all query heads of key/value head ``h`` (GQA: K/V read
 once per group, never copied), keeps an online softmax in base 2 and writes partial
-``(m, l, acc)``; a tiny second kernel combines the splits and writes ``out`` and ``lse``.
+``(m, l, acc)``. The last program of each (batch, head, row block) to finish -- an atomic
+counter with acquire/release semantics -- combines the splits and writes ``out`` and
+``lse``, so a call is one launch (``fused=False``: a second, tiny combine kernel instead).
+Scratch buffers and counters are cached per (device, stream, shape): calls on one stream
+are ordered; concurrent calls on different streams get different buffers.
 
 Block lists, with nothing copied from the host per step:
 
