@@ -62,27 +62,31 @@ def equal_budget(
     def deg(p: Pattern) -> int:
         return p.max_degree(n)
 
+    # Search ranges are cut to where the answer can lie (each degree evaluation builds a
+    # layout, and a huge window or a tiny stride makes that layout O(n^2)): the last block
+    # alone attends min(window, n) blocks of a sliding window, ceil(min(window, n) / 2) of a
+    # dilated one, and (n - 1) // stride + 1 slashes, at most 7 of them shared with the
+    # window and sink.
     out: dict[str, Pattern] = {"power": power}
     out["sliding_window"] = _largest(
         lambda w: get_pattern("sliding_window", block_size=block_size, window=w, sink=1),
         1,
-        n,
+        min(n, budget),
         deg,
         budget,
     )
     # Degree falls as the stride grows: search on -stride.
-    stride_slash = _largest(
+    out["stride_slash"] = _largest(
         lambda s: get_pattern("stride_slash", block_size=block_size, stride=-s),
         -n,
-        -1,
+        -max(1, (n - 1) // (2 * budget + 16)),
         deg,
         budget,
     )
-    out["stride_slash"] = stride_slash
     out["dilated"] = _largest(
         lambda w: get_pattern("dilated", block_size=block_size, window=w),
         1,
-        2 * n,
+        min(2 * n, 2 * budget + 1),
         deg,
         budget,
     )
