@@ -7,7 +7,6 @@ import torch
 from powerattn import equal_budget, get_pattern
 from powerattn.cli import main
 from powerattn.experiments.passkey import check_backend, plan
-from powerattn.receptive import hops
 from powerattn.tasks import passkey_batch
 from powerattn.training.evaluate import needle_hops
 
@@ -50,24 +49,48 @@ def test_a_run_that_dies_is_retried_on_the_fallback(tmp_path, capsys):
     assert "retrying main-power" in capsys.readouterr().out
 
 
-def test_needle_hops_brute_force():
-    """needle_hops = max over digits of min over the key's two statements of the hops of the
-    digit's block, counted from the block predicting the first answer digit."""
-    seq_len, digits = 2048, 5
+def _token_hops(pattern, seq_len: int, query: int) -> np.ndarray:
+    """Layers for each token to reach token ``query``, by BFS over the dense token mask."""
+    mask = pattern.dense_mask(seq_len).numpy()  # [i, j]: i attends j
+    dist = np.full(seq_len, -1)
+    dist[query] = 0
+    seen = dist == 0
+    layer = 0
+    while True:
+        layer += 1
+        fresh = mask[seen].any(axis=0) & ~seen
+        if not fresh.any():
+            return dist
+        dist[fresh] = layer
+        seen |= fresh
+
+
+@pytest.mark.parametrize(
+    ("seq_len", "block_size"),
+    [(2048, 32), (300, 8), (384, 128)],  # aligned; answer across two blocks; needle in its block
+)
+def test_needle_hops_brute_force(seq_len, block_size):
+    """needle_hops == max over digits of min over the key's two statements of the token-level
+    layers from the digit to the position predicting it, by BFS over each pattern's mask."""
+    digits = 5
     b = passkey_batch(seq_len, 12, np.random.default_rng(3), depths=np.linspace(0, 1, 12))
-    for name, pattern in equal_budget(seq_len, 32).items():
+    patterns = dict(equal_budget(seq_len, block_size))
+    patterns["power_w1"] = get_pattern("power", block_size=block_size, window=1, sink=0)
+    for name, pattern in patterns.items():
         got = needle_hops(pattern, seq_len, b.key_positions, digits)
-        h = hops(pattern, seq_len - digits)
+        dist = [_token_hops(pattern, seq_len, seq_len - digits - 1 + j) for j in range(digits)]
         for i in range(12):
             per_digit = []
             for j in range(digits):
-                opts = [h[b.key_positions[i, o, j] // 32] for o in range(2)]
+                opts = [dist[j][b.key_positions[i, o, j]] for o in range(2)]
                 opts = [x for x in opts if x >= 0]
                 per_digit.append(min(opts) if opts else None)
             want = -1 if None in per_digit else max(per_digit)
             assert got[i] == want, (name, i)
-    full = needle_hops(get_pattern("full", block_size=32), seq_len, b.key_positions, digits)
+    full = needle_hops(get_pattern("full", block_size=block_size), seq_len, b.key_positions, 5)
     assert (full == 1).all()
+    with pytest.raises(ValueError, match="key_positions"):
+        needle_hops(patterns["power"], seq_len, b.key_positions[:, :, :4], digits)
 
 
 def test_check_backend_passes_on_cpu_and_catches_a_wrong_pattern(monkeypatch):

@@ -60,16 +60,35 @@ def evaluate_passkey(
 def needle_hops(
     pattern: Pattern, seq_len: int, key_positions: np.ndarray, digits: int
 ) -> np.ndarray:
-    """Fewest layers after which the first answer position can hold the whole key, per
-    document: ``(n,)`` int, -1 where no number of layers suffices.
+    """Fewest layers after which every answer digit can be read, per document: ``(n,)`` int,
+    -1 where no number of layers suffices (every layer using ``pattern``).
 
-    The key is stated twice in the needle; every digit must reach the query through at least
-    one of its two occurrences: ``max over digits (min over occurrences (hops of its block))``.
-    Hops are counted from the block of the token that predicts the first digit (position
-    ``seq_len - digits - 1``), with every layer using ``pattern``.
+    Digit ``i`` is predicted at position ``p_i = seq_len - digits - 1 + i`` and must reach it
+    through at least one of the key's two statements in the needle:
+    ``max over digits i (min over statements (layers from the digit's token to p_i))``.
+    Layers between blocks are :func:`powerattn.receptive.hops` counted from ``p_i``'s block
+    (the answer may straddle two blocks); a digit inside that block takes 1 layer (``hops``
+    gives the block itself 0).
+
+    Args:
+        key_positions: ``(n, 2, digits)`` token positions of the key's digits, as in
+            :class:`powerattn.tasks.PasskeyBatch`; all before ``p_0``.
     """
-    h = hops(pattern, seq_len - digits).astype(np.float64)  # blocks 0 .. that token's block
-    h[h < 0] = np.inf
-    blocks = np.asarray(key_positions) // pattern.block_size  # (n, 2, digits)
-    need = h[blocks].min(axis=1).max(axis=1)  # (n,)
+    kp = np.asarray(key_positions)
+    if kp.ndim != 3 or kp.shape[1:] != (2, digits):
+        raise ValueError(f"key_positions must have shape (n, 2, {digits}), got {kp.shape}")
+    first = seq_len - digits - 1
+    if kp.size and not 0 <= kp.min() <= kp.max() < first:
+        raise ValueError(f"key_positions must lie in [0, {first}) (before the answer)")
+    bs = pattern.block_size
+    blocks = kp // bs  # (n, 2, digits)
+    need = np.zeros(kp.shape[0])
+    by_block: dict[int, np.ndarray] = {}
+    for i in range(digits):
+        qb = (first + i) // bs
+        if qb not in by_block:  # at most two distinct query blocks
+            h = hops(pattern, (qb + 1) * bs).astype(np.float64)  # blocks 0 .. qb
+            h[h < 0] = np.inf
+            by_block[qb] = np.maximum(h, 1.0)  # the digit precedes p_i: at least 1 layer
+        need = np.maximum(need, by_block[qb][blocks[:, :, i]].min(axis=1))
     return np.where(np.isinf(need), -1, need).astype(np.int64)
