@@ -437,6 +437,55 @@ def test_packed_sequences_refused():
         model(_ids(), position_ids=pos, use_cache=False)  # detection needs no cache
 
 
+def test_packed_sequences_with_cache_refused():
+    # With a cache (use_cache defaults to the config's True) transformers does not look for
+    # packing; the attention function refuses restarting position ids itself.
+    model = pt.apply(_model("llama", layers=1), "power", **POWER)
+    pos = torch.cat([torch.arange(30), torch.arange(SEQ - 30)])[None].expand(2, -1)
+    with pytest.raises(NotImplementedError, match="packed"):
+        model(_ids(), position_ids=pos)
+    model.train()
+    with pytest.raises(NotImplementedError, match="packed"):
+        model(_ids(), position_ids=pos, labels=_ids())
+    # Contiguous position ids that do not start at 0 are one sequence: accepted.
+    with torch.no_grad():
+        model.eval()(_ids(), position_ids=torch.arange(7, 7 + SEQ)[None])
+
+
+def test_varlen_kwargs_refused():
+    model = pt.apply(_model("llama", layers=1), "power", **POWER)
+    cu = torch.tensor([0, 30, SEQ], dtype=torch.int32)
+    with pytest.raises(NotImplementedError, match="cu_seq_lens"):
+        model(_ids(1), cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=30, max_length_k=30)
+
+
+def test_output_attentions_refused():
+    model = pt.apply(_model("llama", layers=1), "power", **POWER)
+    with pytest.raises(NotImplementedError, match="output_attentions"):
+        model(_ids(), output_attentions=True)
+
+
+def test_bidirectional_refused():
+    model = pt.apply(_model("llama", layers=1), "power", **POWER)
+    q = torch.randn(1, 4, 8, 16)
+    k = v = torch.randn(1, 2, 8, 16)
+    attn = model.model.layers[0].self_attn
+    with pytest.raises(NotImplementedError, match="causal"):
+        pt.attention_forward(attn, q, k, v, None, scaling=0.25, is_causal=False)
+    model = _model("llama", layers=1)
+    model.config.is_causal = False
+    with pytest.raises(NotImplementedError, match="is_causal"):
+        pt.apply(model, "power", **POWER)
+
+
+def test_apply_refuses_static_cache_config():
+    model = _model("llama", layers=1)
+    model.generation_config.cache_implementation = "static"
+    with pytest.raises(NotImplementedError, match="cache_implementation"):
+        pt.apply(model, "power", **POWER)
+    assert model.config._attn_implementation != "powerattn"
+
+
 def test_attention_dropout_refused():
     model = pt.apply(_model("qwen2", layers=1, attention_dropout=0.1), "power", **POWER)
     model.train()

@@ -29,8 +29,9 @@ operator); ``generate`` with the default dynamic cache; batches whose padding le
 contiguous run of real tokens (left padding for ``generate``, left or right padding without a
 cache): every row is then computed exactly as the unpadded sequence would be.
 Refused with an error: static (pre-allocated) caches, sliding-window configs (Mistral's
-``sliding_window``, Qwen2's ``use_sliding_window``), packed sequences and other custom mask
-overlays, 4-D masks, attention dropout, padding with holes.
+``sliding_window``, Qwen2's ``use_sliding_window``), bidirectional attention (``is_causal=False``),
+packed sequences (position ids that restart, ``cu_seq_lens_*``) and other custom mask overlays,
+4-D masks, attention dropout, padding with holes, ``output_attentions=True``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ DEFAULT_PATTERN = "power"
 # The mask-function keywords used here (q_length, q_offset, kv_offset) are transformers 5's;
 # verified with 5.17 and 5.24.
 MIN_TRANSFORMERS_MAJOR = 5
+
+# Caches that hold exactly the tokens seen so far (transformers' DYNAMIC_CACHE_IMPLEMENTATIONS);
+# the static and sliding ones pre-allocate or drop keys and are refused.
+_DYNAMIC_CACHES = ("dynamic", "offloaded", "quantized")
 
 _RULE = re.compile(r"^\s*(\d+)\s*(?:of\s+every|of|/)\s*(\d+)\s*$")
 
@@ -218,6 +223,13 @@ def apply(
     register()
     config = model.config
     _check_config(config)
+    cache = getattr(getattr(model, "generation_config", None), "cache_implementation", None)
+    if cache is not None and cache not in _DYNAMIC_CACHES:
+        raise NotImplementedError(
+            f"model.generation_config.cache_implementation={cache!r}: powerattn needs a cache "
+            f"that holds exactly the tokens seen so far, one of {_DYNAMIC_CACHES}; set it to None "
+            "for the default DynamicCache"
+        )
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     pat = get_pattern(pattern, **pattern_params)
@@ -235,6 +247,11 @@ def apply(
 
 
 def _check_config(config: Any) -> None:
+    if not getattr(config, "is_causal", True):
+        raise NotImplementedError(
+            "powerattn is causal; this config asks for bidirectional attention "
+            "(config.is_causal=False)"
+        )
     layer_types = getattr(config, "layer_types", None) or []
     if getattr(config, "sliding_window", None) is not None or "sliding_attention" in layer_types:
         raise NotImplementedError(
@@ -330,6 +347,26 @@ def _row_ranges(mask: torch.Tensor) -> list[tuple[int, int]]:
     return ranges
 
 
+_last_positions: torch.Tensor | None = None
+
+
+def _check_positions(position_ids: torch.Tensor) -> None:
+    """Refuse position ids that do not count up by one along a row: packed sequences, which
+    transformers detects only without a cache (``use_cache`` defaults to True). Checked once per
+    forward (every layer receives the same tensor), skipped under ``torch.compile``."""
+    global _last_positions
+    if torch.compiler.is_compiling():
+        return
+    if position_ids.shape[-1] < 2 or position_ids is _last_positions:
+        return
+    if bool((position_ids.diff(dim=-1) != 1).any()):
+        raise NotImplementedError(
+            "powerattn does not support packed sequences: position_ids restart (or skip) within "
+            "a row; give each sequence its own row (with a padding attention_mask)"
+        )
+    _last_positions = position_ids
+
+
 # --------------------------------------------------------------------------- attention
 def dense_causal_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
@@ -346,7 +383,7 @@ def dense_causal_attention(
     pos_q = torch.arange(sk - sq, sk, device=q.device)
     mask = torch.arange(sk, device=q.device)[None, :] <= pos_q[:, None]  # (Sq, Sk)
     group = q.shape[1] // k.shape[1]
-    # Masked GQA falls back to the math kernel on CUDA; expand (a view) + reshape instead.
+    # Masked GQA falls back to the math kernel on CUDA: repeat the KV heads instead.
     k = k.repeat_interleave(group, dim=1) if gqa else k
     v = v.repeat_interleave(group, dim=1) if gqa else v
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
@@ -385,13 +422,25 @@ def attention_forward(
         )
     if kwargs.get("softcap") is not None:
         raise NotImplementedError("powerattn does not support attention logit softcapping")
-    if not getattr(module, "is_causal", True):
-        raise NotImplementedError("powerattn is causal; this attention module is not")
+    is_causal = kwargs.get("is_causal")
+    if not (getattr(module, "is_causal", True) if is_causal is None else is_causal):
+        raise NotImplementedError("powerattn is causal; this attention call is not")
+    if kwargs.get("output_attentions"):
+        raise NotImplementedError(
+            "powerattn returns no attention weights (output_attentions=True); use "
+            "attn_implementation='eager' to inspect them"
+        )
+    if kwargs.get("cu_seq_lens_q") is not None or kwargs.get("cu_seq_lens_k") is not None:
+        raise NotImplementedError(
+            "powerattn does not support packed sequences (cu_seq_lens_q / cu_seq_lens_k)"
+        )
     if attention_mask is not None and attention_mask.dim() != 2:
         raise ValueError(
             "powerattn takes no 4-D attention_mask (the pattern is the mask); pass the 2-D "
             f"padding mask instead, got shape {tuple(attention_mask.shape)}"
         )
+    if attention_mask is None and kwargs.get("position_ids") is not None:
+        _check_positions(kwargs["position_ids"])
     settings = get_settings(module.config)
     layer_idx = getattr(module, "layer_idx", None)
     if settings.full_layers and layer_idx is None:
