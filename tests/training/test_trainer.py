@@ -32,8 +32,9 @@ def params(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 def test_resume_is_exact(tmp_path):
     """8 steps straight == 4 steps, a 'kill' (the process state is dropped), a fresh trainer
-    resuming from the checkpoint, 4 more steps: same parameters, optimizer state, metrics."""
-    cfg = tiny_config()
+    resuming from the checkpoint, 4 more steps: same parameters, optimizer state, metrics.
+    Logs every 3 steps, so the checkpoint at step 4 falls inside a metrics window."""
+    cfg = tiny_config(log_every=3)
     straight = Trainer(cfg, tmp_path / "a", progress=False)
     straight.train()
     killed = Trainer(cfg, tmp_path / "b", progress=False)
@@ -47,14 +48,17 @@ def test_resume_is_exact(tmp_path):
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
     sa, sb = straight.optimizer.state_dict(), resumed.optimizer.state_dict()
     for i in sa["state"]:
+        assert torch.equal(sa["state"][i]["exp_avg"], sb["state"][i]["exp_avg"])
         assert torch.equal(sa["state"][i]["exp_avg_sq"], sb["state"][i]["exp_avg_sq"])
     assert straight.scheduler.get_last_lr() == resumed.scheduler.get_last_lr()
 
     def losses(d):
         lines = (tmp_path / d / "metrics.jsonl").read_text().splitlines()
-        return [(m["step"], m["loss"]) for m in map(json.loads, lines)]
+        return [(m["step"], m["loss"], m["exact_match"]) for m in map(json.loads, lines)]
 
-    assert losses("a") == losses("b")  # the lines after the checkpoint were logged once
+    # The lines after the checkpoint were logged once, over the same windows.
+    assert [m[0] for m in losses("a")] == [3, 6, 8]
+    assert losses("a") == losses("b")
 
 
 def test_checkpoint_of_another_config_is_refused(tmp_path):

@@ -3,8 +3,9 @@ curriculum, checkpoints that resume exactly, a progress bar and a JSONL metrics 
 
 Exact resume: the batch of step ``t`` is a pure function of ``(seed, t)`` (see
 :mod:`.data`), and a checkpoint holds the model, optimizer, scheduler, step and every RNG
-state. A run killed at any point and restarted from its last checkpoint therefore takes the
-same steps as one that was never interrupted (bit for bit on CPU; on GPU up to the
+state, and the partial sums of the metrics window being averaged. A run killed at any point
+and restarted from its last checkpoint therefore takes the same steps and logs the same
+metrics as one that was never interrupted (bit for bit on CPU; on GPU up to the
 non-determinism of the kernels).
 """
 
@@ -128,6 +129,10 @@ class Trainer:
             self.optimizer, lambda s: lr_lambda(s, cfg)
         )
         self.step = 0
+        # The metrics window since the last logged step: loss sum, exact-match sum, steps.
+        # Sums stay on the device and are read at log time only (a read per step would make
+        # the host wait for the GPU every step); checkpoints carry them.
+        self._window = _Window(self.device)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -143,6 +148,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "rng": _rng_state(),
+                "window": self._window.state(),
             },
             tmp,
         )
@@ -163,6 +169,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self._window.load(state.get("window"))
         return True
 
     def _trim_metrics(self) -> None:
@@ -179,9 +186,10 @@ class Trainer:
     def train(
         self, resume: bool = True, stop_at: int | None = None, stop_time: float | None = None
     ) -> dict[str, Any]:
-        """Train to the end of the curriculum, or to step ``stop_at``, or until the wall clock
-        (``time.time()``) passes ``stop_time`` -- then a checkpoint is written and a later
-        call resumes from it.
+        """Train to the end of the curriculum, or until the wall clock (``time.time()``)
+        passes ``stop_time`` -- then a checkpoint is written and a later call resumes from it
+        -- or to step ``stop_at``, which stops like a killed process: nothing is written
+        beyond the regular checkpoints and log lines.
 
         With ``resume`` (default), continue from ``out_dir/checkpoint.pt`` if it exists.
         Returns the last logged metrics.
@@ -198,11 +206,7 @@ class Trainer:
         bar = _progress(self.progress, total=cfg.total_steps, initial=self.step)
         last: dict[str, Any] = {}
         tokens, t0 = 0, time.perf_counter()
-        # Accumulated on the device and read at log time only: a read per step would make
-        # the host wait for the GPU every step.
-        loss_sum = torch.zeros((), device=self.device)
-        correct_sum = torch.zeros((), device=self.device)
-        count = 0
+        win = self._window
         self.model.train()
         while self.step < end:
             if stop_time is not None and time.time() > stop_time:
@@ -220,17 +224,15 @@ class Trainer:
             self.scheduler.step()
             self.step += 1
             tokens += ids.numel()
-            loss_sum += loss.detach()
-            correct_sum += correct.all(-1).float().mean()
-            count += 1
-            if self.step % cfg.log_every == 0 or self.step == end:
+            win.add(loss.detach(), correct.all(-1).float().mean())
+            if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
                 elapsed = time.perf_counter() - t0
                 last = {
                     "step": self.step,
                     "stage": stage_idx,
                     "seq_len": stage.seq_len,  # the stage's (replayed steps may be shorter)
-                    "loss": float(loss_sum) / count,
-                    "exact_match": float(correct_sum) / count,
+                    "loss": float(win.loss) / win.count,
+                    "exact_match": float(win.correct) / win.count,
                     "grad_norm": float(grad_norm),
                     "lr": self.scheduler.get_last_lr()[0],
                     "tokens_per_s": tokens / elapsed,
@@ -244,14 +246,41 @@ class Trainer:
                     L=stage.seq_len,
                     tok_s=f"{last['tokens_per_s']:.3g}",
                 )
-                loss_sum.zero_()
-                correct_sum.zero_()
-                count = 0
+                win.reset()
             bar.update(1)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.total_steps:
                 self.save_checkpoint()
         bar.close()
         return last
+
+
+class _Window:
+    """Running sums of the metrics logged every ``log_every`` steps."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device)
+        self.count = 0
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor) -> None:
+        self.loss += loss
+        self.correct += correct
+        self.count += 1
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.correct.zero_()
+        self.count = 0
+
+    def state(self) -> dict[str, Any]:
+        return {"loss": self.loss.cpu(), "correct": self.correct.cpu(), "count": self.count}
+
+    def load(self, state: dict[str, Any] | None) -> None:
+        self.reset()
+        if state:  # checkpoints written before the window was saved have none
+            self.loss.copy_(state["loss"])
+            self.correct.copy_(state["correct"])
+            self.count = int(state["count"])
 
 
 def _progress(enabled: bool, total: int, initial: int):
