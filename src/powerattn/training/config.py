@@ -113,6 +113,8 @@ class TrainConfig:
         """Raise ``ValueError`` naming the first bad field."""
         from ..tasks.passkey import min_length  # here: tasks import the tokenizer from us
 
+        if not 1 <= self.task.digits <= 18:
+            raise ValueError(f"task.digits must be in 1..18, got {self.task.digits}")
         if not self.stages:
             raise ValueError("stages must list at least one curriculum stage")
         for i, s in enumerate(self.stages):
@@ -138,6 +140,9 @@ class TrainConfig:
                 f"pattern.name {self.pattern.name!r} is not one of {', '.join(pattern_names())}"
             )
         m = self.model
+        for name in ("layers", "hidden", "heads", "kv_heads", "intermediate"):
+            if getattr(m, name) <= 0:
+                raise ValueError(f"model.{name} must be positive, got {getattr(m, name)}")
         if m.hidden % m.heads or m.heads % m.kv_heads:
             raise ValueError(
                 f"model.hidden ({m.hidden}) must be divisible by model.heads ({m.heads}) and "
