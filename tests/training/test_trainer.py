@@ -155,3 +155,16 @@ def test_train_command(tmp_path, capsys):
                  "--no-progress"]) == 0  # fmt: skip
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
     assert main(["train", "--config", str(tmp_path / "nope.txt"), "--out", str(out)]) == 2
+
+
+def test_help_teaches_the_config_and_the_experiment(capsys):
+    from powerattn.cli import main
+
+    for argv, want in [
+        (["train", "--help"], ["stages: [{seq_len:", "examples:"]),
+        (["experiment", "passkey", "--help"], ["presets:", "--preset smoke --out"]),
+    ]:
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert all(w in out for w in want), argv

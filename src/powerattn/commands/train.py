@@ -11,6 +11,48 @@ def _csv(text: str) -> list[str]:
     return [x for x in text.split(",") if x]
 
 
+_TRAIN_EPILOG = """\
+defaults: a 6-layer Llama (hidden 128, 4 heads), 32-token blocks, the pattern at the equal
+budget of the last stage, stages 512 -> 1024 -> 2048 tokens x 100 steps, batch 32, on cuda
+if available.
+
+A --config file (YAML or JSON) sets any field of powerattn.training.TrainConfig; unknown
+keys and bad values are refused, naming the field:
+
+    seed: 0
+    batch_size: 32
+    model: {layers: 6, hidden: 128, heads: 4, kv_heads: 4}
+    pattern: {name: power, full_layers: []}   # params: {window: 3} overrides the budget's
+    task: {block_size: 32, digits: 5}
+    stages: [{seq_len: 512, steps: 200}, {seq_len: 1024, steps: 200}]
+    optim: {lr: 1.0e-3, warmup_steps: 50}
+
+examples:
+  powerattn train --out runs/power
+  powerattn train --config my.yaml --out runs/ss --pattern stride_slash --layers 4
+"""
+
+_PASSKEY_EPILOG = """\
+parts (each a list of runs; every run trains one model, then evaluates it):
+  main    every pattern at the equal budget of the last length, same model and data
+  layers  power with the preset's smaller layer counts (accuracy vs receptive field)
+  long    power vs stride slash trained to twice the length
+
+presets:
+  smoke   2-layer models, 4-6 steps, 320-448 tokens: checks every code path on a CPU
+  gpu     6-layer models, 320 -> 4096 tokens (long: 8192), 1100-1300 steps: the H200 campaign
+
+Writes OUT/results.json (per document: correct, digit accuracy, needle_hops, the theory's
+reachable fraction), OUT/runs/NAME/ (checkpoint, metrics, eval.json; rerunning resumes),
+heatmaps.png, reach.png, long.png, curves.png, and prints the summary table.
+
+examples:
+  powerattn experiment passkey --preset smoke --out /tmp/pk
+  powerattn experiment passkey --preset gpu --out pk --jobs 6 --deadline 1800
+  powerattn experiment passkey --out merged --replot a/results.json,b/results.json
+"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -20,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "length curriculum. Resumes from OUT/checkpoint.pt if it exists. Writes "
             "OUT/metrics.jsonl, OUT/config.json, OUT/checkpoint.pt."
         ),
+        epilog=_TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="YAML or JSON file mapped to TrainConfig (default: defaults)")
     p.add_argument("--out", required=True, help="run directory")
@@ -41,8 +85,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "slash at a longer length), evaluate passkey retrieval by needle depth and length, "
             "and compare with the theory. Writes OUT/results.json and PNG figures."
         ),
+        epilog=_PASSKEY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    k.add_argument("--preset", default="smoke", help="smoke (CPU, seconds) or gpu")
+    k.add_argument("--preset", default="smoke", help="smoke (default) or gpu; see below")
     k.add_argument("--out", required=True, help="output directory")
     k.add_argument("--parts", type=_csv, help="comma list of main,layers,long (default all)")
     k.add_argument("--patterns", type=_csv, help="comma list of patterns (default all)")
