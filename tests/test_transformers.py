@@ -331,6 +331,19 @@ def test_settings_roundtrip_tuple_parameters(tmp_path):
     assert pt.get_settings(loaded.config).pattern == pattern
 
 
+def test_apply_refuses_pattern_that_does_not_roundtrip():
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Unregistered(type(get_pattern("power"))):  # inherits the name "power"
+        pass
+
+    model = _model("llama", layers=1)
+    with pytest.raises(ValueError, match="cannot be stored"):
+        pt.apply(model, Unregistered(**POWER))
+    assert pt.CONFIG_KEY not in model.config.to_dict()
+
+
 def test_register_is_idempotent():
     pt.register()
     pt.register()

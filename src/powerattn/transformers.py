@@ -235,6 +235,18 @@ def apply(
     pat = get_pattern(pattern, **pattern_params)
     layers = _resolve_full_layers(full_layers, int(config.num_hidden_layers))
     settings = Settings(pat, frozenset(layers), backend)
+    # Every forward rebuilds the pattern from the JSON dict by name: check that gives it back
+    # (an unregistered Pattern subclass would fail, or silently become its registered parent).
+    try:
+        stored = _parse_settings(json.dumps(settings.to_dict(), sort_keys=True))
+    except (TypeError, ValueError):
+        stored = None
+    if stored != settings:
+        raise ValueError(
+            f"pattern {pat.describe()} ({type(pat).__name__}) cannot be stored in "
+            f"model.config.{CONFIG_KEY}: it is rebuilt by name with get_pattern, so its class "
+            "must be registered (powerattn.patterns.registry.register) and its parameters JSON"
+        )
     setattr(config, CONFIG_KEY, settings.to_dict())
     model.set_attn_implementation(ATTN_IMPLEMENTATION)
     if config._attn_implementation != ATTN_IMPLEMENTATION:
