@@ -28,6 +28,21 @@ def test_bad_workload_is_rejected(capsys):
     assert "--workloads" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv, name",
+    [
+        (["--seq-lens", "8k"], "--seq-lens"),
+        (["--seq-lens", "1024,0"], "--seq-lens"),
+        (["--pattern", "powr"], "unknown pattern"),
+        (["--block-size", "0"], "block_size"),
+    ],
+)
+def test_bad_arguments_are_rejected_before_the_gpu(argv, name, capsys):
+    assert main(["bench", "kernel", *argv]) == 2
+    err = capsys.readouterr().err
+    assert name in err and "CUDA" not in err
+
+
 def test_table_and_plot(tmp_path, capsys):
     rows = [
         {"workload": "fwd", "method": "dense SDPA cuDNN", "seq_len": s, "ms": 1.0 * s, "tflops": 5}

@@ -25,6 +25,7 @@ import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -45,7 +46,6 @@ class KernelBenchConfig:
     pattern: str = "power"
     block_size: int = 256
     skip_flex: bool = False  # FlexAttention baseline (create_block_mask)
-    skip_dense_above: int = 1 << 30  # skip dense SDPA beyond this length (time)
 
 
 def _bench(fn, rep_ms: float = 100.0) -> float:
@@ -360,24 +360,37 @@ def plot(result: dict, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _seq_lens(text: str) -> list[int]:
+    """``--seq-lens``: comma-separated positive token counts."""
+    try:
+        lens = [int(x) for x in text.split(",")]
+    except ValueError:
+        lens = []
+    if not lens or min(lens) <= 0:
+        raise ValueError(f"--seq-lens: expected positive integers like 8192,16384, got {text!r}")
+    return lens
+
+
 def _main(args: argparse.Namespace) -> int:
     bad = sorted(set(args.workloads.split(",")) - set(WORKLOADS))
     if bad:
         raise ValueError(f"--workloads: unknown {bad}; valid: {', '.join(WORKLOADS)}")
+    get_pattern(args.pattern, block_size=args.block_size)  # bad --pattern / --block-size
     cfg = KernelBenchConfig(
-        seq_lens=[int(x) for x in args.seq_lens.split(",")],
+        seq_lens=_seq_lens(args.seq_lens),
         workloads=args.workloads.split(","),
         pattern=args.pattern,
         block_size=args.block_size,
         skip_flex=args.skip_flex,
     )
 
-    # Fail loudly rather than let dynamo fall back to eager flex_attention (S x S scores).
     def save(result):
         if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=1)
 
+    # Fail loudly rather than let dynamo fall back to eager flex_attention (S x S scores).
     with torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True):
         result = run(cfg, on_progress=save)
     print_table(result)
