@@ -540,3 +540,7 @@ def test_bench_e2e_plumbing(tmp_path, capsys):
     assert t["seq_len"] == 96 and t["prefill_speedup"] > 0
     assert main(["bench", "e2e", "--from-json", str(tmp_path / "e2e.json")]) == 0
     assert "power vs full" in capsys.readouterr().out
+    # --json would be silently ignored with --from-json: refused.
+    argv = ["bench", "e2e", "--from-json", str(tmp_path / "e2e.json"), "--json", "x.json"]
+    assert main(argv) == 2
+    assert "--from-json" in capsys.readouterr().err

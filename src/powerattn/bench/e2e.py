@@ -29,7 +29,7 @@ import platform
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,6 @@ class E2EConfig:
     check: bool = False  # smoke-check the integration on the device first
     profile_path: str | None = None
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -352,7 +351,7 @@ def _meta(cfg: E2EConfig, device: torch.device, shape: ModelShape) -> dict[str, 
         "python": platform.python_version(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "model_shape": asdict(shape),
-        "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+        "config": asdict(cfg),
         "dtype": "bfloat16",
         "batch": 1,
         "cache": "transformers DynamicCache",
@@ -655,6 +654,8 @@ def _positive_int(text: str) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     if args.from_json:
+        if args.json:
+            raise ValueError("--json writes a new run; --from-json runs nothing (drop one)")
         with open(args.from_json) as f:
             doc = json.load(f)
         doc.setdefault("summary", summarize(doc))
