@@ -141,3 +141,35 @@ def test_plan_bad_input(kwargs, match):
 def test_cli_bad_input(capsys):
     assert main(["experiment", "passkey", "--out", "x", "--jobs", "0"]) == 2
     assert "--jobs" in capsys.readouterr().err
+
+
+def test_runs_cut_by_the_deadline_before_any_log_are_still_reported(tmp_path, capsys):
+    """--deadline 0: every run stops at step 0 (checkpoint, no metrics line) and is
+    evaluated as it is; the campaign still writes results.json and its table."""
+    out = tmp_path / "out"
+    rc = main(["experiment", "passkey", "--preset", "smoke", "--out", str(out), "--parts",
+               "main", "--patterns", "power", "--deadline", "0", "--no-progress"])  # fmt: skip
+    assert rc == 0
+    run = json.loads((out / "results.json").read_text())["runs"]["main-power"]
+    assert run["steps_done"] == 0 < run["steps_planned"]
+    assert run["curve"] == [] and run["tokens_per_s"] is None
+    assert "main-power" in capsys.readouterr().out
+
+
+def test_a_run_whose_backend_fails_the_check_trains_on_the_fallback(tmp_path, monkeypatch):
+    import powerattn.experiments.passkey as mod
+
+    real = mod.attention
+
+    def broken(q, k, v, pattern, scale=None, backend="auto"):  # a kernel computing another mask
+        if backend != "sdpa_mask":
+            pattern = get_pattern("sliding_window", block_size=pattern.block_size, window=1)
+        return real(q, k, v, pattern, scale, backend)
+
+    monkeypatch.setattr(mod, "attention", broken)
+    spec = plan("smoke", ["main"], ["power"])[0]
+    res = mod.run_one(spec, tmp_path, mod.PRESETS["smoke"], progress=False)
+    assert res["backend"] == "sdpa_mask" and "failed the check" in res["backend_fallback"]
+    assert [c["ok"] for c in res["backend_check"]] == [False, True, True, True]
+    assert res["backend_ok"] is False  # the failed first check stays on the record
+    assert res["steps_done"] == res["steps_planned"]

@@ -307,7 +307,7 @@ def run_one(
             ],
         }
     checks += [
-        check_backend(trainer.pattern, n, trainer.device, cfg.backend, m.heads, m.hidden // m.heads)
+        check_backend(trainer.pattern, n, trainer.device, cfg.backend, m.heads, hd)
         for n in spec.eval_lengths
     ]
     result = {
@@ -399,11 +399,14 @@ def run_experiment(
             results["meta"].setdefault("failed", []).append(spec.name)
             continue
         res = json.loads((run_dir / "eval.json").read_text())
-        metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        log = run_dir / "metrics.jsonl"  # absent when stop_time came before the first log
+        metrics = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
         res["curve"] = [
             [m["step"], round(m["loss"], 4), round(m["exact_match"], 3)] for m in metrics
         ]
-        res["tokens_per_s"] = float(np.mean([m["tokens_per_s"] for m in metrics]))
+        res["tokens_per_s"] = (
+            float(np.mean([m["tokens_per_s"] for m in metrics])) if metrics else None
+        )
         results["runs"][spec.name] = res
     (out / "results.json").write_text(json.dumps(results) + "\n")
     from .plots import plot_all
@@ -507,21 +510,21 @@ def theory_table(results: dict[str, Any]) -> str:
 
 def summary_table(results: dict[str, Any]) -> str:
     """A plain-text table: per run and evaluated length, accuracy and the theory."""
+
+    def f(x) -> str:
+        return "   -  " if x is None else f"{x:6.3f}"
+
     rows = [
         f"{'run':<22} {'pattern':<15} {'L':>2} {'deg':>3} {'len':>5} {'acc':>6} "
         f"{'reach':>6} {'acc|r':>6} {'acc|~r':>6} {'tok/s':>9}"
     ]
     for name, r in results["runs"].items():
         for seq_len, e in r["eval"].items():
-
-            def f(x):
-                return "   -  " if x is None else f"{x:6.3f}"
-
             rows.append(
                 f"{name:<22} {r['pattern']:<15} {r['layers']:>2} {r['max_degree']:>3} "
                 f"{seq_len:>5} {f(e['accuracy'])} {f(e['reachable_fraction'])} "
                 f"{f(e['accuracy_reachable'])} {f(e['accuracy_unreachable'])} "
-                f"{r['tokens_per_s']:9.3g}"
+                + ("        -" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:9.3g}")
             )
     return "\n".join(rows)
 

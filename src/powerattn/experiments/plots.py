@@ -190,7 +190,8 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
     a.set_ylabel("loss")
     b.set_xlabel("step")
     b.set_ylabel("train exact match")
-    b.legend(fontsize=6, ncol=2)
+    if b.get_legend_handles_labels()[0]:  # runs stopped before their first log have none
+        b.legend(fontsize=6, ncol=2)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
 
