@@ -76,6 +76,8 @@ def test_unknown_keys_and_suffix(tmp_path):
         TrainConfig.from_dict({"modle": {}})
     with pytest.raises(ValueError, match=r"config.model has unknown keys"):
         TrainConfig.from_dict({"model": {"depth": 3}})
+    with pytest.raises(ValueError, match=r"config.stages\[0\] is missing \['steps'\]"):
+        TrainConfig.from_dict({"stages": [{"seq_len": 512}]})
     (tmp_path / "c.toml").write_text("")
     with pytest.raises(ValueError, match="config path"):
         load_config(tmp_path / "c.toml")

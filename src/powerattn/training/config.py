@@ -185,10 +185,20 @@ _NESTED = {
 def _build(cls, data: dict[str, Any], where: str):
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    names = {f.name for f in fields}
     bad = sorted(set(data) - names)
     if bad:
         raise ValueError(f"{where} has unknown keys {bad}; valid: {sorted(names)}")
+    missing = [
+        f.name
+        for f in fields
+        if f.name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ValueError(f"{where} is missing {missing}")
     kwargs = {}
     for key, value in data.items():
         if cls is TrainConfig and key in _NESTED:
