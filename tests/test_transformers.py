@@ -436,6 +436,19 @@ def test_padding_with_holes_refused():
         model(_ids(), attention_mask=mask)
 
 
+def test_mask_batch_mismatch_refused():
+    # A (1, S) padding mask for a batch of 2 would leave row 1 without attention output.
+    model = pt.apply(_model("llama", layers=1), "power", **POWER)
+    mask = torch.ones(1, SEQ, dtype=torch.long)
+    mask[0, :5] = 0
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(_ids(), attention_mask=mask)
+    q, k = torch.randn(2, 4, SEQ, 16), torch.randn(2, 2, SEQ, 16)
+    attn = model.model.layers[0].self_attn
+    with pytest.raises(ValueError, match="attention_mask"):
+        pt.attention_forward(attn, q, k, k, mask.bool(), scaling=0.25)
+
+
 def test_4d_mask_refused():
     model = pt.apply(_model("llama", layers=1), "power", **POWER)
     mask = torch.zeros(2, 1, SEQ, SEQ)

@@ -315,7 +315,7 @@ def mask_forward(
         )
     if attention_mask is None:
         return None
-    if attention_mask.dim() != 2 or attention_mask.shape[-1] != kv_length:
+    if tuple(attention_mask.shape) != (batch_size, kv_length):
         raise ValueError(
             "attention_mask must be the 2-D padding mask over the past and new tokens, shape "
             f"({batch_size}, {kv_length}); got {tuple(attention_mask.shape)}"
@@ -450,6 +450,11 @@ def attention_forward(
         raise ValueError(
             "powerattn takes no 4-D attention_mask (the pattern is the mask); pass the 2-D "
             f"padding mask instead, got shape {tuple(attention_mask.shape)}"
+        )
+    if attention_mask is not None and attention_mask.shape != (query.shape[0], key.shape[2]):
+        raise ValueError(
+            f"attention_mask must be the (batch, kv_len) = ({query.shape[0]}, {key.shape[2]}) "
+            f"padding mask, got shape {tuple(attention_mask.shape)}"
         )
     if attention_mask is None and kwargs.get("position_ids") is not None:
         _check_positions(kwargs["position_ids"])
