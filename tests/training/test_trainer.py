@@ -168,3 +168,21 @@ def test_help_teaches_the_config_and_the_experiment(capsys):
             main(argv)
         out = capsys.readouterr().out
         assert all(w in out for w in want), argv
+
+
+def test_evaluate_passkey_shapes_and_bad_input():
+    from powerattn.training.evaluate import evaluate_passkey
+
+    pattern = get_pattern("power", block_size=32)
+    cfg = ModelConfig(layers=1, hidden=16, heads=2, kv_heads=2, intermediate=32)
+    model = build_model(cfg, pattern, 320, seed=0)
+    res = evaluate_passkey(model, 320, [0.0, 1.0], samples=2, batch_size=3)
+    assert res["depth_target"].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert res["correct"].shape == res["digit_acc"].shape == (4,)
+    assert res["key_positions"].shape == (4, 2, 5)
+    assert (res["correct"] == (res["digit_acc"] == 1.0)).all()
+    assert model.training  # restored
+    for kw, match in [({"samples": 0}, "samples"), ({"batch_size": 0}, "batch_size"),
+                      ({"depths": []}, "depths")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            evaluate_passkey(model, 320, **{"depths": [0.5], "samples": 1, **kw})

@@ -34,6 +34,11 @@ def evaluate_passkey(
     ``depth_target`` and ``depth`` (float), ``correct`` (bool, exact match),
     ``digit_acc`` (float, fraction of digits right), ``key_positions`` ``(n, 2, digits)``.
     """
+    for name, value in (("samples", samples), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if np.asarray(depths).size == 0:
+        raise ValueError("depths must hold at least one needle depth")
     device = next(model.parameters()).device
     targets = np.repeat(np.asarray(depths, dtype=np.float64), samples)
     rng = np.random.default_rng([seed, seq_len, 0xE7A1])
