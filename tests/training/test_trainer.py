@@ -186,3 +186,14 @@ def test_evaluate_passkey_shapes_and_bad_input():
                       ({"depths": []}, "depths")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             evaluate_passkey(model, 320, **{"depths": [0.5], "samples": 1, **kw})
+
+
+def test_bad_device_is_a_value_error():
+    from powerattn.training.trainer import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")

@@ -36,7 +36,13 @@ def resolve_device(name: str) -> torch.device:
     """``"auto"`` -> cuda if available, else cpu; anything else as given."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {name!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device is {name!r} but CUDA is not available; use 'auto' or 'cpu'")
+    return device
 
 
 def lr_lambda(step: int, cfg: TrainConfig) -> float:
