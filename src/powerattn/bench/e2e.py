@@ -548,7 +548,7 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
 def _header() -> str:
     return (
         f"{'prompt':>8}  {'variant':<15} {'TTFT s':>8} {'x full':>7} {'decode ms/tok':>13} "
-        f"{'x full':>7} {'peak GiB':>9}"
+        f"{'% full':>7} {'peak GiB':>9}"
     )
 
 
