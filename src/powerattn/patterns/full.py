@@ -30,7 +30,3 @@ class FullPattern(Pattern):
         kb = np.arange(min(int(qb[-1]) + 1, num_kv_blocks), dtype=np.int64)
         idx = np.where(kb[None, :] <= qb[:, None], kb[None, :], -1)
         return np.minimum(qb + 1, num_kv_blocks), idx
-
-    def _candidates(self, qb: np.ndarray) -> np.ndarray:
-        hi = int(qb.max()) if qb.size else 0
-        return np.broadcast_to(np.arange(hi + 1, dtype=np.int64), (qb.size, hi + 1))
