@@ -295,6 +295,7 @@ def test_equal_budget_explicit_budget_and_block_size():
     [
         (lambda: get_pattern("powr"), "unknown pattern 'powr'.*valid names: .*power"),
         (lambda: get_pattern("power", stride=3), "no parameter 'stride'.*valid parameters"),
+        (lambda: get_pattern(get_pattern("power"), windw=3), "no parameter 'windw'"),
         (lambda: get_pattern("power", block_size=0), "block_size"),
         (lambda: get_pattern("full", block_size=-4), "block_size"),
         (lambda: get_pattern("power", block_size=2.5), "block_size"),

@@ -48,13 +48,19 @@ def get_pattern(name: str | Pattern, **params: Any) -> Pattern:
     Unknown names or parameters raise ``ValueError`` listing what is valid.
     """
     if isinstance(name, Pattern):
-        return dataclasses.replace(name, **params) if params else name
+        if not params:
+            return name
+        _check_params(name.name, {f.name: f.default for f in dataclasses.fields(name)}, params)
+        return dataclasses.replace(name, **params)
     cls = _lookup(name)
-    valid = pattern_params(name)
+    _check_params(name, pattern_params(name), params)
+    return cls(**params)
+
+
+def _check_params(name: str, valid: dict[str, Any], params: dict[str, Any]) -> None:
     bad = sorted(set(params) - set(valid))
     if bad:
         raise ValueError(
             f"pattern {name!r} has no parameter {', '.join(map(repr, bad))}; valid parameters: "
             + ", ".join(f"{k} (default {v!r})" for k, v in valid.items())
         )
-    return cls(**params)
