@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from ..commands.argtypes import positive_int
+
 DEFAULT_SEQ_LENS = (16384, 32768, 65536, 131072)
 VARIANTS = ("full", "power", "sliding_window", "hybrid")
 HYBRID_RULE = "2 of every 7"
@@ -645,13 +647,6 @@ def plot(doc: dict[str, Any], path: str) -> None:
 
 
 # ----------------------------------------------------------------------------- CLI
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def _main(args: argparse.Namespace) -> int:
     if args.from_json:
         if args.json:
@@ -697,10 +692,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--model", choices=sorted(PRESETS), default="qwen2-7b")
-    p.add_argument("--layers", type=_positive_int, help="override the number of layers")
+    p.add_argument("--layers", type=positive_int, help="override the number of layers")
     p.add_argument(
         "--seq-lens",
-        type=_positive_int,
+        type=positive_int,
         nargs="+",
         default=list(DEFAULT_SEQ_LENS),
         metavar="N",
@@ -708,12 +703,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument(
-        "--decode-steps", type=_positive_int, default=128, help="decode steps timed (default 128)"
+        "--decode-steps", type=positive_int, default=128, help="decode steps timed (default 128)"
     )
-    p.add_argument("--block-size", type=_positive_int, default=256)
+    p.add_argument("--block-size", type=positive_int, default=256)
     p.add_argument(
         "--warmup-lens",
-        type=_positive_int,
+        type=positive_int,
         nargs="+",
         default=[2048, 4096],
         metavar="N",

@@ -18,18 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from ..commands.argtypes import positive_int
 from ..patterns import equal_budget, pattern_names
 from ..receptive import coverage, hops
 
 DEFAULT_SEQ_LENS = (32768, 131072, 262144, 1048576)
 TARGET_S = 1.0  # the goal for the whole analysis at 1M tokens
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _best_of(fn, repeats: int) -> float:
@@ -147,20 +141,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--seq-lens",
-        type=_positive_int,
+        type=positive_int,
         nargs="+",
         default=list(DEFAULT_SEQ_LENS),
         metavar="N",
         help="sequence lengths in tokens (default: 32K 128K 256K 1M)",
     )
     p.add_argument(
-        "--block-size", type=_positive_int, default=256, help="tokens per block (default 256)"
+        "--block-size", type=positive_int, default=256, help="tokens per block (default 256)"
     )
     p.add_argument(
-        "--layers", type=_positive_int, default=28, help="layers for coverage (default 28)"
+        "--layers", type=positive_int, default=28, help="layers for coverage (default 28)"
     )
     p.add_argument(
-        "--repeats", type=_positive_int, default=3, help="runs per measurement (default 3)"
+        "--repeats", type=positive_int, default=3, help="runs per measurement (default 3)"
     )
     p.add_argument(
         "--patterns",

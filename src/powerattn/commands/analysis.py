@@ -17,6 +17,7 @@ import numpy as np
 
 from ..patterns import Pattern, equal_budget, get_pattern, pattern_names, pattern_params
 from ..receptive import coverage, hops
+from .argtypes import nonnegative_int, positive_int
 
 # Vocabulary shared by every --help text of this module.
 _GLOSSARY = """\
@@ -56,26 +57,6 @@ _COMPARE_LAYERS = (1, 2, 4, 6, 8, 16)
 
 
 # ------------------------------------------------------------------------------- helpers
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
-
-
 def parse_segments(text: str) -> tuple[tuple[int, int], ...]:
     """``'8:1,16:2'`` -> ``((8, 1), (16, 2))``."""
     try:
@@ -94,21 +75,21 @@ def parse_segments(text: str) -> tuple[tuple[int, int], ...]:
 def _add_common(p: argparse.ArgumentParser, *, layers: bool, seq_len: int = 32768) -> None:
     p.add_argument(
         "--seq-len",
-        type=_positive_int,
+        type=positive_int,
         default=seq_len,
         help=f"sequence length in tokens (default {seq_len}"
         + (", the paper's setting)" if seq_len == 32768 else "; the paper's is 32768)"),
     )
     p.add_argument(
         "--block-size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="tokens per block (default: the pattern's own, 256 as in the paper)",
     )
     if layers:
         p.add_argument(
             "--layers",
-            type=_positive_int,
+            type=positive_int,
             default=28,
             help="number of stacked attention layers (hops) to analyse (default 28, Qwen2-7B)",
         )
@@ -125,11 +106,11 @@ def _add_pattern_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "pattern parameters (each only for the patterns that have it; default: paper setting)"
     )
-    g.add_argument("--window", type=_nonnegative_int, help=_PARAM_HELP["window"])
-    g.add_argument("--sink", type=_nonnegative_int, help=_PARAM_HELP["sink"])
-    g.add_argument("--stride", type=_positive_int, help=_PARAM_HELP["stride"])
-    g.add_argument("--base", type=_positive_int, help=_PARAM_HELP["base"])
-    g.add_argument("--dilation", type=_positive_int, help=_PARAM_HELP["dilation"])
+    g.add_argument("--window", type=nonnegative_int, help=_PARAM_HELP["window"])
+    g.add_argument("--sink", type=nonnegative_int, help=_PARAM_HELP["sink"])
+    g.add_argument("--stride", type=positive_int, help=_PARAM_HELP["stride"])
+    g.add_argument("--base", type=positive_int, help=_PARAM_HELP["base"])
+    g.add_argument("--dilation", type=positive_int, help=_PARAM_HELP["dilation"])
     g.add_argument("--segments", type=parse_segments, help=_PARAM_HELP["segments"])
 
 
@@ -415,7 +396,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_common(p, layers=True)
     p.add_argument(
         "--budget",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="max key blocks per query block (default: power's degree at --seq-len)",
     )
