@@ -1,3 +1,4 @@
+import functools
 import json
 
 import numpy as np
@@ -66,6 +67,22 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     other = Trainer(tiny_config(seed=1), tmp_path, progress=False)
     with pytest.raises(ValueError, match="different configuration"):
         other.train()
+
+
+def test_fresh_start_removes_the_old_runs_files(tmp_path):
+    """A fresh start stopped before its first checkpoint leaves neither the old checkpoint
+    (a plain rerun would resume from it) nor the old metrics; other files stay."""
+    cfg = tiny_config()
+    Trainer(cfg, tmp_path, progress=False).train(stop_at=4)  # checkpoints at steps 2 and 4
+    (tmp_path / "checkpoint.tmp").write_bytes(b"a save cut short")
+    (tmp_path / "eval.json").write_text("{}")
+    Trainer(cfg, tmp_path, progress=False).train(resume=False, stop_at=1)
+    assert not (tmp_path / "checkpoint.pt").exists()
+    assert not (tmp_path / "checkpoint.tmp").exists()
+    assert (tmp_path / "eval.json").exists() and (tmp_path / "config.json").exists()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1]
+    assert not Trainer(cfg, tmp_path, progress=False).load_checkpoint()
 
 
 def test_lr_schedule_warmup_then_cosine():
@@ -155,6 +172,26 @@ def test_train_command(tmp_path, capsys):
                  "--no-progress"]) == 0  # fmt: skip
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
     assert main(["train", "--config", str(tmp_path / "nope.txt"), "--out", str(out)]) == 2
+
+
+def test_train_command_fresh_starts_over(tmp_path, monkeypatch):
+    """--fresh deletes the old checkpoint before training: a fresh run cut short (here after
+    one step, before its first checkpoint) leaves nothing stale for a plain rerun."""
+    from powerattn.cli import main
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "batch_size: 2\ndevice: cpu\ncheckpoint_every: 2\nlog_every: 1\n"
+        "model: {layers: 1, hidden: 16, heads: 2, kv_heads: 2, intermediate: 32}\n"
+        "stages: [{seq_len: 320, steps: 4}]\n"
+    )
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(cfg), "--out", str(out), "--no-progress"]
+    assert main(argv) == 0 and (out / "checkpoint.pt").exists()
+    monkeypatch.setattr(Trainer, "train", functools.partialmethod(Trainer.train, stop_at=1))
+    assert main([*argv, "--fresh"]) == 0
+    assert not (out / "checkpoint.pt").exists()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_help_teaches_the_config_and_the_experiment(capsys):

@@ -59,8 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train a small Llama from scratch on the passkey curriculum",
         description=(
             "Train a small Llama (random init, our attention) on passkey documents with a "
-            "length curriculum. Resumes from OUT/checkpoint.pt if it exists. Writes "
-            "OUT/metrics.jsonl, OUT/config.json, OUT/checkpoint.pt."
+            "length curriculum. Resumes from OUT/checkpoint.pt if it exists (--fresh: "
+            "starts over). Writes OUT/metrics.jsonl, OUT/config.json, OUT/checkpoint.pt."
         ),
         epilog=_TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -70,7 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pattern", help="override pattern.name")
     p.add_argument("--layers", type=int, help="override model.layers")
     p.add_argument("--device", help="override device (auto, cpu, cuda)")
-    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over: first delete OUT's checkpoint, metrics and config (other files stay)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 

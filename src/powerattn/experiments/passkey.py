@@ -43,7 +43,7 @@ from ..training.config import (
 )
 from ..training.evaluate import evaluate_passkey, needle_hops
 from ..training.model import SDPA_MASK, attention
-from ..training.trainer import Trainer
+from ..training.trainer import Trainer, clear_run
 
 MAIN_PATTERNS = ["power", "sliding_window", "stride_slash", "dilated", "longnet", "full"]
 PARTS = ("main", "layers", "long")
@@ -457,8 +457,7 @@ def _run_parallel(
             if proc.returncode and bk != SDPA_MASK:
                 run_dir = out / "runs" / spec.name
                 (run_dir / "log.txt").rename(run_dir / "log_failed.txt")
-                for name in ("checkpoint.pt", "metrics.jsonl"):
-                    (run_dir / name).unlink(missing_ok=True)
+                clear_run(run_dir)
                 pending.append((spec, SDPA_MASK))
                 print(f"== retrying {spec.name} on the {SDPA_MASK} fallback", flush=True)
             elif proc.returncode:

@@ -30,6 +30,18 @@ from .model import build_model
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+# The files a Trainer writes in its run directory (with the checkpoint's temporary copy);
+# a fresh start removes exactly these.
+RUN_FILES = (CHECKPOINT, Path(CHECKPOINT).with_suffix(".tmp").name, METRICS, CONFIG)
+
+
+def clear_run(out_dir: str | Path) -> None:
+    """Remove the files a :class:`Trainer` writes in ``out_dir`` (:data:`RUN_FILES`: the
+    checkpoint, metrics, config), so that nothing of an earlier run can be resumed or appended
+    to; other files (e.g. an experiment's ``eval.json``) stay."""
+    for name in RUN_FILES:
+        (Path(out_dir) / name).unlink(missing_ok=True)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -197,16 +209,18 @@ class Trainer:
         -- or to step ``stop_at``, which stops like a killed process: nothing is written
         beyond the regular checkpoints and log lines.
 
-        With ``resume`` (default), continue from ``out_dir/checkpoint.pt`` if it exists.
+        With ``resume`` (default), continue from ``out_dir/checkpoint.pt`` if it exists;
+        otherwise start over: the old run's files are removed first (:func:`clear_run`), so a
+        run stopped before its first checkpoint cannot leave a stale one for a later resume.
         Returns the last logged metrics.
         """
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         if resume and self.load_checkpoint():
             self._trim_metrics()
-        elif (self.out / METRICS).exists():
-            (self.out / METRICS).unlink()
-        (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        else:
+            clear_run(self.out)
+        (self.out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         end = cfg.total_steps if stop_at is None else min(stop_at, cfg.total_steps)
         use_amp = self.device.type == "cuda"
         bar = _progress(self.progress, total=cfg.total_steps, initial=self.step)
