@@ -173,3 +173,27 @@ def test_a_run_whose_backend_fails_the_check_trains_on_the_fallback(tmp_path, mo
     assert [c["ok"] for c in res["backend_check"]] == [False, True, True, True]
     assert res["backend_ok"] is False  # the failed first check stays on the record
     assert res["steps_done"] == res["steps_planned"]
+
+
+def test_a_run_that_fell_back_resumes_on_the_fallback(tmp_path, monkeypatch):
+    """Cut by the deadline after falling back to sdpa_mask, then rerun when the kernel passes
+    its check: the run resumes its checkpoint, still on sdpa_mask (not refused as a checkpoint
+    of another config)."""
+    import powerattn.experiments.passkey as mod
+
+    real = mod.attention
+
+    def broken(q, k, v, pattern, scale=None, backend="auto"):
+        if backend != "sdpa_mask":
+            pattern = get_pattern("sliding_window", block_size=pattern.block_size, window=1)
+        return real(q, k, v, pattern, scale, backend)
+
+    spec = plan("smoke", ["main"], ["power"])[0]
+    preset = mod.PRESETS["smoke"]
+    with monkeypatch.context() as m:
+        m.setattr(mod, "attention", broken)
+        cut = mod.run_one(spec, tmp_path, preset, progress=False, stop_time=0.0)
+    assert cut["backend"] == "sdpa_mask" and cut["steps_done"] == 0
+    res = mod.run_one(spec, tmp_path, preset, progress=False)
+    assert res["backend"] == "sdpa_mask" and "earlier attempt" in res["backend_fallback"]
+    assert res["backend_ok"] and res["steps_done"] == res["steps_planned"]

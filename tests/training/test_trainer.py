@@ -69,6 +69,20 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
         other.train()
 
 
+def test_checkpoint_resumes_on_another_backend(tmp_path):
+    """The backend is how the model is computed, not which: a run trained on the sdpa_mask
+    fallback resumes on a kernel (and back); other changes are still refused."""
+    Trainer(tiny_config(backend="sdpa_mask"), tmp_path, progress=False).train(stop_at=4)
+    resumed = Trainer(tiny_config(backend="auto"), tmp_path, progress=False)
+    assert resumed.load_checkpoint() and resumed.step == 4
+    resumed.train()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(1, 9))
+    assert Trainer(tiny_config(backend="sdpa_mask"), tmp_path, progress=False).load_checkpoint()
+    with pytest.raises(ValueError, match="different configuration"):
+        Trainer(tiny_config(backend="sdpa_mask", seed=1), tmp_path, progress=False).train()
+
+
 def test_fresh_start_removes_the_old_runs_files(tmp_path):
     """A fresh start stopped before its first checkpoint leaves neither the old checkpoint
     (a plain rerun would resume from it) nor the old metrics; other files stay."""

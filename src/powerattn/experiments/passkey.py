@@ -43,7 +43,7 @@ from ..training.config import (
 )
 from ..training.evaluate import evaluate_passkey, needle_hops
 from ..training.model import SDPA_MASK, attention
-from ..training.trainer import Trainer, clear_run
+from ..training.trainer import CHECKPOINT, CONFIG, Trainer, clear_run
 
 MAIN_PATTERNS = ["power", "sliding_window", "stride_slash", "dilated", "longnet", "full"]
 PARTS = ("main", "layers", "long")
@@ -255,10 +255,16 @@ def run_one(
     The attention backend is checked against the oracle before training (first stage
     length) and after it (every evaluated length), in the same process as the training, so
     a kernel problem shows up next to the numbers it would spoil. Training stops early at
-    wall-clock ``stop_time`` (the run is then evaluated as it is and marked so).
+    wall-clock ``stop_time`` (the run is then evaluated as it is and marked so). A run that
+    fell back to ``sdpa_mask`` earlier (failed check, or a crash retried by ``--jobs``)
+    resumes on ``sdpa_mask``, so that one run trains on one backend.
     """
     run_dir = out_dir / "runs" / spec.name
     t0 = time.perf_counter()
+    fallback = None
+    if spec.config.backend != SDPA_MASK and _resumed_backend(run_dir) == SDPA_MASK:
+        fallback = f"resumed on {SDPA_MASK!r}, the fallback of an earlier attempt of this run"
+        spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, backend=SDPA_MASK))
     trainer = Trainer(spec.config, run_dir, progress=progress)
     cfg = spec.config
     m = cfg.model
@@ -268,7 +274,6 @@ def run_one(
             exercise_backend(trainer.pattern, n, cfg.batch_size, m.heads, hd, cfg.backend)
     first = cfg.stages[0].seq_len
     checks = [check_backend(trainer.pattern, first, trainer.device, cfg.backend, m.heads, hd)]
-    fallback = None
     if not checks[0]["ok"] and cfg.backend != SDPA_MASK:
         # The kernel computes something else than the pattern: train on the exact mask.
         fallback = f"backend {cfg.backend!r} failed the check at {first} tokens"
@@ -331,6 +336,13 @@ def run_one(
     }
     (run_dir / "eval.json").write_text(json.dumps(result) + "\n")
     return result
+
+
+def _resumed_backend(run_dir: Path) -> str | None:
+    """The backend the checkpoint in ``run_dir`` was last trained on (``None``: none)."""
+    if not (run_dir / CHECKPOINT).exists() or not (run_dir / CONFIG).exists():
+        return None
+    return json.loads((run_dir / CONFIG).read_text()).get("backend")
 
 
 def _environment() -> dict[str, Any]:

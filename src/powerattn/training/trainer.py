@@ -34,6 +34,10 @@ CONFIG = "config.json"
 # The files a Trainer writes in its run directory (with the checkpoint's temporary copy);
 # a fresh start removes exactly these.
 RUN_FILES = (CHECKPOINT, Path(CHECKPOINT).with_suffix(".tmp").name, METRICS, CONFIG)
+# Config fields that choose how the model is computed, not which model is trained: every
+# attention backend computes the same model, so a checkpoint resumes under any of them (a run
+# that fell back to "sdpa_mask" resumes on a kernel and back).
+NOT_IN_IDENTITY = ("backend",)
 
 
 def clear_run(out_dir: str | Path) -> None:
@@ -90,6 +94,11 @@ def passkey_loss(
         logits = logits[:, -digits - 1 : -1]
     correct = logits.argmax(-1) == input_ids[:, -digits:]  # (B, digits)
     return loss, correct
+
+
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without the fields of :data:`NOT_IN_IDENTITY`."""
+    return {k: v for k, v in config.items() if k not in NOT_IN_IDENTITY}
 
 
 def _rng_state() -> dict[str, Any]:
@@ -175,12 +184,13 @@ class Trainer:
 
     def load_checkpoint(self, path: str | Path | None = None) -> bool:
         """Restore the state saved in ``path`` (default: ``out_dir/checkpoint.pt``); False if
-        there is none. A checkpoint of a different configuration raises ``ValueError``."""
+        there is none. A checkpoint of a different configuration raises ``ValueError``; the
+        fields of :data:`NOT_IN_IDENTITY` (the attention backend) may differ."""
         path = Path(path) if path else self.out / CHECKPOINT
         if not path.exists():
             return False
         state = torch.load(path, map_location=self.device, weights_only=False)
-        if state["config"] != self.cfg.to_dict():
+        if _identity(state["config"]) != _identity(self.cfg.to_dict()):
             raise ValueError(f"checkpoint {path} was written by a different configuration")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
