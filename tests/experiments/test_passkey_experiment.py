@@ -107,6 +107,46 @@ def test_check_backend_passes_on_cpu_and_catches_a_wrong_pattern(monkeypatch):
     assert not check_backend(p, 160, torch.device("cpu"), heads=2, head_dim=8)["ok"]
 
 
+def _gqa_as_repeat(real):
+    """The model's attention with a classic GQA bug: query head h reads key/value head
+    h % Hkv (``repeat``) instead of h // (Hq / Hkv) (``repeat_interleave``)."""
+
+    def attention(q, k, v, pattern, scale=None, backend="auto"):
+        group = q.shape[1] // k.shape[1]
+        if group > 1 and backend != "sdpa_mask":
+            k, v = k.repeat(1, group, 1, 1), v.repeat(1, group, 1, 1)
+        return real(q, k, v, pattern, scale, backend)
+
+    return attention
+
+
+def test_check_backend_covers_gqa(monkeypatch):
+    import powerattn.experiments.passkey as mod
+
+    p, cpu = get_pattern("power", block_size=16), torch.device("cpu")
+    for kv_heads in (1, 2):
+        assert check_backend(p, 160, cpu, heads=4, head_dim=8, kv_heads=kv_heads)["ok"]
+    monkeypatch.setattr(mod, "attention", _gqa_as_repeat(mod.attention))
+    assert check_backend(p, 160, cpu, heads=4, head_dim=8)["ok"]  # MHA: the bug is invisible
+    assert not check_backend(p, 160, cpu, heads=4, head_dim=8, kv_heads=2)["ok"]
+    with pytest.raises(ValueError, match="kv_heads"):
+        check_backend(p, 160, cpu, heads=4, head_dim=8, kv_heads=3)
+
+
+def test_a_gqa_model_checks_its_backend_with_gqa(tmp_path, monkeypatch):
+    """run_one checks the backend at the model's head counts: a kernel wrong only for GQA
+    sends a GQA model to the fallback."""
+    import dataclasses
+
+    import powerattn.experiments.passkey as mod
+
+    monkeypatch.setattr(mod, "attention", _gqa_as_repeat(mod.attention))
+    spec = plan("smoke", ["main"], ["power"])[0]
+    spec.config.model = dataclasses.replace(spec.config.model, heads=4, kv_heads=2)
+    res = mod.run_one(spec, tmp_path, mod.PRESETS["smoke"], progress=False)
+    assert res["backend"] == "sdpa_mask" and "failed the check" in res["backend_fallback"]
+
+
 def test_plan():
     runs = plan("gpu")
     names = [r.name for r in runs]

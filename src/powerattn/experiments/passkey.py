@@ -198,6 +198,7 @@ def check_backend(
     head_dim: int = 32,
     batch: int = 2,
     seed: int = 0,
+    kv_heads: int | None = None,
 ) -> dict[str, Any]:
     """Check the attention the model trains with against the float64 oracle, in place.
 
@@ -205,12 +206,18 @@ def check_backend(
     layer runs: ``sparse_attention(backend=...)``, causal SDPA for ``full``) in the training dtype
     (bf16 on CUDA, fp32 on CPU) vs :func:`reference_attention` in float64; the tolerance is
     relative to a same-precision dense implementation's error: 2x for the output, 3x for
-    the gradients. Returns the errors and ``ok``.
+    the gradients. q ``(batch, heads, seq_len, head_dim)``, k/v with ``kv_heads`` heads
+    (default ``heads``; fewer: grouped-query attention, as the model has). Returns the errors
+    and ``ok``.
     """
+    kv_heads = heads if kv_heads is None else kv_heads
+    if kv_heads <= 0 or heads % kv_heads:
+        raise ValueError(f"kv_heads must be a positive divisor of heads ({heads}), got {kv_heads}")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     gen = torch.Generator().manual_seed(seed)
-    shape = (batch, heads, seq_len, head_dim)
-    q, k, v, dout = (torch.randn(shape, generator=gen) for _ in range(4))
+    q_shape = (batch, heads, seq_len, head_dim)
+    kv_shape = (batch, kv_heads, seq_len, head_dim)
+    q, k, v, dout = (torch.randn(s, generator=gen) for s in (q_shape, kv_shape, kv_shape, q_shape))
 
     def run(fn, dt):
         xs = [t.to(device, dt).requires_grad_() for t in (q, k, v)]
@@ -232,13 +239,20 @@ def check_backend(
 
 
 def exercise_backend(
-    pattern: Pattern, seq_len: int, batch: int, heads: int, head_dim: int, backend: str
+    pattern: Pattern,
+    seq_len: int,
+    batch: int,
+    heads: int,
+    head_dim: int,
+    backend: str,
+    kv_heads: int | None = None,
 ) -> None:
     """One forward + backward of the model's attention at a training shape on the GPU, and a
     synchronisation, so that a kernel that cannot serve the shape fails before training."""
-    shape = (batch, heads, seq_len, head_dim)
-    xs = [torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-          for _ in range(3)]  # fmt: skip
+    kv = heads if kv_heads is None else kv_heads
+    shapes = [(batch, h, seq_len, head_dim) for h in (heads, kv, kv)]
+    xs = [torch.randn(s, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+          for s in shapes]  # fmt: skip
     attention(*xs, pattern, backend=backend).float().square().mean().backward()
     torch.cuda.synchronize()
 
@@ -271,16 +285,24 @@ def run_one(
     hd = m.hidden // m.heads
     if trainer.device.type == "cuda":
         for n in sorted({s.seq_len for s in cfg.stages} | set(spec.eval_lengths)):
-            exercise_backend(trainer.pattern, n, cfg.batch_size, m.heads, hd, cfg.backend)
+            exercise_backend(
+                trainer.pattern, n, cfg.batch_size, m.heads, hd, cfg.backend, m.kv_heads
+            )
     first = cfg.stages[0].seq_len
-    checks = [check_backend(trainer.pattern, first, trainer.device, cfg.backend, m.heads, hd)]
+
+    def check(n: int, backend: str) -> dict[str, Any]:
+        return check_backend(
+            trainer.pattern, n, trainer.device, backend, m.heads, hd, kv_heads=m.kv_heads
+        )
+
+    checks = [check(first, cfg.backend)]
     if not checks[0]["ok"] and cfg.backend != SDPA_MASK:
         # The kernel computes something else than the pattern: train on the exact mask.
         fallback = f"backend {cfg.backend!r} failed the check at {first} tokens"
         cfg = dataclasses.replace(cfg, backend=SDPA_MASK)
         spec = dataclasses.replace(spec, config=cfg)
         trainer = Trainer(cfg, run_dir, progress=progress)
-        checks.append(check_backend(trainer.pattern, first, trainer.device, SDPA_MASK, m.heads, hd))
+        checks.append(check(first, SDPA_MASK))
     final = trainer.train(resume=True, stop_time=stop_time)
     train_s = time.perf_counter() - t0
     depths = np.linspace(0.0, 1.0, preset.eval_depths)
@@ -311,10 +333,7 @@ def run_one(
                 float(((nh >= 0) & (nh <= k)).mean()) for k in range(1, layers + 3)
             ],
         }
-    checks += [
-        check_backend(trainer.pattern, n, trainer.device, cfg.backend, m.heads, hd)
-        for n in spec.eval_lengths
-    ]
+    checks += [check(n, cfg.backend) for n in spec.eval_lengths]
     result = {
         "name": spec.name,
         "steps_done": trainer.step,
