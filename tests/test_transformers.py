@@ -395,6 +395,22 @@ def test_apply_rejects_bad_full_layers(full_layers):
         pt.apply(_model("llama", layers=3), "power", full_layers=full_layers)
 
 
+@pytest.mark.parametrize("full_layers", [[0, 3], [-1]])
+def test_out_of_range_full_layers_in_config_refused(full_layers, tmp_path):
+    """Indices the model does not have (a hand-edited config.powerattn) are refused at the
+    first forward, naming the valid range, not silently ignored; also after a reload."""
+    model = pt.apply(_model("llama", layers=3), "power", full_layers=[1], **POWER)
+    model.config.powerattn["full_layers"] = full_layers
+    with pytest.raises(ValueError, match=r"full_layers.*out of range.*0\.\.2"):
+        model(_ids())
+    model.save_pretrained(tmp_path)
+    loaded = transformers.LlamaForCausalLM.from_pretrained(
+        tmp_path, attn_implementation="powerattn"
+    )
+    with pytest.raises(ValueError, match=r"config.powerattn\['full_layers'\].*0\.\.2"):
+        loaded(_ids())
+
+
 def test_apply_rejects_bad_pattern_and_backend():
     with pytest.raises(ValueError, match="unknown pattern"):
         pt.apply(_model("llama", layers=1), "powr")
@@ -502,6 +518,22 @@ def test_bidirectional_refused():
     model.config.is_causal = False
     with pytest.raises(NotImplementedError, match="is_causal"):
         pt.apply(model, "power", **POWER)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("s_aux", torch.zeros(4)), ("position_bias", torch.zeros(1, 4, 8, 8))],
+)
+def test_attention_sinks_and_position_bias_refused(name, value):
+    """Terms the operator does not compute are refused, not silently dropped."""
+    model = pt.apply(_model("llama", layers=1), "power", **POWER)
+    q = torch.randn(1, 4, 8, 16)
+    k = v = torch.randn(1, 2, 8, 16)
+    attn = model.model.layers[0].self_attn
+    with pytest.raises(NotImplementedError, match=name):
+        pt.attention_forward(attn, q, k, v, None, scaling=0.25, **{name: value})
+    out, _ = pt.attention_forward(attn, q, k, v, None, scaling=0.25, **{name: None})
+    assert out.shape == (1, 8, 4, 16)
 
 
 def test_apply_refuses_static_cache_config():

@@ -31,7 +31,9 @@ cache): every row is then computed exactly as the unpadded sequence would be.
 Refused with an error: static (pre-allocated) caches, sliding-window configs (Mistral's
 ``sliding_window``, Qwen2's ``use_sliding_window``), bidirectional attention (``is_causal=False``),
 packed sequences (position ids that restart, ``cu_seq_lens_*``) and other custom mask overlays,
-4-D masks, attention dropout, padding with holes, ``output_attentions=True``.
+4-D masks, attention dropout, attention sinks (``s_aux``) and additive position biases
+(``position_bias``), logit softcapping, padding with holes, ``output_attentions=True``, and
+``full_layers`` indices outside the model's layers (also in a hand-edited ``config.powerattn``).
 """
 
 from __future__ import annotations
@@ -119,7 +121,10 @@ def full_layers_from_rule(rule: str, num_layers: int) -> list[int]:
     return out
 
 
-def _resolve_full_layers(full_layers: str | Sequence[int] | None, num_layers: int) -> list[int]:
+def _resolve_full_layers(
+    full_layers: str | Sequence[int] | None, num_layers: int, what: str = "full_layers"
+) -> list[int]:
+    """Sorted layer indices from ``full_layers`` (``what`` names it in errors)."""
     if full_layers is None:
         return []
     if isinstance(full_layers, str):
@@ -129,21 +134,20 @@ def _resolve_full_layers(full_layers: str | Sequence[int] | None, num_layers: in
         isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in items
     ):
         raise ValueError(
-            "full_layers must be None, a rule such as '2 of every 7', or a list of layer "
+            f"{what} must be None, a rule such as '2 of every 7', or a list of layer "
             f"indices, got {full_layers!r}"
         )
     layers = [int(i) for i in items]
     bad = [i for i in layers if not 0 <= i < num_layers]
     if bad:
         raise ValueError(
-            f"full_layers {bad} out of range: the model has {num_layers} layers "
-            f"(0..{num_layers - 1})"
+            f"{what} {bad} out of range: the model has {num_layers} layers (0..{num_layers - 1})"
         )
     return sorted(set(layers))
 
 
 @functools.lru_cache(maxsize=64)
-def _parse_settings(blob: str) -> Settings:
+def _parse_settings(blob: str, num_layers: int) -> Settings:
     d = json.loads(blob)
     pattern = get_pattern(d.get("pattern", DEFAULT_PATTERN), **d.get("params", {}))
     backend = d.get("backend", "auto")
@@ -151,28 +155,35 @@ def _parse_settings(blob: str) -> Settings:
         raise ValueError(
             f"config.{CONFIG_KEY}['backend'] must be one of {BACKENDS}, got {backend!r}"
         )
-    return Settings(pattern, frozenset(int(i) for i in d.get("full_layers", [])), backend)
+    full = _resolve_full_layers(
+        d.get("full_layers", []), num_layers, f"config.{CONFIG_KEY}['full_layers']"
+    )
+    return Settings(pattern, frozenset(full), backend)
 
 
-# Per config object: (a copy of the raw dict, its Settings). Every layer of every forward asks,
+# Per config object: ((a copy of the raw dict, the layer count), its Settings). Every layer asks,
 # so the common case is one dict comparison instead of a JSON dump and a parse.
-_settings_cache: dict[int, tuple[dict[str, Any], Settings]] = {}
+_settings_cache: dict[int, tuple[tuple[dict[str, Any], int], Settings]] = {}
 
 
 def get_settings(config: Any) -> Settings:
-    """The :class:`Settings` stored on a transformers config (defaults when none are)."""
+    """The :class:`Settings` stored on a transformers config (defaults when none are).
+
+    Raises ``ValueError`` for bad settings, e.g. ``full_layers`` outside
+    ``0..config.num_hidden_layers - 1``."""
     raw = getattr(config, CONFIG_KEY, None)
     if raw is None:
         raw = {"pattern": DEFAULT_PATTERN}
     if not isinstance(raw, dict):
         raise ValueError(f"config.{CONFIG_KEY} must be a dict, got {type(raw).__name__}")
+    num_layers = int(config.num_hidden_layers)
     hit = _settings_cache.get(id(config))
-    if hit is not None and hit[0] == raw:
+    if hit is not None and hit[0] == (raw, num_layers):
         return hit[1]
-    settings = _parse_settings(json.dumps(raw, sort_keys=True))
+    settings = _parse_settings(json.dumps(raw, sort_keys=True), num_layers)
     if len(_settings_cache) > 256:
         _settings_cache.clear()
-    _settings_cache[id(config)] = (json.loads(json.dumps(raw)), settings)
+    _settings_cache[id(config)] = ((json.loads(json.dumps(raw)), num_layers), settings)
     return settings
 
 
@@ -238,7 +249,9 @@ def apply(
     # Every forward rebuilds the pattern from the JSON dict by name: check that gives it back
     # (an unregistered Pattern subclass would fail, or silently become its registered parent).
     try:
-        stored = _parse_settings(json.dumps(settings.to_dict(), sort_keys=True))
+        stored = _parse_settings(
+            json.dumps(settings.to_dict(), sort_keys=True), int(config.num_hidden_layers)
+        )
     except (TypeError, ValueError):
         stored = None
     if stored != settings:
@@ -401,6 +414,14 @@ def dense_causal_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
+# Keyword arguments that change the attention's scores or softmax, which the operator does not
+# implement: refused rather than silently dropped.
+_UNSUPPORTED_TERMS = {
+    "s_aux": "attention sinks (a learned per-head logit in the softmax, as in gpt-oss)",
+    "position_bias": "an additive position bias on the attention scores",
+}
+
+
 def attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -434,6 +455,12 @@ def attention_forward(
         )
     if kwargs.get("softcap") is not None:
         raise NotImplementedError("powerattn does not support attention logit softcapping")
+    for name, what in _UNSUPPORTED_TERMS.items():
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(
+                f"powerattn does not support {what} ({name}); the operator computes plain "
+                "softmax attention under the pattern's mask"
+            )
     is_causal = kwargs.get("is_causal")
     if not (getattr(module, "is_causal", True) if is_causal is None else is_causal):
         raise NotImplementedError("powerattn is causal; this attention call is not")
