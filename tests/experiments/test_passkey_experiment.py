@@ -28,6 +28,11 @@ def test_smoke_campaign_through_the_cli(tmp_path, capsys):
     assert run["backend_ok"] and run["steps_done"] == run["steps_planned"] == 6
     ev = run["eval"]["384"]
     assert len(ev["correct"]) == len(ev["needle_hops"]) == 3 * 2
+    # Each stage's length is also scored on the model at the end of that stage; the last
+    # stage's model is the final model.
+    st = run["stage_eval"]
+    assert {k: v["step"] for k, v in st.items()} == {"320": 3, "384": 6}
+    assert st["384"]["correct"] == ev["correct"] and st["384"]["accuracy"] == ev["accuracy"]
     assert res["runs"]["layers1-power"]["layers"] == 1
     assert "main-full" in capsys.readouterr().out
     # Redraw from the saved results (and merge two files into one).
@@ -237,3 +242,30 @@ def test_a_run_that_fell_back_resumes_on_the_fallback(tmp_path, monkeypatch):
     res = mod.run_one(spec, tmp_path, preset, progress=False)
     assert res["backend"] == "sdpa_mask" and "earlier attempt" in res["backend_fallback"]
     assert res["backend_ok"] and res["steps_done"] == res["steps_planned"]
+
+
+def test_stage_evaluations_survive_a_resume_and_not_a_fresh_start(tmp_path):
+    """Stage-end evaluations are kept in stage_eval.json: a run cut after its first stage and
+    resumed reports both stages; a run started over without a checkpoint drops stale ones."""
+    import powerattn.experiments.passkey as mod
+
+    spec = plan("smoke", ["main"], ["power"])[0]
+    preset = mod.PRESETS["smoke"]
+    run_dir = tmp_path / "runs" / spec.name
+    real_train = mod.Trainer.train
+
+    def cut_after_stage_0(self, **kw):  # stops like a kill at step 4, checkpoint at step 3
+        self.cfg.checkpoint_every = 3
+        return real_train(self, stop_at=4, on_stage_end=kw["on_stage_end"])
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(mod.Trainer, "train", cut_after_stage_0)
+        mod.run_one(spec, tmp_path, preset, progress=False)
+    assert set(json.loads((run_dir / "stage_eval.json").read_text())) == {"320"}
+    res = mod.run_one(spec, tmp_path, preset, progress=False)
+    assert set(res["stage_eval"]) == {"320", "384"} and res["steps_done"] == 6
+    (run_dir / "checkpoint.pt").unlink()  # a fresh start: the old evaluations must go
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(mod.Trainer, "train", lambda self, **kw: {})
+        res = mod.run_one(spec, tmp_path, preset, progress=False)
+    assert res["stage_eval"] == {}

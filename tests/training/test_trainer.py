@@ -62,6 +62,25 @@ def test_resume_is_exact(tmp_path):
     assert losses("a") == losses("b")
 
 
+def test_on_stage_end_is_called_after_each_stage_in_training_mode_again(tmp_path):
+    """The callback sees each stage once, right after its last step; a run resumed in the
+    middle of stage 1 calls it for stage 1 only; training mode is restored after it."""
+    cfg = tiny_config(stages=[Stage(320, 3), Stage(384, 3), Stage(352, 2)])
+    seen = []
+
+    def cb(trainer, i, stage):
+        seen.append((i, stage.seq_len, trainer.step, trainer.model.training))
+        trainer.model.eval()  # e.g. an evaluation; the trainer must switch back
+
+    t = Trainer(cfg, tmp_path, progress=False)
+    t.train(stop_at=5, on_stage_end=lambda i, s: cb(t, i, s))  # checkpoint at step 4
+    assert seen == [(0, 320, 3, True)]
+    seen.clear()
+    r = Trainer(cfg, tmp_path, progress=False)
+    r.train(on_stage_end=lambda i, s: cb(r, i, s))
+    assert seen == [(1, 384, 6, True), (2, 352, 8, True)]
+
+
 def test_checkpoint_of_another_config_is_refused(tmp_path):
     Trainer(tiny_config(), tmp_path, progress=False).train(stop_at=2)
     other = Trainer(tiny_config(seed=1), tmp_path, progress=False)

@@ -40,11 +40,15 @@ parts (each a list of runs; every run trains one model, then evaluates it):
 
 presets:
   smoke   2-layer models, 4-6 steps, 320-448 tokens: checks every code path on a CPU
-  gpu     6-layer models, 320 -> 4096 tokens (long: 8192), 1100-1300 steps: the H200 campaign
+  gpu         6-layer models, 320 -> 4096 tokens (long: 8192), 1400 steps, 300 per
+              length after a 200-step warm-up: the H200 campaign
+  gpu-replay  the earlier campaign: shorter stages, 25 % of steps replay earlier lengths
 
 Writes OUT/results.json (per document: correct, digit accuracy, needle_hops, the theory's
-reachable fraction), OUT/runs/NAME/ (checkpoint, metrics, eval.json; rerunning resumes),
-heatmaps.png, reach.png, long.png, curves.png, and prints the summary table.
+reachable fraction; for the final model at the evaluated lengths, and for the model at the
+end of each stage at that stage's length), OUT/runs/NAME/ (checkpoint, metrics, eval.json,
+stage_eval.json; rerunning resumes), heatmaps.png, reach.png, long.png, curves.png, and
+prints the summary table.
 
 examples:
   powerattn experiment passkey --preset smoke --out /tmp/pk
@@ -92,7 +96,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=_PASSKEY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    k.add_argument("--preset", default="smoke", help="smoke (default) or gpu; see below")
+    k.add_argument(
+        "--preset", default="smoke", help="smoke (default), gpu or gpu-replay; see below"
+    )
     k.add_argument("--out", required=True, help="output directory")
     k.add_argument("--parts", type=_csv, help="comma list of main,layers,long (default all)")
     k.add_argument("--patterns", type=_csv, help="comma list of patterns (default all)")

@@ -47,6 +47,7 @@ from ..training.trainer import CHECKPOINT, CONFIG, Trainer, clear_run
 
 MAIN_PATTERNS = ["power", "sliding_window", "stride_slash", "dilated", "longnet", "full"]
 PARTS = ("main", "layers", "long")
+STAGE_EVAL = "stage_eval.json"
 
 
 @dataclass
@@ -83,12 +84,34 @@ PRESETS: dict[str, Preset] = {
     # The H200 campaign: 32-token blocks, a short warm-up stage (320 tokens, 10 blocks: every
     # pattern is nearly full there, so all learn to copy the key first -- in the pilot, full
     # attention never started learning at 512), then 16 -> 128 blocks (512 -> 4096 tokens),
-    # 6 layers. At 128 blocks power covers every block in 6 hops, stride slash (stride 32)
-    # in 8, sliding window reaches ~50 blocks back; at 256 blocks stride slash needs 11.
+    # 6 layers, 300 steps per stage and no replay (with replay, the runs of "gpu-replay" kept
+    # switching lengths and none but LongNet and the 4-layer model learned 4096 tokens). At 128
+    # blocks power covers every block in 6 hops, stride slash (stride 32) in 8, sliding window
+    # reaches ~50 blocks back; at 256 blocks stride slash needs 11.
     "gpu": Preset(
         model=ModelConfig(layers=6, hidden=128, heads=4, kv_heads=4, intermediate=512),
-        # More steps at the last length: each new length first costs accuracy, and a quarter
-        # of the later stages' steps replay shorter lengths (the pilot forgot them).
+        stages=[
+            Stage(320, 200),
+            Stage(512, 300),
+            Stage(1024, 300),
+            Stage(2048, 300),
+            Stage(4096, 300),
+        ],
+        long_stages=[
+            Stage(320, 200),
+            Stage(1024, 300),
+            Stage(2048, 300),
+            Stage(4096, 300),
+            Stage(8192, 300),
+        ],
+        layer_sweep=[2, 4],
+        batch_size=32,
+        optim=OptimConfig(lr=1e-3, warmup_steps=100),
+    ),
+    # The earlier campaign (results/passkey/replay): shorter stages, a quarter of the steps of
+    # each later stage replaying an earlier length so that the model keeps them.
+    "gpu-replay": Preset(
+        model=ModelConfig(layers=6, hidden=128, heads=4, kv_heads=4, intermediate=512),
         stages=[
             Stage(320, 250),
             Stage(512, 150),
@@ -303,36 +326,26 @@ def run_one(
         spec = dataclasses.replace(spec, config=cfg)
         trainer = Trainer(cfg, run_dir, progress=progress)
         checks.append(check(first, SDPA_MASK))
-    final = trainer.train(resume=True, stop_time=stop_time)
-    train_s = time.perf_counter() - t0
-    depths = np.linspace(0.0, 1.0, preset.eval_depths)
     layers = cfg.model.layers
     pattern = trainer.pattern
-    evals = {}
-    for seq_len in spec.eval_lengths:
-        res = evaluate_passkey(
-            trainer.model, seq_len, depths, preset.eval_samples, digits=cfg.task.digits
-        )
-        nh = needle_hops(pattern, seq_len, res["key_positions"], cfg.task.digits)
-        reach = (nh >= 0) & (nh <= layers)
-        evals[str(seq_len)] = {
-            "depth_target": res["depth_target"].tolist(),
-            "depth": res["depth"].round(4).tolist(),
-            "correct": res["correct"].astype(int).tolist(),
-            "digit_acc": res["digit_acc"].round(3).tolist(),
-            "needle_hops": nh.tolist(),
-            "accuracy": float(res["correct"].mean()),
-            "reachable_fraction": float(reach.mean()),
-            "accuracy_reachable": float(res["correct"][reach].mean()) if reach.any() else None,
-            "accuracy_unreachable": float(res["correct"][~reach].mean())
-            if (~reach).any()
-            else None,
-            "block_coverage": float(coverage(pattern, seq_len, layers)[-1]),
-            # Fraction of the needles reachable within k = 1 .. L + 2 layers.
-            "reachable_within": [
-                float(((nh >= 0) & (nh <= k)).mean()) for k in range(1, layers + 3)
-            ],
-        }
+
+    def evaluate(seq_len: int) -> dict[str, Any]:
+        return _evaluate(trainer.model, pattern, seq_len, layers, preset, cfg.task.digits)
+
+    # Each stage's length is also evaluated on the model at the end of that stage (the final
+    # model may have lost the shorter lengths); kept in a file so that a resumed run has them.
+    stage_file = run_dir / STAGE_EVAL
+    if not (run_dir / CHECKPOINT).exists():
+        stage_file.unlink(missing_ok=True)
+    stage_evals = json.loads(stage_file.read_text()) if stage_file.exists() else {}
+
+    def on_stage_end(i: int, stage: Stage) -> None:
+        stage_evals[str(stage.seq_len)] = {"step": trainer.step, **evaluate(stage.seq_len)}
+        stage_file.write_text(json.dumps(stage_evals) + "\n")
+
+    final = trainer.train(resume=True, stop_time=stop_time, on_stage_end=on_stage_end)
+    train_s = time.perf_counter() - t0
+    evals = {str(n): evaluate(n) for n in spec.eval_lengths}
     checks += [check(n, cfg.backend) for n in spec.eval_lengths]
     result = {
         "name": spec.name,
@@ -352,9 +365,36 @@ def run_one(
         "wall_s": time.perf_counter() - t0,
         "train_s": train_s,
         "eval": evals,
+        "stage_eval": stage_evals,
     }
     (run_dir / "eval.json").write_text(json.dumps(result) + "\n")
     return result
+
+
+def _evaluate(
+    model: torch.nn.Module, pattern: Pattern, seq_len: int, layers: int, preset: Preset,
+    digits: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Passkey accuracy at ``seq_len`` (``preset.eval_depths`` x ``eval_samples`` documents)
+    with, per document, the layers the theory says its needle needs."""
+    depths = np.linspace(0.0, 1.0, preset.eval_depths)
+    res = evaluate_passkey(model, seq_len, depths, preset.eval_samples, digits=digits)
+    nh = needle_hops(pattern, seq_len, res["key_positions"], digits)
+    reach = (nh >= 0) & (nh <= layers)
+    return {
+        "depth_target": res["depth_target"].tolist(),
+        "depth": res["depth"].round(4).tolist(),
+        "correct": res["correct"].astype(int).tolist(),
+        "digit_acc": res["digit_acc"].round(3).tolist(),
+        "needle_hops": nh.tolist(),
+        "accuracy": float(res["correct"].mean()),
+        "reachable_fraction": float(reach.mean()),
+        "accuracy_reachable": float(res["correct"][reach].mean()) if reach.any() else None,
+        "accuracy_unreachable": float(res["correct"][~reach].mean()) if (~reach).any() else None,
+        "block_coverage": float(coverage(pattern, seq_len, layers)[-1]),
+        # Fraction of the needles reachable within k = 1 .. L + 2 layers.
+        "reachable_within": [float(((nh >= 0) & (nh <= k)).mean()) for k in range(1, layers + 3)],
+    }
 
 
 def _resumed_backend(run_dir: Path) -> str | None:
@@ -508,18 +548,27 @@ def merge_results(paths: list[str | Path]) -> dict[str, Any]:
     return merged
 
 
+def _evaluations(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A run's evaluations as ``(label, eval)``: the final model at each evaluated length
+    (label: the length), then the model at the end of each stage (label: ``LEN@stage``)."""
+    out = [(s, e) for s, e in r["eval"].items()]
+    out += [(f"{s}@stage", e) for s, e in r.get("stage_eval", {}).items()]
+    return out
+
+
 def theory_table(results: dict[str, Any]) -> str:
-    """Retrieval split by what the theory says, pooled over every run and evaluated length:
-    per run, needles reachable within ``L - 1``, exactly ``L``, or more than ``L`` layers (or
-    never), with how many of each were retrieved (exact match) and their mean digit accuracy.
+    """Retrieval split by what the theory says, pooled over every run and evaluation (final
+    model per length, and end-of-stage models): per run, needles reachable within ``L - 1``,
+    exactly ``L``, or more than ``L`` layers (or never), with how many of each were retrieved
+    (exact match) and their mean digit accuracy.
     """
-    rows = [f"{'run':<22} {'len':>5}  " + "  ".join(
+    rows = [f"{'run':<22} {'len':>10}  " + "  ".join(
         f"{h:>22}" for h in ("hops<=L-1: ok/n dig", "hops=L: ok/n dig", "unreachable: ok/n dig")
     )]  # fmt: skip
     tot = np.zeros((3, 2), dtype=int)
     for name, r in results["runs"].items():
         layers = r["layers"]
-        for seq_len, e in r["eval"].items():
+        for label, e in _evaluations(r):
             nh = np.asarray(e["needle_hops"])
             ok = np.asarray(e["correct"], dtype=bool)
             dig = np.asarray(e["digit_acc"], dtype=float)
@@ -533,27 +582,33 @@ def theory_table(results: dict[str, Any]) -> str:
                 tot[i] += (int(ok[g].sum()), int(g.sum()))
                 d = f"{dig[g].mean():.2f}" if g.any() else "  - "
                 cells.append(f"{int(ok[g].sum()):>7}/{int(g.sum()):<5} {d:>5}")
-            rows.append(f"{name:<22} {seq_len:>5}  " + "  ".join(f"{c:>22}" for c in cells))
-    rows.append(f"{'all':<22} {'':>5}  " + "  ".join(f"{f'{a}/{b}':>22}" for a, b in tot))
+            rows.append(f"{name:<22} {label:>10}  " + "  ".join(f"{c:>22}" for c in cells))
+    rows.append(f"{'all':<22} {'':>10}  " + "  ".join(f"{f'{a}/{b}':>22}" for a, b in tot))
     return "\n".join(rows)
 
 
 def summary_table(results: dict[str, Any]) -> str:
-    """A plain-text table: per run and evaluated length, accuracy and the theory."""
+    """A plain-text table: per run and evaluated length, accuracy of the final model, of the
+    model at the end of that length's stage (``acc@st``), and the theory."""
 
     def f(x) -> str:
         return "   -  " if x is None else f"{x:6.3f}"
 
     rows = [
         f"{'run':<22} {'pattern':<15} {'L':>2} {'deg':>3} {'len':>5} {'acc':>6} "
-        f"{'reach':>6} {'acc|r':>6} {'acc|~r':>6} {'tok/s':>9}"
+        f"{'acc@st':>6} {'reach':>6} {'acc|r':>6} {'acc|~r':>6} {'tok/s':>9}"
     ]
     for name, r in results["runs"].items():
-        for seq_len, e in r["eval"].items():
+        stage = r.get("stage_eval", {})
+        for seq_len in sorted(set(r["eval"]) | set(stage), key=int):
+            e = r["eval"].get(seq_len)
+            st = stage.get(seq_len)
+            th = e or st
             rows.append(
                 f"{name:<22} {r['pattern']:<15} {r['layers']:>2} {r['max_degree']:>3} "
-                f"{seq_len:>5} {f(e['accuracy'])} {f(e['reachable_fraction'])} "
-                f"{f(e['accuracy_reachable'])} {f(e['accuracy_unreachable'])} "
+                f"{seq_len:>5} {f(e and e['accuracy'])} {f(st and st['accuracy'])} "
+                f"{f(th['reachable_fraction'])} "
+                f"{f(th['accuracy_reachable'])} {f(th['accuracy_unreachable'])} "
                 + ("        -" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:9.3g}")
             )
     return "\n".join(rows)

@@ -28,7 +28,10 @@ def _grid(ev: dict[str, Any]) -> tuple[np.ndarray, ...]:
 
 def plot_heatmaps(results: dict[str, Any], path: Path, part: str = "main") -> None:
     """Exact match by needle depth (x) and length (y), one panel per pattern (Fig. 3).
-    A dot marks the cells where the theory says some needles cannot reach the answer."""
+    A dot marks the cells where the theory says some needles cannot reach the answer.
+
+    Each length is scored on the model at the end of that length's stage when the results
+    have those evaluations (``stage_eval``), else on the final model."""
     plt = _plt()
     runs = [r for r in results["runs"].values() if r["part"] == part]
     if not runs:
@@ -36,11 +39,13 @@ def plot_heatmaps(results: dict[str, Any], path: Path, part: str = "main") -> No
     cols = min(3, len(runs))
     rows = (len(runs) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
+    staged = all(r.get("stage_eval") for r in runs)
     for ax, r in zip(axes.ravel(), runs, strict=False):
-        lengths = sorted(r["eval"], key=int)
+        evals = r["stage_eval"] if staged else r["eval"]
+        lengths = sorted(evals, key=int)
         mat, unreach = [], []
         for s in lengths:
-            ev = r["eval"][s]
+            ev = evals[s]
             depths, acc, nh, d = _grid(ev)
             mat.append(acc)
             bad = (nh < 0) | (nh > r["layers"])
@@ -51,7 +56,7 @@ def plot_heatmaps(results: dict[str, Any], path: Path, part: str = "main") -> No
         ax.scatter(xx, yy, s=8 + 40 * unreach[yy, xx], c="k", marker="o")
         ax.set_xticks(range(len(depths)), [f"{x:.1f}" for x in depths], fontsize=7)
         ax.set_yticks(range(len(lengths)), lengths, fontsize=7)
-        final = r["eval"][lengths[-1]]
+        final = evals[lengths[-1]]
         ax.set_title(
             f"{r['pattern']} (L={r['layers']}, deg {r['max_degree']})\n"
             f"acc@{lengths[-1]} {final['accuracy']:.2f}, "
@@ -64,8 +69,10 @@ def plot_heatmaps(results: dict[str, Any], path: Path, part: str = "main") -> No
         ax.axis("off")
     fig.subplots_adjust(hspace=0.6, wspace=0.3)
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="exact match")
+    which = "model at the end of each length's stage" if staged else "final model"
     fig.suptitle(
-        "Passkey exact match by needle depth and length (dots: theory says unreachable)", y=1.04
+        f"Passkey exact match by needle depth and length ({which}; dots: theory says unreachable)",
+        y=1.04,
     )
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)

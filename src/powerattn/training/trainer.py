@@ -16,6 +16,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TrainConfig
+from .config import Stage, TrainConfig
 from .data import batch_for_step, stage_at
 from .model import build_model
 
@@ -212,7 +213,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train(
-        self, resume: bool = True, stop_at: int | None = None, stop_time: float | None = None
+        self,
+        resume: bool = True,
+        stop_at: int | None = None,
+        stop_time: float | None = None,
+        on_stage_end: Callable[[int, Stage], None] | None = None,
     ) -> dict[str, Any]:
         """Train to the end of the curriculum, or until the wall clock (``time.time()``)
         passes ``stop_time`` -- then a checkpoint is written and a later call resumes from it
@@ -222,6 +227,10 @@ class Trainer:
         With ``resume`` (default), continue from ``out_dir/checkpoint.pt`` if it exists;
         otherwise start over: the old run's files are removed first (:func:`clear_run`), so a
         run stopped before its first checkpoint cannot leave a stale one for a later resume.
+        ``on_stage_end(stage_index, stage)`` is called after the last step of each curriculum
+        stage (after that step's checkpoint, if any), e.g. to evaluate the model at the
+        stage's length; the model is put back in training mode afterwards.
+
         Returns the last logged metrics.
         """
         cfg = self.cfg
@@ -237,6 +246,7 @@ class Trainer:
         last: dict[str, Any] = {}
         tokens, t0 = 0, time.perf_counter()
         win = self._window
+        stage_ends = np.cumsum([s.steps for s in cfg.stages]).tolist()
         self.model.train()
         while self.step < end:
             if stop_time is not None and time.time() > stop_time:
@@ -280,6 +290,9 @@ class Trainer:
             bar.update(1)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.total_steps:
                 self.save_checkpoint()
+            if on_stage_end is not None and self.step == stage_ends[stage_idx]:
+                on_stage_end(stage_idx, stage)
+                self.model.train()
         bar.close()
         return last
 
