@@ -35,10 +35,22 @@ def test_smoke_campaign_through_the_cli(tmp_path, capsys):
     assert st["384"]["correct"] == ev["correct"] and st["384"]["accuracy"] == ev["accuracy"]
     assert res["runs"]["layers1-power"]["layers"] == 1
     assert "main-full" in capsys.readouterr().out
-    # Redraw from the saved results (and merge two files into one).
+    # A replicate with another seed, through the parallel driver (the seed must reach the
+    # subprocesses); then both merged and redrawn from the saved results.
+    rep = tmp_path / "rep"
+    rc = main(["experiment", "passkey", "--preset", "smoke", "--out", str(rep), "--parts",
+               "main,layers", "--patterns", "power", "--seed", "3", "--jobs", "2",
+               "--no-progress"])  # fmt: skip
+    assert rc == 0
+    rep_runs = json.loads((rep / "results.json").read_text())["runs"]
+    assert set(rep_runs) == {"main-power-s3", "layers1-power-s3"}
+    assert rep_runs["main-power-s3"]["config"]["seed"] == 3
+    assert rep_runs["main-power-s3"]["curve"] != run["curve"]  # other init and data
     rc = main(["experiment", "passkey", "--out", str(tmp_path / "re"),
-               "--replot", f"{out / 'results.json'},{out / 'results.json'}"])  # fmt: skip
+               "--replot", f"{out / 'results.json'},{rep / 'results.json'}"])  # fmt: skip
     assert rc == 0 and (tmp_path / "re" / "heatmaps.png").exists()
+    merged = json.loads((tmp_path / "re" / "results.json").read_text())
+    assert len(merged["runs"]) == 8
 
 
 def test_a_run_that_dies_is_retried_on_the_fallback(tmp_path, capsys):
@@ -165,6 +177,11 @@ def test_plan():
     assert [r.name for r in plan("gpu", ["layers"], layer_sweep=[5])] == ["layers5-power"]
     half = plan("gpu", ["main"], ["power"], steps_scale=0.5)[0].config
     assert half.total_steps == main_power.total_steps // 2
+    # A replicate: another seed, names that do not clash with the preset's runs.
+    rep = plan("gpu", seed=1)
+    assert [r.name for r in rep] == [f"{n}-s1" for n in names]
+    assert all(r.config.seed == 1 for r in rep) and main_power.seed == 0
+    assert [r.name for r in plan("gpu", seed=0)] == names
 
 
 @pytest.mark.parametrize(
@@ -175,6 +192,7 @@ def test_plan():
         ({"patterns": ["nope"]}, "patterns"),
         ({"steps_scale": 0}, "steps_scale"),
         ({"layer_sweep": [0]}, "layer_sweep"),
+        ({"seed": -1}, "seed"),
     ],
 )
 def test_plan_bad_input(kwargs, match):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .argtypes import nonnegative_int
+
 
 def _csv(text: str) -> list[str]:
     return [x for x in text.split(",") if x]
@@ -108,6 +110,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="layer counts of the 'layers' part (comma list; default: the preset's)",
     )
     k.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps")
+    k.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        help="seed of initialisation and data (default: the preset's, 0); a replicate's run "
+        "names end in -sSEED, so its results.json merges with the first one's (--replot)",
+    )
     k.add_argument("--jobs", type=int, default=1, help="runs trained at once (subprocesses)")
     k.add_argument(
         "--backend",
@@ -185,5 +193,6 @@ def _passkey(args: argparse.Namespace) -> int:
         stop_time=stop_time,
         layer_sweep=args.layer_sweep,
         backend=args.backend,
+        seed=args.seed,
     )
     return 0

@@ -149,13 +149,22 @@ def plan(
     steps_scale: float = 1.0,
     layer_sweep: list[int] | None = None,
     backend: str = "auto",
+    seed: int | None = None,
 ) -> list[RunSpec]:
     """The training runs of an experiment campaign (``layer_sweep`` overrides the preset's
-    layer counts of the ``layers`` part)."""
+    layer counts of the ``layers`` part; ``seed`` its seed of initialisation and data, and
+    run names then end in ``-sSEED`` so that replicates merge with the preset's runs)."""
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
         preset = PRESETS[preset]
+    suffix = ""
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if seed != preset.seed:
+            suffix = f"-s{seed}"
+        preset = dataclasses.replace(preset, seed=seed)
     if layer_sweep is not None:
         if any(n <= 0 for n in layer_sweep):
             raise ValueError(f"layer_sweep must hold positive layer counts, got {layer_sweep}")
@@ -196,16 +205,24 @@ def plan(
     lengths = [s.seq_len for s in preset.stages]
     runs = []
     if "main" in parts:
-        runs += [RunSpec(f"main-{p}", "main", config(p, preset.stages), lengths) for p in patterns]
+        runs += [
+            RunSpec(f"main-{p}{suffix}", "main", config(p, preset.stages), lengths)
+            for p in patterns
+        ]
     if "layers" in parts:
         runs += [
-            RunSpec(f"layers{n}-power", "layers", config("power", preset.stages, n), lengths[-1:])
+            RunSpec(
+                f"layers{n}-power{suffix}",
+                "layers",
+                config("power", preset.stages, n),
+                lengths[-1:],
+            )  # fmt: skip
             for n in preset.layer_sweep
         ]
     if "long" in parts:
         long_lengths = [s.seq_len for s in preset.long_stages]
         runs += [
-            RunSpec(f"long-{p}", "long", config(p, preset.long_stages), long_lengths[-2:])
+            RunSpec(f"long-{p}{suffix}", "long", config(p, preset.long_stages), long_lengths[-2:])
             for p in preset.long_patterns
             if p in patterns
         ]
@@ -428,13 +445,14 @@ def run_experiment(
     stop_time: float | None = None,
     layer_sweep: list[int] | None = None,
     backend: str = "auto",
+    seed: int | None = None,
 ) -> dict[str, Any] | None:
     """Run a campaign (or the single run ``only``) and write ``results.json`` + plots.
 
     ``stop_time`` (wall clock, ``time.time()``): every run stops training then and is
     evaluated as it stands (marked by ``steps_done < steps_planned``)."""
     out = Path(out_dir)
-    specs = plan(preset_name, parts, patterns, steps_scale, layer_sweep, backend)  # validates
+    specs = plan(preset_name, parts, patterns, steps_scale, layer_sweep, backend, seed)
     preset = PRESETS[preset_name]
     if only is not None:
         match = [s for s in specs if s.name == only]
@@ -450,12 +468,13 @@ def run_experiment(
     else:
         _run_parallel(
             specs, out, preset_name, parts, patterns, steps_scale, jobs, stop_time, layer_sweep,
-            backend,
+            backend, seed,
         )  # fmt: skip
     results = {
         "meta": {
             "preset": preset_name,
             "steps_scale": steps_scale,
+            "seed": PRESETS[preset_name].seed if seed is None else seed,
             "jobs": jobs,
             "wall_s": time.perf_counter() - t0,
             "command": " ".join(sys.argv),
@@ -488,8 +507,9 @@ def run_experiment(
 
 
 def _run_parallel(
-    specs, out, preset_name, parts, patterns, steps_scale, jobs, stop_time, layer_sweep, backend
-) -> None:
+    specs, out, preset_name, parts, patterns, steps_scale, jobs, stop_time, layer_sweep, backend,
+    seed,
+) -> None:  # fmt: skip
     """One subprocess per run, ``jobs`` at a time; each logs to ``runs/NAME/log.txt``.
 
     A run whose process dies (e.g. a kernel fault on the GPU) is started once more, from
@@ -513,6 +533,8 @@ def _run_parallel(
                 cmd += ["--stop-time", repr(stop_time)]
             if layer_sweep is not None:
                 cmd += ["--layer-sweep", ",".join(map(str, layer_sweep))]
+            if seed is not None:
+                cmd += ["--seed", str(seed)]
             log = open(run_dir / "log.txt", "w")
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
             active.append((spec, bk, proc, log))

@@ -120,9 +120,12 @@ def plot_reach(results: dict[str, Any], path: Path) -> None:
         ks = np.arange(1, len(within) + 1)
         m.plot(ks, within, "k--", lw=1, label="theory: reachable in k hops")
         m.plot(ks + 1, within, "k:", lw=1, label="theory shifted: k hops + 1 layer")
-        xs = [r["layers"] for r in power]
-        ys = [r["eval"][max(r["eval"], key=int)]["accuracy"] for r in power]
-        m.plot(xs, ys, "o-", color="C0", label="power: trained with L layers")
+        acc = [(r["layers"], r["eval"][max(r["eval"], key=int)]["accuracy"]) for r in power]
+        xs = sorted({x for x, _ in acc})
+        ys = [np.mean([y for x2, y in acc if x2 == x]) for x in xs]  # mean over seeds
+        m.plot(xs, ys, "o-", color="C0", label="power: trained with L layers (mean)")
+        if len(acc) > len(xs):
+            m.scatter(*zip(*acc, strict=True), s=10, color="C0", alpha=0.5, label="each run")
         m.set_xlabel("layers")
         m.set_ylabel("exact match / reachable fraction")
         m.set_ylim(-0.03, 1.05)
