@@ -159,7 +159,7 @@ def _train(args: argparse.Namespace) -> int:
 def _passkey(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..experiments.passkey import run_experiment, summary_table, theory_table
+    from ..experiments.passkey import run_experiment, seed_table, summary_table, theory_table
 
     if args.replot:
         from ..experiments.passkey import merge_results
@@ -173,6 +173,8 @@ def _passkey(args: argparse.Namespace) -> int:
         print(summary_table(results))
         print()
         print(theory_table(results))
+        print()
+        print(seed_table(results))
         return 0
     if args.jobs <= 0:
         raise ValueError(f"--jobs must be positive, got {args.jobs}")

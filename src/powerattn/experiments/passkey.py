@@ -572,9 +572,14 @@ def merge_results(paths: list[str | Path]) -> dict[str, Any]:
 
 def _evaluations(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """A run's evaluations as ``(label, eval)``: the final model at each evaluated length
-    (label: the length), then the model at the end of each stage (label: ``LEN@stage``)."""
+    (label: the length), then the model at the end of each earlier stage (label:
+    ``LEN@stage``; the last stage's model is the final model, counted once)."""
     out = [(s, e) for s, e in r["eval"].items()]
-    out += [(f"{s}@stage", e) for s, e in r.get("stage_eval", {}).items()]
+    out += [
+        (f"{s}@stage", e)
+        for s, e in r.get("stage_eval", {}).items()
+        if not (s in r["eval"] and e["step"] == r["steps_done"])  # the final model again
+    ]
     return out
 
 
@@ -632,6 +637,40 @@ def summary_table(results: dict[str, Any]) -> str:
                 f"{f(th['reachable_fraction'])} "
                 f"{f(th['accuracy_reachable'])} {f(th['accuracy_unreachable'])} "
                 + ("        -" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:9.3g}")
+            )
+    return "\n".join(rows)
+
+
+def seed_table(results: dict[str, Any]) -> str:
+    """Runs that differ only in seed, side by side: per (part, pattern, layers) and length,
+    the accuracy of each seed's final model and end-of-stage model, and their means."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in results["runs"].values():
+        groups.setdefault((r["part"], r["pattern"], r["layers"]), []).append(r)
+
+    def cell(vals: list[float | None]) -> str:
+        got = [v for v in vals if v is not None]
+        each = " ".join("  -  " if v is None else f"{v:.3f}" for v in vals)
+        return f"{each:<20} " + (f"{np.mean(got):6.3f}" if got else "    - ")
+
+    rows = [
+        f"{'part':<7}{'pattern':<15}{'L':>2} {'len':>5}  {'final acc by seed':<20} {'mean':>6}  "
+        f"{'end-of-stage acc':<20} {'mean':>6}  {'reach':>5}  seeds"
+    ]
+    for (part, pattern, layers), runs in groups.items():
+        seeds = [r["config"]["seed"] for r in runs]
+        lengths = set()
+        for r in runs:
+            lengths |= set(r["eval"]) | set(r.get("stage_eval", {}))
+        for n in sorted(lengths, key=int):
+            fin = [r["eval"].get(n, {}).get("accuracy") for r in runs]
+            st = [r.get("stage_eval", {}).get(n, {}).get("accuracy") for r in runs]
+            any_ev = next(
+                e for r in runs for e in (r["eval"].get(n), r.get("stage_eval", {}).get(n)) if e
+            )
+            rows.append(
+                f"{part:<7}{pattern:<15}{layers:>2} {n:>5}  {cell(fin)}  {cell(st)}  "
+                f"{any_ev['reachable_fraction']:5.2f}  {','.join(map(str, seeds))}"
             )
     return "\n".join(rows)
 

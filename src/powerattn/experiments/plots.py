@@ -58,7 +58,7 @@ def plot_heatmaps(results: dict[str, Any], path: Path, part: str = "main") -> No
         ax.set_yticks(range(len(lengths)), lengths, fontsize=7)
         final = evals[lengths[-1]]
         ax.set_title(
-            f"{r['pattern']} (L={r['layers']}, deg {r['max_degree']})\n"
+            f"{r['name']} (L={r['layers']}, deg {r['max_degree']})\n"
             f"acc@{lengths[-1]} {final['accuracy']:.2f}, "
             f"reachable {final['reachable_fraction']:.2f}",
             fontsize=8,
@@ -144,7 +144,7 @@ def plot_reach(results: dict[str, Any], path: Path) -> None:
         nh = np.where(nh < 0, 99, nh)  # never reachable -> a bin on the right
         xs = np.unique(nh)
         b.plot([min(x, 17) for x in xs], [c[nh == x].mean() for x in xs], "o-",
-               label=r["pattern"], ms=3)  # fmt: skip
+               label=r["name"], ms=3)  # fmt: skip
         layers = r["layers"]
     if layers is not None:
         b.axvline(layers + 0.5, color="k", ls=":", lw=1)
@@ -168,13 +168,13 @@ def plot_long(results: dict[str, Any], path: Path) -> None:
         s = max(r["eval"], key=int)
         depths, acc, nh, d = _grid(r["eval"][s])
         ok = (nh >= 0) & (nh <= r["layers"])
-        line = ax.plot(depths, acc, "o-", label=f"{r['pattern']} acc ({r['pattern_desc']})")
+        line = ax.plot(depths, acc, "o-", label=f"{r['name']} acc ({r['pattern_desc']})")
         ax.plot(
             depths,
             [ok[d == x].mean() for x in depths],
             "--",
             color=line[0].get_color(),
-            label=f"{r['pattern']} theory: reachable in {r['layers']} layers",
+            label=f"{r['name']} theory: reachable in {r['layers']} layers",
         )
     ax.set_ylim(-0.03, 1.05)
     ax.set_xlabel("needle depth")
