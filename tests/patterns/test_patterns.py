@@ -240,6 +240,27 @@ def test_power_base_b_distances():
     assert p.kv_blocks(100) == [100 - d for d in (81, 27, 9, 3, 1, 0)]
 
 
+@pytest.mark.parametrize(
+    "segments",
+    [((8, 1), (16, 2), (32, 4), (64, 8), (128, 16)), ((4, 4), (12, 3), (6, 2)), ((5, 1), (16, 8))],
+)
+def test_longnet_rule_is_the_definition(segments):
+    """LongNet's block rule (bit operations for power-of-two segments and rates) equals the
+    definition -- same aligned segment, both blocks on the rate's grid -- on every block
+    pair, for ints, numpy arrays and torch tensors."""
+    p = get_pattern("longnet", segments=segments)
+    qb, kb = np.meshgrid(np.arange(300), np.arange(300), indexing="ij")
+    want = np.zeros_like(qb, dtype=bool)
+    for w, r in segments:
+        want |= (qb // w == kb // w) & (qb % r == 0) & (kb % r == 0)
+    assert np.array_equal(p.block_rule(qb, kb), want)
+    assert torch.equal(p.block_rule(torch.from_numpy(qb), torch.from_numpy(kb)),
+                       torch.from_numpy(want))  # fmt: skip
+    assert [bool(p.block_rule(int(a), int(b))) for a, b in [(37, 33), (64, 48), (200, 9)]] == [
+        bool(want[37, 33]), bool(want[64, 48]), bool(want[200, 9])
+    ]  # fmt: skip
+
+
 def test_get_pattern_returns_instances_and_applies_params():
     p = get_pattern("sliding_window", window=3)
     assert get_pattern(p) is p

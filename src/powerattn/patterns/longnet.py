@@ -40,9 +40,14 @@ class LongNetPattern(Pattern):
         object.__setattr__(self, "segments", segs)  # lists from JSON/CLI -> hashable tuples
 
     def block_rule(self, qb: Any, kb: Any) -> Any:
+        # Block indices are >= 0, so for powers of two (the paper's segments) the same-segment
+        # and divisibility tests are bit operations: this rule is FlexAttention's mask_mod on
+        # every partial tile, where integer division costs far more per element.
         out = None
         for w, r in self.segments:
-            term = (qb // w == kb // w) & (qb % r == 0) & (kb % r == 0)
+            same = (qb ^ kb) < w if _pow2(w) else qb // w == kb // w
+            on_grid = ((qb | kb) & (r - 1)) == 0 if _pow2(r) else (qb % r == 0) & (kb % r == 0)
+            term = same & on_grid
             out = term if out is None else out | term
         return out
 
@@ -52,3 +57,7 @@ class LongNetPattern(Pattern):
             start = (qb // w) * w
             cols.append(start[:, None] + np.arange(0, w, r, dtype=np.int64)[None, :])
         return np.concatenate(cols, axis=1)
+
+
+def _pow2(n: int) -> bool:
+    return n & (n - 1) == 0
