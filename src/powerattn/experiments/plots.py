@@ -83,11 +83,13 @@ def plot_reach(results: dict[str, Any], path: Path) -> None:
 
     Left: accuracy vs the fraction of needles reachable within L layers (filled) and within
     L - 1 layers (hollow), one pair per run. Middle: PowerAttention trained with different
-    numbers of layers, accuracy vs layers, over the theoretical reachable fraction (the
-    paper's Fig. 1b). Right: accuracy by the number of hops the needle needs (main runs).
+    numbers of layers, accuracy vs layers (mean over seeds, dots: each run) with the
+    theoretical reachable fraction dashed, per length from 1024 tokens on the models at the
+    end of each stage when the results have them (the paper's Fig. 1b). Right: accuracy by
+    the number of hops the needle needs (main runs).
     """
     plt = _plt()
-    fig, (a, m, b) = plt.subplots(1, 3, figsize=(16, 4.4))
+    fig, (a, m, b) = plt.subplots(1, 3, figsize=(17, 4.4))
     a.plot([0, 1], [0, 1], "k:", lw=1)
     for r in results["runs"].values():
         if r["part"] not in ("main", "layers"):
@@ -114,23 +116,33 @@ def plot_reach(results: dict[str, Any], path: Path) -> None:
         key=lambda r: r["layers"],
     )  # fmt: skip
     if power:
-        deepest = power[-1]
-        e = deepest["eval"][max(deepest["eval"], key=int)]
-        within = e.get("reachable_within", [])
-        ks = np.arange(1, len(within) + 1)
-        m.plot(ks, within, "k--", lw=1, label="theory: reachable in k hops")
-        m.plot(ks + 1, within, "k:", lw=1, label="theory shifted: k hops + 1 layer")
-        acc = [(r["layers"], r["eval"][max(r["eval"], key=int)]["accuracy"]) for r in power]
-        xs = sorted({x for x, _ in acc})
-        ys = [np.mean([y for x2, y in acc if x2 == x]) for x in xs]  # mean over seeds
-        m.plot(xs, ys, "o-", color="C0", label="power: trained with L layers (mean)")
-        if len(acc) > len(xs):
-            m.scatter(*zip(*acc, strict=True), s=10, color="C0", alpha=0.5, label="each run")
-        m.set_xlabel("layers")
+        # Every length all these runs were scored at, on the model at the end of that
+        # length's stage (falls back to the final models' longest length).
+        staged = set.intersection(*(set(r.get("stage_eval", {})) for r in power))
+        lengths = sorted((n for n in staged if int(n) >= 1024), key=int)
+        if lengths:
+            scored = [(n, {id(r): r["stage_eval"][n] for r in power}) for n in lengths]
+        else:
+            top = max(power[-1]["eval"], key=int)
+            scored = [(top, {id(r): r["eval"][top] for r in power if top in r["eval"]})]
+        for c, (n, evs) in enumerate(scored):
+            color = f"C{c}"
+            within = evs[id(power[-1])].get("reachable_within", [])
+            m.plot(np.arange(1, len(within) + 1), within, "--", color=color, lw=1,
+                   label=f"theory at {n}: reachable in L layers")  # fmt: skip
+            acc = [(r["layers"], evs[id(r)]["accuracy"]) for r in power if id(r) in evs]
+            xs = sorted({x for x, _ in acc})
+            ys = [np.mean([y for x2, y in acc if x2 == x]) for x in xs]  # mean over seeds
+            m.plot(xs, ys, "o-", color=color, label=f"power at {n}: exact match (mean)")
+            if len(acc) > len(xs):
+                m.scatter(*zip(*acc, strict=True), s=10, color=color, alpha=0.5)
+        m.set_xlabel("layers L")
         m.set_ylabel("exact match / reachable fraction")
         m.set_ylim(-0.03, 1.05)
-        m.legend(fontsize=7)
-        m.set_title(f"PowerAttention by depth of the model ({max(deepest['eval'], key=int)} tok)")
+        m.legend(fontsize=6)
+        m.set_title(
+            "PowerAttention by depth of the model" + (" (end of each stage)" if lengths else "")
+        )
     else:
         m.axis("off")
 
