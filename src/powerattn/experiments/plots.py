@@ -140,9 +140,7 @@ def plot_reach(results: dict[str, Any], path: Path) -> None:
         m.set_ylabel("exact match / reachable fraction")
         m.set_ylim(-0.03, 1.05)
         m.legend(fontsize=6)
-        m.set_title(
-            "PowerAttention by depth of the model" + (" (end of each stage)" if lengths else "")
-        )
+        m.set_title("power by number of layers" + (" (end of each stage)" if lengths else ""))
     else:
         m.axis("off")
 
