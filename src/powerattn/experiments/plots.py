@@ -167,30 +167,32 @@ def plot_reach(results: dict[str, Any], path: Path) -> None:
 
 
 def plot_long(results: dict[str, Any], path: Path) -> None:
-    """Accuracy by needle depth at the long length, with the theoretically reachable
-    fraction per depth dashed."""
+    """Accuracy by needle depth at the long length, one colour per pattern (one marker per
+    seed), with the theoretically reachable fraction per depth dashed."""
     plt = _plt()
     runs = [r for r in results["runs"].values() if r["part"] == "long"]
     if not runs:
         return
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    patterns = list(dict.fromkeys(r["pattern"] for r in runs))
+    theory_drawn = set()
     for r in runs:
         s = max(r["eval"], key=int)
         depths, acc, nh, d = _grid(r["eval"][s])
-        ok = (nh >= 0) & (nh <= r["layers"])
-        line = ax.plot(depths, acc, "o-", label=f"{r['name']} acc ({r['pattern_desc']})")
-        ax.plot(
-            depths,
-            [ok[d == x].mean() for x in depths],
-            "--",
-            color=line[0].get_color(),
-            label=f"{r['name']} theory: reachable in {r['layers']} layers",
-        )
+        color = f"C{patterns.index(r['pattern'])}"
+        seed = r["config"]["seed"]
+        ax.plot(depths, acc, "-", marker="os^vD"[seed % 5], color=color,
+                label=f"{r['name']}: exact match (seed {seed})")  # fmt: skip
+        if r["pattern"] not in theory_drawn:  # the theory depends on the pattern only
+            theory_drawn.add(r["pattern"])
+            ok = (nh >= 0) & (nh <= r["layers"])
+            ax.plot(depths, [ok[d == x].mean() for x in depths], "--", color=color,
+                    label=f"{r['pattern_desc']}: reachable in {r['layers']} layers")  # fmt: skip
     ax.set_ylim(-0.03, 1.05)
     ax.set_xlabel("needle depth")
     ax.set_ylabel("exact match / reachable fraction")
     ax.set_title(f"long context: {s} tokens")
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
 
