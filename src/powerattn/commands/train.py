@@ -41,7 +41,7 @@ parts (each a list of runs; every run trains one model, then evaluates it):
   long    power vs stride slash trained to twice the length
 
 presets:
-  smoke   2-layer models, 4-6 steps, 320-448 tokens: checks every code path on a CPU
+  smoke       2-layer models, 4-6 steps, 320-448 tokens: checks every code path on a CPU
   gpu         6-layer models, 320 -> 4096 tokens (long: 8192), 1400 steps, 300 per
               length after a 200-step warm-up: the H200 campaign
   gpu-replay  the earlier campaign: shorter stages, 25 % of steps replay earlier lengths
@@ -54,7 +54,8 @@ prints the summary table.
 
 examples:
   powerattn experiment passkey --preset smoke --out /tmp/pk
-  powerattn experiment passkey --preset gpu --out pk --jobs 6 --deadline 1800
+  powerattn experiment passkey --preset gpu --out pk --jobs 10 --deadline 1800
+  powerattn experiment passkey --preset gpu --out pk1 --jobs 10 --seed 1   # a replicate
   powerattn experiment passkey --out merged --replot a/results.json,b/results.json
 """
 
