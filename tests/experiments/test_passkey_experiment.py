@@ -34,6 +34,11 @@ def test_smoke_campaign_through_the_cli(tmp_path, capsys):
     assert {k: v["step"] for k, v in st.items()} == {"320": 3, "384": 6}
     assert st["384"]["correct"] == ev["correct"] and st["384"]["accuracy"] == ev["accuracy"]
     assert res["runs"]["layers1-power"]["layers"] == 1
+    # Checked before training and, after it, at every length it trained on, not only at the
+    # one it is evaluated at.
+    layers_run = res["runs"]["layers1-power"]
+    assert list(layers_run["eval"]) == ["384"]
+    assert [c["seq_len"] for c in layers_run["backend_check"]] == [320, 320, 384]
     assert "main-full" in capsys.readouterr().out
     # A replicate with another seed, through the parallel driver (the seed must reach the
     # subprocesses); then both merged and redrawn from the saved results.

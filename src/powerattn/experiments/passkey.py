@@ -307,7 +307,7 @@ def run_one(
     """Train (resuming if a checkpoint exists) and evaluate one run; writes ``eval.json``.
 
     The attention backend is checked against the oracle before training (first stage
-    length) and after it (every evaluated length), in the same process as the training, so
+    length) and after it (every trained or evaluated length), in the same process, so
     a kernel problem shows up next to the numbers it would spoil. Training stops early at
     wall-clock ``stop_time`` (the run is then evaluated as it is and marked so). A run that
     fell back to ``sdpa_mask`` earlier (failed check, or a crash retried by ``--jobs``)
@@ -363,7 +363,10 @@ def run_one(
     final = trainer.train(resume=True, stop_time=stop_time, on_stage_end=on_stage_end)
     train_s = time.perf_counter() - t0
     evals = {str(n): evaluate(n) for n in spec.eval_lengths}
-    checks += [check(n, cfg.backend) for n in spec.eval_lengths]
+    # Every length the model was trained or evaluated at (the layers and long runs are
+    # evaluated at fewer lengths than they train on).
+    lengths = sorted({s.seq_len for s in cfg.stages} | set(spec.eval_lengths))
+    checks += [check(n, cfg.backend) for n in lengths]
     result = {
         "name": spec.name,
         "steps_done": trainer.step,
