@@ -6,7 +6,7 @@ import torch
 
 from powerattn import equal_budget, get_pattern
 from powerattn.cli import main
-from powerattn.experiments.passkey import check_backend, plan
+from powerattn.experiments.passkey import check_backend, merge_results, plan, seed_table
 from powerattn.tasks import passkey_batch
 from powerattn.training.evaluate import needle_hops
 
@@ -207,8 +207,10 @@ def test_plan_bad_input(kwargs, match):
 
 
 def test_cli_bad_input(capsys):
-    assert main(["experiment", "passkey", "--out", "x", "--jobs", "0"]) == 2
-    assert "--jobs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse's own error: usage + one line, exit 2
+        main(["experiment", "passkey", "--out", "x", "--jobs", "0"])
+    assert exc.value.code == 2
+    assert "--jobs: expected a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_runs_cut_by_the_deadline_before_any_log_are_still_reported(tmp_path, capsys):
@@ -273,12 +275,12 @@ def test_stage_evaluations_survive_a_resume_and_not_a_fresh_start(tmp_path):
     import powerattn.experiments.passkey as mod
 
     spec = plan("smoke", ["main"], ["power"])[0]
+    spec.config.checkpoint_every = 3  # stage 0 ends at step 3
     preset = mod.PRESETS["smoke"]
     run_dir = tmp_path / "runs" / spec.name
     real_train = mod.Trainer.train
 
     def cut_after_stage_0(self, **kw):  # stops like a kill at step 4, checkpoint at step 3
-        self.cfg.checkpoint_every = 3
         return real_train(self, stop_at=4, on_stage_end=kw["on_stage_end"])
 
     with pytest.MonkeyPatch.context() as m:
@@ -292,3 +294,74 @@ def test_stage_evaluations_survive_a_resume_and_not_a_fresh_start(tmp_path):
         m.setattr(mod.Trainer, "train", lambda self, **kw: {})
         res = mod.run_one(spec, tmp_path, preset, progress=False)
     assert res["stage_eval"] == {}
+
+
+def test_a_kill_during_a_stage_end_evaluation_is_made_good_on_resume(tmp_path):
+    """The checkpoint at a stage's last step is written before the stage is evaluated: a
+    process killed during that evaluation resumes there and evaluates the stage then; a
+    rerun of the finished run evaluates nothing twice and keeps its final metrics."""
+    import powerattn.experiments.passkey as mod
+
+    spec = plan("smoke", ["main"], ["power"])[0]
+    spec.config.checkpoint_every = 3  # stage 0 (320 tokens) ends at step 3
+    preset = mod.PRESETS["smoke"]
+    real_eval = mod._evaluate
+
+    def killed(*args, **kw):
+        raise KeyboardInterrupt  # the process dies inside the stage-end evaluation
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(mod, "_evaluate", killed)
+        with pytest.raises(KeyboardInterrupt):
+            mod.run_one(spec, tmp_path, preset, progress=False)
+    res = mod.run_one(spec, tmp_path, preset, progress=False)
+    assert {k: v["step"] for k, v in res["stage_eval"].items()} == {"320": 3, "384": 6}
+    calls = []
+
+    def counted(*args, **kw):
+        calls.append(args[2])
+        return real_eval(*args, **kw)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(mod, "_evaluate", counted)
+        again = mod.run_one(spec, tmp_path, preset, progress=False)
+    assert calls == [320]  # only the final model at 320; 384 is the last stage's evaluation
+    assert again["stage_eval"] == res["stage_eval"] and again["eval"] == res["eval"]
+    assert again["final_train_metrics"] == res["final_train_metrics"] != {}
+
+
+def test_merging_campaigns_with_the_same_run_names_is_refused(tmp_path):
+    out = tmp_path / "out"
+    assert main(["experiment", "passkey", "--preset", "smoke", "--out", str(out), "--parts",
+                 "main", "--patterns", "power", "--no-progress"]) == 0  # fmt: skip
+    res = out / "results.json"
+    with pytest.raises(ValueError, match="in both"):
+        merge_results([res, res])
+
+
+def test_seed_table_groups_only_runs_that_differ_in_seed():
+    def run(seed, steps):
+        ev = {"accuracy": 0.5 + seed / 10, "reachable_fraction": 1.0}
+        return {"part": "main", "pattern": "power", "layers": 2,
+                "config": {"seed": seed, "backend": "auto", "stages": [[320, steps]]},
+                "eval": {"320": ev}, "stage_eval": {}}  # fmt: skip
+
+    rows = seed_table({"runs": {"a": run(0, 5), "b": run(1, 5), "c": run(2, 9)}}).splitlines()
+    assert len(rows) == 3  # header, {a, b}, {c}
+    assert rows[1].endswith("0,1") and rows[2].endswith("2")
+
+
+def test_a_run_refused_as_bad_input_is_not_retried_from_scratch(tmp_path, capsys):
+    """Rerunning into an OUT whose checkpoint has another configuration: the child exits 2;
+    the driver reports it instead of wiping the checkpoint and retraining on the fallback."""
+    out = tmp_path / "out"
+    args = ["experiment", "passkey", "--preset", "smoke", "--out", str(out), "--parts", "main",
+            "--patterns", "power", "--jobs", "2", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    ckpt = out / "runs" / "main-power" / "checkpoint.pt"
+    before = ckpt.stat().st_mtime_ns
+    assert main([*args, "--steps-scale", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "retrying" not in printed and "runs failed: ['main-power']" in printed
+    assert ckpt.stat().st_mtime_ns == before
+    assert "main-power" not in json.loads((out / "results.json").read_text())["runs"]

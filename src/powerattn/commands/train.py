@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from .argtypes import nonnegative_int
+from .argtypes import nonnegative_int, positive_int
 
 
 def _csv(text: str) -> list[str]:
@@ -117,7 +118,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="seed of initialisation and data (default: the preset's, 0); a replicate's run "
         "names end in -sSEED, so its results.json merges with the first one's (--replot)",
     )
-    k.add_argument("--jobs", type=int, default=1, help="runs trained at once (subprocesses)")
+    k.add_argument(
+        "--jobs", type=positive_int, default=1, help="runs trained at once (subprocesses)"
+    )
     k.add_argument(
         "--backend",
         default="auto",
@@ -160,7 +163,14 @@ def _train(args: argparse.Namespace) -> int:
 def _passkey(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..experiments.passkey import run_experiment, seed_table, summary_table, theory_table
+    from ..experiments.passkey import (
+        EXIT_CHECKPOINT_MISMATCH,
+        run_experiment,
+        seed_table,
+        summary_table,
+        theory_table,
+    )
+    from ..training.trainer import CheckpointMismatchError
 
     if args.replot:
         from ..experiments.passkey import merge_results
@@ -177,25 +187,27 @@ def _passkey(args: argparse.Namespace) -> int:
         print()
         print(seed_table(results))
         return 0
-    if args.jobs <= 0:
-        raise ValueError(f"--jobs must be positive, got {args.jobs}")
     stop_time = args.stop_time
     if args.deadline is not None:
         import time
 
         stop_time = time.time() + args.deadline
-    run_experiment(
-        args.preset,
-        args.out,
-        parts=args.parts,
-        patterns=args.patterns,
-        steps_scale=args.steps_scale,
-        jobs=args.jobs,
-        only=args.only,
-        progress=not args.no_progress,
-        stop_time=stop_time,
-        layer_sweep=args.layer_sweep,
-        backend=args.backend,
-        seed=args.seed,
-    )
+    try:
+        run_experiment(
+            args.preset,
+            args.out,
+            parts=args.parts,
+            patterns=args.patterns,
+            steps_scale=args.steps_scale,
+            jobs=args.jobs,
+            only=args.only,
+            progress=not args.no_progress,
+            stop_time=stop_time,
+            layer_sweep=args.layer_sweep,
+            backend=args.backend,
+            seed=args.seed,
+        )
+    except CheckpointMismatchError as exc:  # its own status: --jobs must not retry it
+        print(f"powerattn experiment passkey: error: {exc}", file=sys.stderr)
+        return EXIT_CHECKPOINT_MISMATCH
     return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -43,11 +44,13 @@ from ..training.config import (
 )
 from ..training.evaluate import evaluate_passkey, needle_hops
 from ..training.model import SDPA_MASK, attention
-from ..training.trainer import CHECKPOINT, CONFIG, Trainer, clear_run
+from ..training.trainer import CHECKPOINT, CONFIG, METRICS, Trainer, clear_run
 
 MAIN_PATTERNS = ["power", "sliding_window", "stride_slash", "dilated", "longnet", "full"]
 PARTS = ("main", "layers", "long")
 STAGE_EVAL = "stage_eval.json"
+# Exit status of a ``--only`` run refused because OUT holds a checkpoint of another config.
+EXIT_CHECKPOINT_MISMATCH = 3
 
 
 @dataclass
@@ -357,12 +360,27 @@ def run_one(
     stage_evals = json.loads(stage_file.read_text()) if stage_file.exists() else {}
 
     def on_stage_end(i: int, stage: Stage) -> None:
-        stage_evals[str(stage.seq_len)] = {"step": trainer.step, **evaluate(stage.seq_len)}
-        stage_file.write_text(json.dumps(stage_evals) + "\n")
+        key = str(stage.seq_len)
+        if stage_evals.get(key, {}).get("step") == trainer.step:
+            return  # a resume at this stage's end: already evaluated before the kill
+        stage_evals[key] = {"step": trainer.step, **evaluate(stage.seq_len)}
+        tmp = stage_file.with_suffix(".tmp")  # atomic: a kill mid-write keeps the old file
+        tmp.write_text(json.dumps(stage_evals) + "\n")
+        os.replace(tmp, stage_file)
 
     final = trainer.train(resume=True, stop_time=stop_time, on_stage_end=on_stage_end)
     train_s = time.perf_counter() - t0
-    evals = {str(n): evaluate(n) for n in spec.eval_lengths}
+    if not final and (run_dir / METRICS).exists():  # nothing logged now: e.g. a rerun of a
+        lines = (run_dir / METRICS).read_text().splitlines()  # finished run
+        final = json.loads(lines[-1]) if lines else {}
+
+    def final_eval(n: int) -> dict[str, Any]:
+        st = stage_evals.get(str(n))
+        if st is not None and st["step"] == trainer.step:  # the final model: no second pass
+            return {k: v for k, v in st.items() if k != "step"}
+        return evaluate(n)
+
+    evals = {str(n): final_eval(n) for n in spec.eval_lengths}
     # Every length the model was trained or evaluated at (the layers and long runs are
     # evaluated at fewer lengths than they train on).
     lengths = sorted({s.seq_len for s in cfg.stages} | set(spec.eval_lengths))
@@ -516,7 +534,9 @@ def _run_parallel(
     """One subprocess per run, ``jobs`` at a time; each logs to ``runs/NAME/log.txt``.
 
     A run whose process dies (e.g. a kernel fault on the GPU) is started once more, from
-    scratch, on the ``sdpa_mask`` fallback; its first log is kept as ``log_failed.txt``."""
+    scratch, on the ``sdpa_mask`` fallback; its first log is kept as ``log_failed.txt``. A
+    run whose directory holds a checkpoint of another configuration
+    (:data:`EXIT_CHECKPOINT_MISMATCH`) is reported as failed, not retried."""
     pending = [(spec, backend) for spec in specs]
     active: list[tuple[RunSpec, str, subprocess.Popen, Any]] = []
     failed = []
@@ -525,6 +545,7 @@ def _run_parallel(
             spec, bk = pending.pop(0)
             run_dir = out / "runs" / spec.name
             run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "eval.json").unlink(missing_ok=True)  # a failed run must not look done
             cmd = [sys.executable, "-m", "powerattn.cli", "experiment", "passkey",
                    "--preset", preset_name, "--out", str(out), "--only", spec.name,
                    "--steps-scale", str(steps_scale), "--backend", bk, "--no-progress"]  # fmt: skip
@@ -550,7 +571,9 @@ def _run_parallel(
             log.close()
             active.remove(item)
             print(f"== finished {spec.name} (exit {proc.returncode})", flush=True)
-            if proc.returncode and bk != SDPA_MASK:
+            # A checkpoint of another configuration in OUT: retrying from scratch would
+            # silently throw that run away.
+            if proc.returncode and proc.returncode != EXIT_CHECKPOINT_MISMATCH and bk != SDPA_MASK:
                 run_dir = out / "runs" / spec.name
                 (run_dir / "log.txt").rename(run_dir / "log_failed.txt")
                 clear_run(run_dir)
@@ -566,17 +589,25 @@ def merge_results(paths: list[str | Path]) -> dict[str, Any]:
     """One results dict from several ``results.json`` (campaigns run in separate calls): the
     runs of all, and each file's metadata under ``meta["parts"]``."""
     merged: dict[str, Any] = {"meta": {"parts": []}, "runs": {}}
+    source: dict[str, str] = {}
     for path in paths:
         res = json.loads(Path(path).read_text())
         merged["meta"]["parts"].append(res["meta"])
-        merged["runs"].update(res["runs"])
+        for name, run in res["runs"].items():
+            if name in merged["runs"]:
+                raise ValueError(
+                    f"run {name!r} is in both {source[name]} and {path}: merge campaigns with "
+                    "distinct run names (e.g. replicates made with --seed)"
+                )
+            merged["runs"][name] = run
+            source[name] = str(path)
     return merged
 
 
 def _evaluations(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """A run's evaluations as ``(label, eval)``: the final model at each evaluated length
-    (label: the length), then the model at the end of each earlier stage (label:
-    ``LEN@stage``; the last stage's model is the final model, counted once)."""
+    (label: the length), then the model at the end of each stage (label: ``LEN@stage``),
+    except a stage-end model that is the final model at a length already listed."""
     out = [(s, e) for s, e in r["eval"].items()]
     out += [
         (f"{s}@stage", e)
@@ -646,10 +677,13 @@ def summary_table(results: dict[str, Any]) -> str:
 
 def seed_table(results: dict[str, Any]) -> str:
     """Runs that differ only in seed, side by side: per (part, pattern, layers) and length,
-    the accuracy of each seed's final model and end-of-stage model, and their means."""
+    the accuracy of each seed's final model and end-of-stage model, and their means. Runs
+    whose configurations differ otherwise (preset, steps, ...) are separate groups."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in results["runs"].values():
-        groups.setdefault((r["part"], r["pattern"], r["layers"]), []).append(r)
+        cfg = {k: v for k, v in r["config"].items() if k not in ("seed", "backend")}
+        key = (r["part"], r["pattern"], r["layers"], json.dumps(cfg, sort_keys=True))
+        groups.setdefault(key, []).append(r)
 
     def cell(vals: list[float | None]) -> str:
         got = [v for v in vals if v is not None]
@@ -660,7 +694,7 @@ def seed_table(results: dict[str, Any]) -> str:
         f"{'part':<7}{'pattern':<15}{'L':>2} {'len':>5}  {'final acc by seed':<20} {'mean':>6}  "
         f"{'end-of-stage acc':<20} {'mean':>6}  {'reach':>5}  seeds"
     ]
-    for (part, pattern, layers), runs in groups.items():
+    for (part, pattern, layers, _), runs in groups.items():
         seeds = [r["config"]["seed"] for r in runs]
         lengths = set()
         for r in runs:

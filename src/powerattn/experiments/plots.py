@@ -30,8 +30,9 @@ def plot_heatmaps(results: dict[str, Any], path: Path, part: str = "main") -> No
     """Exact match by needle depth (x) and length (y), one panel per pattern (Fig. 3).
     A dot marks the cells where the theory says some needles cannot reach the answer.
 
-    Each length is scored on the model at the end of that length's stage when the results
-    have those evaluations (``stage_eval``), else on the final model."""
+    Each length is scored on the model at the end of that length's stage when the run has
+    that evaluation (``stage_eval``), else on the final model (length marked ``*``: older
+    results, or a stage the run did not finish)."""
     plt = _plt()
     runs = [r for r in results["runs"].values() if r["part"] == part]
     if not runs:
@@ -39,10 +40,13 @@ def plot_heatmaps(results: dict[str, Any], path: Path, part: str = "main") -> No
     cols = min(3, len(runs))
     rows = (len(runs) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
-    staged = all(r.get("stage_eval") for r in runs)
+    starred = False
     for ax, r in zip(axes.ravel(), runs, strict=False):
-        evals = r["stage_eval"] if staged else r["eval"]
-        lengths = sorted(evals, key=int)
+        stage = r.get("stage_eval", {})
+        lengths = sorted(set(stage) | set(r["eval"]), key=int)
+        evals = {s: stage.get(s) or r["eval"][s] for s in lengths}
+        labels = [s if s in stage else f"{s}*" for s in lengths]
+        starred |= len(stage) < len(lengths)
         mat, unreach = [], []
         for s in lengths:
             ev = evals[s]
@@ -55,11 +59,11 @@ def plot_heatmaps(results: dict[str, Any], path: Path, part: str = "main") -> No
         yy, xx = np.nonzero(unreach > 0)
         ax.scatter(xx, yy, s=8 + 40 * unreach[yy, xx], c="k", marker="o")
         ax.set_xticks(range(len(depths)), [f"{x:.1f}" for x in depths], fontsize=7)
-        ax.set_yticks(range(len(lengths)), lengths, fontsize=7)
+        ax.set_yticks(range(len(lengths)), labels, fontsize=7)
         final = evals[lengths[-1]]
         ax.set_title(
             f"{r['name']} (L={r['layers']}, deg {r['max_degree']})\n"
-            f"acc@{lengths[-1]} {final['accuracy']:.2f}, "
+            f"acc@{labels[-1]} {final['accuracy']:.2f}, "
             f"reachable {final['reachable_fraction']:.2f}",
             fontsize=8,
         )
@@ -69,7 +73,7 @@ def plot_heatmaps(results: dict[str, Any], path: Path, part: str = "main") -> No
         ax.axis("off")
     fig.subplots_adjust(hspace=0.6, wspace=0.3)
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="exact match")
-    which = "model at the end of each length's stage" if staged else "final model"
+    which = "model at the end of each length's stage" + ("; *: final model" if starred else "")
     fig.suptitle(
         f"Passkey exact match by needle depth and length ({which}; dots: theory says unreachable)",
         y=1.04,
@@ -161,7 +165,8 @@ def plot_reach(results: dict[str, Any], path: Path) -> None:
         b.set_title(f"accuracy by needle hops (model has {layers} layers)")
     b.set_xlabel("hops the needle needs (17 = never)")
     b.set_ylabel("exact match")
-    b.legend(fontsize=7)
+    if b.get_legend_handles_labels()[0]:  # no main runs: nothing to label
+        b.legend(fontsize=7)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
 

@@ -41,6 +41,10 @@ RUN_FILES = (CHECKPOINT, Path(CHECKPOINT).with_suffix(".tmp").name, METRICS, CON
 NOT_IN_IDENTITY = ("backend",)
 
 
+class CheckpointMismatchError(ValueError):
+    """The run directory holds a checkpoint of another configuration (not resumable)."""
+
+
 def clear_run(out_dir: str | Path) -> None:
     """Remove the files a :class:`Trainer` writes in ``out_dir`` (:data:`RUN_FILES`: the
     checkpoint, metrics, config), so that nothing of an earlier run can be resumed or appended
@@ -192,7 +196,9 @@ class Trainer:
             return False
         state = torch.load(path, map_location=self.device, weights_only=False)
         if _identity(state["config"]) != _identity(self.cfg.to_dict()):
-            raise ValueError(f"checkpoint {path} was written by a different configuration")
+            raise CheckpointMismatchError(
+                f"checkpoint {path} was written by a different configuration"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -229,13 +235,16 @@ class Trainer:
         run stopped before its first checkpoint cannot leave a stale one for a later resume.
         ``on_stage_end(stage_index, stage)`` is called after the last step of each curriculum
         stage (after that step's checkpoint, if any), e.g. to evaluate the model at the
-        stage's length; the model is put back in training mode afterwards.
+        stage's length; the model is put back in training mode afterwards. A run resumed from
+        a checkpoint at a stage's last step calls it again for that stage (the callback may
+        have been cut short by the kill), so it should be idempotent.
 
         Returns the last logged metrics.
         """
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        if resume and self.load_checkpoint():
+        resumed = resume and self.load_checkpoint()
+        if resumed:
             self._trim_metrics()
         else:
             clear_run(self.out)
@@ -247,6 +256,11 @@ class Trainer:
         tokens, t0 = 0, time.perf_counter()
         win = self._window
         stage_ends = np.cumsum([s.steps for s in cfg.stages]).tolist()
+        if on_stage_end is not None and resumed and self.step in stage_ends:
+            # The checkpoint of a stage's last step is written before the callback: a run
+            # killed during the callback resumes here, and the callback must not be lost.
+            i = stage_ends.index(self.step)
+            on_stage_end(i, cfg.stages[i])
         self.model.train()
         while self.step < end:
             if stop_time is not None and time.time() > stop_time:
