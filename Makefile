@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests && $(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests scripts && $(VENV)/bin/ruff format --check src tests scripts
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format src tests && $(VENV)/bin/ruff check --fix src tests
