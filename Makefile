@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts && $(VENV)/bin/ruff format --check src tests scripts
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests && $(VENV)/bin/ruff check --fix src tests
+	$(VENV)/bin/ruff format src tests scripts && $(VENV)/bin/ruff check --fix src tests scripts
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
