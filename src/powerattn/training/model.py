@@ -69,14 +69,16 @@ def build_model(
     full_layers: list[int] = (),
     backend: str = "auto",
     seed: int = 0,
+    tokenizer=None,
 ) -> nn.Module:
-    """A randomly initialised ``LlamaForCausalLM`` over the byte vocabulary, in float32,
-    switched to our attention by :func:`powerattn.transformers.apply` (``full_layers``: layer
-    indices kept on dense causal attention; ``backend="sdpa_mask"``: the masked-SDPA
+    """A randomly initialised ``LlamaForCausalLM`` over the byte vocabulary (or over
+    ``tokenizer``'s: any object with ``vocab_size``, ``pad_id``, ``bos_id``, ``eos_id``), in
+    float32, switched to our attention by :func:`powerattn.transformers.apply` (``full_layers``:
+    layer indices kept on dense causal attention; ``backend="sdpa_mask"``: the masked-SDPA
     fallback instead)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = ByteTokenizer()
+    tok = tokenizer if tokenizer is not None else ByteTokenizer()
     config = LlamaConfig(
         vocab_size=tok.vocab_size,
         hidden_size=cfg.hidden,

@@ -130,9 +130,22 @@ class Trainer:
     ``checkpoint.pt`` (latest), ``metrics.jsonl`` (one JSON object per logged step),
     ``config.json``."""
 
-    def __init__(self, cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out_dir: str | Path,
+        progress: bool = True,
+        *,
+        tokenizer=None,
+        batch_fn: Callable[[TrainConfig, int], torch.Tensor] | None = None,
+    ) -> None:
+        # tokenizer, batch_fn: another vocabulary (see build_model) and another data source,
+        # ``batch_fn(cfg, step) -> (B, S) int64`` (a pure function of (cfg.seed, step), so that
+        # resume stays exact), e.g. language modelling with cfg.loss_on="all"
+        # (powerattn.training.lm_data); default: the passkey curriculum.
         cfg.validate()
         self.cfg = cfg
+        self._batch_fn = batch_fn or (lambda c, t: batch_for_step(c, t).input_ids)
         self.out = Path(out_dir)
         self.progress = progress
         self.device = resolve_device(cfg.device)
@@ -145,6 +158,7 @@ class Trainer:
             full_layers=cfg.pattern.full_layers,
             backend=cfg.backend,
             seed=cfg.seed,
+            tokenizer=tokenizer,
         ).to(self.device)
         o = cfg.optim
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
@@ -267,8 +281,7 @@ class Trainer:
                 self.save_checkpoint()
                 break
             stage_idx, stage = stage_at(cfg.stages, self.step)
-            batch = batch_for_step(cfg, self.step)
-            ids = batch.input_ids.to(self.device, non_blocking=True)
+            ids = self._batch_fn(cfg, self.step).to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, correct = passkey_loss(self.model, ids, cfg.task.digits, cfg.loss_on)
             self.optimizer.zero_grad(set_to_none=True)
