@@ -5,6 +5,8 @@ cases share shapes; on CUDA the main suite (test_sparse_attention.py) exercises 
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -49,3 +51,125 @@ def test_recompile_limit_fails_loudly(monkeypatch):
         for dtype in (torch.float32, torch.bfloat16):  # a second variant must recompile
             q, k, v = _inputs(8, 2, 17, 333, dtype=dtype)
             flex.flex_sparse_attention(q, k, v, pattern, 0.125, need_lse=False)
+
+
+# --------------------------------------------------------------- FlashAttention-4 selection
+# The selection logic runs on the CPU with the GPU's properties given explicitly; the kernel
+# itself is exercised by the CUDA suite (scripts/gpu_kernel.sh) wherever it is installed.
+
+
+def _flash_reason(dtype=torch.bfloat16, block_size=256, cap=(9, 0), importable=True, dev="cuda"):
+    q = torch.empty(1, 4, 8, 64, dtype=dtype, device="meta")
+    pattern = get_pattern("power", block_size=block_size)
+    return flex.flash_unsupported(
+        q, pattern, device_type=dev, capability=cap, importable=importable
+    )
+
+
+def test_flash_selected_on_hopper_and_blackwell_when_importable():
+    assert _flash_reason(cap=(9, 0)) is None
+    assert _flash_reason(cap=(10, 0), dtype=torch.float16) is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"importable": False}, "pip install 'powerattn[fa4]'"),
+        ({"cap": (8, 0)}, "SM80"),  # Ampere
+        ({"cap": (12, 0)}, "SM120"),  # consumer Blackwell: not a FlashAttention-4 target
+        ({"dtype": torch.float32}, "float16/bfloat16"),
+        ({"block_size": 64}, "multiple of the 128-token tile"),
+        ({"dev": "cpu"}, "CUDA"),
+    ],
+)
+def test_flash_refusals_name_the_reason(kwargs, words):
+    reason = _flash_reason(**kwargs)
+    assert reason is not None and words in reason
+
+
+def test_explicit_flash_backend_refuses_with_a_way_out():
+    """Without a Hopper/Blackwell GPU and flash-attn-4, backend='flash' says why and names
+    backend='flex'; 'auto' never picks it here."""
+    pattern = get_pattern("power", block_size=256)
+    q, k, v = _inputs(4, 2, 300, 300)
+    with pytest.raises(ValueError, match="backend='flex'"):
+        api.sparse_attention(q, k, v, pattern, backend="flash")
+    if DEVICE == "cpu":
+        assert flex.pick_kernel(q, pattern) == "flex"
+
+
+def test_pick_kernel_follows_flash_unsupported(monkeypatch):
+    q = torch.empty(1, 4, 8, 64, dtype=torch.bfloat16, device="meta")
+    pattern = get_pattern("power")
+    monkeypatch.setattr(flex, "flash_unsupported", lambda q, p: None)
+    assert flex.pick_kernel(q, pattern) == "flash"
+    monkeypatch.setattr(flex, "flash_unsupported", lambda q, p: "no GPU")
+    assert flex.pick_kernel(q, pattern) == "flex"
+
+
+# --------------------------------------------------------------- CUDA: both kernels, both compiles
+
+CUDA_SMALL = {  # long-range parameters that differ from full within a few 256-token blocks
+    "power": {"window": 2, "sink": 1},
+    "sliding_window": {"window": 3, "sink": 1},
+    "stride_slash": {"window": 2, "stride": 3, "sink": 1},
+    "dilated": {"window": 6, "dilation": 2},
+    "longnet": {"segments": ((2, 1), (4, 2), (8, 4))},
+}
+
+
+def _check_kernel(pattern, kernel, sq, sk, dtype, seed, Hq=8, Hkv=2, D=128):
+    """Forward (out, lse) and gradients of one FlexAttention kernel against float64, with
+    tolerances relative to same-precision dense SDPA (2x forward, 3x gradients)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def mk(*shape):
+        return torch.randn(*shape, generator=g).to("cuda", dtype).requires_grad_(True)
+
+    q, k, v = mk(2, Hq, sq, D), mk(2, Hkv, sk, D), mk(2, Hkv, sk, D)
+    ref, ref_lse = reference_attention(q, k, v, pattern, return_lse=True, upcast=True)
+    G = Hq // Hkv
+    mask = pattern.dense_mask(sq, sk).to("cuda")
+    base = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1), attn_mask=mask
+    )
+    out, lse = api.sparse_attention(q, k, v, pattern, return_lse=True, backend=kernel)
+    dout = torch.randn_like(ref)
+    err = lambda a, b: (a.double() - b.double()).abs().max().item()  # noqa: E731
+    floor = 1e-3 if dtype == torch.bfloat16 else 2e-4
+    assert err(out, ref) <= 2 * err(base, ref) + floor
+    assert err(lse, ref_lse) <= 1e-2
+    got = torch.autograd.grad(out, (q, k, v), dout.to(dtype))
+    want = torch.autograd.grad(ref, (q, k, v), dout)
+    yard = torch.autograd.grad(base, (q, k, v), dout.to(dtype))
+    for a, r, b in zip(got, want, yard, strict=True):
+        assert torch.isfinite(a).all()
+        assert err(a, r) <= 3 * err(b, r) + 3 * floor
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA kernels (CPU: selection tests above)")
+@pytest.mark.parametrize("kernel", ["flex", "flash"])
+@pytest.mark.parametrize("name", ["power", "sliding_window", "stride_slash", "dilated", "longnet"])
+def test_cuda_kernels_match_reference(name, kernel):
+    """Every pattern through each kernel ``auto`` may pick, prefill and a chunk whose offset
+    is not a tile multiple (padded queries), GQA 4, bf16 and fp16."""
+    pattern = get_pattern(name, block_size=256, **CUDA_SMALL[name])
+    q = torch.empty(1, 1, 1, 128, dtype=torch.bfloat16, device="cuda")
+    if kernel == "flash" and flex.flash_unsupported(q, pattern):
+        pytest.skip(f"flash: {flex.flash_unsupported(q, pattern)}")
+    for i, (sq, sk, dtype) in enumerate(
+        [(2333, 2333, torch.bfloat16), (300, 2333, torch.float16), (1024, 1024, torch.float16)]
+    ):
+        _check_kernel(pattern, kernel, sq, sk, dtype, seed=zlib.crc32(f"{name}{i}".encode()))
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA compile policy")
+def test_cuda_static_budget_overflow_goes_dynamic(monkeypatch):
+    """Beyond STATIC_VARIANTS signatures, calls run the dynamic-shape Triton function (tensor
+    offset in the mask) and stay correct; earlier signatures keep their static variant."""
+    pattern = get_pattern("power", block_size=256, **CUDA_SMALL["power"])
+    monkeypatch.setattr(flex, "_static_signatures", set())
+    monkeypatch.setattr(flex, "STATIC_VARIANTS", 1)
+    for i, (sq, sk) in enumerate([(700, 700), (900, 900), (130, 1100)]):
+        _check_kernel(pattern, "flex", sq, sk, torch.bfloat16, seed=100 + i)
+    assert len(flex._static_signatures) == 1

@@ -275,12 +275,17 @@ def test_dense_refuses_huge_scores():
 
 def test_auto_picks():
     q, k, v = _qkv((1, 2, 4, 16), (1, 2, 40, 16), (1, 2, 40, 16))
-    assert api._pick_backend(q, k, v, return_lse=False) == "dense"
+    assert api._pick_backend(q, k, v, _pattern("power"), return_lse=False) == "dense"
     n = 1 << 13  # B*Hq*Sq*Sk = 2^27 > CPU_DENSE_AUTO_MAX
     big = _qkv((1, 2, n, 16), (1, 2, n, 16), (1, 2, n, 16), device="meta")
-    assert api._pick_backend(*big, return_lse=False) == "flex"
-    assert api._pick_backend(*big, return_lse=True) == "dense"  # CPU flex has no lse
-    assert api._pick_backend(*[t.double() for t in big], return_lse=False) == "dense"
+    assert api._pick_backend(*big, _pattern("power"), return_lse=False) == "flex"
+    assert (
+        api._pick_backend(*big, _pattern("power"), return_lse=True) == "dense"
+    )  # CPU flex has no lse
+    assert (
+        api._pick_backend(*[t.double() for t in big], _pattern("power"), return_lse=False)
+        == "dense"
+    )
 
 
 # ----------------------------------------------------------------------------- compile

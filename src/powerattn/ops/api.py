@@ -2,17 +2,21 @@
 
 Backends (``backend=``):
 
-* ``"flex"`` -- FlexAttention with an analytic BlockMask (CUDA; CPU through its compiled
-  C++ kernel). Forward and backward, any ``Sq <= Sk``.
+* ``"flash"`` -- FlexAttention's FlashAttention-4 kernels with the analytic BlockMask
+  (Hopper/Blackwell GPUs with ``flash-attn-4`` installed: ``pip install 'powerattn[fa4]'``;
+  16-bit inputs; block sizes that are multiples of 128). Forward and backward.
+* ``"flex"`` -- FlexAttention's Triton kernels with the analytic BlockMask (CUDA; CPU through
+  its compiled C++ kernel). Forward and backward, any ``Sq <= Sk``.
 * ``"decode"`` -- one Triton kernel that reads only the attended key blocks (CUDA, or CPU
   tensors under ``TRITON_INTERPRET=1``); ``Sq <= DECODE_MAX_Q``, no gradient.
 * ``"dense"`` -- masked attention with materialised scores, in the input precision; refused
   above :data:`~powerattn.ops.dense.DENSE_MAX_SCORES` scores.
 * ``"reference"`` -- the float64-capable oracle (:func:`reference_attention`), for checks.
 * ``"auto"`` -- float64: ``dense``. CUDA: ``decode`` when ``Sq <= DECODE_MAX_Q`` and no
-  gradient is needed, else ``flex``. CPU: ``dense`` up to ``CPU_DENSE_AUTO_MAX`` scores or
-  when a gradient or the lse is needed (FlexAttention's CPU kernel has neither), else
-  ``flex`` (compiled C++ kernel).
+  gradient is needed, else ``flash`` where it can run
+  (:func:`~powerattn.ops.flex.flash_unsupported` says why not), else ``flex``. CPU:
+  ``dense`` up to ``CPU_DENSE_AUTO_MAX`` scores or when a gradient or the lse is needed
+  (FlexAttention's CPU kernel has neither), else ``flex`` (compiled C++ kernel).
 """
 
 from __future__ import annotations
@@ -25,10 +29,10 @@ from ..patterns import Pattern, get_pattern
 from . import decode as _decode
 from .checks import check_qkv
 from .dense import DENSE_MAX_SCORES, dense_scores_count, dense_sparse_attention
-from .flex import flex_sparse_attention
+from .flex import flex_sparse_attention, pick_kernel
 from .reference import reference_attention
 
-BACKENDS = ("auto", "flex", "decode", "dense", "reference")
+BACKENDS = ("auto", "flash", "flex", "decode", "dense", "reference")
 # CPU: up to this many scores (B*Hq*Sq*Sk, 256 MiB of float32) the dense path beats compiling
 # FlexAttention's CPU kernel (tens of seconds per new shape); above it, flex.
 CPU_DENSE_AUTO_MAX = 1 << 26
@@ -39,13 +43,15 @@ def _needs_grad(*ts: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
 
 
-def _pick_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_lse: bool) -> str:
+def _pick_backend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, return_lse: bool
+) -> str:
     if q.dtype == torch.float64:  # checks and references: the fused kernels are 16/32-bit
         return "dense"
     if q.device.type == "cuda":
         if q.shape[2] <= DECODE_MAX_Q and not _needs_grad(q, k, v) and _decode.supports(q, k):
             return "decode"
-        return "flex"
+        return pick_kernel(q, pattern)
     # FlexAttention's CPU kernel has no backward and no lse: those go dense (up to its limit).
     if dense_scores_count(q, k) <= CPU_DENSE_AUTO_MAX or _needs_grad(q, k, v) or return_lse:
         return "dense"
@@ -99,8 +105,8 @@ def sparse_attention(
     if backend == "reference":
         return reference_attention(q, k, v, pattern, scale=scale, return_lse=return_lse)
     if backend == "auto":
-        backend = _pick_backend(q, k, v, return_lse)
-    if q.dtype == torch.float64 and backend in ("flex", "decode"):
+        backend = _pick_backend(q, k, v, pattern, return_lse)
+    if q.dtype == torch.float64 and backend in ("flash", "flex", "decode"):
         raise ValueError(
             f"backend={backend!r} does not support float64 inputs (use 'dense' or 'reference')"
         )
@@ -124,7 +130,9 @@ def sparse_attention(
                 f"backend='flex' has no backward on {q.device.type} (FlexAttention limitation); "
                 "inputs require grad: use backend='dense' (or 'auto')"
             )
-        out, lse = flex_sparse_attention(q, k, v, pattern, scale, need_lse=return_lse)
+        out, lse = flex_sparse_attention(
+            q, k, v, pattern, scale, need_lse=return_lse, kernel=backend
+        )
     return (out, lse) if return_lse else out
 
 

@@ -1,22 +1,38 @@
-"""FlexAttention backend: prefill, chunked prefill and training (forward and backward).
+"""FlexAttention backends: prefill, chunked prefill and training (forward and backward).
+
+Two kernels run the same analytic BlockMask:
+
+* ``"flash"`` -- FlexAttention's FlashAttention-4 (CuTe DSL) kernels,
+  ``kernel_options={"BACKEND": "FLASH"}``: Hopper (SM90) and Blackwell (SM100) GPUs with
+  ``flash-attn-4`` installed (``pip install 'powerattn[fa4]'``), 16-bit inputs, pattern blocks
+  that are multiples of the 128-token tile (the default 256). :func:`flash_unsupported`
+  says why it cannot serve an input; ``backend="auto"`` then uses:
+* ``"flex"`` -- FlexAttention's Triton kernels (any CUDA GPU; on the CPU its C++ kernel,
+  forward only).
 
 The BlockMask is written down from the pattern's analytic tile lists (:mod:`.layout`) --
 key side *and* query side -- and handed to ``BlockMask`` directly: no ``create_block_mask``
-over ``S x S`` and no dense transpose (``BlockMask.from_kv_blocks`` derives the query side
-densely). Masks are cached per (pattern, Sq, Sk, device, tile).
+over ``S x S`` and no dense transpose. Masks are cached per (pattern, Sq, Sk, device, tile,
+offset kind) in a bounded LRU.
 
-``flex_attention`` is compiled once per process (:func:`compiled_flex`; CUDA:
-``dynamic=True``, one kernel for all lengths). Unfused fallback guard: when a compiled
-function exceeds dynamo's recompile limit, dynamo silently runs it *eagerly*, and eager
-``flex_attention`` is the math path that materialises ``S x S`` scores. We call the
-compiled function with ``fail_on_recompile_limit_hit=True``, so that case raises
-:class:`FlexRecompileError`.
-Recompiles are kept rare: when the pattern's block size is a multiple of the tile (the
-default 256 vs 128), tiles never straddle pattern blocks (queries are padded at the front
-when ``Sk - Sq`` is not a tile multiple), so the ``mask_mod`` is plain causality shared by
-every pattern; the query offset is a captured tensor, not a Python int; masks are cached.
-Smaller blocks (16..64) need the pattern's own ``mask_mod`` in straddling tiles: one
-compiled variant per pattern instance.
+Compilation. ``flex_attention`` is compiled with *static* shapes, one variant per input
+signature (lengths, dtype, heads, pattern, grad mode, kernel): static shapes let Inductor drop
+bounds checks and pick tile configs per length, which the earlier single dynamic-shape
+variant could not (it cost ~30% in training on the H200). After :data:`STATIC_VARIANTS`
+distinct signatures in a process (training on many lengths), further Triton calls go to a
+second, dynamic-shape compiled function, so a long tail of lengths never recompiles per
+length. FlashAttention-4 compiles static shapes only; beyond the budget those calls use the
+dynamic Triton function too. In static variants the query offset ``Sk - Sq`` is a Python int
+(FlashAttention-4's CuTe mask cannot read captured tensors); in the dynamic one it is a
+captured 0-dim tensor, so a new offset does not recompile.
+
+Unfused fallback guard: when a compiled function exceeds dynamo's recompile limit, dynamo
+silently runs it *eagerly*, and eager ``flex_attention`` is the math path that materialises
+``S x S`` scores. We call the compiled functions with ``fail_on_recompile_limit_hit=True``,
+so that case raises :class:`FlexRecompileError`. When the pattern's block size is a multiple
+of the tile, tiles never straddle pattern blocks (queries are padded at the front when
+``Sk - Sq`` is not a tile multiple) and the ``mask_mod`` is plain causality shared by every
+pattern; smaller blocks (16..64) need the pattern's own ``mask_mod`` in straddling tiles.
 """
 
 from __future__ import annotations
@@ -40,25 +56,123 @@ from .layout import tile_entries
 # FlexAttention tile (its BlockMask BLOCK_SIZE). 128 is what its GPU kernels are tuned for;
 # pattern blocks of other sizes (16..256+) and unaligned offsets are handled by the layout.
 TILE = 128
-# Compiled variants allowed before we refuse (each dtype / GQA ratio / head dim / pattern /
-# grad mode costs one; sequence lengths go dynamic after the first change).
+# Compiled variants allowed per compiled function before we refuse (dynamo's recompile limit).
 RECOMPILE_LIMIT = 64
+# Distinct static-shape signatures compiled per process before new ones go dynamic (Triton).
+STATIC_VARIANTS = 24
 _MASK_CACHE_SIZE = 64
-_KERNEL_OPTIONS = {"FORCE_USE_FLEX_ATTENTION": True}
+# The regular kernel also for short queries: flex's decoding kernel finds no valid config
+# under dynamic shapes (torch 2.11, seen on the H200).
+_TRITON_OPTIONS = {"FORCE_USE_FLEX_ATTENTION": True}
+_FLASH_OPTIONS = {"BACKEND": "FLASH"}
+KERNELS = ("flash", "flex")
+# FlashAttention-4 runs on these compute capabilities (major): Hopper and Blackwell.
+FLASH_CAPABILITIES = (9, 10)
+FLASH_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _flex_static(q, k, v, block_mask, scale, enable_gqa, kernel_options, return_aux):
+    # Compiled with static shapes (its own code object, so its variants are counted apart
+    # from the dynamic function's and from user compiles of flex_attention).
+    return flex_attention(
+        q,
+        k,
+        v,
+        block_mask=block_mask,
+        scale=scale,
+        enable_gqa=enable_gqa,
+        kernel_options=kernel_options,
+        **return_aux,
+    )
+
+
+def _flex_dynamic(q, k, v, block_mask, scale, enable_gqa, kernel_options, return_aux):
+    return flex_attention(
+        q,
+        k,
+        v,
+        block_mask=block_mask,
+        scale=scale,
+        enable_gqa=enable_gqa,
+        kernel_options=kernel_options,
+        **return_aux,
+    )
+
 
 _compiled: dict[str, object] = {}
+_static_signatures: set[tuple] = set()
+
+
+def _compiled_fn(dynamic: bool):
+    """Created on first use: building the wrapper imports dynamo (~2 s), which
+    ``import powerattn`` should not pay."""
+    name = "dynamic" if dynamic else "static"
+    fn = _compiled.get(name)
+    if fn is None:
+        fn = torch.compile(_flex_dynamic if dynamic else _flex_static, dynamic=dynamic)
+        _compiled[name] = fn
+    return fn
 
 
 def compiled_flex(device_type: str = "cuda"):
-    """The process-wide compiled ``flex_attention`` (created on first use: building the
-    wrapper imports dynamo, ~2 s, which ``import powerattn`` should not pay). CUDA:
-    ``dynamic=True``, one kernel for every sequence length. CPU: static shapes, because
-    Inductor's CPU flex template fails to build with dynamic ones (torch 2.13)."""
-    fn = _compiled.get(device_type)
+    """Plain ``flex_attention`` compiled with static shapes, for baselines (the way
+    FlexAttention's documentation uses it). Our own calls go through
+    :func:`flex_sparse_attention`."""
+    fn = _compiled.get("plain")
     if fn is None:
-        fn = torch.compile(flex_attention, dynamic=device_type == "cuda")
-        _compiled[device_type] = fn
+        fn = torch.compile(flex_attention, dynamic=False)
+        _compiled["plain"] = fn
     return fn
+
+
+_flash_importable: bool | None = None
+
+
+def flash_importable() -> bool:
+    """Whether FlashAttention-4's CuTe kernels import (``import flash_attn.cute``; actually
+    imported, once per process, not guessed from package metadata)."""
+    global _flash_importable
+    if _flash_importable is None:
+        try:
+            import flash_attn.cute  # noqa: F401
+        except Exception:  # noqa: BLE001 - missing, or present but broken (CUDA/ABI)
+            _flash_importable = False
+        else:
+            _flash_importable = True
+    return _flash_importable
+
+
+def flash_unsupported(
+    q: torch.Tensor,
+    pattern: Pattern,
+    *,
+    device_type: str | None = None,
+    capability: tuple[int, int] | None = None,
+    importable: bool | None = None,
+) -> str | None:
+    """Why the FlashAttention-4 kernel cannot serve ``q`` under ``pattern`` (``None``: it
+    can). ``device_type`` / ``capability`` / ``importable`` override the detected values
+    (tests of the selection logic without a GPU)."""
+    device_type = q.device.type if device_type is None else device_type
+    if device_type != "cuda":
+        return f"FlashAttention-4 runs on CUDA GPUs, got {device_type}"
+    if q.dtype not in FLASH_DTYPES:
+        return f"FlashAttention-4 takes float16/bfloat16, got {q.dtype}"
+    if pattern.block_size % TILE:
+        return (
+            f"block_size={pattern.block_size} is not a multiple of the {TILE}-token tile "
+            "(FlashAttention-4 runs the causal mask only inside tiles)"
+        )
+    if capability is None:
+        capability = torch.cuda.get_device_capability(q.device)
+    if capability[0] not in FLASH_CAPABILITIES:
+        return (
+            f"FlashAttention-4 needs a Hopper (SM90) or Blackwell (SM100) GPU, got "
+            f"SM{capability[0]}{capability[1]}"
+        )
+    if not (flash_importable() if importable is None else importable):
+        return "flash-attn-4 is not installed (pip install 'powerattn[fa4]')"
+    return None
 
 
 _mask_cache: OrderedDict[tuple, BlockMask] = OrderedDict()
@@ -68,11 +182,16 @@ class FlexRecompileError(RuntimeError):
     """FlexAttention would fall back to its unfused eager path (recompile limit reached)."""
 
 
-def _causal_mask_mod(offset: torch.Tensor):
+def _causal_mask_mod(offset: torch.Tensor | int):
     """Token predicate when tiles align with pattern blocks: the tile lists already encode
     the pattern, the partial (diagonal) tiles only need causality. Pattern-independent, so
-    every pattern shares one compiled kernel; the offset is a tensor so a new ``Sk - Sq``
-    does not recompile either."""
+    every pattern shares one compiled kernel."""
+    if isinstance(offset, int) and offset == 0:
+
+        def mask_mod(b, h, q_idx, kv_idx):  # prefill/training: no captured value at all
+            return kv_idx <= q_idx
+
+        return mask_mod
 
     def mask_mod(b, h, q_idx, kv_idx):
         return kv_idx <= q_idx + offset
@@ -80,7 +199,7 @@ def _causal_mask_mod(offset: torch.Tensor):
     return mask_mod
 
 
-def _pattern_mask_mod(pattern: Pattern, offset: torch.Tensor):
+def _pattern_mask_mod(pattern: Pattern, offset: torch.Tensor | int):
     """Full token predicate (local query index + offset = absolute position), for tiles that
     straddle pattern blocks (block size not a multiple of the tile). Compiled per pattern."""
 
@@ -97,13 +216,21 @@ def tiles_align(pattern: Pattern, q_len: int, kv_len: int, tile: int = TILE) -> 
 
 
 def block_mask_for(
-    pattern: Pattern, q_len: int, kv_len: int, device: torch.device | str, tile: int = TILE
+    pattern: Pattern,
+    q_len: int,
+    kv_len: int,
+    device: torch.device | str,
+    tile: int = TILE,
+    *,
+    int_offset: bool = True,
 ) -> BlockMask:
     """The cached FlexAttention ``BlockMask`` of ``pattern`` for ``q_len`` queries aligned to
     the end of ``kv_len`` keys, on ``device``. Built analytically (both sides): coordinate
-    lists on the host, one host-to-device copy, scattered into full width on the device."""
+    lists on the host, one host-to-device copy, scattered into full width on the device.
+    ``int_offset``: the ``mask_mod`` holds the query offset as a Python int (static-shape
+    compiles, FlashAttention-4), else as a 0-dim device tensor (dynamic-shape compiles)."""
     device = torch.device(device)
-    key = (pattern, q_len, kv_len, device, tile)
+    key = (pattern, q_len, kv_len, device, tile, int_offset)
     bm = _mask_cache.get(key)
     if bm is not None:
         _mask_cache.move_to_end(key)
@@ -139,7 +266,7 @@ def block_mask_for(
     for x, st in zip(segs, starts, strict=True):
         host[st : st + x.size] = x
     buf = torch.from_numpy(host).to(device)
-    offset = buf[0]
+    offset = kv_len - q_len if int_offset else buf[0]
     n_ent = segs[-1].size
     idx_all = torch.zeros(base, dtype=torch.int32, device=device)
     idx_all[buf[starts[-2] : starts[-2] + n_ent].long()] = buf[starts[-1] : starts[-1] + n_ent]
@@ -189,6 +316,11 @@ def recompile_guard(limit: int | None = None):
         ) from exc
 
 
+def pick_kernel(q: torch.Tensor, pattern: Pattern) -> str:
+    """``"flash"`` (FlashAttention-4) where it can serve the input, else ``"flex"``."""
+    return "flex" if flash_unsupported(q, pattern) else "flash"
+
+
 def flex_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -196,46 +328,65 @@ def flex_sparse_attention(
     pattern: Pattern,
     scale: float,
     need_lse: bool = True,
+    kernel: str = "flex",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Block-sparse attention through FlexAttention (differentiable on CUDA).
 
     Args:
         q: ``(B, Hq, Sq, D)``; k, v: ``(B, Hkv, Sk, D)`` (validated by the caller).
-        need_lse: return the lse. On CUDA it is always computed (one compiled variant, and
-            the backward needs it anyway); FlexAttention's CPU kernel cannot produce it.
+        need_lse: also return the lse (FlexAttention's CPU kernel cannot produce it). Off
+            for training: asking for it adds an output the compiled graph must write.
+        kernel: ``"flex"`` (Triton) or ``"flash"`` (FlashAttention-4; ``ValueError`` naming
+            the reason when it cannot serve the input).
     Returns:
         ``out (B, Hq, Sq, D)`` in q's dtype and ``lse (B, Hq, Sq)`` float32 (natural log),
-        or ``None`` for the lse on the CPU.
+        or ``None`` for the lse when not asked for.
     """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "flash":
+        reason = flash_unsupported(q, pattern)
+        if reason:
+            raise ValueError(f"backend='flash' cannot run: {reason}. Use backend='flex'")
+    on_cpu = q.device.type == "cpu"
+    if on_cpu and need_lse:
+        raise ValueError("backend='flex' cannot return the lse on the CPU")
     Sq, Sk = q.shape[2], k.shape[2]
     # Blocks that are multiples of the tile but an offset that is not (decode-like chunks):
     # prepend zero queries so that tiles align again; their rows are dropped below.
     pad = 0
-    if q.device.type == "cuda" and pattern.block_size % TILE == 0:
+    if not on_cpu and pattern.block_size % TILE == 0:
         pad = (Sk - Sq) % TILE
         if pad:
             q = F.pad(q, (0, 0, pad, 0))
-    bm = block_mask_for(pattern, Sq + pad, Sk, q.device)
     gqa = q.shape[1] != k.shape[1]
+    compiling = torch.compiler.is_compiling()
+    static = True
+    if not compiling and not on_cpu:
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        sig = (q.dtype, q.shape, k.shape, q.device, pattern, kernel, need_lse, grad)
+        static = sig in _static_signatures or len(_static_signatures) < STATIC_VARIANTS
+        if static:
+            _static_signatures.add(sig)
+        elif kernel == "flash":  # FlashAttention-4 compiles static shapes only
+            kernel = "flex"
+    bm = block_mask_for(pattern, Sq + pad, Sk, q.device, int_offset=static)
+    options = None if on_cpu else _FLASH_OPTIONS if kernel == "flash" else _TRITON_OPTIONS
+    if not need_lse:
+        aux = {}
+    elif AuxRequest is not None:  # torch >= 2.9: return_lse is deprecated
+        aux = {"return_aux": AuxRequest(lse=True)}
+    else:  # pragma: no cover - older torch
+        aux = {"return_lse": True}
     # Inside the user's compiled graph: call the op itself (no nested compile).
-    if torch.compiler.is_compiling():
-        fn = flex_attention
+    fn = _flex_static if compiling else _compiled_fn(dynamic=not static)
+    with contextlib.nullcontext() if compiling else recompile_guard():
+        res = fn(q, k, v, bm, scale, gqa, options, aux)
+    if not need_lse:
+        out, lse = res, None
     else:
-        fn = compiled_flex("cuda" if q.device.type == "cuda" else "cpu")
-    guard = contextlib.nullcontext() if torch.compiler.is_compiling() else recompile_guard()
-    with guard:
-        if q.device.type == "cpu":
-            if need_lse:
-                raise ValueError("backend='flex' cannot return the lse on the CPU")
-            return fn(q, k, v, block_mask=bm, scale=scale, enable_gqa=gqa), None
-        # The regular kernel also for short queries: flex's decoding kernel finds no valid
-        # config under dynamic shapes (torch 2.11, seen on the H200).
-        kw = dict(block_mask=bm, scale=scale, enable_gqa=gqa, kernel_options=_KERNEL_OPTIONS)
-        if AuxRequest is not None:
-            out, aux = fn(q, k, v, return_aux=AuxRequest(lse=True), **kw)
-            lse = aux.lse
-        else:
-            out, lse = fn(q, k, v, return_lse=True, **kw)
+        out, lse = res[0], res[1].lse if AuxRequest is not None else res[1]
     if pad:
-        out, lse = out[:, :, pad:].contiguous(), lse[:, :, pad:].contiguous()
+        out = out[:, :, pad:].contiguous()
+        lse = None if lse is None else lse[:, :, pad:].contiguous()
     return out, lse
