@@ -116,12 +116,45 @@ def make_document(seq_len: int, key: str, depth: float) -> tuple[list[int], int,
     return ids, 1 + len(head), (a / hay_len if hay_len else 0.0)
 
 
+# One key in HELDOUT_EVERY is held out (see is_heldout_key).
+HELDOUT_EVERY = 8
+_KEY_SETS = ("any", "train", "heldout")
+
+
+def is_heldout_key(keys: np.ndarray) -> np.ndarray:
+    """Whether each key belongs to the held-out set (about 1 key in :data:`HELDOUT_EVERY`):
+    evaluation draws its keys there and training (with ``keys="train"``) never does.
+
+    Membership is a multiplicative hash of the key (the top 3 bits of ``key x 2^64/phi``
+    mod 2^64 are zero), not a digit rule a model could pick up, so both sets cover every
+    digit at every position."""
+    k = np.asarray(keys).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        h = k * np.uint64(0x9E3779B97F4A7C15)  # wraps mod 2^64
+    return (h >> np.uint64(61)) == 0
+
+
+def _draw_keys(rng: np.random.Generator, n: int, digits: int, keys: str) -> np.ndarray:
+    """``n`` random ``digits``-digit keys from the set ``keys`` (any, train or heldout),
+    by rejection (a pure function of ``rng``'s state)."""
+    out = rng.integers(10 ** (digits - 1), 10**digits, size=n)
+    if keys == "any":
+        return out
+    want = keys == "heldout"
+    bad = is_heldout_key(out) != want
+    while bad.any():
+        out[bad] = rng.integers(10 ** (digits - 1), 10**digits, size=int(bad.sum()))
+        bad = is_heldout_key(out) != want
+    return out
+
+
 def passkey_batch(
     seq_len: int,
     batch_size: int,
     rng: np.random.Generator,
     digits: int = 5,
     depths: np.ndarray | list[float] | None = None,
+    keys: str = "any",
 ) -> PasskeyBatch:
     """``batch_size`` documents of ``seq_len`` tokens with random ``digits``-digit keys.
 
@@ -131,12 +164,16 @@ def passkey_batch(
         rng: the source of randomness (keys, and depths when not given).
         digits: digits per key (1..18); the first digit is never 0.
         depths: needle depths in [0, 1], one per document; uniform at random if None.
+        keys: which keys to draw: ``"any"``; ``"train"``, none of the held-out set
+            (:func:`is_heldout_key`); ``"heldout"``, only those (for evaluation).
     """
     if isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= 18:
         raise ValueError(f"digits must be an integer in 1..18, got {digits!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    keys = rng.integers(10 ** (digits - 1), 10**digits, size=batch_size)
+    if keys not in _KEY_SETS:
+        raise ValueError(f"keys must be one of {_KEY_SETS}, got {keys!r}")
+    keys = _draw_keys(rng, batch_size, digits, keys)
     if depths is None:
         depths = rng.random(batch_size)
     depths = np.asarray(depths, dtype=np.float64)

@@ -7,8 +7,9 @@ A config file mirrors the dataclasses::
     model: {layers: 6, hidden: 128, heads: 4}
     pattern: {name: power}                  # equal budget at the final length by default
     task: {block_size: 32, digits: 5}
-    stages: [{seq_len: 512, steps: 200}, {seq_len: 1024, steps: 200}]
-    optim: {lr: 1.0e-3, warmup_steps: 50}
+    stages: [{seq_len: 512, steps: 200}, {seq_len: 4096, steps: 2000, mix: [1024, 2048]}]
+    optim: {lr: 1.0e-3, warmup_steps: 50, schedule: constant}
+    lm_weight: 1.0                          # also learn the haystack (next-token loss)
 """
 
 from __future__ import annotations
@@ -52,23 +53,42 @@ class PatternConfig:
 
 @dataclass
 class TaskConfig:
-    """Passkey documents: ``block_size`` tokens per attention block, ``digits`` per key."""
+    """Passkey documents: ``block_size`` tokens per attention block, ``digits`` per key.
+
+    ``heldout_keys``: training never draws a key of the held-out set that the experiments'
+    evaluation draws from (:func:`powerattn.tasks.passkey.is_heldout_key`), so no evaluation
+    document can have been seen in training.
+    """
 
     block_size: int = 32
     digits: int = 5
+    heldout_keys: bool = False
 
 
 @dataclass
 class Stage:
-    """One curriculum stage: ``steps`` optimizer steps on documents of ``seq_len`` tokens."""
+    """One curriculum stage: ``steps`` optimizer steps on documents of ``seq_len`` tokens.
+
+    ``mix``: other (shorter) lengths mixed in: each step of the stage draws its length
+    uniformly from ``[seq_len, *mix]`` (list a length twice to weight it twice), so that the
+    model learns every length at once instead of relearning at each switch.
+    """
 
     seq_len: int
     steps: int
+    mix: list[int] = field(default_factory=list)
+
+    @property
+    def lengths(self) -> list[int]:
+        """The lengths a step of this stage draws from (with repeats)."""
+        return [self.seq_len, *self.mix]
 
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio * lr``."""
+    """AdamW with linear warm-up, then (``schedule``) cosine decay to ``min_lr_ratio * lr``
+    at the last step, or a constant ``lr`` (a run stopped early by wall time is then not
+    left half-way down a schedule planned for more steps)."""
 
     lr: float = 1e-3
     weight_decay: float = 0.1
@@ -77,6 +97,7 @@ class OptimConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    schedule: str = "cosine"  # or "constant"
 
 
 @dataclass
@@ -93,6 +114,9 @@ class TrainConfig:
     batch_size: int = 32
     seed: int = 0
     loss_on: str = "answer"  # "answer": the key's digits only; "all": every next token
+    # With loss_on="answer": plus lm_weight x the mean next-token loss over the document's
+    # other tokens (haystack, needle, question), a dense signal for learning to copy.
+    lm_weight: float = 0.0
     # Fraction of the steps of stage i > 0 spent on the length of an earlier stage (drawn
     # uniformly), so that the model keeps the shorter lengths it learned first.
     replay: float = 0.0
@@ -117,13 +141,20 @@ class TrainConfig:
             raise ValueError(f"task.digits must be in 1..18, got {self.task.digits}")
         if not self.stages:
             raise ValueError("stages must list at least one curriculum stage")
+        shortest = min_length(self.task.digits)
         for i, s in enumerate(self.stages):
             if s.steps <= 0:
                 raise ValueError(f"stages[{i}].steps must be positive, got {s.steps}")
-            if s.seq_len < min_length(self.task.digits):
+            if s.seq_len < shortest:
                 raise ValueError(
                     f"stages[{i}].seq_len ({s.seq_len}) is shorter than the shortest passkey "
-                    f"document ({min_length(self.task.digits)} tokens)"
+                    f"document ({shortest} tokens)"
+                )
+            bad = [n for n in s.mix if not shortest <= n <= s.seq_len]
+            if bad:
+                raise ValueError(
+                    f"stages[{i}].mix {bad}: mixed-in lengths must lie in [{shortest}, "
+                    f"{s.seq_len}] (the stage's seq_len is its longest length)"
                 )
         from ..ops.api import BACKENDS
 
@@ -135,6 +166,15 @@ class TrainConfig:
             raise ValueError(f"replay must be in [0, 1), got {self.replay}")
         if self.loss_on not in ("answer", "all"):
             raise ValueError(f"loss_on must be 'answer' or 'all', got {self.loss_on!r}")
+        if self.lm_weight < 0 or (self.lm_weight and self.loss_on != "answer"):
+            raise ValueError(
+                f"lm_weight must be >= 0, and 0 with loss_on='all' (which already trains on "
+                f"every token), got {self.lm_weight} with loss_on={self.loss_on!r}"
+            )
+        if self.optim.schedule not in ("cosine", "constant"):
+            raise ValueError(
+                f"optim.schedule must be 'cosine' or 'constant', got {self.optim.schedule!r}"
+            )
         if self.pattern.name not in pattern_names():
             raise ValueError(
                 f"pattern.name {self.pattern.name!r} is not one of {', '.join(pattern_names())}"

@@ -25,12 +25,16 @@ def stage_at(stages: list[Stage], step: int) -> tuple[int, Stage]:
 
 
 def seq_len_for_step(cfg: TrainConfig, step: int) -> int:
-    """The document length of step ``step``: its stage's, or with probability
-    ``cfg.replay`` (stages after the first) an earlier stage's, drawn uniformly."""
+    """The document length of step ``step``: with probability ``cfg.replay`` (stages after
+    the first) an earlier stage's ``seq_len``, drawn uniformly; otherwise one of its stage's
+    :attr:`~.config.Stage.lengths`, drawn uniformly (the stage's ``seq_len`` if it mixes in
+    none)."""
     idx, stage = stage_at(cfg.stages, step)
     rng = np.random.default_rng([cfg.seed, 0x1E7, step])
     if idx > 0 and rng.random() < cfg.replay:
         return cfg.stages[int(rng.integers(idx))].seq_len
+    if stage.mix:
+        return stage.lengths[int(rng.integers(len(stage.lengths)))]
     return stage.seq_len
 
 
@@ -38,4 +42,7 @@ def batch_for_step(cfg: TrainConfig, step: int) -> PasskeyBatch:
     """The training batch of step ``step``: passkeys at uniform random depths, at the length
     :func:`seq_len_for_step` gives."""
     rng = np.random.default_rng([cfg.seed, 0x7A55, step])
-    return passkey_batch(seq_len_for_step(cfg, step), cfg.batch_size, rng, digits=cfg.task.digits)
+    keys = "train" if cfg.task.heldout_keys else "any"
+    return passkey_batch(
+        seq_len_for_step(cfg, step), cfg.batch_size, rng, digits=cfg.task.digits, keys=keys
+    )

@@ -27,8 +27,17 @@ def evaluate_passkey(
     digits: int = 5,
     seed: int = 1234,
     batch_size: int = 16,
+    depth_width: float = 0.0,
+    keys: str = "any",
 ) -> dict[str, np.ndarray]:
     """Score ``samples`` documents of ``seq_len`` tokens at each needle depth.
+
+    With ``depth_width > 0`` each document's needle goes to a depth drawn uniformly from
+    ``[d - depth_width / 2, d + depth_width / 2]`` (clipped to [0, 1]) around its target
+    ``d`` -- with :func:`depth_bins`, uniformly inside each bin -- so that the documents of
+    one cell do not all share one needle position. ``keys="heldout"`` draws only keys that a
+    run trained with ``task.heldout_keys`` never saw. The documents are a function of
+    ``(seed, seq_len)``: every model is scored on the same ones.
 
     Returns numpy arrays with one entry per document (``len(depths) * samples``):
     ``depth_target`` and ``depth`` (float), ``correct`` (bool, exact match),
@@ -39,15 +48,21 @@ def evaluate_passkey(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if np.asarray(depths).size == 0:
         raise ValueError("depths must hold at least one needle depth")
+    if not 0.0 <= depth_width <= 1.0:
+        raise ValueError(f"depth_width must be in [0, 1], got {depth_width!r}")
     device = next(model.parameters()).device
     targets = np.repeat(np.asarray(depths, dtype=np.float64), samples)
     rng = np.random.default_rng([seed, seq_len, 0xE7A1])
+    placed = targets
+    if depth_width > 0:  # its own stream: the keys drawn below stay those of the seed
+        jitter = np.random.default_rng([seed, seq_len, 0xD5]).random(targets.size) - 0.5
+        placed = np.clip(targets + depth_width * jitter, 0.0, 1.0)
     was_training = model.training
     model.eval()
     out: dict[str, list] = {"depth": [], "correct": [], "digit_acc": [], "key_positions": []}
     for start in range(0, targets.size, batch_size):
-        chunk = targets[start : start + batch_size]
-        batch = passkey_batch(seq_len, chunk.size, rng, digits=digits, depths=chunk)
+        chunk = placed[start : start + batch_size]
+        batch = passkey_batch(seq_len, chunk.size, rng, digits=digits, depths=chunk, keys=keys)
         ids = batch.input_ids.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(ids, logits_to_keep=digits + 1).logits[:, :-1]
@@ -60,6 +75,14 @@ def evaluate_passkey(
     res = {k: np.concatenate(v) for k, v in out.items()}
     res["depth_target"] = targets
     return res
+
+
+def depth_bins(n: int) -> tuple[np.ndarray, float]:
+    """``(centres, width)`` of ``n`` equal needle-depth bins covering [0, 1], for
+    :func:`evaluate_passkey` (``depths=centres, depth_width=width``)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    return (np.arange(n) + 0.5) / n, 1.0 / n
 
 
 def needle_hops(

@@ -1,5 +1,7 @@
-"""The training loop: AdamW, warm-up + cosine, gradient clipping, bf16 autocast on GPU, a length
-curriculum, checkpoints that resume exactly, a progress bar and a JSONL metrics file.
+"""The training loop: AdamW, warm-up + cosine (or constant), gradient clipping, bf16 autocast
+on GPU, a length curriculum (optionally mixing lengths every step), an optional next-token
+loss on the whole document next to the answer's, checkpoints that resume exactly, a progress
+bar and a JSONL metrics file.
 
 Exact resume: the batch of step ``t`` is a pure function of ``(seed, t)`` (see
 :mod:`.data`), and a checkpoint holds the model, optimizer, scheduler, step and every RNG
@@ -68,25 +70,38 @@ def resolve_device(name: str) -> torch.device:
 
 def lr_lambda(step: int, cfg: TrainConfig) -> float:
     """Multiplier of the base learning rate at ``step``: linear warm-up over
-    ``warmup_steps``, then cosine decay to ``min_lr_ratio`` at the last step."""
+    ``warmup_steps``, then cosine decay to ``min_lr_ratio`` at the last step, or 1 with
+    ``optim.schedule="constant"``."""
     o = cfg.optim
     if step < o.warmup_steps:
         return (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
     span = max(cfg.total_steps - o.warmup_steps, 1)
     t = min((step - o.warmup_steps) / span, 1.0)
     return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def passkey_loss(
-    model: nn.Module, input_ids: torch.Tensor, digits: int, loss_on: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(loss, answer_correct)``: mean next-token cross-entropy (over the answer's digits,
-    or over every token with ``loss_on="all"``) and ``(B, digits)`` bool, whether the
-    teacher-forced argmax got each answer digit right.
+    model: nn.Module, input_ids: torch.Tensor, digits: int, loss_on: str, lm: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(loss, answer_correct, lm_loss)``: mean next-token cross-entropy (over the answer's
+    digits, or over every token with ``loss_on="all"``), ``(B, digits)`` bool, whether the
+    teacher-forced argmax got each answer digit right, and with ``lm`` (``loss_on="answer"``
+    only) the mean next-token cross-entropy over every other position (haystack, needle,
+    question), else None. The training objective is ``loss + lm_weight * lm_loss``.
 
     Args:
         input_ids: ``(B, S)`` int64 documents whose last ``digits`` tokens are the answer.
     """
+    if loss_on == "answer" and lm:
+        logits = model(input_ids).logits.float()  # (B, S, V)
+        v = logits.shape[-1]
+        ans = logits[:, -digits - 1 : -1]  # (B, digits, V): the positions predicting the key
+        loss = F.cross_entropy(ans.reshape(-1, v), input_ids[:, -digits:].ravel())
+        rest = logits[:, : -digits - 1]  # (B, S - digits - 1, V)
+        lm_loss = F.cross_entropy(rest.reshape(-1, v), input_ids[:, 1:-digits].ravel())
+        return loss, ans.argmax(-1) == input_ids[:, -digits:], lm_loss
     if loss_on == "answer":
         # Only the last digits + 1 positions' logits are needed: the one before each digit.
         logits = model(input_ids, logits_to_keep=digits + 1).logits[:, :-1].float()
@@ -98,7 +113,7 @@ def passkey_loss(
         )
         logits = logits[:, -digits - 1 : -1]
     correct = logits.argmax(-1) == input_ids[:, -digits:]  # (B, digits)
-    return loss, correct
+    return loss, correct, None
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -283,15 +298,18 @@ class Trainer:
             stage_idx, stage = stage_at(cfg.stages, self.step)
             ids = self._batch_fn(cfg, self.step).to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, correct = passkey_loss(self.model, ids, cfg.task.digits, cfg.loss_on)
+                loss, correct, lm_loss = passkey_loss(
+                    self.model, ids, cfg.task.digits, cfg.loss_on, lm=cfg.lm_weight > 0
+                )
+            objective = loss if lm_loss is None else loss + cfg.lm_weight * lm_loss
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
             tokens += ids.numel()
-            win.add(loss.detach(), correct.all(-1).float().mean())
+            win.add(loss.detach(), correct.all(-1).float().mean(), ids.shape[1], lm_loss)
             if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
                 elapsed = time.perf_counter() - t0
                 last = {
@@ -300,11 +318,15 @@ class Trainer:
                     "seq_len": stage.seq_len,  # the stage's (replayed steps may be shorter)
                     "loss": float(win.loss) / win.count,
                     "exact_match": float(win.correct) / win.count,
+                    # Exact match per document length drawn in the window (mixed stages).
+                    "exact_match_by_len": win.by_length(),
                     "grad_norm": float(grad_norm),
                     "lr": self.scheduler.get_last_lr()[0],
                     "tokens_per_s": tokens / elapsed,
                     "time_s": elapsed,
                 }
+                if win.lm_count:
+                    last["lm_loss"] = float(win.lm_loss) / win.lm_count
                 with open(self.out / METRICS, "a") as f:
                     f.write(json.dumps(last) + "\n")
                 bar.set_postfix(
@@ -328,22 +350,53 @@ class _Window:
     """Running sums of the metrics logged every ``log_every`` steps."""
 
     def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.loss = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device)
         self.count = 0
+        self.lm_loss = torch.zeros((), device=device)
+        self.lm_count = 0
+        self.per_len: dict[int, list] = {}  # length -> [exact-match sum (tensor), steps]
 
-    def add(self, loss: torch.Tensor, correct: torch.Tensor) -> None:
+    def add(
+        self,
+        loss: torch.Tensor,
+        correct: torch.Tensor,
+        seq_len: int = 0,
+        lm_loss: torch.Tensor | None = None,
+    ) -> None:
         self.loss += loss
         self.correct += correct
         self.count += 1
+        if lm_loss is not None:
+            self.lm_loss += lm_loss.detach()
+            self.lm_count += 1
+        if seq_len not in self.per_len:
+            self.per_len[seq_len] = [torch.zeros((), device=self.device), 0]
+        acc = self.per_len[seq_len]
+        acc[0] += correct
+        acc[1] += 1
+
+    def by_length(self) -> dict[str, float]:
+        return {str(n): float(c) / k for n, (c, k) in sorted(self.per_len.items())}
 
     def reset(self) -> None:
         self.loss.zero_()
         self.correct.zero_()
         self.count = 0
+        self.lm_loss.zero_()
+        self.lm_count = 0
+        self.per_len = {}
 
     def state(self) -> dict[str, Any]:
-        return {"loss": self.loss.cpu(), "correct": self.correct.cpu(), "count": self.count}
+        return {
+            "loss": self.loss.cpu(),
+            "correct": self.correct.cpu(),
+            "count": self.count,
+            "lm_loss": self.lm_loss.cpu(),
+            "lm_count": self.lm_count,
+            "per_len": {n: [c.cpu(), k] for n, (c, k) in self.per_len.items()},
+        }
 
     def load(self, state: dict[str, Any] | None) -> None:
         self.reset()
@@ -351,6 +404,12 @@ class _Window:
             self.loss.copy_(state["loss"])
             self.correct.copy_(state["correct"])
             self.count = int(state["count"])
+            if "lm_loss" in state:  # saved since lm_weight exists
+                self.lm_loss.copy_(state["lm_loss"])
+                self.lm_count = int(state["lm_count"])
+                self.per_len = {
+                    int(n): [c.to(self.device), int(k)] for n, (c, k) in state["per_len"].items()
+                }
 
 
 def _progress(enabled: bool, total: int, initial: int):
