@@ -25,24 +25,49 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from ..validate import check_int
+
 # Dense masks above this many elements are refused: a 64K x 64K bool matrix is 4 GiB.
 MAX_DENSE_ELEMENTS = 1 << 28
+# Query blocks probed at construction for "attends nothing at all".
+_PROBE_BLOCKS = 64
 
 
 def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_int(name, value, 1)
 
 
 def _check_nonnegative_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    check_int(name, value, 0)
+
+
+def param(
+    default: Any,
+    help: str,
+    *,
+    minimum: int | None = None,
+    parse: Callable[[str], Any] | None = None,
+    show: Callable[[Any], str] | None = None,
+) -> Any:
+    """Declare a pattern parameter: a dataclass field carrying what every tool needs.
+
+    Args:
+        default: the paper's setting.
+        help: one line for ``--help`` and the docs (``powerattn analyze --help``).
+        minimum: integer parameters: the smallest valid value, checked at construction (bools
+            and non-integers refused) and used for the command-line flag's type.
+        parse, show: other values: text -> value for the command line (errors as
+            ``argparse.ArgumentTypeError``) and value -> the same text, for tables.
+    """
+    meta = {"help": help, "minimum": minimum, "parse": parse, "show": show}
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -74,36 +99,90 @@ class BlockLayout:
     def max_degree(self) -> int:
         return int(self.kv_count.max()) if self.kv_count.numel() else 0
 
-    def split(self, full: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(count, indices)`` of only the full (``full=True``) or only the partial blocks.
-
-        Indices are left-packed and padded with 0 (FlexAttention's ``from_kv_blocks`` layout).
-        """
-        valid = self.kv_indices >= 0
-        keep = valid & (self.is_full if full else ~self.is_full)
-        count = keep.sum(dim=1, dtype=torch.int32)
-        # Stable sort on ~keep moves kept entries to the front, in their ascending order.
-        order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices
-        idx = torch.gather(self.kv_indices, 1, order)
-        width = max(int(count.max()) if count.numel() else 0, 1)
-        idx = idx[:, :width].clone()
-        idx[torch.arange(width).expand_as(idx) >= count[:, None]] = 0
-        return count, idx.to(torch.int32)
-
 
 @dataclass(frozen=True)
 class Pattern:
     """Base class of a block-sparse causal attention pattern.
 
-    Subclasses are frozen dataclasses that set ``name``, implement :meth:`block_rule` (the
-    definition) and ``_candidates`` (a vectorised superset of the allowed key blocks).
+    A pattern is one frozen dataclass (see ``docs/patterns.md``, "Adding a pattern"). It sets
+    ``name``, declares its parameters with :func:`param` (help text and bounds: the command
+    line, the docs and the checks read them), implements :meth:`block_rule` (the definition)
+    and ``_candidates`` (a vectorised superset of the allowed key blocks), and may say how to
+    tune itself to a compute budget (:meth:`at_budget`). Validation beyond the declared bounds
+    goes in ``_check``; ``__post_init__`` then refuses a pattern that attends nothing.
     """
 
     name: ClassVar[str] = ""
-    block_size: int = 256
+    #: Colour of the pattern in every figure of the project.
+    color: ClassVar[str] = "#17becf"
+    #: Part of the paper's comparison: the experiments train every main pattern by default.
+    main: ClassVar[bool] = False
+    #: The pattern whose degree at its default setting is the default budget (power).
+    defines_budget: ClassVar[bool] = False
+    #: Attends every earlier block (full attention): the ceiling of a comparison, drawn in
+    #: coverage curves but not as a reachability map.
+    ceiling: ClassVar[bool] = False
+    #: Small parameters (block size excluded) under which the pattern differs from full
+    #: attention within a few blocks: the operator tests run every pattern with them.
+    small_params: ClassVar[dict[str, Any]] = {}
+
+    block_size: int = param(256, "tokens per block", minimum=1)
 
     def __post_init__(self) -> None:
-        _check_positive_int("block_size", self.block_size)
+        _check_positive_int("block_size", self.block_size)  # even if a subclass redeclares it
+        for f in dataclasses.fields(self):
+            if f.metadata.get("minimum") is not None:
+                check_int(f.name, getattr(self, f.name), f.metadata["minimum"])
+        self._check()
+        # A pattern that attends nothing would give all-zero outputs and an analysis of
+        # nothing: refuse it here (rows without keys remain possible, e.g. LongNet's holes).
+        if not int(self.block_layout(_PROBE_BLOCKS).kv_count.sum()):
+            raise ValueError(
+                f"{self.describe()} attends no key block at all; give it something to attend "
+                "(e.g. window >= 1 or sink >= 1)"
+            )
+
+    def _check(self) -> None:
+        """Checks beyond the declared bounds (relations between parameters); may normalise
+        values with ``object.__setattr__`` (the dataclass is frozen)."""
+
+    # -------------------------------------------------------------- what tools ask
+    @classmethod
+    def at_budget(cls, budget: int, num_blocks: int, block_size: int) -> Pattern:
+        """The setting compared at ``budget`` key blocks per query block (the largest
+        :meth:`max_degree` allowed) over ``num_blocks`` blocks of ``block_size`` tokens.
+
+        Patterns tune one knob to the largest value that fits (see :func:`largest_fitting`);
+        one that cannot fit returns its closest setting, and the caller compares degrees.
+        Default: the pattern's defaults (nothing to tune)."""
+        return cls(block_size=block_size)
+
+    @classmethod
+    def random_params(cls, rng: np.random.Generator) -> dict[str, Any]:
+        """Random valid parameters (block size excluded), small enough for dense checks: the
+        pattern tests draw from it. Default: every integer parameter from
+        ``[minimum, minimum + 8]``, redrawn until the constructor accepts them."""
+        fields = [f for f in dataclasses.fields(cls) if f.name != "block_size"]
+        for _ in range(100):
+            params = {
+                f.name: int(rng.integers(f.metadata["minimum"], f.metadata["minimum"] + 9))
+                for f in fields
+                if f.metadata.get("minimum") is not None
+            }
+            try:
+                cls(**params)
+            except ValueError:
+                continue
+            return params
+        return {}
+
+    def decode_closed_form(self) -> tuple[int, int | None, bool] | None:
+        """``(sink, window, powers_of_two)`` when a query block's key blocks are exactly the
+        first ``sink`` blocks, the distances ``0 .. window - 1`` (``None``: every earlier
+        block) and, with ``powers_of_two``, the distances ``1, 2, 4, ...``; the decode
+        kernel then enumerates them without a table. ``None`` (the default): no such form.
+        """
+        return None
 
     # ------------------------------------------------------------------ the rule
     def block_rule(self, qb: Any, kb: Any) -> Any:
@@ -274,3 +353,19 @@ def _check_lengths(q_len: int, kv_len: int) -> None:
             f"q_len ({q_len}) > kv_len ({kv_len}): queries are aligned to the end of the "
             "keys, so there must be at least as many keys as queries"
         )
+
+
+def largest_fitting(make: Callable[[int], Pattern], lo: int, hi: int, budget: int, num_blocks: int):
+    """``make(knob)`` for the largest knob in ``[lo, hi]`` whose degree over ``num_blocks``
+    blocks is at most ``budget`` (the degree must not decrease as the knob grows; search a
+    negated knob for one that shrinks the pattern); ``make(lo)`` if none fits. Binary search:
+    O(log(hi - lo)) layouts."""
+    if make(lo).max_degree(num_blocks) > budget:
+        return make(lo)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if make(mid).max_degree(num_blocks) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return make(lo)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Pattern, _check_positive_int
+from .base import Pattern, largest_fitting, param
 from .registry import register
 
 
@@ -20,14 +20,14 @@ from .registry import register
 @dataclass(frozen=True)
 class DilatedPattern(Pattern):
     name = "dilated"
-    block_size: int = 256
-    window: int = 20
-    dilation: int = 2
+    color = "#ff7f0e"
+    main = True
+    small_params = {"window": 6, "dilation": 2}
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_positive_int("window", self.window)
-        _check_positive_int("dilation", self.dilation)
+    window: int = param(20, "the span 0..W-1 that the dilation thins out", minimum=1)
+    dilation: int = param(
+        2, "keep only distances that are multiples of DILATION inside the window", minimum=1
+    )
 
     def block_rule(self, qb: Any, kb: Any) -> Any:
         d = qb - kb
@@ -36,3 +36,19 @@ class DilatedPattern(Pattern):
     def _candidates(self, qb: np.ndarray) -> np.ndarray:
         d = np.arange(0, self.window, self.dilation, dtype=np.int64)
         return qb[:, None] - d[None, :]
+
+    @classmethod
+    def at_budget(cls, budget: int, num_blocks: int, block_size: int) -> DilatedPattern:
+        """The window (dilation 2, no sink); the last block attends ``ceil(min(window, n) /
+        2)`` blocks."""
+        return largest_fitting(
+            lambda w: cls(block_size=block_size, window=w),
+            1,
+            min(2 * num_blocks, 2 * budget + 1),
+            budget,
+            num_blocks,
+        )
+
+    @classmethod
+    def random_params(cls, rng: np.random.Generator) -> dict[str, Any]:
+        return dict(window=int(rng.integers(1, 14)), dilation=int(rng.integers(1, 5)))

@@ -16,7 +16,9 @@ from .registry import register
 @dataclass(frozen=True)
 class FullPattern(Pattern):
     name = "full"
-    block_size: int = 256
+    color = "#7f7f7f"
+    main = True
+    ceiling = True
 
     def block_rule(self, qb: Any, kb: Any) -> Any:
         return kb == kb  # always true, in the argument's own type (bool, array, tensor)
@@ -30,3 +32,10 @@ class FullPattern(Pattern):
         kb = np.arange(min(int(qb[-1]) + 1, num_kv_blocks), dtype=np.int64)
         idx = np.where(kb[None, :] <= qb[:, None], kb[None, :], -1)
         return np.minimum(qb + 1, num_kv_blocks), idx
+
+    @classmethod
+    def random_params(cls, rng: np.random.Generator) -> dict[str, Any]:
+        return {}
+
+    def decode_closed_form(self) -> tuple[int, int | None, bool] | None:
+        return 0, None, False

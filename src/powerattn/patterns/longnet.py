@@ -11,24 +11,63 @@ block of each 8-block segment is reachable only from inside its own segment: hol
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .base import Pattern
+from .base import Pattern, param
 from .registry import register
+
+
+def parse_segments(text: str) -> tuple[tuple[int, int], ...]:
+    """``'8:1,16:2'`` -> ``((8, 1), (16, 2))`` (the command line's form of ``segments``)."""
+    try:
+        pairs = tuple(
+            (int(w), int(r)) for w, r in (item.split(":") for item in text.split(",") if item)
+        )
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"segments must look like '8:1,16:2,32:4' (length:rate pairs), got {text!r}"
+        ) from None
+    if not pairs:
+        raise argparse.ArgumentTypeError("segments must hold at least one length:rate pair")
+    return pairs
+
+
+def show_segments(segments: tuple[tuple[int, int], ...]) -> str:
+    """``((8, 1), (16, 2))`` -> ``'8:1,16:2'``."""
+    return ",".join(f"{w}:{r}" for w, r in segments)
+
+
+def longnet_segments(first: int, num_blocks: int) -> tuple[tuple[int, int], ...]:
+    """``(first, 1), (2 first, 2), (4 first, 4), ...`` while the segment fits ``num_blocks``
+    (at least the first pair)."""
+    segs, w, r = [], first, 1
+    while not segs or w <= num_blocks:
+        segs.append((w, r))
+        w, r = w * 2, r * 2
+    return tuple(segs)
 
 
 @register
 @dataclass(frozen=True)
 class LongNetPattern(Pattern):
     name = "longnet"
-    block_size: int = 256
-    segments: tuple[tuple[int, int], ...] = ((8, 1), (16, 2), (32, 4), (64, 8), (128, 16))
+    color = "#9467bd"
+    main = True
+    small_params = {"segments": ((2, 1), (4, 2), (8, 4))}
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    segments: tuple[tuple[int, int], ...] = param(
+        ((8, 1), (16, 2), (32, 4), (64, 8), (128, 16)),
+        "(segment length, dilation rate) pairs in blocks, written '8:1,16:2,32:4' "
+        "(default: the paper's 8:1,16:2,32:4,64:8,128:16)",
+        parse=parse_segments,
+        show=show_segments,
+    )
+
+    def _check(self) -> None:
         segs = tuple(tuple(int(x) for x in s) for s in self.segments)
         if not segs or any(len(s) != 2 or s[0] <= 0 or s[1] <= 0 for s in segs):
             raise ValueError(
@@ -57,6 +96,22 @@ class LongNetPattern(Pattern):
             start = (qb // w) * w
             cols.append(start[:, None] + np.arange(0, w, r, dtype=np.int64)[None, :])
         return np.concatenate(cols, axis=1)
+
+    @classmethod
+    def at_budget(cls, budget: int, num_blocks: int, block_size: int) -> LongNetPattern:
+        """Not tunable without breaking its structure: the paper's shape ``(8, 1), (16, 2),
+        (32, 4), ...`` up to the sequence (other segment lengths misalign its segments with
+        the last block and mostly just shrink its reach). At 32K that leaves it 13 blocks to
+        power's 10: a margin in LongNet's favour."""
+        return cls(block_size=block_size, segments=longnet_segments(8, num_blocks))
+
+    @classmethod
+    def random_params(cls, rng: np.random.Generator) -> dict[str, Any]:
+        segs = []
+        for _ in range(int(rng.integers(1, 4))):
+            r = int(rng.integers(1, 5))
+            segs.append((r * int(rng.integers(1, 6)), r))
+        return dict(segments=tuple(segs))
 
 
 def _pow2(n: int) -> bool:

@@ -7,6 +7,8 @@ With block distance ``d = q_block - kv_block``::
 Viewed as a DAG, every block within distance ``base**L`` is reachable in ``L`` layers (for
 ``base=2`` the shortest path has ``popcount(d)`` hops), at ``O(log n)`` blocks per row.
 Paper setting: 256-token blocks, window 5, sink 1 -> at most 10 blocks per row at 32K.
+Below ~1.5K tokens (6 blocks of 256) the window and the powers of two cover every earlier
+block: power is full causal attention there.
 """
 
 from __future__ import annotations
@@ -16,29 +18,28 @@ from typing import Any
 
 import numpy as np
 
-from .base import Pattern, _check_nonnegative_int, _check_positive_int
+from .base import Pattern, largest_fitting, param
 from .registry import register
 
 # Largest block distance the base-b rule is written out for (2^40 blocks: beyond any context).
 _MAX_DISTANCE = 1 << 40
+
+_WINDOW_HELP = "local window W in blocks: distances 0..W-1"
+_SINK_HELP = "sink S: the first S blocks, attended by every query"
 
 
 @register
 @dataclass(frozen=True)
 class PowerPattern(Pattern):
     name = "power"
-    block_size: int = 256
-    window: int = 5
-    sink: int = 1
-    base: int = 2
+    color = "#d62728"
+    main = True
+    defines_budget = True
+    small_params = {"window": 2, "sink": 1}
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_nonnegative_int("window", self.window)
-        _check_nonnegative_int("sink", self.sink)
-        _check_positive_int("base", self.base)
-        if self.base < 2:
-            raise ValueError(f"base must be >= 2, got {self.base}")
+    window: int = param(5, _WINDOW_HELP, minimum=0)
+    sink: int = param(1, _SINK_HELP, minimum=0)
+    base: int = param(2, "attend distances that are powers of BASE (default 2)", minimum=2)
 
     def _powers(self) -> list[int]:
         out, p = [], 1
@@ -64,3 +65,26 @@ class PowerPattern(Pattern):
         d = np.asarray(sorted(set(dists)), dtype=np.int64)
         sinks = np.broadcast_to(np.arange(self.sink, dtype=np.int64), (qb.size, self.sink))
         return np.concatenate([qb[:, None] - d[None, :], sinks], axis=1)
+
+    @classmethod
+    def at_budget(cls, budget: int, num_blocks: int, block_size: int) -> PowerPattern:
+        """The window (sink 1, base 2); the powers of two alone take ``log2(n) + 2`` blocks,
+        so a smaller budget cannot be met."""
+        return largest_fitting(
+            lambda w: cls(block_size=block_size, window=w, sink=1),
+            0,
+            min(num_blocks, budget),
+            budget,
+            num_blocks,
+        )
+
+    @classmethod
+    def random_params(cls, rng: np.random.Generator) -> dict[str, Any]:
+        return dict(
+            window=int(rng.integers(0, 7)),
+            sink=int(rng.integers(0, 3)),
+            base=int(rng.choice([2, 2, 3, 4])),
+        )
+
+    def decode_closed_form(self) -> tuple[int, int | None, bool] | None:
+        return (self.sink, self.window, True) if self.base == 2 else None

@@ -1,4 +1,8 @@
-"""Registry of patterns by name; the kernels, the analysis, the plots and the CLI read it."""
+"""Registry of patterns by name; the kernels, the analysis, the plots and the CLI read it.
+
+Registration order is kept (the built-ins first, in the paper's order): tables, figures and
+:func:`~powerattn.patterns.equal_budget` list patterns in it; :func:`pattern_names` is sorted.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,10 @@ P = TypeVar("P", bound=type[Pattern])
 
 
 def register(cls: P) -> P:
-    """Class decorator: make a :class:`Pattern` subclass available by its ``name``."""
+    """Make a :class:`Pattern` subclass available by its ``name`` (a class decorator, or one
+    call: ``register(MyPattern)``). Registering the same class again is a no-op."""
+    if not (isinstance(cls, type) and issubclass(cls, Pattern)):
+        raise ValueError(f"register() takes a Pattern subclass, got {cls!r}")
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
     if cls.name in PATTERNS and PATTERNS[cls.name] is not cls:
@@ -26,19 +33,31 @@ def pattern_names() -> list[str]:
     return sorted(PATTERNS)
 
 
-def pattern_params(name: str) -> dict[str, Any]:
-    """Parameter names of pattern ``name`` with their defaults."""
-    cls = _lookup(name)
-    return {f.name: f.default for f in dataclasses.fields(cls)}
+def main_pattern_names() -> list[str]:
+    """The patterns of the paper's comparison (``Pattern.main``), in registration order: what
+    the experiments train by default."""
+    return [name for name, cls in PATTERNS.items() if cls.main]
 
 
-def _lookup(name: str) -> type[Pattern]:
+def pattern_class(name: str) -> type[Pattern]:
+    """The registered class of pattern ``name`` (``ValueError`` listing the valid names)."""
     try:
         return PATTERNS[name]
     except KeyError:
         raise ValueError(
             f"unknown pattern {name!r}; valid names: {', '.join(pattern_names())}"
         ) from None
+
+
+def pattern_params(name: str) -> dict[str, Any]:
+    """Parameter names of pattern ``name`` with their defaults."""
+    return {f.name: f.default for f in dataclasses.fields(pattern_class(name))}
+
+
+def pattern_fields(name: str) -> list[dataclasses.Field]:
+    """The parameter fields of pattern ``name``, whose ``metadata`` holds ``help``,
+    ``minimum``, ``parse`` and ``show`` (see :func:`~powerattn.patterns.base.param`)."""
+    return list(dataclasses.fields(pattern_class(name)))
 
 
 def get_pattern(name: str | Pattern, **params: Any) -> Pattern:
@@ -52,7 +71,7 @@ def get_pattern(name: str | Pattern, **params: Any) -> Pattern:
             return name
         _check_params(name.name, {f.name: f.default for f in dataclasses.fields(name)}, params)
         return dataclasses.replace(name, **params)
-    cls = _lookup(name)
+    cls = pattern_class(name)
     _check_params(name, pattern_params(name), params)
     return cls(**params)
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import Pattern, _check_nonnegative_int
+from .base import Pattern, largest_fitting, param
+from .power import _SINK_HELP, _WINDOW_HELP
 from .registry import register
 
 
@@ -19,14 +20,12 @@ from .registry import register
 @dataclass(frozen=True)
 class SlidingWindowPattern(Pattern):
     name = "sliding_window"
-    block_size: int = 256
-    window: int = 9
-    sink: int = 1
+    color = "#1f77b4"
+    main = True
+    small_params = {"window": 3, "sink": 1}
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_nonnegative_int("window", self.window)
-        _check_nonnegative_int("sink", self.sink)
+    window: int = param(9, _WINDOW_HELP, minimum=0)
+    sink: int = param(1, _SINK_HELP, minimum=0)
 
     def block_rule(self, qb: Any, kb: Any) -> Any:
         return ((qb - kb) < self.window) | (kb < self.sink)
@@ -35,3 +34,22 @@ class SlidingWindowPattern(Pattern):
         local = qb[:, None] - np.arange(self.window, dtype=np.int64)[None, :]
         sinks = np.broadcast_to(np.arange(self.sink, dtype=np.int64), (qb.size, self.sink))
         return np.concatenate([local, sinks], axis=1)
+
+    @classmethod
+    def at_budget(cls, budget: int, num_blocks: int, block_size: int) -> SlidingWindowPattern:
+        """The window (sink 1); the last block attends ``min(window, n)`` blocks."""
+        return largest_fitting(
+            lambda w: cls(block_size=block_size, window=w, sink=1),
+            1,
+            min(num_blocks, budget),
+            budget,
+            num_blocks,
+        )
+
+    @classmethod
+    def random_params(cls, rng: np.random.Generator) -> dict[str, Any]:
+        window, sink = int(rng.integers(0, 11)), int(rng.integers(0, 3))
+        return dict(window=window or int(sink == 0), sink=sink)  # never attend nothing
+
+    def decode_closed_form(self) -> tuple[int, int | None, bool] | None:
+        return self.sink, self.window, False

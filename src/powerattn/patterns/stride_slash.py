@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import Pattern, _check_nonnegative_int, _check_positive_int
+from .base import Pattern, largest_fitting, param
+from .power import _SINK_HELP, _WINDOW_HELP
 from .registry import register
 
 
@@ -21,16 +22,15 @@ from .registry import register
 @dataclass(frozen=True)
 class StrideSlashPattern(Pattern):
     name = "stride_slash"
-    block_size: int = 256
-    window: int = 6
-    sink: int = 1
-    stride: int = 32
+    color = "#2ca02c"
+    main = True
+    small_params = {"window": 2, "stride": 3, "sink": 1}
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_nonnegative_int("window", self.window)
-        _check_nonnegative_int("sink", self.sink)
-        _check_positive_int("stride", self.stride)
+    window: int = param(6, _WINDOW_HELP, minimum=0)
+    sink: int = param(1, _SINK_HELP, minimum=0)
+    stride: int = param(
+        32, "also attend every distance that is a multiple of STRIDE blocks", minimum=1
+    )
 
     def block_rule(self, qb: Any, kb: Any) -> Any:
         d = qb - kb
@@ -42,3 +42,25 @@ class StrideSlashPattern(Pattern):
         slashes = qb[:, None] - np.arange(0, hi + 1, self.stride, dtype=np.int64)[None, :]
         sinks = np.broadcast_to(np.arange(self.sink, dtype=np.int64), (qb.size, self.sink))
         return np.concatenate([local, slashes, sinks], axis=1)
+
+    @classmethod
+    def at_budget(cls, budget: int, num_blocks: int, block_size: int) -> StrideSlashPattern:
+        """The smallest stride (window 6 and sink 1 kept). Degree falls as the stride grows:
+        search on ``-stride``. The last block attends ``(n - 1) // stride + 1`` slashes, at
+        most 7 of them shared with the window and sink: that bounds the search (a tiny
+        stride makes each layout O(n^2))."""
+        return largest_fitting(
+            lambda s: cls(block_size=block_size, stride=-s),
+            -num_blocks,
+            -max(1, (num_blocks - 1) // (2 * budget + 16)),
+            budget,
+            num_blocks,
+        )
+
+    @classmethod
+    def random_params(cls, rng: np.random.Generator) -> dict[str, Any]:
+        return dict(
+            window=int(rng.integers(0, 7)),
+            sink=int(rng.integers(0, 3)),
+            stride=int(rng.integers(1, 9)),
+        )
