@@ -3,6 +3,8 @@ live in results/kernel/, never in tests)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -43,21 +45,38 @@ def test_bad_arguments_are_rejected_before_the_gpu(argv, name, capsys):
     assert name in err and "CUDA" not in err
 
 
-def test_table_and_plot(tmp_path, capsys):
+def test_table_summary_and_plot(tmp_path, capsys):
     rows = [
-        {"workload": "fwd", "method": "dense SDPA cuDNN", "seq_len": s, "ms": 1.0 * s, "tflops": 5}
+        {"case": "fwd", "seq_len": s, "method": "dense_cudnn", "backend": "cudnn", "ms": 1.0 * s}
         for s in (8, 16)
     ] + [
-        {"workload": "fwd", "method": "ours", "seq_len": s, "ms": 0.1 * s, "speedup": 10.0}
+        {
+            "case": "fwd",
+            "seq_len": s,
+            "method": "ours",
+            "backend": "flash",
+            "ms": 0.1 * s,
+            "vs_dense": 10.0,
+            "tflops": 3.0,
+        }
         for s in (8, 16)
     ]
     result = {
         "config": vars(kernel.KernelBenchConfig()),
-        "env": {"gpu": "X", "torch": "t", "triton": "tr"},
+        "env": {"gpu": "X", "torch": "t", "triton": "tr", "flash_attn_4": None},
         "rows": rows,
+        "notes": ["flex_flash not measured: no GPU"],
     }
     kernel.print_table(result)
     out = capsys.readouterr().out
-    assert "10.00x" in out and "dense SDPA cuDNN" in out
+    assert "10.00x" in out and "dense_cudnn" in out and "flex_flash not measured" in out
+    summ = kernel.summary(result)
+    assert summ["gpu"] == "X" and len(summ["rows"]) == 4
+    assert set(summ["rows"][0]) == {"case", "seq_len", "method", "backend", "ms"}
     kernel.plot(result, str(tmp_path / "k.png"))
     assert (tmp_path / "k.png").stat().st_size > 1000
+    # The summary is regenerated from a saved run by one command, without a GPU.
+    (tmp_path / "k.json").write_text(json.dumps(result))
+    argv = ["bench", "kernel", "--from-json", str(tmp_path / "k.json")]
+    assert main([*argv, "--summary", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text()) == summ

@@ -1,27 +1,33 @@
-"""``powerattn bench kernel``: the attention operator against dense SDPA and FlexAttention.
+"""``powerattn bench kernel``: the attention operator against dense attention and FlexAttention.
 
 Qwen2-7B attention shapes by default (B=1, 28 query heads, 4 KV heads, head dim 128, bf16)
-at 8K..128K tokens, three workloads:
+at 8K..128K tokens. Cases (``--workloads``):
 
-* ``fwd``: prefill forward (``Sq == Sk``);
-* ``fwdbwd``: forward + backward;
-* ``decode``: one query at the end of ``Sk`` keys.
+* ``fwd``: prefill forward (``Sq == Sk``); ``fwd_bwd``: forward + backward;
+* ``decode``: one query at the end of ``Sk`` keys (eager call, and ``decode_graph``: a
+  CUDA-graph replay), and ``decode_bB`` (``--decode-batches``): B sequences of a KV cache, each
+  at its own length (up to ``Sk``).
 
-Methods: dense SDPA with the flash and the cuDNN backends (causal; decode: no mask, default
-backend), FlexAttention the usual way (``create_block_mask`` on the pattern's ``mask_mod``;
-its build time reported separately, first call and cached), and ours
-(:func:`powerattn.sparse_attention`, BlockMask construction timed separately, uncached; for
-decode also the raw kernel and a CUDA-graph replay). Times are medians of CUDA-event
-timings (``triton.testing.do_bench``). TFLOP/s count the attended token pairs only
-(4 * pairs * D * Hq for the forward, 2.5x that more for the backward); speed-up is against
-dense cuDNN SDPA (decode: dense SDPA).
+Methods (``method`` in the JSON):
+
+* ``dense_cudnn``: dense causal SDPA, cuDNN backend (decode: ``dense_sdpa``, the default
+  backend with ``enable_gqa``);
+* ``flex_static``: FlexAttention the way its documentation shows it: ``create_block_mask`` on
+  the pattern's ``mask_mod`` and ``torch.compile(flex_attention)`` with static shapes;
+* ``flex_flash``: the same with ``kernel_options={"BACKEND": "FLASH"}`` (FlashAttention-4;
+  only where ``flash_attn.cute`` imports and the GPU is SM90/SM100, else a note says why);
+* ``ours``: :func:`powerattn.sparse_attention` with ``backend="auto"`` (``backend`` says which
+  kernel it chose); ``ours_flex``: ours forced to the Triton kernel, when auto chose FLASH.
+
+Times are medians of CUDA-event timings (``triton.testing.do_bench``; calls over 20 ms: the
+median of 3). TFLOP/s count the attended token pairs only (4 * pairs * D * Hq for the forward,
+3.5x that with the backward). Each row prints its ratio to ``flex_static`` and to dense.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,7 +37,7 @@ import torch
 
 from ..patterns import get_pattern
 
-WORKLOADS = ("fwd", "fwdbwd", "decode")
+WORKLOADS = ("fwd", "fwd_bwd", "decode")
 
 
 @dataclass
@@ -45,7 +51,8 @@ class KernelBenchConfig:
     dtype: str = "bfloat16"
     pattern: str = "power"
     block_size: int = 256
-    skip_flex: bool = False  # FlexAttention baseline (create_block_mask)
+    skip_flex: bool = False  # the FlexAttention baselines (create_block_mask)
+    decode_batches: list[int] = field(default_factory=lambda: [8, 32])  # at the longest length
 
 
 def _bench(fn, rep_ms: float = 100.0) -> float:
@@ -91,18 +98,25 @@ def _pairs(pattern, s: int) -> float:
 class _Recorder:
     def __init__(self, log):
         self.rows: list[dict] = []
+        self.notes: list[str] = []
         self.log = log
 
-    def add(self, workload, method, s, ms, flops=None, **extra):
-        row = {"workload": workload, "method": method, "seq_len": s, "ms": ms, **extra}
+    def add(self, case, method, s, ms, flops=None, backend=None, **extra):
+        row = {"case": case, "seq_len": s, "method": method, "backend": backend, "ms": ms}
         if flops is not None and ms:
             row["tflops"] = flops / ms / 1e9
+        row.update(extra)
         self.rows.append(row)
         self.log(
-            f"  {workload:7s} {method:28s} S={s:7d} {ms:9.3f} ms"
+            f"  {case:12s} {method:12s} {backend or '':8s} S={s:7d} {ms:9.3f} ms"
             + (f" {row['tflops']:6.0f} TFLOP/s" if "tflops" in row else "")
             + "".join(f" {k}={v}" for k, v in extra.items())
         )
+
+    def note(self, text):
+        if text not in self.notes:
+            self.notes.append(text)
+            self.log(f"  note: {text}")
 
 
 def _bench_masks(rec, cfg, pattern, s, dev):
@@ -115,7 +129,7 @@ def _bench_masks(rec, cfg, pattern, s, dev):
         ops_flex._mask_cache.clear()
         return ops_flex.block_mask_for(pattern, s, s, dev)
 
-    rec.add("mask", "ours (analytic BlockMask)", s, _host_ms(build_ours))
+    rec.add("mask", "ours", s, _host_ms(build_ours), backend="analytic")
     if cfg.skip_flex:
         return None
 
@@ -130,35 +144,20 @@ def _bench_masks(rec, cfg, pattern, s, dev):
     t = time.perf_counter()
     bm = cbm()
     torch.cuda.synchronize()
-    rec.add("mask", "flex create_block_mask 1st", s, (time.perf_counter() - t) * 1e3)
-    rec.add("mask", "flex create_block_mask", s, _host_ms(cbm, 3))
+    rec.add("mask_first", "flex_static", s, (time.perf_counter() - t) * 1e3)
+    rec.add("mask", "flex_static", s, _host_ms(cbm, 3), backend="create_block_mask")
     return bm
 
 
-def _bench_decode(rec, cfg, pattern, s, rnd, flex_c, with_flex):
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    from ..ops.api import sparse_attention
-    from ..ops.decode import decode_attention
+def _bench_decode(rec, cfg, pattern, s, rnd):
+    from ..ops import api
 
     B, Hq, Hkv, D = cfg.batch, cfg.q_heads, cfg.kv_heads, cfg.head_dim
     q = rnd(B, Hq, 1, D)
     k, v = rnd(B, Hkv, s, D), rnd(B, Hkv, s, D)
     sdpa = torch.nn.functional.scaled_dot_product_attention
     dense = _bench(lambda: sdpa(q, k, v, enable_gqa=True))
-    rec.add("decode", "dense SDPA", s, dense)
-    if with_flex:
-        offset = torch.tensor(s - 1, device=q.device)  # a tensor: no recompile per length
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return pattern.mask_mod(b, h, q_idx + offset, kv_idx)
-
-        try:
-            bm1 = create_block_mask(mask_mod, None, None, 1, s, device=q.device, BLOCK_SIZE=128)
-            ms = _bench(lambda: flex_c(q, k, v, block_mask=bm1, enable_gqa=True))
-            rec.add("decode", "flex (create_block_mask)", s, ms, speedup=round(dense / ms, 2))
-        except Exception as exc:  # noqa: BLE001 - report and go on with the other methods
-            rec.log(f"  decode flex: failed ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+    rec.add("decode", "dense_sdpa", s, dense, backend="sdpa")
     G = Hq // Hkv
     mask = pattern.dense_mask(1, s).to(q.device)
     ref = sdpa(
@@ -167,53 +166,65 @@ def _bench_decode(rec, cfg, pattern, s, rnd, flex_c, with_flex):
         v.float().repeat_interleave(G, 1),
         attn_mask=mask,
     )
+    backend = api._pick_backend(q, k, v, pattern, False)
     with torch.no_grad():
-        err = (sparse_attention(q, k, v, pattern).float() - ref).abs().max().item()
-        ms = _bench(lambda: sparse_attention(q, k, v, pattern))
-    frac = min(1.0, pattern.max_degree(math.ceil(s / cfg.block_size)) * cfg.block_size / s)
-    rec.add(
-        "decode",
-        "ours (sparse_attention)",
-        s,
-        ms,
-        speedup=round(dense / ms, 2),
-        max_err=f"{err:.2e}",
-        kv_read_frac=round(frac, 4),
-    )
-    scale = D**-0.5
-    ms = _bench(lambda: decode_attention(q, k, v, pattern, scale))
-    rec.add("decode", "ours (kernel call)", s, ms, speedup=round(dense / ms, 2))
-    ms = _bench(lambda: decode_attention(q, k, v, pattern, scale, fused=False))
-    rec.add("decode", "ours (kernel, 2 launches)", s, ms, speedup=round(dense / ms, 2))
-    # CUDA graph of the kernel call (what a static-cache decode loop would replay).
+        err = (api.sparse_attention(q, k, v, pattern).float() - ref).abs().max().item()
+        ms = _bench(lambda: api.sparse_attention(q, k, v, pattern))
+    rec.add("decode", "ours", s, ms, backend=backend, vs_dense=round(dense / ms, 2))
+    rec.log(f"    decode max |ours - fp32 dense masked| = {err:.2e}")
+    # CUDA graph of the call (what a static-cache decode loop replays).
     st = torch.cuda.Stream()
     st.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(st):
+    with torch.cuda.stream(st), torch.no_grad():
         for _ in range(3):
-            decode_attention(q, k, v, pattern, scale)
+            api.sparse_attention(q, k, v, pattern)
     torch.cuda.current_stream().wait_stream(st)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        decode_attention(q, k, v, pattern, scale)
+    with torch.cuda.graph(graph), torch.no_grad():
+        api.sparse_attention(q, k, v, pattern)
     ms = _bench(graph.replay)
-    kv_bytes = frac * 2 * B * Hkv * s * D * k.element_size()
-    rec.add(
-        "decode",
-        "ours (CUDA graph)",
-        s,
-        ms,
-        speedup=round(dense / ms, 2),
-        GBps=round(kv_bytes / ms / 1e6),
-    )
+    rec.add("decode_graph", "ours", s, ms, backend=backend, vs_dense=round(dense / ms, 2))
 
 
-def _bench_prefill(rec, cfg, pattern, s, rnd, flex_c, bm_flex, grad):
+def _bench_decode_batched(rec, cfg, pattern, s, rnd):
+    """B sequences at their own lengths (a KV cache), through the decode module's benchmark
+    (:mod:`powerattn.bench.decode`)."""
+    try:
+        from . import decode as bench_decode_mod
+    except ImportError:
+        rec.note("batched decode: powerattn.bench.decode is not available in this version")
+        return
+    for B in cfg.decode_batches:
+        rows = bench_decode_mod.bench_decode(
+            seq_lens=[s],
+            batches=[B],
+            q_heads=cfg.q_heads,
+            kv_heads=cfg.kv_heads,
+            head_dim=cfg.head_dim,
+            dtype=getattr(torch, cfg.dtype),
+            pattern=pattern,
+            log=rec.log,
+        )
+        for r in rows:
+            if r["case"] == f"decode_b{B}":
+                extra = {
+                    k: v
+                    for k, v in r.items()
+                    if k not in ("case", "seq_len", "method", "backend", "ms")
+                }
+                rec.add(
+                    r["case"], r["method"], r["seq_len"], r["ms"], backend=r.get("backend"), **extra
+                )
+
+
+def _bench_prefill(rec, cfg, pattern, s, rnd, bm_flex, grad):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from ..ops.api import sparse_attention
+    from ..ops import api
+    from ..ops import flex as ops_flex
 
     B, Hq, Hkv, D = cfg.batch, cfg.q_heads, cfg.kv_heads, cfg.head_dim
-    wl = "fwdbwd" if grad else "fwd"
+    case = "fwd_bwd" if grad else "fwd"
     mult = 3.5 if grad else 1.0  # backward = 2.5x the forward's matmul work
     fwd_flops = 4.0 * _pairs(pattern, s) * D * Hq * B
     dense_flops = 4.0 * s * (s + 1) / 2 * D * Hq * B
@@ -230,72 +241,101 @@ def _bench_prefill(rec, cfg, pattern, s, rnd, flex_c, bm_flex, grad):
         out.backward(dout)
         return out
 
-    dense_ms = {}
-    backends = (("flash", SDPBackend.FLASH_ATTENTION), ("cuDNN", SDPBackend.CUDNN_ATTENTION))
-    for name, be in backends:
+    def dense():
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=True, enable_gqa=True
+            )
 
-        def dense(be=be):
-            with sdpa_kernel(be):
-                return torch.nn.functional.scaled_dot_product_attention(
-                    q, k, v, is_causal=True, enable_gqa=True
-                )
+    base = {}
+    try:
+        base["dense"] = _bench(lambda: step(dense))
+        rec.add(case, "dense_cudnn", s, base["dense"], dense_flops * mult, backend="cudnn")
+    except RuntimeError as exc:  # backend unavailable for these inputs
+        rec.note(f"{case} dense cuDNN unavailable ({str(exc).splitlines()[0]})")
 
-        try:
-            ms = _bench(lambda dense=dense: step(dense))
-        except RuntimeError as exc:  # backend unavailable for these inputs
-            rec.log(f"  {wl} dense {name}: unavailable ({str(exc).splitlines()[0]})")
-            continue
-        dense_ms[name] = ms
-        rec.add(wl, f"dense SDPA {name}", s, ms, dense_flops * mult)
-    base = dense_ms.get("cuDNN") or dense_ms.get("flash")
-
-    def speedup(ms):
-        return {"speedup": round(base / ms, 2)} if base else {}
-
-    def ours():
-        return sparse_attention(q, k, v, pattern)
-
-    def fflex():
-        return flex_c(q, k, v, block_mask=bm_flex, enable_gqa=True)
+    def ratios(ms):
+        out = {}
+        if "flex" in base:
+            out["vs_flex_static"] = round(base["flex"] / ms, 3)
+        if "dense" in base:
+            out["vs_dense"] = round(base["dense"] / ms, 2)
+        return out
 
     if bm_flex is not None:
+        flex_c = ops_flex.compiled_flex()
+        kernels = [("flex_static", "triton", {})]
+        flash_reason = ops_flex.flash_unsupported(q, pattern)
+        if flash_reason:
+            rec.note(f"flex_flash not measured: {flash_reason}")
+        else:
+            kernels.append(("flex_flash", "flash", {"BACKEND": "FLASH"}))
+        for method, backend, opts in kernels:
+
+            def fflex(opts=opts):
+                return flex_c(q, k, v, block_mask=bm_flex, enable_gqa=True, kernel_options=opts)
+
+            try:
+                ms = _bench(lambda fflex=fflex: step(fflex))
+            except Exception as exc:  # noqa: BLE001 - report and go on with the other methods
+                rec.note(
+                    f"{case} {method} failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+                )
+                continue
+            if method == "flex_static":
+                base["flex"] = ms
+            rec.add(case, method, s, ms, fwd_flops * mult, backend=backend, **ratios(ms))
+    chosen = api._pick_backend(q, k, v, pattern, False)
+    backends = [chosen] + (["flex"] if chosen == "flash" else [])
+    for backend in backends:
+
+        def ours(backend=backend):
+            return api.sparse_attention(q, k, v, pattern, backend=backend)
+
+        ms = _bench(lambda ours=ours: step(ours))
+        method = "ours" if backend == chosen else "ours_flex"
+        rec.add(case, method, s, ms, fwd_flops * mult, backend=backend, **ratios(ms))
+
+
+def environment() -> dict:
+    import triton
+
+    from ..ops import flex as ops_flex
+
+    major, minor = torch.cuda.get_device_capability()
+    env = {
+        "gpu": torch.cuda.get_device_name(),
+        "capability": f"SM{major}{minor}",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "flash_attn_4": None,
+    }
+    if ops_flex.flash_importable():
+        from importlib.metadata import PackageNotFoundError, version
+
         try:
-            ms = _bench(lambda: step(fflex))
-            rec.add(wl, "flex (create_block_mask)", s, ms, fwd_flops * mult, **speedup(ms))
-        except Exception as exc:  # noqa: BLE001
-            rec.log(f"  {wl} flex: failed ({type(exc).__name__}: {str(exc).splitlines()[0]})")
-            bm_flex = None
-    ms = _bench(lambda: step(ours))
-    extra = speedup(ms)
-    if bm_flex is not None and not grad:
-        with torch.no_grad():
-            extra["max_diff_vs_flex"] = f"{(ours().float() - fflex().float()).abs().max():.2e}"
-    rec.add(wl, "ours (sparse_attention)", s, ms, fwd_flops * mult, **extra)
+            env["flash_attn_4"] = version("flash-attn-4")
+        except PackageNotFoundError:
+            env["flash_attn_4"] = "importable (version unknown)"
+    return env
 
 
 def run(cfg: KernelBenchConfig, log=print, on_progress=None) -> dict:
-    """Run the benchmark; returns ``{"config", "env", "rows"}`` (rows: one per measurement).
-    ``on_progress(result)`` is called after each sequence length (partial results)."""
-    import triton
-
+    """Run the benchmark; returns ``{"config", "env", "rows", "notes"}`` (rows: one per
+    measurement). ``on_progress(result)`` is called after each sequence length."""
     if not torch.cuda.is_available():
         raise ValueError("powerattn bench kernel needs a CUDA GPU")
     dev = "cuda"
     dtype = getattr(torch, cfg.dtype)
     pattern = get_pattern(cfg.pattern, block_size=cfg.block_size)
-    # The usual way: compiled flex_attention. The same compiled wrapper as ours (dynamic
-    # shapes): two wrappers of one function would recompile on every switch (BACKEND_MATCH).
-    from ..ops import flex as ops_flex
-
-    flex_c = ops_flex.compiled_flex("cuda")
     rec = _Recorder(log)
-    env = {
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-    }
+    env = environment()
+
+    def result():
+        return {"config": asdict(cfg), "env": env, "rows": rec.rows, "notes": rec.notes}
+
     for s in cfg.seq_lens:
         log(f"S = {s}")
         g = torch.Generator(device=dev).manual_seed(s)
@@ -306,24 +346,39 @@ def run(cfg: KernelBenchConfig, log=print, on_progress=None) -> dict:
         bm_flex = _bench_masks(rec, cfg, pattern, s, dev)
         for wl in cfg.workloads:
             if wl == "decode":
-                _bench_decode(rec, cfg, pattern, s, rnd, flex_c, bm_flex is not None)
+                _bench_decode(rec, cfg, pattern, s, rnd)
+                if s == max(cfg.seq_lens):
+                    _bench_decode_batched(rec, cfg, pattern, s, rnd)
             else:
-                _bench_prefill(rec, cfg, pattern, s, rnd, flex_c, bm_flex, wl == "fwdbwd")
+                _bench_prefill(rec, cfg, pattern, s, rnd, bm_flex, wl == "fwd_bwd")
             torch.cuda.empty_cache()
         if on_progress is not None:
-            on_progress({"config": asdict(cfg), "env": env, "rows": rec.rows})
-    return {"config": asdict(cfg), "env": env, "rows": rec.rows}
+            on_progress(result())
+    return result()
+
+
+def summary(result: dict) -> dict:
+    """The machine-readable summary (``results/kernel/summary.json``): one row per timed cell,
+    ``{"case", "seq_len", "method", "backend", "ms"}``."""
+    keys = ("case", "seq_len", "method", "backend", "ms")
+    rows = [{k: r.get(k) for k in keys} for r in result["rows"] if r["case"] != "mask_first"]
+    return {"gpu": result["env"]["gpu"], "env": result["env"], "rows": rows}
 
 
 def print_table(result: dict) -> None:
     env = result["env"]
-    print(f"\n{env['gpu']}  torch {env['torch']}  triton {env['triton']}")
-    print(f"{'workload':8s} {'method':28s} {'S':>7s} {'ms':>10s} {'TFLOP/s':>8s} {'speed-up':>9s}")
+    fa4 = env.get("flash_attn_4") or "not installed"
+    print(f"\n{env['gpu']}  torch {env['torch']}  triton {env['triton']}  flash-attn-4 {fa4}")
+    head = f"{'case':12s} {'method':12s} {'backend':9s} {'S':>7s} {'ms':>10s} {'TFLOP/s':>8s}"
+    print(f"{head} {'vs flex':>8s} {'vs dense':>9s}")
     for r in result["rows"]:
         tf = f"{r['tflops']:.0f}" if "tflops" in r else ""
-        sp = f"{r['speedup']:.2f}x" if "speedup" in r else ""
-        head = f"{r['workload']:8s} {r['method']:28s} {r['seq_len']:7d}"
-        print(f"{head} {r['ms']:10.3f} {tf:>8s} {sp:>9s}")
+        vf = f"{r['vs_flex_static']:.2f}x" if "vs_flex_static" in r else ""
+        vd = f"{r['vs_dense']:.2f}x" if "vs_dense" in r else ""
+        left = f"{r['case']:12s} {r['method']:12s} {r.get('backend') or '':9s} {r['seq_len']:7d}"
+        print(f"{left} {r['ms']:10.3f} {tf:>8s} {vf:>8s} {vd:>9s}")
+    for n in result.get("notes", []):
+        print(f"note: {n}")
 
 
 def plot(result: dict, path: str) -> None:
@@ -332,23 +387,24 @@ def plot(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    wls = [w for w in ("mask", *WORKLOADS) if any(r["workload"] == w for r in result["rows"])]
-    fig, axes = plt.subplots(1, len(wls), figsize=(5 * len(wls), 4))
-    axes = [axes] if len(wls) == 1 else axes
-    for ax, wl in zip(axes, wls, strict=True):
-        methods = dict.fromkeys(r["method"] for r in result["rows"] if r["workload"] == wl)
+    order = ("mask", "fwd", "fwd_bwd", "decode", "decode_graph")
+    cases = [c for c in order if any(r["case"] == c for r in result["rows"])]
+    fig, axes = plt.subplots(1, len(cases), figsize=(4.6 * len(cases), 4))
+    axes = [axes] if len(cases) == 1 else axes
+    for ax, case in zip(axes, cases, strict=True):
+        methods = dict.fromkeys(r["method"] for r in result["rows"] if r["case"] == case)
         for m in methods:
-            pts = [
+            pts = sorted(
                 (r["seq_len"], r["ms"])
                 for r in result["rows"]
-                if r["workload"] == wl and r["method"] == m
-            ]
+                if r["case"] == case and r["method"] == m
+            )
             ax.plot(*zip(*pts, strict=True), marker="o", label=m)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("sequence length")
-        ax.set_ylabel("ms")
-        ax.set_title(wl)
+        ax.set_xlabel("sequence length (tokens)")
+        ax.set_ylabel("ms (log)")
+        ax.set_title(case)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     c = result["config"]
@@ -360,41 +416,47 @@ def plot(result: dict, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _seq_lens(text: str) -> list[int]:
-    """``--seq-lens``: comma-separated positive token counts."""
+def _int_list(text: str, flag: str) -> list[int]:
+    """Comma-separated positive integers (the CLI's list convention)."""
     try:
-        lens = [int(x) for x in text.split(",")]
+        vals = [int(x) for x in text.split(",")]
     except ValueError:
-        lens = []
-    if not lens or min(lens) <= 0:
-        raise ValueError(f"--seq-lens: expected positive integers like 8192,16384, got {text!r}")
-    return lens
+        vals = []
+    if not vals or min(vals) <= 0:
+        raise ValueError(f"{flag}: expected positive integers like 8192,16384, got {text!r}")
+    return vals
+
+
+def _write_json(path: str | None, obj: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=1)
 
 
 def _main(args: argparse.Namespace) -> int:
-    bad = sorted(set(args.workloads.split(",")) - set(WORKLOADS))
-    if bad:
-        raise ValueError(f"--workloads: unknown {bad}; valid: {', '.join(WORKLOADS)}")
-    get_pattern(args.pattern, block_size=args.block_size)  # bad --pattern / --block-size
-    cfg = KernelBenchConfig(
-        seq_lens=_seq_lens(args.seq_lens),
-        workloads=args.workloads.split(","),
-        pattern=args.pattern,
-        block_size=args.block_size,
-        skip_flex=args.skip_flex,
-    )
-
-    def save(result):
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            with open(args.json, "w") as f:
-                json.dump(result, f, indent=1)
-
-    # Fail loudly rather than let dynamo fall back to eager flex_attention (S x S scores).
-    with torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True):
-        result = run(cfg, on_progress=save)
+    if args.from_json:
+        with open(args.from_json) as f:
+            result = json.load(f)
+    else:
+        bad = sorted(set(args.workloads.split(",")) - set(WORKLOADS))
+        if bad:
+            raise ValueError(f"--workloads: unknown {bad}; valid: {', '.join(WORKLOADS)}")
+        get_pattern(args.pattern, block_size=args.block_size)  # bad --pattern / --block-size
+        cfg = KernelBenchConfig(
+            seq_lens=_int_list(args.seq_lens, "--seq-lens"),
+            workloads=args.workloads.split(","),
+            pattern=args.pattern,
+            block_size=args.block_size,
+            skip_flex=args.skip_flex,
+            decode_batches=_int_list(args.decode_batches, "--decode-batches"),
+        )
+        # Fail loudly rather than let dynamo fall back to eager flex_attention (S x S scores).
+        with torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True):
+            result = run(cfg, on_progress=lambda r: _write_json(args.json, r))
+        _write_json(args.json, result)
     print_table(result)
-    save(result)
+    _write_json(args.summary, summary(result))
     if args.plot:
         plot(result, args.plot)
     return 0
@@ -405,12 +467,34 @@ def register(sub: argparse._SubParsersAction) -> None:
         "kernel",
         help="attention kernel vs dense SDPA and FlexAttention (CUDA)",
         description=__doc__.split("\n\n")[0],
+        epilog="Example (H200): powerattn bench kernel --json kernel.json --summary "
+        "summary.json --plot kernel.png. Re-render without a GPU: powerattn bench kernel "
+        "--from-json kernel.json --summary summary.json --plot kernel.png",
     )
-    p.add_argument("--seq-lens", default="8192,16384,32768,65536,131072")
-    p.add_argument("--workloads", default=",".join(WORKLOADS), help="fwd,fwdbwd,decode")
-    p.add_argument("--pattern", default="power")
-    p.add_argument("--block-size", type=int, default=256)
-    p.add_argument("--skip-flex", action="store_true", help="no create_block_mask baseline")
-    p.add_argument("--json", metavar="PATH")
-    p.add_argument("--plot", metavar="PATH")
+    p.add_argument(
+        "--seq-lens",
+        default="8192,16384,32768,65536,131072",
+        help="comma-separated sequence lengths in tokens (default: %(default)s)",
+    )
+    p.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated cases among {', '.join(WORKLOADS)} (default: all)",
+    )
+    p.add_argument("--pattern", default="power", help="registered pattern (default: power)")
+    p.add_argument("--block-size", type=int, default=256, help="pattern block size in tokens")
+    p.add_argument(
+        "--decode-batches",
+        default="8,32",
+        help="batch sizes of the per-sequence-length decode case, at the longest length",
+    )
+    p.add_argument("--skip-flex", action="store_true", help="leave out the FlexAttention baselines")
+    p.add_argument("--json", metavar="PATH", help="write every measurement (and the env) here")
+    p.add_argument("--summary", metavar="PATH", help="write the summary rows (summary.json)")
+    p.add_argument("--plot", metavar="PATH", help="write the figure (PNG)")
+    p.add_argument(
+        "--from-json",
+        metavar="PATH",
+        help="re-render the table, summary and plot of a saved --json run (no GPU needed)",
+    )
     p.set_defaults(func=_main)
