@@ -1,0 +1,210 @@
+"""A long-document corpus built offline from files already on the machine.
+
+``build_corpus`` walks its sources, keeps text files of at least ``min_chars`` characters,
+drops exact duplicates (by SHA-256 of the content), and splits the rest into ``train`` and
+``test`` *by document hash*: a document is held out iff ``int(sha256[:8], 16) % 1000 <
+test_permille``. The split depends on the content only, so a file is on the same side on every
+machine and in every rebuild, and no document is on both sides. What a source contributes is
+sorted by hash too, so a size cap keeps the same documents on every rebuild of the same files.
+
+Sources (``--source``, repeatable):
+
+* ``python`` -- the ``.py`` files of the running interpreter's standard library and
+  site-packages (``sysconfig``): repository-level code with long-range dependencies (imports,
+  definitions used hundreds of lines later). The standard library is under the PSF licence;
+  each package's files keep their own licence (recorded per document as the top-level
+  directory, the package). The corpus is built on the machine that uses it and not
+  redistributed.
+* any directory -- every ``*.py``, ``*.txt`` and ``*.md`` file below it (e.g. public-domain
+  prose unpacked from a package; see docs/evaluation.md), licence ``"see source"`` unless a
+  ``LICENCE`` entry is given as ``DIR=LICENCE``.
+
+Output: ``OUT/train.jsonl`` and ``OUT/test.jsonl`` (one ``{"id", "source", "path", "licence",
+"text"}`` per line) and ``OUT/manifest.json`` (arguments, per-source counts, licences, the
+interpreter, and the sorted hashes of each split).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SUFFIXES = (".py", ".txt", ".md")
+PYTHON_LICENCE = "PSF-2.0 (standard library); site-packages: each package's own licence"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str  # SHA-256 of the text
+    source: str
+    path: str  # relative to its source root
+    licence: str
+    text: str
+
+
+def split_of(doc_id: str, test_permille: int) -> str:
+    """``"test"`` or ``"train"`` for a document hash (a hex SHA-256)."""
+    return "test" if int(doc_id[:8], 16) % 1000 < test_permille else "train"
+
+
+def python_roots() -> list[Path]:
+    """The standard library and site-packages directories of this interpreter."""
+    paths = sysconfig.get_paths()
+    roots = []
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        p = Path(paths[key]).resolve()
+        if p.is_dir() and p not in roots:
+            roots.append(p)
+    return roots
+
+
+def _files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if f.endswith(suffixes))
+    return out
+
+
+def _read(path: Path) -> str | None:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if b"\x00" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _parse_source(spec: str) -> tuple[str, list[Path], tuple[str, ...], str]:
+    """``(name, roots, suffixes, licence)`` of a ``--source`` entry."""
+    if spec == "python":
+        return "python", python_roots(), (".py",), PYTHON_LICENCE
+    path, _, licence = spec.partition("=")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise ValueError(
+            f"source {spec!r} is neither 'python' nor a directory; give 'python' or DIR[=LICENCE]"
+        )
+    return str(root), [root.resolve()], SUFFIXES, licence or "see source"
+
+
+def collect(
+    sources: list[str], min_chars: int = 16384, max_chars: int = 2_000_000
+) -> dict[str, list[Document]]:
+    """The documents of each source (deduplicated across all sources, first source wins),
+    sorted by hash; files shorter than ``min_chars`` or longer than ``max_chars`` characters,
+    not UTF-8, or with NUL bytes are skipped."""
+    if not sources:
+        raise ValueError("give at least one source: 'python' or a directory")
+    seen: set[str] = set()
+    out: dict[str, list[Document]] = {}
+    for spec in sources:
+        name, roots, suffixes, licence = _parse_source(spec)
+        docs = []
+        for root in roots:
+            for path in _files(root, suffixes):
+                text = _read(path)
+                if text is None or not min_chars <= len(text) <= max_chars:
+                    continue
+                doc_id = hashlib.sha256(text.encode("utf-8")).hexdigest()
+                if doc_id in seen:
+                    continue
+                seen.add(doc_id)
+                rel = path.relative_to(root).as_posix()
+                lic = licence
+                if name == "python" and "site-packages" in path.parts:
+                    package = path.parts[path.parts.index("site-packages") + 1]
+                    lic = f"package {package}: its own licence"
+                docs.append(Document(doc_id, name, rel, lic, text))
+        out[name] = sorted(docs, key=lambda d: d.id)
+    return out
+
+
+def build_corpus(
+    out_dir: str | Path,
+    sources: list[str],
+    *,
+    max_mb: float = 200.0,
+    min_chars: int = 16384,
+    test_permille: int = 50,
+) -> dict[str, Any]:
+    """Build the corpus into ``out_dir`` (see the module docstring); returns the manifest.
+
+    ``max_mb``: at most this many MB of text per source (its documents taken in hash order);
+    ``test_permille``: held-out share of documents, in thousandths.
+    """
+    if not 0 < test_permille < 1000:
+        raise ValueError(f"test_permille must be in 1..999, got {test_permille}")
+    if max_mb <= 0:
+        raise ValueError(f"max_mb must be positive, got {max_mb}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    per_source = collect(sources, min_chars=min_chars)
+    splits: dict[str, list[Document]] = {"train": [], "test": []}
+    counts = {}
+    for name, docs in per_source.items():
+        budget = int(max_mb * 1e6)
+        kept = []
+        for d in docs:
+            if budget <= 0:
+                break
+            kept.append(d)
+            budget -= len(d.text.encode("utf-8"))
+        for d in kept:
+            splits[split_of(d.id, test_permille)].append(d)
+        counts[name] = {
+            "documents": len(kept),
+            "candidates": len(docs),
+            "mb": round(sum(len(d.text.encode("utf-8")) for d in kept) / 1e6, 3),
+        }
+    if not splits["test"] or not splits["train"]:
+        raise ValueError(
+            f"the corpus has {len(splits['train'])} training and {len(splits['test'])} held-out "
+            "documents; add sources, lower --min-chars or raise --test-permille"
+        )
+    for split, docs in splits.items():
+        tmp = out / f"{split}.jsonl.tmp"
+        with open(tmp, "w") as f:
+            for d in docs:
+                f.write(json.dumps(d.__dict__) + "\n")
+        os.replace(tmp, out / f"{split}.jsonl")
+    manifest = {
+        "sources": sources,
+        "min_chars": min_chars,
+        "max_mb": max_mb,
+        "test_permille": test_permille,
+        "python": sys.version.split()[0],
+        "roots": {name: [str(r) for r in _parse_source(name)[1]] for name in per_source},
+        "counts": counts,
+        "licences": {name: _parse_source(name)[3] for name in per_source},
+        "documents": {k: len(v) for k, v in splits.items()},
+        "chars": {k: sum(len(d.text) for d in v) for k, v in splits.items()},
+        "ids": {k: sorted(d.id for d in v) for k, v in splits.items()},
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def read_documents(corpus_dir: str | Path, split: str) -> list[dict[str, Any]]:
+    """The documents of ``split`` (``"train"`` or ``"test"``) of a built corpus."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    path = Path(corpus_dir) / f"{split}.jsonl"
+    if not path.is_file():
+        raise ValueError(
+            f"{path} does not exist; build the corpus first: powerattn eval corpus --out "
+            f"{corpus_dir}"
+        )
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
