@@ -33,8 +33,8 @@ def dense_sparse_attention(
     Args:
         q: ``(B, Hq, Sq, D)``; k, v: ``(B, Hkv, Sk, D)``; validated by the caller.
     Returns:
-        ``out (B, Hq, Sq, D)`` in q's dtype (computed in float32) and ``lse (B, Hq, Sq)``
-        float32; a row with no key gives 0 and -inf.
+        ``out (B, Hq, Sq, D)`` in q's dtype (computed in float32, float64 for float64
+        inputs) and ``lse (B, Hq, Sq)`` in that precision; a row with no key gives 0 and -inf.
     """
     n = dense_scores_count(q, k)
     if n > DENSE_MAX_SCORES:
@@ -50,12 +50,13 @@ def dense_sparse_attention(
     mask = pattern.mask_mod(None, None, qpos, kpos)  # (Sq, Sk) bool
     qg = q.view(B, Hkv, G, Sq, D)
     # float32 products, like fused kernels' accumulators (bf16-rounded scores would be ~5x
-    # less accurate than SDPA).
-    kt = k.unsqueeze(2).transpose(-1, -2).float()
-    scores = torch.matmul(qg.float(), kt) * scale  # (B, Hkv, G, Sq, Sk)
+    # less accurate than SDPA); float64 inputs stay float64 (they are for checks).
+    acc = torch.promote_types(q.dtype, torch.float32)
+    kt = k.unsqueeze(2).transpose(-1, -2).to(acc)
+    scores = torch.matmul(qg.to(acc), kt) * scale  # (B, Hkv, G, Sq, Sk)
     scores = scores.masked_fill(~mask, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)  # (B, Hkv, G, Sq)
     # exp(s - lse) is 0 on masked keys; on an empty row lse = -inf, so clamp it to give 0.
-    probs = torch.exp(scores - lse.clamp_min(torch.finfo(torch.float32).min)[..., None])
-    out = torch.matmul(probs, v.unsqueeze(2).float())  # (B, Hkv, G, Sq, D)
+    probs = torch.exp(scores - lse.clamp_min(torch.finfo(acc).min)[..., None])
+    out = torch.matmul(probs, v.unsqueeze(2).to(acc))  # (B, Hkv, G, Sq, D)
     return out.reshape(B, Hq, Sq, D).to(q.dtype), lse.reshape(B, Hq, Sq)
