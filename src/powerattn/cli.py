@@ -1,20 +1,20 @@
 """The ``powerattn`` console entry point: one parser, subcommands contributed by modules.
 
-Each module in ``_COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its
-subcommand(s) and sets ``func`` (taking the parsed namespace, returning an exit code).
+Each module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, which adds its
+subcommand(s) and sets ``func`` (taking the parsed namespace, returning an exit code). A new
+command: import its module below and list it there. None of these imports may pull in
+torch._dynamo or transformers at import time (``powerattn --help`` must stay quick).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-_COMMAND_MODULES = [
-    "powerattn.commands.analysis",
-    "powerattn.bench",
-    "powerattn.commands.train",
-]
+from . import __version__, bench
+from .commands import analysis, train
+
+COMMAND_MODULES = [analysis, bench, train]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,10 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"powerattn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (a value, a path, a config file), reported in one line
+    rather than as a traceback. YAML's errors count when a command has loaded it."""
+    errors: tuple[type[BaseException], ...] = (ValueError, OSError)
+    yaml = sys.modules.get("yaml")
+    if yaml is not None:
+        errors += (yaml.YAMLError,)
+    return errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except ValueError as exc:  # bad input: one clear line, not a traceback
+    except Exception as exc:  # bad input: one clear line, not a traceback
+        if not isinstance(exc, _user_errors()):
+            raise
         print(f"powerattn {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

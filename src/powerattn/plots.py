@@ -27,28 +27,36 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.image import AxesImage  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
-from .patterns import Pattern, get_pattern  # noqa: E402
-from .receptive import coverage, hops  # noqa: E402
+from .patterns import PATTERNS, Pattern, get_pattern  # noqa: E402
+from .receptive import coverage, hop_image, hops  # noqa: E402
+from .validate import check_int  # noqa: E402
 
 # Refuse block images larger than this many blocks per side (an 8192^2 image is 64M pixels).
 MAX_MASK_BLOCKS = 8192
 
 PathLike = str | os.PathLike
 
-# One fixed colour per pattern, so every figure of the project reads the same way.
-PATTERN_COLORS = {
-    "power": "#d62728",
-    "sliding_window": "#1f77b4",
-    "stride_slash": "#2ca02c",
-    "dilated": "#ff7f0e",
-    "longnet": "#9467bd",
-    "full": "#7f7f7f",
-}
+_UNREGISTERED_COLOR = Pattern.color
 
 
-def _color(name: str) -> str:
-    return PATTERN_COLORS.get(name, "#17becf")
+def pattern_color(name: str) -> str:
+    """The pattern's fixed colour (its class's ``color``), so every figure reads the same way."""
+    cls = PATTERNS.get(name)
+    return cls.color if cls is not None else _UNREGISTERED_COLOR
+
+
+def check_plot_path(path: PathLike) -> None:
+    """Refuse a path whose suffix matplotlib cannot write, before any work is done."""
+    suffix = Path(path).suffix.lstrip(".").lower()
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if suffix not in formats:
+        raise ValueError(
+            f"cannot write a figure to {str(path)!r}: the suffix must be one of "
+            + ", ".join("." + f for f in sorted(formats))
+        )
 
 
 def _as_dict(patterns: Mapping[str, Pattern] | Sequence[Pattern | str]) -> dict[str, Pattern]:
@@ -69,11 +77,6 @@ def _save(fig: plt.Figure, path: PathLike) -> PathLike:
     fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
     return path
-
-
-def _check_layers(layers: int) -> None:
-    if isinstance(layers, bool) or not isinstance(layers, (int, np.integer)) or layers <= 0:
-        raise ValueError(f"layers must be a positive integer, got {layers!r}")
 
 
 # ---------------------------------------------------------------------------------- arrays
@@ -98,16 +101,6 @@ def block_image(pattern: Pattern | str, seq_len: int) -> np.ndarray:
     return img
 
 
-def hop_image(pattern: Pattern | str, seq_len: int, layers: int) -> np.ndarray:
-    """``(layers, n)`` int array: entry ``[L-1, k]`` is the hop count at which block ``k``
-    first reaches the last token if that is ``<= L``, else 0 (not reached within L layers)."""
-    _check_layers(layers)
-    h = hops(pattern, seq_len)
-    lvl = np.arange(1, layers + 1)[:, None]
-    reached = (h[None, :] >= 0) & (h[None, :] <= lvl)
-    return np.where(reached, np.maximum(h, 1)[None, :], 0)
-
-
 # ----------------------------------------------------------------------------- drawing
 def draw_mask(ax: Axes, pattern: Pattern | str, seq_len: int) -> None:
     """Draw :func:`block_image` on ``ax`` (dark: full block, light: partial, white: skipped)."""
@@ -115,6 +108,15 @@ def draw_mask(ax: Axes, pattern: Pattern | str, seq_len: int) -> None:
     img = block_image(pattern, seq_len)
     cmap = ListedColormap(["white", "#9ecae1", "#08306b"])
     ax.imshow(img, cmap=cmap, vmin=0, vmax=2, interpolation="nearest", aspect="equal")
+    ax.legend(
+        handles=[
+            Patch(facecolor=cmap(2), label="whole block attended"),
+            Patch(facecolor=cmap(1), label="diagonal block: causal inside"),
+        ],
+        loc="upper right",
+        fontsize=7,
+        framealpha=0.9,
+    )
     n = img.shape[0]
     ax.set_xlabel("key block")
     ax.set_ylabel("query block")
@@ -151,7 +153,7 @@ def draw_reachability(
     )
     ax.set_xlabel("key block (last block = the query)")
     ax.set_ylabel("layers")
-    ax.set_title(pattern.name, color=_color(pattern.name), fontsize=10)
+    ax.set_title(pattern.name, color=pattern_color(pattern.name), fontsize=10)
     return im
 
 
@@ -163,7 +165,7 @@ def draw_coverage(
     ax: Axes, patterns: Mapping[str, Pattern] | Sequence[Pattern | str], seq_len: int, layers: int
 ) -> None:
     """Coverage (fraction of blocks reaching the last token) vs number of layers."""
-    _check_layers(layers)
+    check_int("layers", layers)
     x = np.arange(1, layers + 1)
     for label, p in _as_dict(patterns).items():
         ax.plot(
@@ -171,9 +173,9 @@ def draw_coverage(
             coverage(p, seq_len, layers),
             marker="o",
             markersize=3,
-            color=_color(p.name),
+            color=pattern_color(p.name),
             label=label,
-            linewidth=2.5 if p.name == "power" else 1.5,
+            linewidth=2.5 if type(p).defines_budget else 1.5,
         )
     ax.set_xlabel("layers")
     ax.set_ylabel("fraction of blocks reaching the last token")
@@ -199,7 +201,7 @@ def plot_reachability(
 ) -> PathLike:
     """Reachability maps (layers x blocks) of one or more patterns side by side."""
     pats = _as_dict(patterns)
-    _check_layers(layers)
+    check_int("layers", layers)
     fig, axes = plt.subplots(
         1, len(pats), figsize=(3.4 * len(pats) + 1, 3.4), squeeze=False, layout="constrained"
     )
@@ -233,8 +235,8 @@ def plot_compare(
     """The ``powerattn compare`` figure: coverage curves on top, one reachability map per
     pattern below (full attention, when given, is drawn in the curves only)."""
     pats = _as_dict(patterns)
-    _check_layers(layers)
-    maps = {k: p for k, p in pats.items() if p.name != "full"} or pats
+    check_int("layers", layers)
+    maps = {k: p for k, p in pats.items() if not type(p).ceiling} or pats
     ncol = min(len(maps), 3)
     nrow = -(-len(maps) // ncol)
     fig = plt.figure(figsize=(4.4 * ncol, 4.2 + 3.0 * nrow), layout="constrained")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .patterns import Pattern, get_pattern
+from .validate import check_int
 
 # The all-pairs hop matrix is (n, n) int16 plus bitsets: refuse beyond this many blocks.
 MAX_HOP_MATRIX_BLOCKS = 16384
@@ -51,8 +52,7 @@ def hops(pattern: Pattern | str, seq_len: int) -> np.ndarray:
 def coverage(pattern: Pattern | str, seq_len: int, layers: int) -> np.ndarray:
     """Fraction of blocks whose information reaches the last token after 1, 2, ..., ``layers``
     layers: a float array of length ``layers`` (the theoretical curve of the paper's Fig. 1b)."""
-    if isinstance(layers, bool) or not isinstance(layers, (int, np.integer)) or layers <= 0:
-        raise ValueError(f"layers must be a positive integer, got {layers!r}")
+    check_int("layers", layers)
     h = hops(pattern, seq_len)
     reach = h[h >= 0]
     counts = np.bincount(reach, minlength=layers + 1)[: layers + 1]
@@ -62,18 +62,31 @@ def coverage(pattern: Pattern | str, seq_len: int, layers: int) -> np.ndarray:
 def layers_for_full_coverage(pattern: Pattern | str, seq_len: int) -> int | None:
     """The fewest layers after which the last token has every block's information, or None if
     some block is never reached."""
-    h = hops(pattern, seq_len)
+    return full_coverage_layers(hops(pattern, seq_len))
+
+
+def full_coverage_layers(h: np.ndarray) -> int | None:
+    """:func:`layers_for_full_coverage` from an array of :func:`hops` already computed."""
     if (h < 0).any():
         return None
     return max(int(h.max()), 1)
 
 
+def hop_image(pattern: Pattern | str, seq_len: int, layers: int) -> np.ndarray:
+    """``(layers, num_blocks)`` int: entry ``[L-1, k]`` is the layer at which block ``k``
+    first reaches the last token (the last block itself counts as layer 1) if that is
+    ``<= L``, else 0 (not reached within ``L`` layers)."""
+    check_int("layers", layers)
+    h = hops(pattern, seq_len)
+    lvl = np.arange(1, layers + 1)[:, None]
+    reached = (h[None, :] >= 0) & (h[None, :] <= lvl)
+    return np.where(reached, np.maximum(h, 1)[None, :], 0)
+
+
 def reachability(pattern: Pattern | str, seq_len: int, layers: int) -> np.ndarray:
     """``(layers, num_blocks)`` bool: row ``L-1`` marks the blocks reaching the last token
     within ``L`` layers (the paper's Fig. 1a)."""
-    h = hops(pattern, seq_len)
-    lvl = np.arange(1, layers + 1)[:, None]
-    return (h[None, :] >= 0) & (h[None, :] <= lvl)
+    return hop_image(pattern, seq_len, layers) > 0
 
 
 def hop_matrix(pattern: Pattern | str, seq_len: int) -> np.ndarray:
@@ -104,3 +117,18 @@ def hop_matrix(pattern: Pattern | str, seq_len: int) -> np.ndarray:
         fresh = np.unpackbits(new & ~reach, axis=1, count=n).astype(bool)
         out[fresh] = level
         reach = new
+
+
+def dense_prefix_tokens(pattern: Pattern | str, max_blocks: int = 1024) -> int | None:
+    """The longest sequence, in tokens, over which ``pattern`` attends every earlier block,
+    i.e. equals full causal attention (power with 256-token blocks: 1,536 tokens, 6 blocks).
+    ``None`` when it does so over all ``max_blocks`` blocks probed (full attention itself).
+
+    Layouts are prefix-consistent (a query block's key blocks do not depend on the sequence
+    after it), so one layout of ``max_blocks`` blocks answers for every length."""
+    pattern = get_pattern(pattern)
+    if type(pattern).ceiling:
+        return None
+    count = pattern.block_layout(max_blocks).kv_count.numpy()
+    sparse = np.flatnonzero(count < np.arange(1, max_blocks + 1))
+    return int(sparse[0]) * pattern.block_size if sparse.size else None

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..commands.argtypes import positive_int
 from ..patterns import equal_budget, pattern_names
 from ..receptive import coverage, hops
+from ..validate import positive_int
 
 DEFAULT_SEQ_LENS = (32768, 131072, 262144, 1048576)
 TARGET_S = 1.0  # the issue's goal for the whole analysis at 1M tokens
@@ -58,12 +58,17 @@ def run(
 ) -> list[dict[str, Any]]:
     """Time layout + analysis for every pattern (at equal budget) at each length.
 
-    Returns one record per (seq_len, pattern) with the times in milliseconds."""
+    Returns one record per (seq_len, pattern) with the times in milliseconds; ``patterns``
+    (default: every registered one) are timed in registration order."""
+    names = pattern_names() if not patterns else list(patterns)
+    unknown = [p for p in names if p not in pattern_names()]
+    if unknown:
+        raise ValueError(f"patterns: unknown {unknown}; valid: {', '.join(pattern_names())}")
     rows = []
     for seq_len in seq_lens:
         pats = equal_budget(seq_len, block_size)
         for name, p in pats.items():
-            if patterns and name not in patterns:
+            if name not in names:
                 continue
             n = p.num_blocks(seq_len)
             t_layout = _best_of(lambda p=p, n=n: p.block_layout(n), repeats)

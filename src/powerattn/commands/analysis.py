@@ -15,9 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from ..patterns import Pattern, equal_budget, get_pattern, pattern_names, pattern_params
-from ..receptive import coverage, hops
-from .argtypes import nonnegative_int, positive_int
+from ..patterns import (
+    PATTERNS,
+    Pattern,
+    equal_budget,
+    get_pattern,
+    pattern_fields,
+    pattern_names,
+    pattern_params,
+)
+from ..receptive import coverage, dense_prefix_tokens, full_coverage_layers, hops
+from ..validate import int_converter, positive_int
 
 # Vocabulary shared by every --help text of this module.
 _GLOSSARY = """\
@@ -38,40 +46,16 @@ terms:
             token. PowerAttention covers every block within distance 2^L - 1 in L layers.
 """
 
-_PARAM_HELP = {
-    "window": "local window W in blocks: distances 0..W-1 (power, sliding_window, "
-    "stride_slash; for dilated: the span 0..W-1 that the dilation thins out)",
-    "sink": "sink S: the first S blocks, attended by every query (power, sliding_window, "
-    "stride_slash)",
-    "stride": "stride_slash: also attend every distance that is a multiple of STRIDE blocks",
-    "base": "power: attend distances that are powers of BASE (default 2)",
-    "dilation": "dilated: keep only distances that are multiples of DILATION inside the window",
-    "segments": "longnet: (segment length, dilation rate) pairs in blocks, written "
-    "'8:1,16:2,32:4' (default: the paper's 8:1,16:2,32:4,64:8,128:16)",
-}
-
 # Text rendering of a mask is for terminals: refuse it beyond this many blocks per side.
 MAX_TEXT_BLOCKS = 128
+# The analysis commands refuse longer sequences up front (each layout costs ~0.6 s at 2^18
+# blocks and grows linearly; 10^9 tokens would run for minutes and need GiBs).
+MAX_ANALYSIS_BLOCKS = 1 << 18
 # Layer counts shown in the compare table (those <= --layers), plus --layers itself.
 _COMPARE_LAYERS = (1, 2, 4, 6, 8, 16)
 
 
 # ------------------------------------------------------------------------------- helpers
-def parse_segments(text: str) -> tuple[tuple[int, int], ...]:
-    """``'8:1,16:2'`` -> ``((8, 1), (16, 2))``."""
-    try:
-        pairs = tuple(
-            (int(w), int(r)) for w, r in (item.split(":") for item in text.split(",") if item)
-        )
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"segments must look like '8:1,16:2,32:4' (length:rate pairs), got {text!r}"
-        ) from None
-    if not pairs:
-        raise argparse.ArgumentTypeError("segments must hold at least one length:rate pair")
-    return pairs
-
-
 def _add_common(p: argparse.ArgumentParser, *, layers: bool, seq_len: int = 32768) -> None:
     p.add_argument(
         "--seq-len",
@@ -96,6 +80,40 @@ def _add_common(p: argparse.ArgumentParser, *, layers: bool, seq_len: int = 3276
     p.add_argument("--json", metavar="PATH", help="also write the numbers as JSON to PATH")
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def pattern_flags() -> dict[str, dict[str, Any]]:
+    """One command-line flag per parameter name over every registered pattern (block size
+    apart): ``{name: {"help": ..., "type": ...}}``. The help joins the patterns' own texts
+    (patterns sharing a text are listed together); the type comes from the declared
+    ``minimum`` (or ``parse``)."""
+    texts: dict[str, dict[str, list[str]]] = {}
+    types: dict[str, Any] = {}
+    for pname in PATTERNS:
+        for f in pattern_fields(pname):
+            if f.name == "block_size":
+                continue
+            meta = f.metadata
+            texts.setdefault(f.name, {}).setdefault(meta.get("help", ""), []).append(pname)
+            if meta.get("parse") is not None:
+                conv = meta["parse"]
+            elif meta.get("minimum") is not None:
+                conv = int_converter(meta["minimum"])
+            else:
+                conv = type(f.default) if isinstance(f.default, (int, float)) else str
+            # Patterns sharing a name share a flag: the loosest bound wins, each pattern's
+            # constructor checks its own (and names the parameter).
+            if types.get(f.name) is None or conv is int_converter(0):
+                types[f.name] = conv
+    out = {}
+    for name, by_text in texts.items():
+        parts = [f"{text} ({', '.join(pats)})" for text, pats in by_text.items()]
+        out[name] = {"help": "; ".join(parts), "type": types[name]}
+    return out
+
+
 def _add_pattern_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--pattern",
@@ -106,12 +124,8 @@ def _add_pattern_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "pattern parameters (each only for the patterns that have it; default: paper setting)"
     )
-    g.add_argument("--window", type=nonnegative_int, help=_PARAM_HELP["window"])
-    g.add_argument("--sink", type=nonnegative_int, help=_PARAM_HELP["sink"])
-    g.add_argument("--stride", type=positive_int, help=_PARAM_HELP["stride"])
-    g.add_argument("--base", type=positive_int, help=_PARAM_HELP["base"])
-    g.add_argument("--dilation", type=positive_int, help=_PARAM_HELP["dilation"])
-    g.add_argument("--segments", type=parse_segments, help=_PARAM_HELP["segments"])
+    for name, flag in pattern_flags().items():
+        g.add_argument(_flag(name), dest=name, type=flag["type"], help=flag["help"])
 
 
 def pattern_from_args(args: argparse.Namespace) -> Pattern:
@@ -120,19 +134,35 @@ def pattern_from_args(args: argparse.Namespace) -> Pattern:
     A parameter the pattern does not have is refused (ValueError naming it and listing the
     pattern's parameters), rather than silently ignored."""
     params: dict[str, Any] = {}
-    for name in ("block_size", *_PARAM_HELP):
+    for name in ("block_size", *pattern_flags()):
         value = getattr(args, name, None)
         if value is not None:
             params[name] = value
     valid = pattern_params(args.pattern)
     bad = [k for k in params if k not in valid]
     if bad:
-        flags = ", ".join("--" + k.replace("_", "-") for k in bad)
         raise ValueError(
-            f"pattern {args.pattern!r} has no parameter {flags}; its parameters: "
-            + ", ".join("--" + k.replace("_", "-") for k in valid)
+            f"pattern {args.pattern!r} has no parameter {', '.join(map(_flag, bad))}; its "
+            "parameters: " + ", ".join(map(_flag, valid))
         )
     return get_pattern(args.pattern, **params)
+
+
+def check_sizes(seq_len: int, block_size: int, plot: str | None = None) -> None:
+    """Refuse, before any work, a length the analysis cannot hold and a plot path matplotlib
+    cannot write."""
+    n = -(-seq_len // block_size)
+    if n > MAX_ANALYSIS_BLOCKS:
+        raise ValueError(
+            f"--seq-len {seq_len:,} is {n:,} blocks of {block_size} tokens; the analysis "
+            f"takes at most {MAX_ANALYSIS_BLOCKS:,} blocks "
+            f"({MAX_ANALYSIS_BLOCKS * block_size:,} tokens at this block size): use a shorter "
+            "--seq-len or a larger --block-size"
+        )
+    if plot:
+        from ..plots import check_plot_path
+
+        check_plot_path(plot)
 
 
 def _write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
@@ -142,19 +172,24 @@ def _write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
         f.write("\n")
 
 
-def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: [list(s) for s in v] if k == "segments" else v for k, v in params.items()}
+def _jsonable(value: Any) -> Any:
+    """Tuples (e.g. LongNet's segments) as lists, as JSON writes them."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def _fmt_params(pattern: Pattern) -> str:
-    """``window=5 sink=1`` (block size left out; segments as on the command line)."""
+    """``window=5 sink=1`` (block size left out; values as on the command line)."""
     items = []
-    for k, v in pattern.params().items():
-        if k == "block_size":
+    for f in pattern_fields(pattern.name):
+        if f.name == "block_size":
             continue
-        if k == "segments":
-            v = ",".join(f"{w}:{r}" for w, r in v)
-        items.append(f"{k}={v}")
+        v = getattr(pattern, f.name)
+        show = f.metadata.get("show")
+        items.append(f"{f.name}={show(v) if show else v}")
     return " ".join(items)
 
 
@@ -163,7 +198,6 @@ def pattern_summary(pattern: Pattern, seq_len: int, layers: int) -> dict[str, An
     n = pattern.num_blocks(seq_len)
     h = hops(pattern, seq_len)
     reach = h >= 0
-    full_at = None if not reach.all() else max(int(h.max()), 1)
     return {
         "pattern": pattern.name,
         "params": _jsonable(pattern.params()),
@@ -171,11 +205,25 @@ def pattern_summary(pattern: Pattern, seq_len: int, layers: int) -> dict[str, An
         "num_blocks": n,
         "max_degree": pattern.max_degree(n),
         "density": pattern.density(seq_len),
-        "layers_for_full_coverage": full_at,
+        "layers_for_full_coverage": full_coverage_layers(h),
         "reachable_fraction": float(reach.mean()),
         "max_hops": int(h.max()),
         "coverage": [float(c) for c in coverage(pattern, seq_len, layers)],
     }
+
+
+def _dense_note(pattern: Pattern, seq_len: int) -> str | None:
+    """Where the pattern is still full causal attention, say so: a newcomer's first test
+    at a few hundred tokens would otherwise compare full attention with itself."""
+    upto = dense_prefix_tokens(pattern)
+    if upto is None or seq_len > upto:
+        return None
+    return (
+        f"note: at {seq_len:,} tokens {pattern.name} attends every earlier block -- it IS full "
+        f"causal attention here; it is sparse only above {upto:,} tokens "
+        f"({upto // pattern.block_size} blocks of {pattern.block_size}; use a longer "
+        "sequence or a smaller --block-size to see the pattern)"
+    )
 
 
 def _fmt_full(s: dict[str, Any]) -> str:
@@ -201,11 +249,19 @@ def _table(header: list[str], rows: list[list[str]], left: tuple[int, ...] = (0,
 # ------------------------------------------------------------------------------- analyze
 def _analyze(args: argparse.Namespace) -> int:
     pattern = pattern_from_args(args)
+    check_sizes(args.seq_len, pattern.block_size, args.plot)
     s = pattern_summary(pattern, args.seq_len, args.layers)
     print(f"{pattern.describe()} at {args.seq_len:,} tokens = {s['num_blocks']} blocks")
     print(f"  max degree        {s['max_degree']} key blocks per query block")
     print(f"  density           {s['density']:.2%} of the causal triangle")
-    print(f"  full coverage at  {_fmt_full(s)} layers")
+    if s["layers_for_full_coverage"] is not None:
+        print(f"  full coverage at  {s['layers_for_full_coverage']} layers")
+    else:
+        print(
+            f"  full coverage     {_fmt_full(s)}: only {s['reachable_fraction']:.0%} of the "
+            "blocks ever reach the last token"
+        )
+    note = _dense_note(pattern, args.seq_len)
     cov = s["coverage"]
     rows, prev = [], -1.0
     for layer, c in enumerate(cov, start=1):
@@ -216,6 +272,8 @@ def _analyze(args: argparse.Namespace) -> int:
         prev = c
     print()
     print(_table(["layers", "coverage", "blocks reached"], rows))
+    if note:
+        print(f"\n{note}")
     if args.json:
         _write_json(args.json, s)
         print(f"wrote {args.json}")
@@ -226,7 +284,10 @@ def _analyze(args: argparse.Namespace) -> int:
         # The mask picture is capped at 1024 blocks per side (unreadable beyond anyway).
         draw_mask(axes[0], pattern, min(args.seq_len, pattern.block_size * 1024))
         im = draw_reachability(axes[1], pattern, args.seq_len, args.layers)
-        fig.colorbar(im, ax=axes[1], label="layer first reached (grey: not reached)")
+        # Below the map: beside it, its label would stand next to the coverage axis's label.
+        fig.colorbar(
+            im, ax=axes[1], location="bottom", label="layer first reached (grey: not reached)"
+        )
         draw_coverage(axes[2], {pattern.name: pattern}, args.seq_len, args.layers)
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.plot, dpi=150, bbox_inches="tight")
@@ -238,19 +299,28 @@ def _analyze(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------- compare
 def _compare(args: argparse.Namespace) -> int:
     block_size = args.block_size or 256
-    pats = equal_budget(args.seq_len, block_size, budget=args.budget)
     if args.patterns:
-        unknown = [p for p in args.patterns if p not in pats]
+        unknown = [p for p in args.patterns if p not in PATTERNS]
         if unknown:
-            raise ValueError(f"--patterns: unknown {', '.join(unknown)}; valid: {', '.join(pats)}")
+            raise ValueError(
+                f"--patterns: unknown {', '.join(unknown)}; valid: {', '.join(PATTERNS)}"
+            )
+    check_sizes(args.seq_len, block_size, args.plot)
+    pats = equal_budget(args.seq_len, block_size, budget=args.budget)
+    n = -(-args.seq_len // block_size)
+    if args.budget is None:
+        ref = next(p for p in pats.values() if type(p).defines_budget)
+        budget, source = ref.max_degree(n), f"the degree of {ref.name} at its paper setting"
+    else:
+        budget, source = args.budget, "--budget"
+    if args.patterns:
         pats = {k: pats[k] for k in args.patterns}
     summaries = {name: pattern_summary(p, args.seq_len, args.layers) for name, p in pats.items()}
     shown = sorted({x for x in _COMPARE_LAYERS if x < args.layers} | {args.layers})
-    n = next(iter(summaries.values()))["num_blocks"]
     print(
-        f"{args.seq_len:,} tokens = {n} blocks of {block_size}; patterns at equal budget "
-        f"(max degree of power unless --budget); coverage = fraction of blocks reaching the "
-        f"last token after L layers"
+        f"{args.seq_len:,} tokens = {n} blocks of {block_size}; every pattern tuned to a budget "
+        f"of {budget} key blocks per query block ({source}); coverage = fraction of blocks "
+        "reaching the last token after L layers"
     )
     print()
     header = ["pattern", "degree", "density", "full at L", *(f"L={x}" for x in shown), "params"]
@@ -267,12 +337,11 @@ def _compare(args: argparse.Namespace) -> int:
             ]
         )
     print(_table(header, rows, left=(0, len(header) - 1)))
-    if "longnet" in summaries and "power" in summaries:
-        if summaries["longnet"]["max_degree"] != summaries["power"]["max_degree"]:
-            print(
-                "\nnote: longnet keeps the paper's segment shape, which cannot be tuned to the "
-                "exact budget; its degree differs from the others."
-            )
+    over = {name: s["max_degree"] for name, s in summaries.items() if s["max_degree"] > budget}
+    if over:
+        print(f"\nnote: over the budget of {budget} blocks:")
+        for name, degree in over.items():
+            print(f"  {name} ({degree}): {type(pats[name]).budget_rule}")
     if args.json:
         _write_json(
             args.json,
@@ -280,9 +349,7 @@ def _compare(args: argparse.Namespace) -> int:
                 "seq_len": args.seq_len,
                 "block_size": block_size,
                 "layers": args.layers,
-                "budget": summaries.get("power", next(iter(summaries.values())))["max_degree"]
-                if args.budget is None
-                else args.budget,
+                "budget": budget,
                 "patterns": summaries,
             },
         )
@@ -315,6 +382,7 @@ def mask_text(pattern: Pattern, seq_len: int) -> str:
 
 def _show(args: argparse.Namespace) -> int:
     pattern = pattern_from_args(args)
+    check_sizes(args.seq_len, pattern.block_size, args.plot)
     n = pattern.num_blocks(args.seq_len)
     deg = pattern.max_degree(n)
     print(
@@ -354,6 +422,9 @@ def _show(args: argparse.Namespace) -> int:
         print(f"wrote {args.plot}")
     elif not text:
         print(f"({n} blocks: too large for text; pass --plot PATH for a picture)")
+    note = _dense_note(pattern, args.seq_len)
+    if note:
+        print(f"\n{note}")
     return 0
 
 

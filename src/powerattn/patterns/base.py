@@ -36,6 +36,9 @@ from ..validate import check_int
 
 # Dense masks above this many elements are refused: a 64K x 64K bool matrix is 4 GiB.
 MAX_DENSE_ELEMENTS = 1 << 28
+# Block layouts above this many (query block, candidate) entries are refused: the int64
+# working arrays alone would take GiBs (full attention at 16M tokens: 32 GiB).
+MAX_LAYOUT_ENTRIES = 1 << 27
 # Query blocks probed at construction for "attends nothing at all".
 _PROBE_BLOCKS = 64
 
@@ -125,6 +128,9 @@ class Pattern:
     #: Small parameters (block size excluded) under which the pattern differs from full
     #: attention within a few blocks: the operator tests run every pattern with them.
     small_params: ClassVar[dict[str, Any]] = {}
+    #: How :meth:`at_budget` sets the pattern, in a few words (``powerattn compare`` says it
+    #: when the pattern ends over the budget).
+    budget_rule: ClassVar[str] = "keeps its default setting (no budget rule)"
 
     block_size: int = param(256, "tokens per block", minimum=1)
 
@@ -204,6 +210,7 @@ class Pattern:
     ) -> tuple[np.ndarray, np.ndarray]:
         qb = np.arange(q_block_offset, q_block_offset + num_q_blocks, dtype=np.int64)
         cand = self._candidates(qb)  # (nq, C)
+        _check_layout_size(self, num_q_blocks, cand.shape[1])
         q = qb[:, None]
         ok = (cand >= 0) & (cand <= q) & (cand < num_kv_blocks)
         ok &= np.asarray(self.block_rule(q, np.where(ok, cand, 0)), dtype=bool)
@@ -343,6 +350,15 @@ class Pattern:
     def describe(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.params().items())
         return f"{self.name}({args})"
+
+
+def _check_layout_size(pattern: Pattern, num_q_blocks: int, width: int) -> None:
+    if num_q_blocks * width > MAX_LAYOUT_ENTRIES:
+        raise ValueError(
+            f"the block layout of {pattern.describe()} over {num_q_blocks:,} query blocks "
+            f"would hold {num_q_blocks * width:,} entries; the limit is "
+            f"{MAX_LAYOUT_ENTRIES:,}: use a shorter sequence or a larger block_size"
+        )
 
 
 def _check_lengths(q_len: int, kv_len: int) -> None:

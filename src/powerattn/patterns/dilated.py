@@ -23,6 +23,7 @@ class DilatedPattern(Pattern):
     color = "#ff7f0e"
     main = True
     small_params = {"window": 6, "dilation": 2}
+    budget_rule = "tunes its window (dilation 2)"
 
     window: int = param(20, "the span 0..W-1 that the dilation thins out", minimum=1)
     dilation: int = param(

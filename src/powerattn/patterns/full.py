@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Pattern
+from .base import Pattern, _check_layout_size
 from .registry import register
 
 
@@ -19,6 +19,7 @@ class FullPattern(Pattern):
     color = "#7f7f7f"
     main = True
     ceiling = True
+    budget_rule = "the ceiling: it attends every earlier block"
 
     def block_rule(self, qb: Any, kb: Any) -> Any:
         return kb == kb  # always true, in the argument's own type (bool, array, tensor)
@@ -29,6 +30,7 @@ class FullPattern(Pattern):
         # Written down directly: the generic path sorts an (n, n) candidate array, ~0.4 s at
         # 4096 blocks (1M tokens). Row q holds 0..q, then -1 padding.
         qb = np.arange(q_block_offset, q_block_offset + num_q_blocks, dtype=np.int64)
+        _check_layout_size(self, num_q_blocks, min(int(qb[-1]) + 1, num_kv_blocks))
         kb = np.arange(min(int(qb[-1]) + 1, num_kv_blocks), dtype=np.int64)
         idx = np.where(kb[None, :] <= qb[:, None], kb[None, :], -1)
         return np.minimum(qb + 1, num_kv_blocks), idx

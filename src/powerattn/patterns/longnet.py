@@ -58,6 +58,10 @@ class LongNetPattern(Pattern):
     color = "#9467bd"
     main = True
     small_params = {"segments": ((2, 1), (4, 2), (8, 4))}
+    budget_rule = (
+        "keeps the paper's segment shape 8:1,16:2,32:4,... up to the sequence (not tunable "
+        "without breaking its structure)"
+    )
 
     segments: tuple[tuple[int, int], ...] = param(
         ((8, 1), (16, 2), (32, 4), (64, 8), (128, 16)),

@@ -36,6 +36,7 @@ class PowerPattern(Pattern):
     main = True
     defines_budget = True
     small_params = {"window": 2, "sink": 1}
+    budget_rule = "tunes its window (sink 1); the powers of two alone take log2(n) + 2 blocks"
 
     window: int = param(5, _WINDOW_HELP, minimum=0)
     sink: int = param(1, _SINK_HELP, minimum=0)

@@ -23,6 +23,7 @@ class SlidingWindowPattern(Pattern):
     color = "#1f77b4"
     main = True
     small_params = {"window": 3, "sink": 1}
+    budget_rule = "tunes its window (sink 1)"
 
     window: int = param(9, _WINDOW_HELP, minimum=0)
     sink: int = param(1, _SINK_HELP, minimum=0)

@@ -25,6 +25,7 @@ class StrideSlashPattern(Pattern):
     color = "#2ca02c"
     main = True
     small_params = {"window": 2, "stride": 3, "sink": 1}
+    budget_rule = "tunes its stride; window 6 and sink 1 are kept, 7 blocks before any slash"
 
     window: int = param(6, _WINDOW_HELP, minimum=0)
     sink: int = param(1, _SINK_HELP, minimum=0)
