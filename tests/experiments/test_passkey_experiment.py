@@ -6,7 +6,15 @@ import torch
 
 from powerattn import equal_budget, get_pattern
 from powerattn.cli import main
-from powerattn.experiments.passkey import check_backend, merge_results, plan, seed_table
+from powerattn.experiments.passkey import (
+    check_backend,
+    gate,
+    gate_table,
+    merge_results,
+    plan,
+    seed_table,
+    wilson_interval,
+)
 from powerattn.tasks import passkey_batch
 from powerattn.training.evaluate import needle_hops
 
@@ -198,6 +206,8 @@ def test_plan():
         ({"steps_scale": 0}, "steps_scale"),
         ({"layer_sweep": [0]}, "layer_sweep"),
         ({"seed": -1}, "seed"),
+        ({"seeds": [0, 0]}, "distinct"),
+        ({"seeds": [0], "seed": 1}, "seed or seeds"),
     ],
 )
 def test_plan_bad_input(kwargs, match):
@@ -365,3 +375,81 @@ def test_a_run_refused_as_bad_input_is_not_retried_from_scratch(tmp_path, capsys
     assert "retrying" not in printed and "runs failed: ['main-power']" in printed
     assert ckpt.stat().st_mtime_ns == before
     assert "main-power" not in json.loads((out / "results.json").read_text())["runs"]
+
+
+def test_recipe_campaign_of_several_seeds_through_the_cli(tmp_path, capsys):
+    """smoke-mix: the levers of gpu-mix (a mixed-length stage, next-token loss, constant LR,
+    held-out keys, depth bins, layer runs of several patterns) and --seeds, in one call."""
+    out = tmp_path / "out"
+    rc = main(["experiment", "passkey", "--preset", "smoke-mix", "--out", str(out), "--parts",
+               "main", "--patterns", "sliding_window,full", "--seeds", "0,2",
+               "--no-progress"])  # fmt: skip
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["runs"]) == {
+        "main-sliding_window", "main-full", "main-sliding_window-s2", "main-full-s2"
+    }  # fmt: skip
+    run = res["runs"]["main-full-s2"]
+    cfg = run["config"]
+    assert cfg["seed"] == 2 and cfg["lm_weight"] == 1.0 and cfg["task"]["heldout_keys"]
+    assert cfg["optim"]["schedule"] == "constant" and cfg["stages"][1]["mix"] == [320]
+    assert list(run["eval"]) == ["320", "384", "448"]  # the preset's evaluation lengths
+    assert sorted(set(run["eval"]["384"]["depth_target"])) == pytest.approx([1 / 6, 0.5, 5 / 6])
+    lines = (out / "runs" / "main-full-s2" / "metrics.jsonl").read_text().splitlines()
+    assert "lm_loss" in json.loads(lines[-1]) and "exact_match_by_len" in json.loads(lines[-1])
+    printed = capsys.readouterr().out
+    assert "FAILED: 2 seed(s), the gate needs 3" in printed
+
+
+def _full_run(seed: int, correct_per_bin: list[int], n: int = 64) -> dict:
+    depths = np.repeat((np.arange(len(correct_per_bin)) + 0.5) / len(correct_per_bin), n)
+    correct = np.concatenate([[1] * k + [0] * (n - k) for k in correct_per_bin])
+    return {
+        "name": f"main-full-s{seed}", "part": "main", "pattern": "full",
+        "steps_done": 10, "steps_planned": 10,
+        "config": {"seed": seed, "stages": [{"seq_len": 512}, {"seq_len": 4096}]},
+        "eval": {"4096": {"depth_target": depths.tolist(), "correct": correct.tolist()}},
+    }  # fmt: skip
+
+
+def test_gate_needs_every_bin_of_every_seed():
+    good = [64] * 9 + [61]  # 61/64 = 0.953
+    runs = {str(s): _full_run(s, good) for s in range(3)}
+    g = gate({"runs": runs})
+    assert g["passed"] and g["runs"][0]["min_bin"] == pytest.approx(61 / 64)
+    runs["1"] = _full_run(1, [64] * 9 + [60])  # one bin of one seed at 0.9375
+    g = gate({"runs": runs})
+    assert not g["passed"] and "main-full-s1" in g["reason"]
+    assert "FAIL" in gate_table({"runs": runs}) and "FAILED" in gate_table({"runs": runs})
+    two = {str(s): _full_run(s, good) for s in range(2)}
+    assert not gate({"runs": two})["passed"]
+    assert not gate({"runs": {}})["passed"]
+    assert "PASSED" in gate_table({"runs": {str(s): _full_run(s, good) for s in range(3)}})
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = wilson_interval(61, 64)
+    assert lo == pytest.approx(0.8707, abs=1e-3) and hi == pytest.approx(0.9839, abs=1e-3)
+    with pytest.raises(ValueError, match="total"):
+        wilson_interval(3, 2)
+
+
+def test_plan_of_the_recipe_preset():
+    from powerattn.experiments.passkey import PRESETS
+    from powerattn.training.model import build_model
+
+    model = build_model(PRESETS["gpu-mix"].model, get_pattern("full", block_size=32), 4096)
+    assert 4.5e6 < sum(p.numel() for p in model.parameters()) < 5.5e6  # the issue's ~5M
+    runs = plan("gpu-mix", ["main"], ["full"], seeds=[0, 1, 2])
+    assert [r.name for r in runs] == ["main-full", "main-full-s1", "main-full-s2"]
+    cfg = runs[0].config
+    assert cfg.final_seq_len == 4096 and cfg.stages[-1].lengths == [4096, 512, 1024, 2048, 4096]
+    assert cfg.optim.schedule == "constant" and cfg.lm_weight > 0 and cfg.task.heldout_keys
+    assert runs[0].eval_lengths == [512, 1024, 2048, 4096, 8192]
+    layers = plan("gpu-mix", ["layers"])
+    assert len(layers) == 3 * 7 and "layers8-stride_slash" in {r.name for r in layers}
+    assert all(r.eval_lengths == [4096] for r in layers)
+    long = plan("gpu-mix", ["long"])[0].config
+    assert long.build_pattern() == equal_budget(8192, 32)["power"]

@@ -68,3 +68,26 @@ def test_bad_input():
         passkey_batch(512, 0, rng)
     with pytest.raises(ValueError, match="depths"):
         passkey_batch(512, 2, rng, depths=[0.5])
+
+
+def test_heldout_keys_are_a_hash_set_disjoint_from_training_keys():
+    from powerattn.tasks.passkey import HELDOUT_EVERY, is_heldout_key
+
+    every = np.arange(10_000, 100_000)
+    held = is_heldout_key(every)
+    assert abs(held.mean() - 1 / HELDOUT_EVERY) < 0.005
+    # Not a digit rule: both sets hold every digit at every position.
+    for pos in range(5):
+        digit = (every // 10 ** (4 - pos)) % 10
+        for d in range(1 if pos == 0 else 0, 10):
+            assert held[digit == d].any() and (~held[digit == d]).any()
+    rng = np.random.default_rng(0)
+    ev = passkey_batch(400, 64, rng, keys="heldout")
+    tr = passkey_batch(400, 64, rng, keys="train")
+    assert is_heldout_key(np.array(ev.keys, dtype=np.int64)).all()
+    assert not is_heldout_key(np.array(tr.keys, dtype=np.int64)).any()
+    assert len(set(ev.keys)) > 50  # still random
+    a = passkey_batch(400, 8, np.random.default_rng(5), keys="train")
+    assert a.keys == passkey_batch(400, 8, np.random.default_rng(5), keys="train").keys
+    with pytest.raises(ValueError, match="keys must be one of"):
+        passkey_batch(400, 2, rng, keys="test")

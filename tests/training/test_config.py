@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from powerattn import equal_budget
@@ -83,3 +84,47 @@ def test_unknown_keys_and_suffix(tmp_path):
         load_config(tmp_path / "c.toml")
     with pytest.raises(ValueError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_mixed_stage_draws_every_length_per_step_and_is_seeded():
+    cfg = TrainConfig(stages=[Stage(320, 2), Stage(1024, 600, mix=[512, 1024])], batch_size=1)
+    assert cfg.stages[1].lengths == [1024, 512, 1024]
+    lens = [batch_for_step(cfg, s).seq_len for s in range(2, 602)]
+    assert set(lens) == {512, 1024} and 150 < lens.count(512) < 250  # 1/3 of 600
+    assert lens == [batch_for_step(cfg, s).seq_len for s in range(2, 602)]
+    assert {batch_for_step(cfg, s).seq_len for s in range(2)} == {320}
+    # With replay too: the earlier stage's length is drawn first, the mix otherwise.
+    cfg.replay = 0.5
+    lens = {batch_for_step(cfg, s).seq_len for s in range(2, 602)}
+    assert lens == {320, 512, 1024}
+
+
+def test_training_never_draws_a_heldout_key():
+    from powerattn.tasks.passkey import is_heldout_key
+
+    cfg = TrainConfig(stages=[Stage(320, 40)], batch_size=16)
+    keys = np.array([int(k) for s in range(40) for k in batch_for_step(cfg, s).keys])
+    assert is_heldout_key(keys).any()  # by default any key
+    cfg.task.heldout_keys = True
+    keys = np.array([int(k) for s in range(40) for k in batch_for_step(cfg, s).keys])
+    assert not is_heldout_key(keys).any()
+
+
+def test_recipe_fields_round_trip_and_are_validated(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        "lm_weight: 0.5\ntask: {heldout_keys: true}\noptim: {schedule: constant}\n"
+        "stages: [{seq_len: 512, steps: 3}, {seq_len: 1024, steps: 2, mix: [512]}]\n"
+    )
+    cfg = load_config(tmp_path / "c.yaml")
+    cfg.validate()
+    assert cfg.stages[1].mix == [512] and cfg.lm_weight == 0.5 and cfg.task.heldout_keys
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    for change, match in [
+        ({"stages": [{"seq_len": 512, "steps": 1, "mix": [1024]}]}, r"stages\[0\].mix"),
+        ({"stages": [{"seq_len": 512, "steps": 1, "mix": [100]}]}, r"stages\[0\].mix"),
+        ({"lm_weight": -1.0}, "lm_weight"),
+        ({"lm_weight": 1.0, "loss_on": "all"}, "lm_weight"),
+        ({"optim": {"schedule": "linear"}}, "optim.schedule"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig.from_dict(change).validate()

@@ -31,11 +31,16 @@ def params(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("recipe", [False, True])
+def test_resume_is_exact(tmp_path, recipe):
     """8 steps straight == 4 steps, a 'kill' (the process state is dropped), a fresh trainer
     resuming from the checkpoint, 4 more steps: same parameters, optimizer state, metrics.
-    Logs every 3 steps, so the checkpoint at step 4 falls inside a metrics window."""
+    Logs every 3 steps, so the checkpoint at step 4 falls inside a metrics window. ``recipe``:
+    with mixed lengths, the next-token loss and a constant LR (more window sums to carry)."""
     cfg = tiny_config(log_every=3)
+    if recipe:
+        cfg = tiny_config(log_every=3, stages=[Stage(384, 8, mix=[320])], lm_weight=1.0)
+        cfg.optim.schedule = "constant"
     straight = Trainer(cfg, tmp_path / "a", progress=False)
     straight.train()
     killed = Trainer(cfg, tmp_path / "b", progress=False)
@@ -55,11 +60,15 @@ def test_resume_is_exact(tmp_path):
 
     def losses(d):
         lines = (tmp_path / d / "metrics.jsonl").read_text().splitlines()
-        return [(m["step"], m["loss"], m["exact_match"]) for m in map(json.loads, lines)]
+        keys = ("step", "loss", "exact_match", "exact_match_by_len", "lm_loss")
+        return [tuple(m.get(k) for k in keys) for m in map(json.loads, lines)]
 
     # The lines after the checkpoint were logged once, over the same windows.
     assert [m[0] for m in losses("a")] == [3, 6, 8]
     assert losses("a") == losses("b")
+    if recipe:  # both lengths drawn, the LM loss logged
+        assert all(m[4] is not None for m in losses("a"))
+        assert {n for m in losses("a") for n in m[3]} == {"320", "384"}
 
 
 def test_on_stage_end_is_called_after_each_stage_in_training_mode_again(tmp_path):
@@ -126,6 +135,33 @@ def test_lr_schedule_warmup_then_cosine():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
     assert lrs[-1] == pytest.approx(cfg.optim.min_lr_ratio, abs=1e-3)
+
+
+def test_constant_schedule_after_warmup():
+    cfg = tiny_config(stages=[Stage(320, 50)])
+    cfg.optim.warmup_steps = 10
+    cfg.optim.schedule = "constant"
+    lrs = [lr_lambda(s, cfg) for s in range(50)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9:] == [1.0] * 41
+
+
+def test_lm_loss_is_the_next_token_loss_of_the_other_positions():
+    """With lm: the answer loss and correctness are those of the answer-only loss, and the
+    LM loss is the mean cross-entropy of every next token before the answer."""
+    from powerattn.training.trainer import passkey_loss
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(layers=1, hidden=16, heads=2, kv_heads=2, intermediate=32)
+    model = build_model(cfg, get_pattern("full", block_size=32), 320, seed=0)
+    ids = torch.randint(0, 256, (2, 320), generator=torch.Generator().manual_seed(3))
+    loss, correct, lm = passkey_loss(model, ids, 5, "answer", lm=False)
+    loss2, correct2, lm2 = passkey_loss(model, ids, 5, "answer", lm=True)
+    assert lm is None and torch.equal(correct, correct2)
+    torch.testing.assert_close(loss2, loss)
+    logits = model(ids).logits.double()
+    want = torch.nn.functional.cross_entropy(logits[0, :-6], ids[0, 1:-5]) / 2
+    want += torch.nn.functional.cross_entropy(logits[1, :-6], ids[1, 1:-5]) / 2
+    torch.testing.assert_close(lm2.double(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_loss_goes_down(tmp_path):
@@ -267,3 +303,41 @@ def test_bad_device_is_a_value_error():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_evaluate_passkey_depth_bins_and_heldout_keys(monkeypatch):
+    """With depth bins each cell's needles sit at random positions inside the bin (not one
+    shared position), the documents are the same for every model, keys are held out."""
+    import powerattn.training.evaluate as ev
+    from powerattn.tasks.passkey import is_heldout_key
+    from powerattn.training.evaluate import depth_bins, evaluate_passkey
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        batch = real(*args, **kwargs)
+        seen.extend(batch.keys)
+        return batch
+
+    real = ev.passkey_batch
+    monkeypatch.setattr(ev, "passkey_batch", spy)
+
+    centres, width = depth_bins(4)
+    assert centres.tolist() == [0.125, 0.375, 0.625, 0.875] and width == 0.25
+    cfg = ModelConfig(layers=1, hidden=16, heads=2, kv_heads=2, intermediate=32)
+    model = build_model(cfg, get_pattern("full", block_size=32), 1024, seed=0)
+    kw = {"samples": 6, "depth_width": width, "keys": "heldout"}
+    res = evaluate_passkey(model, 1024, centres, **kw)
+    assert res["depth_target"].tolist() == np.repeat(centres, 6).tolist()
+    for c in centres:
+        d = res["depth"][res["depth_target"] == c]
+        assert len(set(d.tolist())) > 3  # positions vary inside the cell
+        assert (np.abs(d - c) <= width / 2 + 0.02).all()  # + snapping to a sentence start
+    again = evaluate_passkey(build_model(cfg, get_pattern("full", block_size=32), 1024, seed=1),
+                             1024, centres, **kw)  # fmt: skip
+    assert np.array_equal(again["key_positions"], res["key_positions"])
+    assert len(seen) == 2 * 24 and is_heldout_key(np.array(seen, dtype=np.int64)).all()
+    with pytest.raises(ValueError, match="depth_width"):
+        evaluate_passkey(model, 1024, centres, samples=1, depth_width=2.0)
+    with pytest.raises(ValueError, match="n must be"):
+        depth_bins(0)

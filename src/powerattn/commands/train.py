@@ -43,9 +43,15 @@ parts (each a list of runs; every run trains one model, then evaluates it):
 
 presets:
   smoke       2-layer models, 4-6 steps, 320-448 tokens: checks every code path on a CPU
-  gpu         6-layer models, 320 -> 4096 tokens (long: 8192), 1400 steps, 300 per
-              length after a 200-step warm-up: the H200 campaign
-  gpu-replay  the earlier campaign: shorter stages, 25 % of steps replay earlier lengths
+  smoke-mix   the same for the levers of gpu-mix (mixed lengths, LM loss, constant LR)
+  gpu-mix     the recipe of the gate: 6 layers, hidden 256 (~5M parameters), a 150-step
+              warm-up at 320/512 tokens, then 2000 steps each drawing its length from
+              512..4096 (long: ..8192), constant LR, next-token loss on the whole document,
+              10 depth bins x 64 documents on held-out keys; layers part: power, sliding
+              window and stride slash with 1..8 layers
+  gpu         the second campaign: 6-layer hidden-128 models, 320 -> 4096 tokens (long:
+              8192), 300 steps per length after a 200-step warm-up
+  gpu-replay  the first campaign: shorter stages, 25 % of steps replay earlier lengths
 
 Writes OUT/results.json (per document: correct, digit accuracy, needle_hops, the theory's
 reachable fraction; for the final model at the evaluated lengths, and for the model at the
@@ -57,6 +63,8 @@ examples:
   powerattn experiment passkey --preset smoke --out /tmp/pk
   powerattn experiment passkey --preset gpu --out pk --jobs 10 --deadline 1800
   powerattn experiment passkey --preset gpu --out pk1 --jobs 10 --seed 1   # a replicate
+  powerattn experiment passkey --preset gpu-mix --parts main --patterns full \
+      --seeds 0,1,2 --jobs 3 --out gate --deadline 400                     # the gate
   powerattn experiment passkey --out merged --replot a/results.json,b/results.json
 """
 
@@ -101,7 +109,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     k.add_argument(
-        "--preset", default="smoke", help="smoke (default), gpu or gpu-replay; see below"
+        "--preset",
+        default="smoke",
+        help="smoke (default), smoke-mix, gpu-mix, gpu or gpu-replay; see below",
     )
     k.add_argument("--out", required=True, help="output directory")
     k.add_argument("--parts", type=_csv, help="comma list of main,layers,long (default all)")
@@ -117,6 +127,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=nonnegative_int,
         help="seed of initialisation and data (default: the preset's, 0); a replicate's run "
         "names end in -sSEED, so its results.json merges with the first one's (--replot)",
+    )
+    k.add_argument(
+        "--seeds",
+        type=lambda t: [nonnegative_int(x) for x in _csv(t)],
+        help="comma list: the campaign of each seed in one call (run names as with --seed)",
     )
     k.add_argument(
         "--jobs", type=positive_int, default=1, help="runs trained at once (subprocesses)"
@@ -165,6 +180,7 @@ def _passkey(args: argparse.Namespace) -> int:
 
     from ..experiments.passkey import (
         EXIT_CHECKPOINT_MISMATCH,
+        gate_table,
         run_experiment,
         seed_table,
         summary_table,
@@ -186,6 +202,8 @@ def _passkey(args: argparse.Namespace) -> int:
         print(theory_table(results))
         print()
         print(seed_table(results))
+        print()
+        print(gate_table(results))
         return 0
     stop_time = args.stop_time
     if args.deadline is not None:
@@ -206,6 +224,7 @@ def _passkey(args: argparse.Namespace) -> int:
             layer_sweep=args.layer_sweep,
             backend=args.backend,
             seed=args.seed,
+            seeds=args.seeds,
         )
     except CheckpointMismatchError as exc:  # its own status: --jobs must not retry it
         print(f"powerattn experiment passkey: error: {exc}", file=sys.stderr)
