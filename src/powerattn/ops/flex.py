@@ -38,6 +38,8 @@ pattern; smaller blocks (16..64) need the pattern's own ``mask_mod`` in straddli
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 from collections import OrderedDict
 
 import numpy as np
@@ -142,6 +144,11 @@ def flash_importable() -> bool:
     return _flash_importable
 
 
+@functools.cache
+def _capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
 def flash_unsupported(
     q: torch.Tensor,
     pattern: Pattern,
@@ -164,7 +171,7 @@ def flash_unsupported(
             "(FlashAttention-4 runs the causal mask only inside tiles)"
         )
     if capability is None:
-        capability = torch.cuda.get_device_capability(q.device)
+        capability = _capability(q.device.index)
     if capability[0] not in FLASH_CAPABILITIES:
         return (
             f"FlashAttention-4 needs a Hopper (SM90) or Blackwell (SM100) GPU, got "
@@ -316,6 +323,27 @@ def recompile_guard(limit: int | None = None):
         ) from exc
 
 
+_LN2 = math.log(2.0)
+_flash_lse_bug: bool | None = None
+
+
+def _flash_lse_rescaled() -> bool:
+    """Whether this torch multiplies FlashAttention-4's lse by ln 2 as if it were base 2.
+
+    FlexAttention's Triton kernels keep base-2 statistics and the Python wrapper converts them
+    to natural logs; FlashAttention-4's lse is natural already, and torch before the fix (2.11,
+    seen on the H200: lse off by a factor ln 2) converted it anyway. Fixed torches pass a
+    ``stats_are_log2`` flag that depends on the backend; we look for it once."""
+    global _flash_lse_bug
+    if _flash_lse_bug is None:
+        import inspect
+
+        import torch.nn.attention.flex_attention as fa
+
+        _flash_lse_bug = "stats_are_log2" not in inspect.getsource(fa)
+    return _flash_lse_bug
+
+
 def pick_kernel(q: torch.Tensor, pattern: Pattern) -> str:
     """``"flash"`` (FlashAttention-4) where it can serve the input, else ``"flex"``."""
     return "flex" if flash_unsupported(q, pattern) else "flash"
@@ -386,6 +414,8 @@ def flex_sparse_attention(
         out, lse = res, None
     else:
         out, lse = res[0], res[1].lse if AuxRequest is not None else res[1]
+        if kernel == "flash" and _flash_lse_rescaled():
+            lse = lse / _LN2
     if pad:
         out = out[:, :, pad:].contiguous()
         lse = None if lse is None else lse[:, :, pad:].contiguous()
