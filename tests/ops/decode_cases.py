@@ -4,6 +4,9 @@ On CUDA they run in-process; on the CPU test_decode.py runs this file as a scrip
 subprocess with ``TRITON_INTERPRET=1`` (the variable must be set before triton is imported,
 and must not leak into other tests). Outputs and the kernel's scratch buffers are poisoned
 with NaN before each call, so unwritten rows show up.
+
+Tolerance: the error against the float64 reference is at most twice that of a same-precision
+dense SDPA with the pattern's mask, plus a small floor.
 """
 
 from __future__ import annotations
@@ -16,36 +19,79 @@ import torch.nn.functional as F
 
 from powerattn import get_pattern, pattern_names, reference_attention
 from powerattn.ops import decode
+from powerattn.ops.kvcache import sparse_attention_with_kvcache
 
 FLOOR = {torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 2e-4}
-_PARAMS = {"stride_slash": {"stride": 4}, "longnet": {"segments": ((4, 1), (8, 2), (16, 4))}}
 
 
 def _pattern(name: str, bs: int):
-    return get_pattern(name, block_size=bs, **_PARAMS.get(name, {}))
+    return get_pattern(name, block_size=bs, **get_pattern(name).small_params)
 
 
 def cases() -> list[tuple]:
-    """(pattern, block size, Sq, Sk, GQA ratio, dtype, head dim, splits)."""
+    """(pattern, block size, Sq, Sk, GQA ratio, dtype, head dim, splits, fused)."""
     out = []
     dts = [torch.float32, torch.bfloat16, torch.float16]
-    for i, (name, (bs, sq, sk)) in enumerate(
-        itertools.product(
-            pattern_names(), [(16, 1, 203), (32, 5, 333), (16, 16, 200), (64, 3, 64 * 9 + 1)]
-        )
-    ):
-        out.append((name, bs, sq, sk, (1, 4, 7)[i % 3], dts[i % 3], 64, None))
+    shapes = [(16, 1, 203), (32, 5, 333), (16, 16, 200), (64, 3, 64 * 9 + 1)]
+    for i, (name, (bs, sq, sk)) in enumerate(itertools.product(pattern_names(), shapes)):
+        out.append((name, bs, sq, sk, (1, 4, 7)[i % 3], dts[i % 3], 64, None, True))
     # Head dim 128, pattern blocks of 256 at a longer context, forced split counts.
-    out.append(("power", 256, 1, 256 * 9 + 77, 7, torch.bfloat16, 128, None))
-    out.append(("power", 256, 2, 256 * 8 + 1, 4, torch.float16, 128, 1))
-    out.append(("stride_slash", 128, 1, 128 * 9 + 3, 4, torch.float32, 128, 3))
+    out.append(("power", 256, 1, 256 * 9 + 77, 7, torch.bfloat16, 128, None, True))
+    out.append(("power", 256, 2, 256 * 8 + 1, 4, torch.float16, 128, 1, True))
+    out.append(("stride_slash", 128, 1, 128 * 9 + 3, 4, torch.float32, 128, 3, True))
     # Strided inputs: q from a (B, S, H, D) layout, K/V a prefix of a longer cache.
-    out.append(("power", 32, 3, 32 * 7 + 9, 4, torch.float16, 64, "strided"))
+    out.append(("power", 32, 3, 32 * 7 + 9, 4, torch.float16, 64, "strided", True))
+    # The two-kernel variant (partials, then a combine launch).
+    out.append(("power", 16, 3, 203, 4, torch.float32, 64, None, False))
+    out.append(("longnet", 32, 1, 333, 7, torch.bfloat16, 64, None, False))
     return out
 
 
-def check(name, bs, sq, sk, gqa, dtype, d, splits, device, fused=None) -> str | None:
-    """Run one case; return an error message or None."""
+def batched_cases() -> list[tuple]:
+    """(pattern, block size, Sq, lengths, cache size, GQA ratio, dtype, head dim, fused).
+
+    Mixed lengths in one batch: shorter than a block, at and around block boundaries, the
+    whole cache, shorter than Sq (rows without keys) and 0 (an empty slot)."""
+    return [
+        ("power", 16, 1, [203, 5, 16, 17, 64, 256], 256, 4, torch.float32, 64, True),
+        ("power", 32, 3, [2, 97, 32, 33, 320, 0], 320, 7, torch.bfloat16, 64, True),
+        ("sliding_window", 16, 2, [1, 48, 200, 15], 200, 4, torch.float16, 64, True),
+        ("full", 16, 1, [7, 100, 33], 100, 1, torch.float32, 64, True),
+        ("stride_slash", 16, 4, [130, 16, 4, 70], 130, 4, torch.float32, 64, False),
+        ("longnet", 16, 1, [160, 31, 96], 160, 4, torch.bfloat16, 64, True),
+        ("dilated", 32, 1, [33, 200, 64], 200, 2, torch.float16, 128, True),
+    ]
+
+
+def _poison() -> None:
+    for ws, _ in decode._workspaces.values():  # partials of earlier calls; counters stay 0
+        ws.fill_(float("nan"))
+
+
+def _dense_base(q, k, v, pattern):
+    """Same-precision dense SDPA with the pattern's mask (the tolerance's yardstick)."""
+    g = q.shape[1] // k.shape[1]
+    mask = pattern.dense_mask(q.shape[2], k.shape[2]).to(q.device)
+    return F.scaled_dot_product_attention(
+        q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), attn_mask=mask
+    )
+
+
+def _compare(out, lse, q, k, v, pattern, dtype, tag) -> str | None:
+    ref, ref_lse = reference_attention(q, k, v, pattern, return_lse=True, upcast=True)
+    base = _dense_base(q, k, v, pattern)
+    err = (out.double() - ref).abs().max().item()
+    tol = 2 * (base.double() - ref).abs().max().item() + FLOOR[dtype]
+    lse_err = (lse.double() - ref_lse).abs().max().item()
+    if not torch.isfinite(out).all() or not err <= tol:
+        return f"{tag}: out error {err:.3g} > {tol:.3g}"
+    if not lse_err <= 1e-4:
+        return f"{tag}: lse error {lse_err:.3g}"
+    return None
+
+
+def check(name, bs, sq, sk, gqa, dtype, d, splits, fused, device) -> str | None:
+    """Run one uniform-length case; return an error message or None."""
     pattern = _pattern(name, bs)
     g = torch.Generator().manual_seed(sk + sq * 7 + gqa)
     hkv = 2
@@ -59,35 +105,112 @@ def check(name, bs, sq, sk, gqa, dtype, d, splits, device, fused=None) -> str | 
         q = torch.randn(2, hkv * gqa, sq, d, generator=g).to(device, dtype)
         k = torch.randn(2, hkv, sk, d, generator=g).to(device, dtype)
         v = torch.randn(2, hkv, sk, d, generator=g).to(device, dtype)
-    ref, ref_lse = reference_attention(q, k, v, pattern, return_lse=True, upcast=True)
-    mask = pattern.dense_mask(sq, sk).to(device)
-    base = F.scaled_dot_product_attention(
-        q, k.repeat_interleave(gqa, 1), v.repeat_interleave(gqa, 1), attn_mask=mask
-    )
-    for buf in decode._scratch.values():  # poison the partials of earlier calls
-        for t in buf[:3]:
-            t.fill_(float("nan"))
-    out = torch.full_like(q, float("nan"))
+    _poison()
+    out = torch.full(q.shape, float("nan"), dtype=dtype, device=device)
     out, lse = decode.decode_attention(
         q, k, v, pattern, d**-0.5, splits=splits, out=out, fused=fused
     )
-    err = (out.double() - ref).abs().max().item()
-    tol = 2 * (base.double() - ref).abs().max().item() + FLOOR[dtype]
-    lse_err = (lse.double() - ref_lse).abs().max().item()
     tag = f"{name} bs={bs} sq={sq} sk={sk} gqa={gqa} {dtype} d={d} splits={splits} fused={fused}"
-    if not torch.isfinite(out).all() or not err <= tol:
-        return f"{tag}: out error {err:.3g} > {tol:.3g}"
-    if not lse_err <= 1e-4:
-        return f"{tag}: lse error {lse_err:.3g}"
+    return _compare(out, lse, q, k, v, pattern, dtype, tag)
+
+
+def check_batched(name, bs, sq, lens, cap, gqa, dtype, d, fused, device) -> str | None:
+    """Per-sequence lengths in one call, each sequence against its own reference."""
+    pattern = _pattern(name, bs)
+    g = torch.Generator().manual_seed(cap + sq)
+    B, hkv = len(lens), 2
+    q = torch.randn(B, hkv * gqa, sq, d, generator=g).to(device, dtype)
+    # The cache as (B, S, H, D) storage viewed as (B, H, S, D): strided, as caches often are.
+    k = torch.randn(B, cap, hkv, d, generator=g).to(device, dtype).transpose(1, 2)
+    v = torch.randn(B, cap, hkv, d, generator=g).to(device, dtype).transpose(1, 2)
+    seqlens = torch.tensor(lens, dtype=torch.int32, device=device)
+    _poison()
+    out = torch.full(q.shape, float("nan"), dtype=dtype, device=device)
+    out, lse = decode.decode_attention(
+        q, k, v, pattern, d**-0.5, out=out, fused=fused, cache_seqlens=seqlens
+    )
+    tag = f"{name} bs={bs} sq={sq} lens={lens} cap={cap} gqa={gqa} {dtype} d={d} fused={fused}"
+    for b, n in enumerate(lens):
+        first = max(sq - n, 0)  # rows at negative positions have no keys
+        if first and not (
+            out[b, :, :first].eq(0).all() and lse[b, :, :first].eq(float("-inf")).all()
+        ):
+            return f"{tag}: sequence {b} (length {n}): rows without keys are not 0 / -inf"
+        if first < sq:
+            sl = slice(first, None)
+            msg = _compare(
+                out[b : b + 1, :, sl], lse[b : b + 1, :, sl], q[b : b + 1, :, sl],
+                k[b : b + 1, :, :n], v[b : b + 1, :, :n], pattern, dtype, f"{tag} seq {b}",
+            )  # fmt: skip
+            if msg:
+                return msg
+    # A length past the cache: that sequence's rows are NaN, the others unaffected.
+    seqlens2 = seqlens.clone()
+    seqlens2[0] = cap + 1
+    out2, _ = decode.decode_attention(q, k, v, pattern, d**-0.5, cache_seqlens=seqlens2)
+    if not (out2[0].isnan().all() and torch.equal(out2[1:], out[1:])):
+        return f"{tag}: a length past the cache should give NaN rows for that sequence only"
+    return None
+
+
+def check_public(device) -> str | None:
+    """The public batched operator against per-sequence sparse_attention, int64 lengths."""
+    pattern = _pattern("power", 16)
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(3, 8, 2, 64, generator=g).to(device)
+    k = torch.randn(3, 2, 90, 64, generator=g).to(device)
+    v = torch.randn(3, 2, 90, 64, generator=g).to(device)
+    lens = torch.tensor([90, 17, 40], device=device)
+    out, lse = sparse_attention_with_kvcache(q, k, v, pattern, cache_seqlens=lens, return_lse=True)
+    for b, n in enumerate(lens.tolist()):
+        msg = _compare(
+            out[b : b + 1], lse[b : b + 1], q[b : b + 1], k[b : b + 1, :, :n],
+            v[b : b + 1, :, :n], pattern, torch.float32, f"public seq {b}",
+        )  # fmt: skip
+        if msg:
+            return msg
+    return None
+
+
+def check_compiled(device) -> str | None:
+    """The custom op: opcheck (schema, fake implementation, AOT dispatch) and the public
+    operators inside torch.compile(fullgraph=True) match eager calls."""
+    from powerattn import sparse_attention
+
+    pattern = _pattern("power", 16)
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 4, 1, 32, generator=g).to(device)
+    k = torch.randn(2, 2, 70, 32, generator=g).to(device)
+    v = torch.randn(2, 2, 70, 32, generator=g).to(device)
+    lens = torch.tensor([70, 21], dtype=torch.int32, device=device)
+    spec = decode._pattern_spec(pattern)
+    torch.library.opcheck(
+        torch.ops.powerattn.decode.default, (q, k, v, lens, spec, 0.2, True, False)
+    )
+
+    def step(q, k, v, lens):
+        a = sparse_attention_with_kvcache(q, k, v, pattern, cache_seqlens=lens)
+        b = sparse_attention(q, k, v, pattern, backend="decode")
+        return a, b
+
+    eager = step(q, k, v, lens)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(q, k, v, lens)
+    for e, c in zip(eager, compiled, strict=True):
+        if not torch.equal(e, c):
+            return f"compiled decode differs from eager by {(e - c).abs().max().item():.3g}"
     return None
 
 
 def main(device: str = "cpu") -> int:
-    runs = [(c, f) for c in cases() for f in (True, False)]  # fused and two-kernel
-    failures = [m for c, f in runs if (m := check(*c, device=device, fused=f))]
+    runs = [(check, c) for c in cases()] + [(check_batched, c) for c in batched_cases()]
+    failures = [m for fn, c in runs if (m := fn(*c, device=device))]
+    for fn in (check_public, check_compiled):
+        if m := fn(device):
+            failures.append(m)
+    total = len(runs) + 2
     for m in failures:
         print("FAIL", m)
-    print(f"{len(runs) - len(failures)}/{len(runs)} decode cases passed on {device}")
+    print(f"{total - len(failures)}/{total} decode cases passed on {device}")
     return 1 if failures else 0
 
 

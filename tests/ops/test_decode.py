@@ -1,6 +1,8 @@
-"""The Triton decode kernel against the float64 reference (cases in decode_cases.py).
+"""The Triton decode kernel against the float64 reference (cases in decode_cases.py), the dense
+SDPA shortcut of ``auto``, the custom op's fake implementation and the public batched
+operator's checks.
 
-On CUDA the cases run in-process. On the CPU they run in Triton's interpreter, in a
+On CUDA the kernel cases run in-process. On the CPU they run in Triton's interpreter, in a
 subprocess, because ``TRITON_INTERPRET=1`` must be set before triton is imported and must
 not leak into the other tests of this process.
 """
@@ -15,15 +17,37 @@ from pathlib import Path
 import decode_cases
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from powerattn import get_pattern, pattern_names, reference_attention
+from powerattn.ops import decode
+from powerattn.ops.kvcache import sparse_attention_with_kvcache
 
 CASES = Path(__file__).with_name("decode_cases.py")
 
 
+def _ids(case) -> str:
+    return "-".join(map(str, case))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CPU: interpreter test)")
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "two_kernels"])
-@pytest.mark.parametrize("case", decode_cases.cases(), ids=lambda c: "-".join(map(str, c)))
-def test_decode_kernel_cuda(case, fused):
-    msg = decode_cases.check(*case, device="cuda", fused=fused)
+@pytest.mark.parametrize("case", decode_cases.cases(), ids=_ids)
+def test_decode_kernel_cuda(case):
+    msg = decode_cases.check(*case, device="cuda")
+    assert msg is None, msg
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CPU: interpreter test)")
+@pytest.mark.parametrize("case", decode_cases.batched_cases(), ids=_ids)
+def test_decode_batched_cuda(case):
+    msg = decode_cases.check_batched(*case, device="cuda")
+    assert msg is None, msg
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CPU: interpreter test)")
+@pytest.mark.parametrize("fn", [decode_cases.check_public, decode_cases.check_compiled])
+def test_decode_public_and_compiled_cuda(fn):
+    msg = fn("cuda")
     assert msg is None, msg
 
 
@@ -37,3 +61,123 @@ def test_decode_kernel_interpreted():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "decode cases passed" in proc.stdout
+
+
+# ------------------------------------------------------------------ the dense shortcut
+@pytest.mark.parametrize("name", pattern_names())
+def test_full_causal_blocks_matches_dense_mask(name):
+    """The number of leading query blocks that attend every earlier block, by brute force."""
+    bs, n = 4, 40
+    pattern = get_pattern(name, block_size=bs, **get_pattern(name).small_params)
+    full = [bool(pattern.dense_mask(1, (qb + 1) * bs).all()) for qb in range(n)]
+    expected = full.index(False) if False in full else n
+    got = decode.full_causal_blocks(pattern)
+    assert got == expected if expected < n else got >= n
+
+
+def test_dense_is_exact_rule():
+    power = get_pattern("power", block_size=256, window=5, sink=1)
+    assert decode.full_causal_blocks(power) == 6  # full causal up to 6 blocks (1536 keys)
+    assert decode.dense_is_exact(power, 1, 1536)
+    assert not decode.dense_is_exact(power, 1, 1537)
+    assert not decode.dense_is_exact(power, 2, 1000)  # several queries: the kernel
+    full = get_pattern("full")
+    assert decode.dense_is_exact(full, 1, decode.DENSE_DECODE_MAX_KEYS)
+    assert not decode.dense_is_exact(full, 1, decode.DENSE_DECODE_MAX_KEYS + 1)
+
+
+@pytest.mark.parametrize(
+    ("sk", "kwargs", "dense"),
+    [
+        (1536, {}, True),
+        (1537, {}, False),  # the pattern skips a block: not exact
+        (1000, {"need_lse": True}, False),  # SDPA gives no lse
+        (1000, {"allow_dense": False}, False),  # backend="decode": always the kernel
+    ],
+)
+def test_decode_forward_routes(monkeypatch, sk, kwargs, dense):
+    """Dense SDPA only where it is exact; it matches the reference there."""
+    calls = []
+
+    def fake_kernel(q, k, v, pattern, scale, **kw):
+        calls.append(kw)
+        return torch.zeros_like(q), torch.zeros(q.shape[:3])
+
+    monkeypatch.setattr(decode, "decode_attention", fake_kernel)
+    power = get_pattern("power", block_size=256, window=5, sink=1)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 8, 1, 32, generator=g)
+    k, v = torch.randn(2, 1, 2, sk, 32, generator=g)
+    out, _ = decode.decode_forward(q, k, v, power, 32**-0.5, **kwargs)
+    assert (not calls) == dense
+    if dense:
+        ref = reference_attention(q, k, v, power, upcast=True)
+        assert (out.double() - ref).abs().max() < 1e-5
+
+
+def test_fake_impl_shapes():
+    spec = decode._pattern_spec(get_pattern("power"))
+    with FakeTensorMode():
+        q = torch.empty(3, 28, 2, 128, dtype=torch.bfloat16)
+        k = torch.empty(3, 4, 4096, 128, dtype=torch.bfloat16)
+        lens = torch.empty(3, dtype=torch.int32)
+        out, lse = torch.ops.powerattn.decode(q, k, k, lens, spec, 0.1, True, True)
+        assert out.shape == q.shape and out.dtype == q.dtype
+        assert lse.shape == (3, 28, 2) and lse.dtype == torch.float32
+        _, lse = torch.ops.powerattn.decode(q, k, k, None, spec, 0.1, False, True)
+        assert lse.shape == (0,)
+
+
+def test_pattern_spec_round_trip():
+    for name in pattern_names():
+        p = get_pattern(name, block_size=32, **get_pattern(name).small_params)
+        assert decode._pattern_from_spec(decode._pattern_spec(p)) == p
+
+
+# ----------------------------------------------------------- the public batched operator
+def _inputs(dtype=torch.float32, lens=(40, 9, 0)):
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(len(lens), 4, 2, 16, generator=g, dtype=dtype)
+    k = torch.randn(len(lens), 2, 40, 16, generator=g, dtype=dtype)
+    v = torch.randn(len(lens), 2, 40, 16, generator=g, dtype=dtype)
+    return q, k, v, torch.tensor(lens)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kvcache_cpu_path(dtype):
+    """Without the kernel (CPU, float64): per-sequence lengths with the kernel's semantics."""
+    q, k, v, lens = _inputs(dtype, lens=(40, 9, 1, 0))
+    pattern = get_pattern("power", block_size=4, window=2, sink=1)
+    out, lse = sparse_attention_with_kvcache(q, k, v, pattern, cache_seqlens=lens, return_lse=True)
+    for b, n in enumerate(lens.tolist()):
+        first = max(2 - n, 0)
+        assert out[b, :, :first].eq(0).all() and lse[b, :, :first].eq(float("-inf")).all()
+        if first < 2:
+            ref = reference_attention(q[b : b + 1, :, first:], k[b : b + 1, :, :n],
+                                      v[b : b + 1, :, :n], pattern, upcast=True)  # fmt: skip
+            assert (out[b : b + 1, :, first:].double() - ref).abs().max() < 1e-5
+
+
+def test_kvcache_int_length():
+    q, k, v, _ = _inputs()
+    ref = reference_attention(q, k[:, :, :30], v[:, :, :30], "power", upcast=True)
+    out = sparse_attention_with_kvcache(q, k, v, "power", cache_seqlens=30)
+    assert (out.double() - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda a: {**a, "cache_seqlens": a["cache_seqlens"].float()}, "int32 or int64"),
+        (lambda a: {**a, "cache_seqlens": a["cache_seqlens"][:2]}, r"\(batch,\) = \(3,\)"),
+        (lambda a: {**a, "cache_seqlens": [40, 9, 0]}, "must be a tensor"),
+        (lambda a: {**a, "cache_seqlens": 41}, "must lie in Sq..S_max"),
+        (lambda a: {**a, "cache_seqlens": torch.tensor([41, 9, 0])}, "must lie in 0..S_max"),
+        (lambda a: {**a, "q": a["q"].requires_grad_()}, "no backward"),
+    ],
+)
+def test_kvcache_refusals(change, match):
+    q, k, v, lens = _inputs()
+    args = change({"q": q, "k_cache": k, "v_cache": v, "cache_seqlens": lens})
+    with pytest.raises(ValueError, match=match):
+        sparse_attention_with_kvcache(pattern="power", **args)

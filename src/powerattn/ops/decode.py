@@ -1,36 +1,57 @@
 """Decode backend: one Triton kernel that reads only the attended key/value blocks.
 
-For ``Sq <= DECODE_MAX_Q`` queries at the end of ``Sk`` keys, the attended key blocks are
-known in closed form from the position. Work is split over *units* (one ``BLOCK_N``-token
-chunk of one attended block); program ``(b * Hkv + h, split, row_block)`` takes units
+For ``Sq <= DECODE_MAX_Q`` queries at the end of the keys, the attended key blocks are known
+from the position. Work is split over *units* (one ``BLOCK_N``-token chunk of one attended
+block of one query block); program ``(b * Hkv + h, split, row_block)`` takes units
 ``split, split + SPLITS, ...`` for all query heads of key/value head ``h`` (GQA: K/V read
 once per group, never copied), keeps an online softmax in base 2 and writes partial
 ``(m, l, acc)``. The last program of each (batch, head, row block) to finish -- an atomic
-counter with acquire/release semantics -- combines the splits and writes ``out`` and
-``lse``, so a call is one launch (``fused=False``: a second, tiny combine kernel instead).
-Scratch buffers and counters are cached per (device, stream, shape): calls on one stream
-are ordered; concurrent calls on different streams get different buffers.
+counter with acquire/release semantics, reset by that program -- combines the splits and
+writes ``out`` (and ``lse``), so a call is one launch (``fused=False``: a second, tiny
+combine kernel instead).
 
-Block lists, with nothing copied from the host per step:
+Per-sequence lengths (a KV cache): with ``cache_seqlens`` (``(B,)`` int32/int64 on the
+device) sequence ``b`` has keys ``k[b, :, :cache_seqlens[b]]`` and its queries are the last
+``Sq`` positions before ``cache_seqlens[b]``; the kernel reads the lengths itself, so there
+is no host-device synchronisation and no loop over the batch.
 
-* ``power`` (base 2), ``sliding_window`` and ``full`` are enumerated *inside* the kernel
-  (sink slots, window slots, power-of-two slots), from scalar arguments only;
-* any other pattern uses a small device table (union of the attended blocks of the query
-  blocks, with a per-entry bit mask saying which query block attends it), built by torch
-  ops on the device from the pattern's ``block_rule`` and cached per (pattern, Sq, Sk).
+Per-call host work is constant in the context length. Everything that depends on the
+pattern, the shapes and the *length bucket* (the number of key blocks rounded up to a power
+of two) is a :class:`_Plan`, cached by value (``functools.lru_cache``):
+
+* ``power`` (base 2), ``sliding_window`` and ``full`` (see
+  :meth:`~powerattn.patterns.Pattern.decode_closed_form`) are enumerated *inside* the kernel
+  (sink slots, window slots, power-of-two slots) from constants;
+* any other pattern reads a device table of its block layout over the bucket (row ``qb``:
+  the attended key blocks of query block ``qb``), built once per bucket.
+
+Scratch buffers (partials and the counters) are cached per (device, stream), at most
+:data:`_WORKSPACE_STREAMS` of them: calls on one stream are ordered. During CUDA-graph
+capture they are allocated per call instead, from the graph's pool (the counters zeroed by
+a captured memset), so a graph never shares them with eager calls or with another graph.
+Build the plan before capturing (one eager call: it also compiles the kernel).
+
+:func:`decode_forward` adds the dense SDPA shortcut (see :func:`dense_is_exact`) and is what
+the public operators call; it is also the ``powerattn::decode`` custom op (with a fake
+implementation) so that it works inside ``torch.compile(fullgraph=True)``.
 
 No backward: the dispatcher routes inputs that require grad to FlexAttention.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import functools
+import json
 import os
+import sys
 from collections import OrderedDict
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
-from ..patterns import Pattern
+from ..patterns import Pattern, get_pattern
 
 try:
     import triton
@@ -41,18 +62,30 @@ except ImportError:  # pragma: no cover - triton is an optional dependency
 # Most queries per call (speculative decoding, tiny chunks); beyond that use FlexAttention.
 DECODE_MAX_Q = 16
 MAX_HEAD_DIM = 256
+# Dense SDPA (no mask, enable_gqa) serves a one-query step when the pattern attends every key
+# at that length (then it is exact) and Sk is at most this many keys; the kernel would read
+# the same keys. H200 (Qwen2-7B shapes, bf16): dense SDPA 0.034 ms at 32K and 0.080 ms at
+# 128K; the kernel's eager call 0.055 ms at 128K (power; it reads 2% of the keys). Measured
+# by `scripts/gpu_decode.py` (rows "decode_fullpattern"), which prints the crossover.
+DENSE_DECODE_MAX_KEYS = 32768
+# Work split: enough programs for this many per SM, each with at least this many units.
+TARGET_PROGRAMS_PER_SM = 2
+MIN_UNITS_PER_SPLIT = 2
+SPLITS_MAX = 64  # also the width of the combine's (m, l) load
+FUSED = True  # single launch (split-K with an in-kernel semaphore)
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_TABLE_CACHE_SIZE = 64
-_table_cache: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
-_scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 _LOG2E = 1.4426950408889634
+_PLAN_CACHE_SIZE = 128
+_WORKSPACE_STREAMS = 8
+_FULL_PROBE_BLOCKS = 1024  # query blocks probed for "attends every earlier block"
+# Kernel modes: a device table, closed form with a finite window, closed form "every block".
+MODE_TABLE, MODE_CLOSED, MODE_ALL = 0, 1, 2
+_workspaces: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
-MODE_TABLE, MODE_CLOSED = 0, 1
-# Single launch (split-K with an in-kernel semaphore) instead of partial + combine kernels.
-FUSED = True
 
-
-def _device_ok(t: torch.Tensor) -> bool:
+def kernel_device(t: torch.Tensor) -> bool:
+    """Whether the kernel can run on ``t``'s device (CUDA; the CPU in the interpreter)."""
     return t.device.type == "cuda" or (_INTERPRET and t.device.type == "cpu")
 
 
@@ -73,7 +106,7 @@ def check_supported(q: torch.Tensor, k: torch.Tensor) -> None:
         raise ValueError(
             f"backend='decode' serves Sq <= {DECODE_MAX_Q} queries, got Sq={q.shape[2]}"
         )
-    if not _device_ok(q):
+    if not kernel_device(q):
         raise ValueError(
             f"backend='decode' runs on CUDA (or CPU under TRITON_INTERPRET=1), got {q.device}"
         )
@@ -83,49 +116,73 @@ def check_supported(q: torch.Tensor, k: torch.Tensor) -> None:
         raise ValueError(f"backend='decode' serves float16/bfloat16/float32, got {q.dtype}")
 
 
+# ----------------------------------------------------------------------- dense shortcut
+@functools.lru_cache(maxsize=64)
+def full_causal_blocks(pattern: Pattern) -> int:
+    """How many leading query blocks attend *every* earlier key block (``sys.maxsize``: all
+    of them, e.g. ``full``). Below that the pattern is full causal attention."""
+    closed = pattern.decode_closed_form()
+    if closed is not None and closed[1] is None:
+        return sys.maxsize
+    n = _FULL_PROBE_BLOCKS
+    count = pattern.block_layout(n).kv_count.numpy()
+    full = count == np.arange(1, n + 1)
+    return n if full.all() else int(full.argmin())
+
+
+def dense_is_exact(pattern: Pattern, sq: int, sk: int) -> bool:
+    """Whether auto may answer a decode call with plain dense SDPA (no mask): one query, the
+    pattern attends every key at this length (exact), and ``sk <= DENSE_DECODE_MAX_KEYS``.
+    ``power(256, window 5, sink 1)``: up to 1536 keys."""
+    return (
+        sq == 1
+        and sk <= DENSE_DECODE_MAX_KEYS
+        and (sk - 1) // pattern.block_size < full_causal_blocks(pattern)
+    )
+
+
+# ------------------------------------------------------------------------------ kernel
 if triton is not None:
 
-    @triton.jit
-    def _is_pow2(d):
-        return (d & (d - 1)) == 0
-
-    @triton.jit
-    def _rule(qb, kb, sink, window, HAS_POW: tl.constexpr):
-        """Closed-form block rule (power / sliding window / full), causal at block level."""
-        d = qb - kb
-        ok = (d < window) | (kb < sink)
-        if HAS_POW:
-            ok = ok | _is_pow2(d)
-        return (kb <= qb) & ok
-
-    @triton.jit
-    def _decode_partial_kernel(
-        Q, K, V, O_part, M_part, L_part, TBL, BITS, CNT, Out, LSE, COUNTER,
+    @triton.jit(do_not_specialize=["Sk", "Sk_cap", "n_slots", "splits"])
+    def _decode_kernel(
+        Q, K, V, Out, LSE, WS, CNT, SEQLENS, TBL, TCNT,
         stride_qb, stride_qh, stride_qs, stride_qd,
         stride_kb, stride_kh, stride_ks, stride_kd,
         stride_vb, stride_vh, stride_vs, stride_vd,
-        stride_ob, stride_oh, stride_os, stride_od,
-        Sq, Sk, qk_scale, bs,
-        qb_first, n_qb, n_slots, sink, window, wslots, e0,
-        G, HKV, SPLITS, N_MB,
-        MODE: tl.constexpr, HAS_POW: tl.constexpr, CHUNKS: tl.constexpr,
+        Sk, Sk_cap, qk_scale, n_slots, splits,
+        SQ: tl.constexpr, G: tl.constexpr, HKV: tl.constexpr, BS: tl.constexpr,
+        SINK: tl.constexpr, WINDOW: tl.constexpr, WSLOTS: tl.constexpr, E0: tl.constexpr,
+        MODE: tl.constexpr, HAS_POW: tl.constexpr, HAS_SEQLENS: tl.constexpr,
+        NEED_LSE: tl.constexpr, CHUNKS: tl.constexpr, N_MB: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        HEAD_D: tl.constexpr, PREC: tl.constexpr, PREC_PV: tl.constexpr, DOT_F32: tl.constexpr,
-        FUSED: tl.constexpr, SPLITS_P2: tl.constexpr,
+        HEAD_D: tl.constexpr, BLOCK_MC: tl.constexpr, SPC: tl.constexpr,
+        SPLITS_CAP: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr,
+        FUSED: tl.constexpr,
     ):  # fmt: skip
         i_bh = tl.program_id(0)
         i_s = tl.program_id(1)
         i_m = tl.program_id(2)
         i_b = i_bh // HKV
         i_h = i_bh % HKV
-        o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)  # row = g * Sq + s
+        if HAS_SEQLENS:
+            sk = tl.load(SEQLENS + i_b).to(tl.int32)
+        else:
+            sk = Sk
+        bad = sk > Sk_cap  # a length past the cache: NaN output (no sync to raise)
+        sk = tl.maximum(tl.minimum(sk, Sk_cap), 0)
+        q_start = sk - SQ  # absolute position of query 0 (negative: rows without keys)
+        qb_first = tl.maximum(q_start, 0) // BS
+        n_qb = tl.maximum(sk - 1, 0) // BS - qb_first + 1
+        o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)  # row = g * SQ + s
         o_d = tl.arange(0, BLOCK_D)
-        m_row = o_m < G * Sq
+        m_row = o_m < G * SQ
         m_d = o_d < HEAD_D
-        g = o_m // Sq
-        s = o_m % Sq
-        pos = Sk - Sq + s  # absolute query positions
-        qb_r = pos // bs
+        g = o_m // SQ
+        s = o_m % SQ
+        pos = q_start + s  # [BM]
+        row_ok = m_row & (pos >= 0)
+        qb_r = tl.where(row_ok, tl.maximum(pos, 0) // BS, -1)  # [BM]
         p_q = (
             Q + i_b * stride_qb + (i_h * G + g)[:, None] * stride_qh
             + s[:, None] * stride_qs + o_d[None, :] * stride_qd
@@ -138,173 +195,293 @@ if triton is not None:
         b_acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         k_base = K + i_b * stride_kb + i_h * stride_kh
         v_base = V + i_b * stride_vb + i_h * stride_vh
-        if MODE == 0:
-            n_units = tl.load(CNT) * CHUNKS
-        else:
-            n_units = n_qb * n_slots * CHUNKS
-        for u in range(i_s, n_units, SPLITS):
+        o_c = tl.arange(0, BLOCK_N)
+        n_units = n_qb * n_slots * CHUNKS
+        # Branch-free body (invalid units load nothing): lets Triton pipeline the loads.
+        for u in range(i_s, n_units, splits):
             slot = u // CHUNKS
             c = u % CHUNKS
+            t = slot // n_slots
+            sl = slot % n_slots
+            qbt = qb_first + t  # the query block this unit serves
             if MODE == 0:
-                kb = tl.load(TBL + slot)
-                bits = tl.load(BITS + slot)
-                valid = kb >= 0
+                valid = sl < tl.load(TCNT + qbt)
+                kb = tl.load(TBL + qbt * n_slots + sl, mask=valid, other=0)
             else:
-                t = slot // n_slots
-                sl = slot % n_slots
-                qbt = qb_first + t
-                if sl < sink:
-                    kb = sl
-                elif sl < sink + wslots:
-                    kb = qbt - (sl - sink)
+                is_sink = sl < SINK
+                j = sl - SINK
+                if MODE == 1:
+                    # Window slots: distances 0..WSLOTS-1; then powers 2**E0, 2**(E0+1), ..
+                    is_win = j < WSLOTS
+                    d_pow = 1 << (tl.maximum(j - WSLOTS, 0) + E0)
+                    win_ok = j < WINDOW
+                    if HAS_POW:
+                        win_ok = win_ok | ((j & (j - 1)) == 0)
+                    kb = qbt - tl.where(is_win, j, d_pow)
+                    ok = ((j >= WSLOTS) | win_ok) & (kb >= SINK)
                 else:
-                    kb = qbt - (1 << (sl - sink - wslots + e0))
-                # In range, allowed, and not a duplicate of a sink slot ...
-                valid = (kb >= 0) & ((sl < sink) | (kb >= sink))
-                valid = valid & _rule(qbt, kb, sink, window, HAS_POW)
-                # ... nor already visited for an earlier query block of this call.
-                for tt in range(0, t):
-                    valid = valid & ~_rule(qb_first + tt, kb, sink, window, HAS_POW)
-            if valid:
-                o_n = kb * bs + c * BLOCK_N + tl.arange(0, BLOCK_N)
-                m_n = (o_n < Sk) & (o_n < (kb + 1) * bs)
-                p_k = k_base + o_n[None, :] * stride_ks + o_d[:, None] * stride_kd
-                b_kt = tl.load(p_k, mask=m_n[None, :] & m_d[:, None], other=0.0)  # [BD, BN]
-                if DOT_F32:
-                    b_kt = b_kt.to(tl.float32)
-                b_s = tl.dot(b_q, b_kt, input_precision=PREC) * qk_scale  # [BM, BN], log2
-                if MODE == 0:
-                    allowed = ((bits >> (qb_r - qb_first)) & 1) != 0  # [BM]
-                else:
-                    allowed = _rule(qb_r, kb, sink, window, HAS_POW)
-                keep = allowed[:, None] & m_n[None, :] & (o_n[None, :] <= pos[:, None])
-                b_s = tl.where(keep, b_s, float("-inf"))
-                m_new = tl.maximum(b_m, tl.max(b_s, 1))
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # fully masked rows
-                alpha = tl.exp2(b_m - m_safe)
-                b_p = tl.exp2(b_s - m_safe[:, None])
-                b_l = b_l * alpha + tl.sum(b_p, 1)
-                p_v = v_base + o_n[:, None] * stride_vs + o_d[None, :] * stride_vd
-                b_v = tl.load(p_v, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
-                # P stays float32 (V is exact in tf32): decode is memory-bound, and rounding P
-                # to bf16 as flash attention does would cost accuracy for no speed.
-                b_acc = b_acc * alpha[:, None] + tl.dot(
-                    b_p, b_v.to(tl.float32), input_precision=PREC_PV
-                )
-                b_m = m_new
-        # Partials: (B*HKV, SPLITS, N_MB * BLOCK_M[, BLOCK_D]).
-        row = (i_bh * SPLITS + i_s) * (N_MB * BLOCK_M) + o_m
-        tl.store(M_part + row, b_m)
-        tl.store(L_part + row, b_l)
-        tl.store(O_part + row[:, None] * BLOCK_D + o_d[None, :], b_acc)
+                    kb = qbt - j
+                    ok = kb >= SINK
+                # A sink slot serves a block <= qbt; other slots skip the sink blocks.
+                valid = tl.where(is_sink, sl <= qbt, ok)
+                kb = tl.where(valid, tl.where(is_sink, sl, kb), 0)
+            o_n = kb * BS + c * BLOCK_N + o_c  # [BN]
+            # tl.where, not `&`: the interpreter turns scalar & vector bools into int32.
+            m_n = tl.where(valid, (c * BLOCK_N + o_c < BS) & (o_n < sk), False)
+            p_k = k_base + o_n[None, :] * stride_ks + o_d[:, None] * stride_kd
+            b_kt = tl.load(p_k, mask=m_n[None, :] & m_d[:, None], other=0.0)  # [BD, BN]
+            if DOT_F32:
+                b_kt = b_kt.to(tl.float32)
+            b_s = tl.dot(b_q, b_kt, input_precision=PREC) * qk_scale  # [BM, BN], log2
+            # Only the rows of query block qbt take this unit (a block attended by two query
+            # blocks of one call is a unit of each, so no row counts it twice).
+            keep = (qb_r == qbt)[:, None] & m_n[None, :] & (o_n[None, :] <= pos[:, None])
+            b_s = tl.where(keep, b_s, float("-inf"))
+            m_new = tl.maximum(b_m, tl.max(b_s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing yet
+            alpha = tl.exp2(b_m - m_safe)
+            b_p = tl.exp2(b_s - m_safe[:, None])
+            b_l = b_l * alpha + tl.sum(b_p, 1)
+            p_v = v_base + o_n[:, None] * stride_vs + o_d[None, :] * stride_vd
+            b_v = tl.load(p_v, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
+            # P stays float32 (V is exact in tf32): decode is memory-bound, and rounding P
+            # to bf16 as flash attention does would cost accuracy for no speed.
+            b_acc = b_acc * alpha[:, None] + tl.dot(b_p, b_v.to(tl.float32), input_precision=PREC)
+            b_m = m_new
+        # Partials: row ((bh * N_MB + m) * splits + split) * BLOCK_M + r of (O | M | L).
+        n_rows = tl.num_programs(0) * N_MB * splits * BLOCK_M
+        base = (i_bh * N_MB + i_m) * splits
+        row = (base + i_s) * BLOCK_M + tl.arange(0, BLOCK_M)
+        tl.store(WS + n_rows * BLOCK_D + row, b_m)
+        tl.store(WS + n_rows * (BLOCK_D + 1) + row, b_l)
+        tl.store(WS + row[:, None] * BLOCK_D + o_d[None, :], b_acc)
         if FUSED:
-            # Single pass: the last program of this (batch, head, row block) to finish
-            # combines the splits (a semaphore; the barrier orders all threads' stores
-            # before the release, loads below bypass L1).
+            # The last program of this (batch, head, row block) combines the splits (the
+            # barrier orders all threads' stores before the release; loads below bypass L1).
             tl.debug_barrier()
-            p_cnt = COUNTER + i_bh * N_MB + i_m
-            if tl.atomic_add(p_cnt, 1, sem="acq_rel") == SPLITS - 1:
-                for r in range(0, BLOCK_M):
-                    if i_m * BLOCK_M + r < G * Sq:
-                        _combine_row(
-                            O_part, M_part, L_part, Out, LSE,
-                            stride_ob, stride_oh, stride_os, stride_od,
-                            i_bh, i_m * BLOCK_M + r, Sq, G, HKV, SPLITS, N_MB,
-                            BLOCK_M, BLOCK_D, HEAD_D, SPLITS_P2,
-                        )  # fmt: skip
+            p_cnt = CNT + i_bh * N_MB + i_m
+            if tl.atomic_add(p_cnt, 1, sem="acq_rel") == splits - 1:
+                _combine(
+                    WS, Out, LSE, i_bh, i_m, n_rows, base, splits, bad,
+                    SQ, G, HKV, N_MB, BLOCK_M, BLOCK_D, HEAD_D, BLOCK_MC, SPC, SPLITS_CAP,
+                    NEED_LSE,
+                )  # fmt: skip
                 tl.atomic_xchg(p_cnt, 0)  # reset for the next call
 
     @triton.jit
-    def _combine_row(
-        O_part, M_part, L_part, Out, LSE,
-        stride_ob, stride_oh, stride_os, stride_od,
-        i_bh, row, Sq, G, HKV, SPLITS, N_MB,
+    def _combine(
+        WS, Out, LSE, i_bh, i_m, n_rows, base, splits, bad,
+        SQ: tl.constexpr, G: tl.constexpr, HKV: tl.constexpr, N_MB: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_D: tl.constexpr,
-        SPLITS_P2: tl.constexpr,
+        BLOCK_MC: tl.constexpr, SPC: tl.constexpr, SPLITS_CAP: tl.constexpr,
+        NEED_LSE: tl.constexpr,
     ):  # fmt: skip
-        """Merge the SPLITS partial (m, l, acc) of one query row; write out and lse."""
-        o_sp = tl.arange(0, SPLITS_P2)
+        """Merge the partial (m, l, acc) of the splits of one row block; write out and lse.
+        All rows at once: one (m, l) load, then the accumulators SPC splits at a time."""
+        o_r = tl.arange(0, BLOCK_MC)
         o_d = tl.arange(0, BLOCK_D)
-        m_sp = o_sp < SPLITS
-        rows = (i_bh * SPLITS + o_sp) * (N_MB * BLOCK_M) + row  # [SP]
-        b_m = tl.load(M_part + rows, mask=m_sp, other=float("-inf"), cache_modifier=".cg")
-        b_l = tl.load(L_part + rows, mask=m_sp, other=0.0, cache_modifier=".cg")
-        b_o = tl.load(
-            O_part + rows[:, None] * BLOCK_D + o_d[None, :],
-            mask=m_sp[:, None],
-            other=0.0,
-            cache_modifier=".cg",
-        )  # [SP, BD]
-        m_max = tl.max(b_m, 0)
+        rr = i_m * BLOCK_M + o_r  # row = g * SQ + s
+        r_ok = rr < G * SQ
+        o_sp = tl.arange(0, SPLITS_CAP)
+        m_sp = (o_sp < splits)[:, None] & r_ok[None, :]
+        ml = (base + o_sp)[:, None] * BLOCK_M + o_r[None, :]  # [SP, BMC]
+        p_m = WS + n_rows * BLOCK_D
+        p_l = WS + n_rows * (BLOCK_D + 1)
+        b_m = tl.load(p_m + ml, mask=m_sp, other=float("-inf"), cache_modifier=".cg")
+        b_l = tl.load(p_l + ml, mask=m_sp, other=0.0, cache_modifier=".cg")
+        m_max = tl.max(b_m, 0)  # [BMC]
         m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
-        w = tl.exp2(b_m - m_safe)  # [SP]
-        l_tot = tl.sum(b_l * w, 0)
+        l_tot = tl.sum(b_l * tl.exp2(b_m - m_safe[None, :]), 0)  # [BMC]
+        acc = tl.zeros([BLOCK_MC, BLOCK_D], tl.float32)
+        for sp0 in range(0, splits, SPC):
+            o_c = sp0 + tl.arange(0, SPC)
+            m_c = (o_c < splits)[:, None] & r_ok[None, :]  # [SPC, BMC]
+            rows = (base + o_c)[:, None] * BLOCK_M + o_r[None, :]
+            w = tl.exp2(
+                tl.load(p_m + rows, mask=m_c, other=float("-inf"), cache_modifier=".cg")
+                - m_safe[None, :]
+            )  # [SPC, BMC]
+            b_o = tl.load(
+                WS + rows[:, :, None] * BLOCK_D + o_d[None, None, :],
+                mask=m_c[:, :, None],
+                other=0.0,
+                cache_modifier=".cg",
+            )  # [SPC, BMC, BD]
+            acc += tl.sum(w[:, :, None] * b_o, 0)
         empty = l_tot == 0.0
-        out = tl.sum(w[:, None] * b_o, 0) / tl.where(empty, 1.0, l_tot)  # [BD]
-        lse = tl.where(empty, float("-inf"), m_safe + tl.log2(tl.where(empty, 1.0, l_tot)))
+        out = acc / tl.where(empty, 1.0, l_tot)[:, None]
+        out = tl.where(bad, float("nan"), out)
         i_b = i_bh // HKV
-        qh = (i_bh % HKV) * G + row // Sq
-        s = row % Sq
-        p_o = Out + i_b * stride_ob + qh * stride_oh + s * stride_os + o_d * stride_od
-        tl.store(p_o, out.to(Out.dtype.element_ty), mask=o_d < HEAD_D)
-        tl.store(LSE + (i_b * HKV * G + qh) * Sq + s, lse * 0.6931471805599453)  # natural log
+        qh = (i_bh % HKV) * G + rr // SQ
+        o_row = (i_b * HKV * G + qh) * SQ + rr % SQ  # Out is contiguous (B, Hq, SQ, D)
+        p_o = Out + o_row[:, None] * HEAD_D + o_d[None, :]
+        tl.store(p_o, out.to(Out.dtype.element_ty), mask=r_ok[:, None] & (o_d < HEAD_D)[None, :])
+        if NEED_LSE:
+            lse = tl.where(empty, float("-inf"), m_safe + tl.log2(tl.where(empty, 1.0, l_tot)))
+            lse = tl.where(bad, float("nan"), lse)
+            tl.store(LSE + o_row, lse * 0.6931471805599453, mask=r_ok)  # natural log
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["Sk_cap", "splits"])
     def _decode_combine_kernel(
-        O_part, M_part, L_part, Out, LSE,
-        stride_ob, stride_oh, stride_os, stride_od,
-        Sq, G, HKV, SPLITS, N_MB,
+        WS, Out, LSE, SEQLENS, Sk_cap, splits,
+        SQ: tl.constexpr, G: tl.constexpr, HKV: tl.constexpr, N_MB: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_D: tl.constexpr,
-        SPLITS_P2: tl.constexpr,
+        BLOCK_MC: tl.constexpr, SPC: tl.constexpr, SPLITS_CAP: tl.constexpr,
+        NEED_LSE: tl.constexpr, HAS_SEQLENS: tl.constexpr,
     ):  # fmt: skip
-        _combine_row(
-            O_part, M_part, L_part, Out, LSE,
-            stride_ob, stride_oh, stride_os, stride_od,
-            tl.program_id(0), tl.program_id(1), Sq, G, HKV, SPLITS, N_MB,
-            BLOCK_M, BLOCK_D, HEAD_D, SPLITS_P2,
+        i_bh = tl.program_id(0)
+        i_m = tl.program_id(1)
+        if HAS_SEQLENS:
+            bad = tl.load(SEQLENS + i_bh // HKV) > Sk_cap
+        else:
+            bad = Sk_cap < 0  # never
+        n_rows = tl.num_programs(0) * N_MB * splits * BLOCK_M
+        _combine(
+            WS, Out, LSE, i_bh, i_m, n_rows, (i_bh * N_MB + i_m) * splits, splits, bad,
+            SQ, G, HKV, N_MB, BLOCK_M, BLOCK_D, HEAD_D, BLOCK_MC, SPC, SPLITS_CAP, NEED_LSE,
         )  # fmt: skip
 
 
-def _closed_form(pattern: Pattern, qb_last: int) -> tuple[int, int, bool] | None:
-    """(sink, rule window, has_pow) when the pattern's block list has a closed form."""
-    name = type(pattern).name
-    if name == "power" and getattr(pattern, "base", None) == 2:
-        return pattern.sink, pattern.window, True
-    if name == "sliding_window":
-        return pattern.sink, pattern.window, False
-    if name == "full":
-        return 0, qb_last + 1, False
-    return None
+# -------------------------------------------------------------------------- launch plan
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Everything a launch needs that does not change within a length bucket."""
+
+    grid: tuple[int, int, int]
+    n_slots: int
+    splits: int
+    ws_numel: int
+    cnt_numel: int
+    tbl: torch.Tensor
+    tcnt: torch.Tensor
+    consts: dict
+    combine_consts: dict
 
 
-def _device_table(pattern: Pattern, qb_first: int, n_qb: int, n_kb: int, device):
-    """Union of the key blocks attended by query blocks ``qb_first ..`` (left-packed, -1
-    padded), per-entry bits (bit t: query block ``qb_first + t`` attends it) and the count,
-    built on ``device`` with torch ops from the pattern's ``block_rule``."""
-    key = (pattern, qb_first, n_qb, n_kb, device)
-    hit = _table_cache.get(key)
-    if hit is not None:
-        _table_cache.move_to_end(key)
-        return hit
-    qb = qb_first + torch.arange(n_qb, device=device, dtype=torch.int64)[:, None]
-    kb = torch.arange(n_kb, device=device, dtype=torch.int64)[None, :]
-    allowed = (kb <= qb) & pattern.block_rule(qb, kb)  # (n_qb, n_kb)
-    weight = torch.bitwise_left_shift(torch.ones_like(qb), qb - qb_first)  # (n_qb, 1)
-    bits = (allowed.long() * weight).sum(0)  # (n_kb,)
-    union = bits != 0
-    order = torch.sort((~union).to(torch.int8), stable=True).indices
-    tbl = torch.where(union[order], order, -1).to(torch.int32)
-    hit = (tbl, bits[order].to(torch.int32), union.sum().to(torch.int32).reshape(1))
-    _table_cache[key] = hit
-    if len(_table_cache) > _TABLE_CACHE_SIZE:
-        _table_cache.popitem(last=False)
-    return hit
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
 
 
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 4
+
+
+@functools.lru_cache(maxsize=_PLAN_CACHE_SIZE)
+def _plan(
+    pattern: Pattern,
+    B: int,
+    Hq: int,
+    Hkv: int,
+    Sq: int,
+    D: int,
+    dtype: torch.dtype,
+    n_kb: int,
+    device: torch.device,
+    splits: int | None,
+    fused: bool,
+    need_lse: bool,
+    has_seqlens: bool,
+) -> _Plan:
+    """The launch plan for a length bucket of ``n_kb`` key blocks (a power of two)."""
+    G = Hq // Hkv
+    bs = pattern.block_size
+    BLOCK_D = max(16, _next_pow2(D))
+    BLOCK_M = min(64, max(16, _next_pow2(G * Sq)))
+    n_mb = -(-G * Sq // BLOCK_M)
+    BLOCK_N = min(64, max(16, _next_pow2(bs)))
+    chunks = -(-bs // BLOCK_N)
+    n_qb = min((Sq + bs - 2) // bs + 1, n_kb)  # query blocks a call can span
+    closed = pattern.decode_closed_form()
+    dummy = torch.zeros(1, dtype=torch.int32, device=device)
+    tbl = tcnt = dummy
+    sink, window, wslots, e0, has_pow = 0, 0, 1, 0, False
+    if closed is None:
+        mode = MODE_TABLE
+        lay = pattern.block_layout(n_kb)
+        tcnt = lay.kv_count.to(device=device, dtype=torch.int32)
+        n_slots = max(1, lay.kv_indices.shape[1])
+        tbl = lay.kv_indices.to(device=device, dtype=torch.int32).reshape(-1)
+        if tbl.numel() == 0:
+            tbl = dummy
+    else:
+        sink, window, has_pow = closed
+        if window is None:
+            mode, n_slots = MODE_ALL, sink + n_kb
+        else:
+            mode = MODE_CLOSED
+            wslots = max(window, 1)
+            e0 = (wslots - 1).bit_length()  # smallest e with 2**e >= wslots
+            n_pow = max(0, (n_kb - 1).bit_length() - e0) if has_pow else 0
+            n_slots = sink + wslots + n_pow
+    units = n_qb * n_slots * chunks
+    if splits is None:
+        want = -(-TARGET_PROGRAMS_PER_SM * _num_sms(device) // (B * Hkv * n_mb))
+        splits = max(1, min(want, SPLITS_MAX, units // MIN_UNITS_PER_SPLIT))
+    if not 1 <= splits <= SPLITS_MAX:
+        raise ValueError(f"splits must be in 1..{SPLITS_MAX}, got {splits}")
+    BLOCK_MC = min(BLOCK_M, _next_pow2(G * Sq)) if n_mb == 1 else BLOCK_M
+    spc = max(1, min(SPLITS_MAX, 8192 // (BLOCK_MC * BLOCK_D)))
+    spc = 1 << (spc.bit_length() - 1)  # a power of two
+    rows = B * Hkv * n_mb * splits * BLOCK_M
+    interp_f32 = _INTERPRET or dtype == torch.float32
+    common = dict(
+        SQ=Sq, G=G, HKV=Hkv, N_MB=n_mb, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, HEAD_D=D,
+        BLOCK_MC=BLOCK_MC, SPC=spc, SPLITS_CAP=SPLITS_MAX, NEED_LSE=need_lse,
+    )  # fmt: skip
+    consts = dict(
+        common, BS=bs, SINK=sink, WINDOW=window or 0, WSLOTS=wslots, E0=e0, MODE=mode,
+        HAS_POW=has_pow, HAS_SEQLENS=has_seqlens, CHUNKS=chunks, BLOCK_N=BLOCK_N,
+        PREC="ieee" if interp_f32 else "tf32",
+        DOT_F32=_INTERPRET and dtype == torch.bfloat16, FUSED=fused,
+        num_warps=4, num_stages=2,
+    )  # fmt: skip
+    return _Plan(
+        grid=(B * Hkv, splits, n_mb),
+        n_slots=n_slots,
+        splits=splits,
+        ws_numel=rows * (BLOCK_D + 2),
+        cnt_numel=B * Hkv * n_mb,
+        tbl=tbl,
+        tcnt=tcnt,
+        consts=consts,
+        combine_consts=dict(common, HAS_SEQLENS=has_seqlens, num_warps=4),
+    )
+
+
+def _workspace(device: torch.device, plan: _Plan) -> tuple[torch.Tensor, torch.Tensor]:
+    """(partials, counters) for this call: cached per (device, stream) outside CUDA-graph
+    capture (grown when too small), fresh from the graph's pool during capture."""
+    if device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            return (
+                torch.empty(plan.ws_numel, dtype=torch.float32, device=device),
+                torch.zeros(plan.cnt_numel, dtype=torch.int32, device=device),
+            )
+        key = (device, torch._C._cuda_getCurrentRawStream(device.index))
+    else:
+        key = (device, 0)
+    hit = _workspaces.get(key)
+    if hit is None or hit[0].numel() < plan.ws_numel or hit[1].numel() < plan.cnt_numel:
+        old_ws, old_cnt = hit if hit is not None else (None, None)
+        hit = (
+            torch.empty(
+                max(plan.ws_numel, 0 if old_ws is None else old_ws.numel()),
+                dtype=torch.float32,
+                device=device,
+            ),
+            torch.zeros(
+                max(plan.cnt_numel, 0 if old_cnt is None else old_cnt.numel()),
+                dtype=torch.int32,
+                device=device,
+            ),
+        )
+        _workspaces[key] = hit
+        _workspaces.move_to_end(key)
+        if len(_workspaces) > _WORKSPACE_STREAMS:
+            _workspaces.popitem(last=False)
+    return hit
 
 
 def decode_attention(
@@ -316,91 +493,132 @@ def decode_attention(
     splits: int | None = None,
     out: torch.Tensor | None = None,
     fused: bool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sparse attention for a few queries at the end of the keys (no autograd).
+    *,
+    cache_seqlens: torch.Tensor | None = None,
+    need_lse: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The kernel: sparse attention for a few queries at the end of the keys (no autograd,
+    no validation beyond what is cheap: callers validate).
 
     Args:
         q: ``(B, Hq, Sq, D)`` with ``Sq <= DECODE_MAX_Q``; k, v: ``(B, Hkv, Sk, D)``; any
             strides (e.g. a KV-cache slice); float16, bfloat16 or float32.
-        pattern: any pattern; power/sliding_window/full enumerate their blocks in-kernel.
+        pattern: any pattern; closed forms are enumerated in-kernel, others read a table.
         scale: softmax scale.
         splits: programs per (batch, KV head); default: enough to fill the GPU.
-        out: optional ``(B, Hq, Sq, D)`` tensor of q's dtype to write into.
+        out: optional contiguous ``(B, Hq, Sq, D)`` tensor of q's dtype to write into.
         fused: one launch (the last program of each head combines the splits) instead of a
             second combine kernel; default :data:`FUSED`.
+        cache_seqlens: ``(B,)`` int32/int64 on q's device: sequence ``b`` has
+            ``cache_seqlens[b]`` keys (``k[b, :, :cache_seqlens[b]]``) and its queries end
+            there. A length below ``Sq`` leaves the rows before position 0 without keys
+            (output 0, lse -inf); a length above ``Sk`` gives NaN rows (checking would need a
+            host-device synchronisation).
+        need_lse: also compute the lse (else ``None`` is returned for it).
     Returns:
-        ``out (B, Hq, Sq, D)`` in q's dtype and ``lse (B, Hq, Sq)`` float32.
+        ``out (B, Hq, Sq, D)`` in q's dtype and ``lse (B, Hq, Sq)`` float32 (natural log).
     """
     B, Hq, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
-    G = Hq // Hkv
     bs = pattern.block_size
-    qb_first, qb_last = (Sk - Sq) // bs, (Sk - 1) // bs
-    n_qb, n_kb = qb_last - qb_first + 1, qb_last + 1
-    BLOCK_D = max(16, triton.next_power_of_2(D))
-    BLOCK_M = min(64, max(16, triton.next_power_of_2(G * Sq)))
-    n_mb = triton.cdiv(G * Sq, BLOCK_M)
-    BLOCK_N = min(64, max(16, triton.next_power_of_2(bs)))
-    chunks = triton.cdiv(bs, BLOCK_N)
-    closed = _closed_form(pattern, qb_last)
-    dummy = torch.empty(1, dtype=torch.int32, device=q.device)
-    if closed is not None:
-        sink, window, has_pow = closed
-        wslots = max(window, 1)
-        e0 = (wslots - 1).bit_length()  # smallest e with 2**e >= wslots
-        n_pow = max(0, qb_last.bit_length() - e0) if has_pow else 0
-        n_slots = min(sink, n_kb) + min(wslots, n_kb) + n_pow
-        mode, tbl, bits, cnt = MODE_CLOSED, dummy, dummy, dummy
-        n_units = n_qb * n_slots * chunks
-    else:
-        sink = window = wslots = e0 = n_slots = 0
-        has_pow = False
-        mode = MODE_TABLE
-        tbl, bits, cnt = _device_table(pattern, qb_first, n_qb, n_kb, q.device)
-        n_units = n_kb * chunks  # upper bound (the count stays on the device)
-    if splits is None:
-        splits = max(1, min(n_units, math.ceil(2 * _num_sms(q.device) / (B * Hkv * n_mb)), 64))
-    skey = (q.device, _stream_id(q.device), B * Hkv, splits, n_mb, BLOCK_M, BLOCK_D)
-    scratch = _scratch.get(skey)
-    if scratch is None:
-        rows = B * Hkv * splits * n_mb * BLOCK_M
-        scratch = (
-            torch.empty(rows * BLOCK_D, dtype=torch.float32, device=q.device),
-            torch.empty(rows, dtype=torch.float32, device=q.device),
-            torch.empty(rows, dtype=torch.float32, device=q.device),
-            torch.zeros(B * Hkv * n_mb, dtype=torch.int32, device=q.device),  # semaphores
-        )
-        _scratch[skey] = scratch
-    o_part, m_part, l_part, counter = scratch
-    out = torch.empty_like(q) if out is None else out
-    lse = torch.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
+    n_kb = _next_pow2((Sk + bs - 1) // bs)  # the length bucket
     fused = FUSED if fused is None else fused
-    prec = "ieee" if q.dtype == torch.float32 or _INTERPRET else "tf32"
-    splits_p2 = max(2, triton.next_power_of_2(splits))
-    _decode_partial_kernel[(B * Hkv, splits, n_mb)](
-        q, k, v, o_part, m_part, l_part, tbl, bits, cnt, out, lse, counter,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        Sq, Sk, scale * _LOG2E, bs,
-        qb_first, n_qb, n_slots, sink, window, wslots, e0,
-        G, Hkv, splits, n_mb,
-        MODE=mode, HAS_POW=has_pow, CHUNKS=chunks,
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, HEAD_D=D, PREC=prec,
-        PREC_PV="ieee" if q.dtype == torch.float32 or _INTERPRET else "tf32",
-        DOT_F32=_INTERPRET and q.dtype == torch.bfloat16,
-        FUSED=fused, SPLITS_P2=splits_p2,
-        num_warps=4, num_stages=2,
+    has_seqlens = cache_seqlens is not None
+    plan = _plan(
+        pattern, B, Hq, Hkv, Sq, D, q.dtype, n_kb, q.device, splits, fused, need_lse, has_seqlens
+    )
+    ws, cnt = _workspace(q.device, plan)
+    if out is None:
+        out = torch.empty((B, Hq, Sq, D), dtype=q.dtype, device=q.device)
+    elif not out.is_contiguous() or out.shape != q.shape or out.dtype != q.dtype:
+        raise ValueError("out must be a contiguous tensor of q's shape and dtype")
+    lse = torch.empty((B, Hq, Sq), dtype=torch.float32, device=q.device) if need_lse else None
+    _decode_kernel[plan.grid](
+        q, k, v, out, ws if lse is None else lse, ws, cnt,
+        cnt if cache_seqlens is None else cache_seqlens, plan.tbl, plan.tcnt,
+        *q.stride(), *k.stride(), *v.stride(),
+        Sk, Sk, scale * _LOG2E, plan.n_slots, plan.splits,
+        **plan.consts,
     )  # fmt: skip
     if not fused:
-        _decode_combine_kernel[(B * Hkv, G * Sq)](
-            o_part, m_part, l_part, out, lse,
-            *out.stride(),
-            Sq, G, Hkv, splits, n_mb,
-            BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, HEAD_D=D, SPLITS_P2=splits_p2,
-            num_warps=4,
+        _decode_combine_kernel[(B * Hkv, plan.grid[2])](
+            ws, out, ws if lse is None else lse, cnt if cache_seqlens is None else cache_seqlens,
+            Sk, plan.splits, **plan.combine_consts,
         )  # fmt: skip
     return out, lse
 
 
-def _stream_id(device: torch.device) -> int:
-    """Scratch buffers are per stream: calls on one stream run in order."""
-    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+# ------------------------------------------------------------- dispatch and custom op
+def decode_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pattern: Pattern,
+    scale: float,
+    *,
+    cache_seqlens: torch.Tensor | None = None,
+    need_lse: bool = False,
+    allow_dense: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Decode for validated inputs: dense SDPA where it is exact and faster
+    (:func:`dense_is_exact`, only with ``allow_dense``, one query, no lse, one length),
+    otherwise the kernel. Inside ``torch.compile`` this is the ``powerattn::decode`` custom
+    op; eager calls skip the dispatcher (its overhead is a large part of a decode step)."""
+    if torch.compiler.is_compiling():
+        out, lse = torch.ops.powerattn.decode(
+            q, k, v, cache_seqlens, _pattern_spec(pattern), scale, need_lse, allow_dense
+        )
+        return out, (lse if need_lse else None)
+    return _decode_impl(q, k, v, cache_seqlens, pattern, scale, need_lse, allow_dense)
+
+
+def _decode_impl(q, k, v, cache_seqlens, pattern, scale, need_lse, allow_dense):
+    if (
+        allow_dense
+        and cache_seqlens is None
+        and not need_lse
+        and dense_is_exact(pattern, q.shape[2], k.shape[2])
+    ):
+        out = F.scaled_dot_product_attention(
+            q, k, v, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        )
+        return out, None
+    return decode_attention(q, k, v, pattern, scale, cache_seqlens=cache_seqlens, need_lse=need_lse)
+
+
+@torch.compiler.assume_constant_result
+def _pattern_spec(pattern: Pattern) -> str:
+    """The pattern as a string (a custom op's arguments are tensors and primitives)."""
+    return json.dumps({"name": pattern.name, **pattern.params()})
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern_from_spec(spec: str) -> Pattern:
+    params = json.loads(spec)
+    return get_pattern(params.pop("name"), **params)
+
+
+@torch.library.custom_op("powerattn::decode", mutates_args=())
+def _decode_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cache_seqlens: torch.Tensor | None,
+    pattern: str,
+    scale: float,
+    need_lse: bool,
+    allow_dense: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    out, lse = _decode_impl(
+        q, k, v, cache_seqlens, _pattern_from_spec(pattern), scale, need_lse, allow_dense
+    )
+    if lse is None:  # an op returns tensors: an empty one stands for "not computed"
+        lse = torch.empty(0, dtype=torch.float32, device=q.device)
+    return out, lse
+
+
+@_decode_op.register_fake
+def _(q, k, v, cache_seqlens, pattern, scale, need_lse, allow_dense):
+    B, Hq, Sq, D = q.shape
+    lse_shape = (B, Hq, Sq) if need_lse else (0,)
+    return q.new_empty((B, Hq, Sq, D)), q.new_empty(lse_shape, dtype=torch.float32)

@@ -1,0 +1,133 @@
+"""Decode against a KV cache: a batch of sequences, each at its own length (serving).
+
+:func:`sparse_attention_with_kvcache` is :func:`~powerattn.sparse_attention` for the decode
+step of a batch whose sequences have different lengths, in the layout of a preallocated KV
+cache (``flash_attn_with_kvcache``'s ``cache_seqlens``): the lengths stay on the device and
+the decode kernel reads them, so a step has no host-device synchronisation and no Python
+loop over the batch (it can be captured in a CUDA graph and traced by ``torch.compile``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..patterns import Pattern, get_pattern
+from . import decode as _decode
+from .api import sparse_attention
+from .checks import check_qkv
+
+
+def sparse_attention_with_kvcache(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    pattern: Pattern | str,
+    *,
+    cache_seqlens: torch.Tensor | int | None = None,
+    scale: float | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Block-sparse causal attention of the newest ``Sq`` tokens of each sequence.
+
+    Args:
+        q: ``(B, Hq, Sq, D)``, the queries of the newest ``Sq`` positions of each sequence
+            (``Sq <= 16`` on CUDA: decode, speculative decoding).
+        k_cache, v_cache: ``(B, Hkv, S_max, D)``, same dtype and device; any strides (e.g. a
+            view of a ``(B, S_max, Hkv, D)`` cache); ``Hq % Hkv == 0`` (GQA without copies).
+        pattern: a :class:`~powerattn.patterns.Pattern` or a registered name.
+        cache_seqlens: ``(B,)`` int32 or int64 tensor on q's device: sequence ``b`` holds
+            ``cache_seqlens[b]`` tokens (keys ``k_cache[b, :, :cache_seqlens[b]]``, entries
+            past it are ignored), its queries sit at positions
+            ``cache_seqlens[b] - Sq .. cache_seqlens[b] - 1``. An int: every sequence has that
+            length. ``None``: every sequence fills the cache (``S_max``).
+        scale: softmax scale, default ``1 / sqrt(D)``.
+        return_lse: also return the log-sum-exp ``(B, Hq, Sq)`` float32.
+
+    A length below ``Sq`` leaves the rows at negative positions without keys (output 0, lse
+    ``-inf``; a length of 0 is an empty batch slot). A length above ``S_max`` is an error: on
+    the CUDA kernel the rows of that sequence come out NaN (raising would need a host-device
+    synchronisation), elsewhere it raises ``ValueError``.
+
+    Where: CUDA through the decode kernel (float16/bfloat16/float32, head dim <= 256). On the
+    CPU, and for float64, a loop over the sequences calls :func:`sparse_attention`
+    (for checks and small runs). No gradient.
+
+    Returns:
+        ``out (B, Hq, Sq, D)`` in q's dtype; with ``return_lse`` also ``lse (B, Hq, Sq)``.
+    """
+    check_qkv(q, k_cache, v_cache)
+    pattern = get_pattern(pattern)
+    B, Hq, Sq, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if any(t.requires_grad for t in (q, k_cache, v_cache)) and torch.is_grad_enabled():
+        raise ValueError(
+            "sparse_attention_with_kvcache has no backward; inputs require grad (use "
+            "sparse_attention, or call under torch.no_grad())"
+        )
+    if cache_seqlens is None or isinstance(cache_seqlens, int):
+        n = k_cache.shape[2] if cache_seqlens is None else cache_seqlens
+        if not Sq <= n <= k_cache.shape[2]:
+            raise ValueError(
+                f"cache_seqlens={n} must lie in Sq..S_max = {Sq}..{k_cache.shape[2]} when given "
+                "as an int (use a tensor for per-sequence lengths)"
+            )
+        return sparse_attention(
+            q, k_cache[:, :, :n], v_cache[:, :, :n], pattern, scale=scale, return_lse=return_lse
+        )
+    _check_seqlens(cache_seqlens, q)
+    if q.dtype == torch.float64 or not _decode.kernel_device(q):
+        out, lse = _per_sequence(q, k_cache, v_cache, pattern, scale, cache_seqlens)
+    else:
+        _decode.check_supported(q, k_cache)  # e.g. Sq > 16: raises, naming the limit
+        out, lse = _decode.decode_forward(
+            q, k_cache, v_cache, pattern, scale, cache_seqlens=cache_seqlens, need_lse=return_lse
+        )
+    return (out, lse) if return_lse else out
+
+
+def _check_seqlens(cache_seqlens: torch.Tensor, q: torch.Tensor) -> None:
+    if not isinstance(cache_seqlens, torch.Tensor):
+        raise ValueError(
+            f"cache_seqlens must be a tensor, an int or None, got {type(cache_seqlens).__name__}"
+        )
+    if cache_seqlens.shape != (q.shape[0],) or cache_seqlens.dtype not in (
+        torch.int32,
+        torch.int64,
+    ):
+        raise ValueError(
+            f"cache_seqlens must be a (batch,) = ({q.shape[0]},) int32 or int64 tensor, got "
+            f"{cache_seqlens.dtype} of shape {tuple(cache_seqlens.shape)}"
+        )
+    if cache_seqlens.device != q.device:
+        raise ValueError(
+            f"cache_seqlens must be on q's device ({q.device}), got {cache_seqlens.device}"
+        )
+
+
+def _per_sequence(q, k, v, pattern, scale, cache_seqlens):
+    """The CPU / float64 path: each sequence through :func:`sparse_attention` (the same
+    semantics as the kernel, with lengths checked on the host)."""
+    B, Hq, Sq, _ = q.shape
+    lens = cache_seqlens.tolist()
+    bad = [n for n in lens if not 0 <= n <= k.shape[2]]
+    if bad:
+        raise ValueError(f"cache_seqlens must lie in 0..S_max = 0..{k.shape[2]}, got {bad}")
+    out = q.new_zeros(q.shape)
+    lse = torch.full((B, Hq, Sq), float("-inf"), dtype=torch.float32, device=q.device)
+    for b, n in enumerate(lens):
+        first = max(Sq - n, 0)  # rows before position 0 have no keys
+        if first == Sq:
+            continue
+        o, s = sparse_attention(
+            q[b : b + 1, :, first:],
+            k[b : b + 1, :, :n],
+            v[b : b + 1, :, :n],
+            pattern,
+            scale=scale,
+            return_lse=True,
+        )
+        out[b, :, first:] = o[0]
+        lse[b, :, first:] = s[0].float()
+    return out, lse
