@@ -50,7 +50,7 @@ def _pick_backend(
         return "dense"
     if q.device.type == "cuda":
         if q.shape[2] <= DECODE_MAX_Q and not _needs_grad(q, k, v) and _decode.supports(q, k):
-            return "decode"
+            return "decode_auto"  # the kernel, or dense SDPA where that is exact and faster
         return pick_kernel(q, pattern)
     # FlexAttention's CPU kernel has no backward and no lse: those go dense (up to its limit).
     if dense_scores_count(q, k) <= CPU_DENSE_AUTO_MAX or _needs_grad(q, k, v) or return_lse:
@@ -117,13 +117,15 @@ def sparse_attention(
                 f"(B*Hq*Sq*Sk); the limit is {DENSE_MAX_SCORES:,}: use backend='flex'"
             )
         out, lse = dense_sparse_attention(q, k, v, pattern, scale)
-    elif backend == "decode":
+    elif backend in ("decode", "decode_auto"):
         if _needs_grad(q, k, v):
             raise ValueError(
                 "backend='decode' has no backward; inputs require grad (use 'flex' or 'auto')"
             )
         _decode.check_supported(q, k)
-        out, lse = _decode.decode_attention(q, k, v, pattern, scale)
+        out, lse = _decode.decode_forward(
+            q, k, v, pattern, scale, need_lse=return_lse, allow_dense=backend == "decode_auto"
+        )
     else:
         if q.device.type != "cuda" and _needs_grad(q, k, v):
             raise ValueError(
