@@ -257,12 +257,15 @@ def generate(
     seed: int,
     count_tokens: Callable[[str], int],
     params: TaskParams = TaskParams(),
+    size_hint: int | None = None,
 ) -> Sample:
     """The sample of ``task`` for ``seed`` whose prompt fills ``length`` tokens minus the
     answer's budget (``GEN_TOKENS[task]``) as closely as the filler's granularity allows.
 
     Args:
         count_tokens: number of tokens of a text for the model's tokenizer (with any BOS).
+        size_hint: a filler size to take if it fits (one tokenization instead of a search;
+            training data uses the size found for another seed at the same length).
     """
     if task not in _TASK_ID:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -271,6 +274,9 @@ def generate(
     def fits(size: int) -> bool:
         return count_tokens(_build(task, size, seed, params)[0]) <= budget
 
+    if size_hint is not None and fits(size_hint):
+        prompt, answers = _build(task, size_hint, seed, params)
+        return Sample(task, prompt, tuple(answers), size_hint)
     if not fits(0):
         raise ValueError(
             f"{task}: length {length} is too short for even an empty haystack; use a longer length"
@@ -468,15 +474,22 @@ def training_batch_fn(
     def count(text: str) -> int:
         return len(tok.encode(text, bos=True))
 
+    hints: dict[tuple[str, int], int] = {}  # (task, length) -> the filler size of seed 0
+
     def batch(cfg: Any, step: int) -> torch.Tensor:
-        L = length or cfg.stages[-1].seq_len
+        from ..training.data import seq_len_for_step
+
+        L = length or seq_len_for_step(cfg, step)
         rows = []
         for i in range(cfg.batch_size):
             rng = np.random.default_rng([cfg.seed, 0x7A5C, step, i])
             task = tasks[int(rng.integers(len(tasks)))]
             seed = int(rng.integers(2**40, 2**41))
             # Room for the answer block: the generator keeps GEN_TOKENS[task] free.
-            s = generate(task, L - max(0, cfg.task.digits - GEN_TOKENS[task]), seed, count, params)
+            budget = L - max(0, cfg.task.digits - GEN_TOKENS[task])
+            if (task, budget) not in hints:
+                hints[task, budget] = generate(task, budget, 0, count, params).size
+            s = generate(task, budget, seed, count, params, size_hint=hints[task, budget])
             rows.append(training_document(s, tok, L, cfg.task.digits))
         return torch.tensor(rows, dtype=torch.int64)
 

@@ -1,0 +1,365 @@
+"""``powerattn eval {corpus,tokenizer,ppl,ruler,probe}``: the paper's Table 1, Table 2 and
+Figure 5 as offline tools (docs/evaluation.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..validate import nonnegative_int, positive_int
+
+
+def _csv(text: str) -> list[str]:
+    return [x for x in text.split(",") if x]
+
+
+def _ints(text: str) -> list[int]:
+    return [nonnegative_int(x) for x in _csv(text)]
+
+
+_EPILOG = """\
+a campaign, end to end (CPU smoke: --preset tiny; the H200: scripts/gpu_eval.sh):
+  powerattn eval corpus --out runs/corpus --source python
+  powerattn eval ppl --corpus runs/corpus --out runs/lm --preset gpu --seeds 0,1 --jobs 12
+  powerattn eval ppl --summarize runs/lm --results results/lm
+  powerattn eval ruler --train --lm-runs runs/lm --out runs/ruler --preset gpu --steps 300
+  powerattn eval ruler --model runs/lm/power-s0 --length 4096     # any one model
+  powerattn eval probe --out runs/probe --preset gpu --jobs 3
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser(
+        "eval",
+        help="perplexity by position, a RULER-style suite and probing (Tables 1-2, Fig. 5)",
+        description="Offline evaluation tools: a corpus and its tokenizer, language models per "
+        "pattern and their perplexity by position, a RULER-style suite for any causal LM, and "
+        "linear probes of where the passkey's information is. See docs/evaluation.md.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    esub = e.add_subparsers(dest="eval_command", metavar="WHAT")
+    e.set_defaults(func=lambda args: e.print_help() or 2)
+
+    c = esub.add_parser("corpus", help="build the long-document corpus from local files")
+    c.add_argument("--out", required=True, help="corpus directory (train/test.jsonl, manifest)")
+    c.add_argument(
+        "--source",
+        action="append",
+        help="'python' (this interpreter's stdlib and site-packages, the default) or "
+        "DIR[=LICENCE] (its .py/.txt/.md files); repeatable",
+    )
+    c.add_argument("--max-mb", type=float, default=200.0, help="MB of text per source (200)")
+    c.add_argument("--min-chars", type=positive_int, default=16384, help="shortest document")
+    c.add_argument(
+        "--test-permille", type=positive_int, default=50, help="held-out share, per mille (50)"
+    )
+    c.set_defaults(func=_corpus)
+
+    t = esub.add_parser("tokenizer", help="train the byte-level BPE on a corpus' training split")
+    t.add_argument("--corpus", required=True)
+    t.add_argument("--out", required=True, help="tokenizer JSON to write")
+    t.add_argument("--vocab", type=positive_int, default=8192)
+    t.set_defaults(func=_tokenizer)
+
+    p = esub.add_parser(
+        "ppl",
+        help="train one language model per pattern and seed, perplexity by position",
+        description="Train (resuming) and evaluate every (pattern, seed) run into OUT/NAME "
+        "(ppl.json next to the trainer's files), then write RESULTS/summary.json and "
+        "details.json; --summarize only rewrites the summary from the runs' outputs.",
+    )
+    _campaign_args(p, need_corpus=True)
+    p.add_argument("--summarize", metavar="RUNS", help="no training: summarize RUNS/*/ppl.json")
+    p.add_argument("--results", default="results/lm", help="summary directory (results/lm)")
+    p.set_defaults(func=_ppl)
+
+    r = esub.add_parser(
+        "ruler",
+        help="RULER-style suite: score a model, or train the pattern runs on it and score",
+        description="With --model: score one model (our run directory, or a local "
+        "transformers checkpoint, optionally switched to a pattern). With --train: continue "
+        "each language-model run of --lm-runs on the task mixture, score it, and write "
+        "RESULTS/summary.json.",
+    )
+    r.add_argument("--model", help="a run directory of eval ppl, or a local HF checkpoint")
+    r.add_argument("--pattern", help="with an HF --model: switch it to this pattern")
+    r.add_argument("--length", type=positive_int, default=4096, help="tokens per sample")
+    r.add_argument("--tasks", type=_csv, help="comma list (default: all seven)")
+    r.add_argument("--samples", type=positive_int, default=20, help="samples per task (20)")
+    r.add_argument("--train", action="store_true", help="the campaign (see description)")
+    r.add_argument("--lm-runs", help="runs of eval ppl to continue (--train)")
+    r.add_argument(
+        "--hybrid",
+        action="store_true",
+        help="--train also the paper's hybrid of each sparse pattern (full attention in the "
+        "last 2 of every 7 layers)",
+    )
+    _campaign_args(r, need_corpus=False)
+    r.add_argument("--summarize", metavar="RUNS", help="no training: summarize RUNS/*/ruler.json")
+    r.add_argument("--results", default="results/ruler")
+    r.set_defaults(func=_ruler)
+
+    b = esub.add_parser(
+        "probe",
+        help="linear probes per layer and block, before and after passkey training",
+        description="Train a byte-level model per pattern on the passkey curriculum and fit "
+        "one logistic-regression probe per (layer, block) on block-mean-pooled hidden states "
+        "(6 candidate keys, needle at 10%% depth) before and after training; writes "
+        "RESULTS/summary.json and heatmaps.png.",
+    )
+    b.add_argument("--out", help="run directory")
+    b.add_argument("--preset", default="tiny", help="tiny (CPU smoke) or gpu")
+    b.add_argument(
+        "--patterns",
+        type=_csv,
+        default=["sliding_window", "power", "full"],
+        help="comma list (sliding_window,power,full)",
+    )
+    b.add_argument("--seeds", type=_ints, default=[0])
+    b.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps")
+    b.add_argument("--engine", default="torch", help="torch (batched L-BFGS) or sklearn")
+    b.add_argument("--jobs", type=positive_int, default=1)
+    b.add_argument("--deadline", type=float, help="seconds from now to stop training")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--summarize", metavar="RUNS", help="no training: summarize RUNS/*/probe.json")
+    b.add_argument("--results", default="results/probing")
+    b.set_defaults(func=_probe)
+
+
+def _campaign_args(p: argparse.ArgumentParser, need_corpus: bool) -> None:
+    if need_corpus:
+        p.add_argument("--corpus", help="corpus directory (eval corpus)")
+    p.add_argument("--out", help="run directory")
+    p.add_argument("--preset", default="tiny", help="tiny (CPU smoke) or gpu")
+    p.add_argument("--patterns", type=_csv, help="comma list (default: every pattern, full first)")
+    p.add_argument("--seeds", type=_ints, default=[0], help="comma list (0)")
+    p.add_argument("--steps", type=positive_int, help="steps per run (default: the preset's)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs at once (subprocesses)")
+    p.add_argument(
+        "--deadline", type=float, help="seconds from now after which training stops (resumable)"
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--tokenizer", help="tokenizer JSON (default: the committed one)")
+
+
+def _stop(args: argparse.Namespace) -> float | None:
+    return None if args.deadline is None else time.time() + args.deadline
+
+
+def _tok(args: argparse.Namespace) -> str:
+    from ..eval.bpe import DEFAULT_PATH
+
+    return args.tokenizer or str(DEFAULT_PATH)
+
+
+def _corpus(args: argparse.Namespace) -> int:
+    from ..eval.corpus import build_corpus
+
+    m = build_corpus(
+        args.out,
+        args.source or ["python"],
+        max_mb=args.max_mb,
+        min_chars=args.min_chars,
+        test_permille=args.test_permille,
+    )
+    print(json.dumps({k: v for k, v in m.items() if k != "ids"}, indent=1))
+    return 0
+
+
+def _tokenizer(args: argparse.Namespace) -> int:
+    from ..eval.bpe import BPETokenizer, train_tokenizer
+    from ..eval.corpus import read_documents
+
+    docs = read_documents(args.corpus, "train")
+    path = train_tokenizer((d["text"] for d in docs), args.out, args.vocab)
+    tok = BPETokenizer(path)
+    test = read_documents(args.corpus, "test")
+    chars = sum(len(d["text"]) for d in test)
+    tokens = sum(len(x) for x in tok.encode_batch([d["text"] for d in test]))
+    print(f"{path}: {tok.vocab_size} tokens, {chars / max(tokens, 1):.2f} chars/token held out")
+    return 0
+
+
+def _write_results(results: str, name: str, obj: dict) -> Path:
+    out = Path(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(json.dumps(obj, indent=1) + "\n")
+    return out / name
+
+
+def _ppl(args: argparse.Namespace) -> int:
+    from ..eval import campaign, lm
+
+    runs = args.summarize or args.out
+    if not args.summarize:
+        if not args.corpus or not args.out:
+            raise ValueError("give --corpus and --out (or --summarize RUNS)")
+        specs = campaign.lm_specs(
+            args.corpus, args.out, args.preset, args.patterns or lm.PATTERNS, args.seeds,
+            args.steps, args.device, _stop(args), _tok(args),
+        )  # fmt: skip
+        failed = campaign.run_pool("lm", specs, args.out, args.jobs)
+        if failed:
+            print(f"failed runs (see {args.out}/lm-NAME.log): {failed}", file=sys.stderr)
+    summary, details = lm.summarize(runs)
+    _write_results(args.results, "summary.json", summary)
+    _write_results(args.results, "details.json", details)
+    print(lm.summary_table(summary, details))
+    return 0
+
+
+def _ruler(args: argparse.Namespace) -> int:
+    from ..eval import campaign, lm
+
+    if args.model:
+        return _ruler_one(args)
+    runs = args.summarize or args.out
+    if not args.summarize:
+        if not args.train or not args.out:
+            raise ValueError("give --model, or --train with --out (and --lm-runs), or --summarize")
+        patterns = args.patterns or lm.PATTERNS
+        campaign._check(args.preset, patterns)
+        steps = args.steps or lm.PRESETS[args.preset].steps
+        layers = lm.PRESETS[args.preset].model.layers
+        variants = [[]]
+        if args.hybrid:
+            from ..transformers import full_layers_from_rule
+
+            variants.append(full_layers_from_rule("2 of every 7", layers))
+        specs = [
+            dict(
+                lm_runs=str(args.lm_runs or ""),
+                out=str(args.out),
+                preset=args.preset,
+                pattern=p,
+                seed=s,
+                steps=steps,
+                samples=args.samples,
+                device=args.device,
+                full_layers=fl,
+                tasks=args.tasks,
+                stop_time=_stop(args),
+                tokenizer=_tok(args),
+            )  # fmt: skip
+            for s in args.seeds
+            for fl in variants
+            for p in patterns
+            if not (fl and p == "full")
+        ]
+        failed = campaign.run_pool("ruler", specs, args.out, args.jobs)
+        if failed:
+            print(f"failed runs (see {args.out}/ruler-NAME.log): {failed}", file=sys.stderr)
+    summary = campaign.summarize_ruler(runs)
+    table = summary.pop("table")
+    _write_results(args.results, "summary.json", summary)
+    print(table)
+    return 0
+
+
+def _ruler_one(args: argparse.Namespace) -> int:
+    from ..eval import ruler
+
+    model, tok = _load_model(args)
+    res = ruler.evaluate_model(model, tok, args.length, args.tasks, args.samples)
+    print(ruler.table({Path(args.model).name: {**res["scores"], **res["categories"]}}))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+def _load_model(args: argparse.Namespace):
+    """(model, tokenizer) of --model: a run directory of ours, or a local HF checkpoint."""
+    import torch
+
+    from ..training.trainer import resolve_device
+
+    path = Path(args.model)
+    device = resolve_device(args.device)
+    if (path / "checkpoint.pt").is_file():
+        from ..eval.bpe import BPETokenizer
+        from ..training.config import TrainConfig
+        from ..training.model import build_model
+
+        cfg = TrainConfig.from_dict(json.loads((path / "config.json").read_text()))
+        tok = BPETokenizer(_tok(args))
+        model = build_model(
+            cfg.model, cfg.build_pattern(), max(args.length, cfg.final_seq_len),
+            full_layers=cfg.pattern.full_layers, seed=cfg.seed, tokenizer=tok,
+        )  # fmt: skip
+        state = torch.load(path / "checkpoint.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        return model.to(device), tok
+    if not path.is_dir():
+        raise ValueError(f"--model {path} is neither a run directory nor a local checkpoint")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).to(device)
+    if args.pattern:
+        from ..transformers import apply
+
+        apply(model, args.pattern)
+    return model, tok
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from ..eval import campaign
+
+    runs = args.summarize or args.out
+    if not args.summarize:
+        if not args.out:
+            raise ValueError("give --out (or --summarize RUNS)")
+        if args.preset not in campaign.PROBE_PRESETS:
+            raise ValueError(
+                f"preset must be one of {sorted(campaign.PROBE_PRESETS)}, got {args.preset!r}"
+            )
+        specs = [
+            dict(
+                out=str(args.out),
+                preset=args.preset,
+                pattern=p,
+                seed=s,
+                device=args.device,
+                stop_time=_stop(args),
+                steps_scale=args.steps_scale,
+                engine=args.engine,
+            )  # fmt: skip
+            for s in args.seeds
+            for p in args.patterns
+        ]
+        failed = campaign.run_pool("probe", specs, args.out, args.jobs)
+        if failed:
+            print(f"failed runs (see {args.out}/probe-NAME.log): {failed}", file=sys.stderr)
+    summary, full = campaign.summarize_probe(runs)
+    _write_results(args.results, "summary.json", summary)
+    png = campaign.plot_probe(full, Path(args.results) / "heatmaps.png")
+    for r in full:
+        last = r["after"][-1][-1]
+        print(
+            f"{r['name']:<24} last layer, last block: before {r['before'][-1][-1]:.2f}, "
+            f"after {last:.2f} (chance {r['chance']:.2f}; {r['steps']}/{r['steps_planned']} "
+            "steps)"
+        )
+    print(png)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m powerattn.commands.eval ...`` (the same as ``powerattn eval ...``)."""
+    parser = argparse.ArgumentParser(prog="powerattn")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as exc:
+        print(f"powerattn eval: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""Campaigns of the evaluation tools: runs per (pattern, seed), trained at equal budget,
+resumable, ``jobs`` at a time, and the summaries committed under ``results/``.
+
+* ``lm``: :func:`powerattn.eval.lm.run_one` (language model + perplexity by position).
+* ``ruler``: continue a language-model run on the RULER task mixture (answer-only loss), as the
+  paper continues a pretrained model, optionally as the hybrid (full attention in the last 2
+  of every 7 layers), then score the suite at the context length.
+* ``probe``: train a byte-level model on the passkey curriculum (the passkey experiment's
+  trainer) and probe it before and after training (:mod:`powerattn.eval.probe`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..training.config import (
+    ModelConfig,
+    OptimConfig,
+    PatternConfig,
+    Stage,
+    TaskConfig,
+    TrainConfig,
+)
+from . import lm, probe, ruler
+from .bpe import DEFAULT_PATH, BPETokenizer
+
+ANSWER_TOKENS = 16  # RULER training documents end in this many answer (+ EOS) tokens
+RULER_FILE = "ruler.json"
+PROBE_FILE = "probe.json"
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------- pool
+
+
+def run_pool(kind: str, specs: list[dict[str, Any]], out: str | Path, jobs: int) -> list[str]:
+    """Run ``WORKERS[kind](**spec)`` for every spec, in this process (``jobs == 1``) or in
+    ``jobs`` subprocesses at a time (logs: ``out/<kind>-<name>.log``). Returns the names of the
+    specs that failed (a failure in this process is re-raised)."""
+    if kind not in WORKERS:
+        raise ValueError(f"kind must be one of {sorted(WORKERS)}, got {kind!r}")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    if jobs <= 1:
+        for spec in specs:
+            WORKERS[kind](**spec)
+        return []
+    failed, running, queue = [], [], list(specs)
+    while queue or running:
+        while queue and len(running) < jobs:
+            spec = queue.pop(0)
+            name = lm.run_name(spec["pattern"], spec["seed"], spec.get("full_layers", []))
+            log = open(Path(out) / f"{kind}-{name}.log", "w")  # noqa: SIM115 -- closed below
+            cmd = [sys.executable, "-m", "powerattn.eval.campaign", kind, json.dumps(spec)]
+            running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+        time.sleep(0.5)
+        for item in list(running):
+            name, proc, log = item
+            if proc.poll() is not None:
+                log.close()
+                running.remove(item)
+                if proc.returncode:
+                    failed.append(name)
+    return failed
+
+
+def lm_specs(
+    corpus: str,
+    out: str,
+    preset: str,
+    patterns: list[str],
+    seeds: list[int],
+    steps: int | None,
+    device: str,
+    stop_time: float | None,
+    tokenizer: str = str(DEFAULT_PATH),
+) -> list[dict[str, Any]]:
+    """The specs of :func:`powerattn.eval.lm.run_one` for every (seed, pattern)."""
+    _check(preset, patterns)
+    lm.tokenize_corpus(corpus, tokenizer)  # once, before the workers read it
+    return [
+        dict(
+            corpus=str(corpus),
+            out=str(out),
+            preset=preset,
+            pattern=p,
+            seed=int(s),
+            steps=steps,
+            device=device,
+            stop_time=stop_time,
+            tokenizer=str(tokenizer),
+        )  # fmt: skip
+        for s in seeds
+        for p in patterns
+    ]
+
+
+def _check(preset: str, patterns: list[str]) -> None:
+    if preset not in lm.PRESETS:
+        raise ValueError(f"preset must be one of {sorted(lm.PRESETS)}, got {preset!r}")
+    unknown = sorted(set(patterns) - set(lm.PATTERNS))
+    if unknown:
+        raise ValueError(f"unknown patterns {unknown}; choose from {lm.PATTERNS}")
+
+
+# ---------------------------------------------------------------------------- RULER
+
+
+def ruler_config(
+    preset: str, pattern: str, seed: int, steps: int, device: str, full_layers: list[int]
+) -> TrainConfig:
+    """The continued training on the RULER mixture: the language model's config with the
+    answer-only loss over :data:`ANSWER_TOKENS` tokens and a lower learning rate."""
+    cfg = lm.train_config(lm.PRESETS[preset], pattern, seed, steps, device, full_layers)
+    cfg.loss_on = "answer"
+    cfg.task = TaskConfig(block_size=cfg.task.block_size, digits=ANSWER_TOKENS)
+    cfg.optim = dataclasses.replace(cfg.optim, lr=cfg.optim.lr / 3)
+    return cfg
+
+
+def ruler_run_one(
+    lm_runs: str,
+    out: str,
+    preset: str,
+    pattern: str,
+    seed: int,
+    steps: int,
+    samples: int,
+    device: str = "auto",
+    full_layers: list[int] = (),
+    tasks: list[str] | None = None,
+    stop_time: float | None = None,
+    tokenizer: str = str(DEFAULT_PATH),
+) -> dict[str, Any]:
+    """Continue ``lm_runs/<pattern>-s<seed>`` (weights only; from scratch if it has no
+    checkpoint) on the RULER mixture into ``out/NAME``, then score the suite at the preset's
+    context on ``samples`` samples per task (the same samples for every run)."""
+    import torch
+
+    from ..training.trainer import CHECKPOINT, Trainer
+
+    p = lm.PRESETS[preset]
+    tok = BPETokenizer(tokenizer)
+    full_layers = list(full_layers)
+    cfg = ruler_config(preset, pattern, seed, steps, device, full_layers)
+    run_dir = Path(out) / lm.run_name(pattern, seed, full_layers)
+    batch_fn = ruler.training_batch_fn(tok, tasks)
+    trainer = Trainer(cfg, run_dir, progress=False, tokenizer=tok, batch_fn=batch_fn)
+    init = Path(lm_runs) / lm.run_name(pattern, seed) / CHECKPOINT
+    started_from = "scratch"
+    if not (run_dir / CHECKPOINT).exists() and init.exists():
+        state = torch.load(init, map_location=trainer.device, weights_only=False)
+        trainer.model.load_state_dict(state["model"])
+        started_from = str(init)
+    t0 = time.time()
+    trainer.train(stop_time=stop_time)
+    res = ruler.evaluate_model(trainer.model, tok, p.context, tasks, samples, seed=0)
+    result = {
+        "name": run_dir.name,
+        "pattern": pattern,
+        "full_layers": full_layers,
+        "seed": seed,
+        "length": p.context,
+        "steps": trainer.step,
+        "steps_planned": cfg.total_steps,
+        "started_from": started_from,
+        "train_s_this_call": time.time() - t0,
+        **res,
+    }
+    _write_json(run_dir / RULER_FILE, result)
+    return result
+
+
+def summarize_ruler(runs_dir: str | Path) -> dict[str, Any]:
+    """``{"length", "scores": [{"pattern", "seed", "task", "score"}], "table"}`` of every
+    ``ruler.json`` under ``runs_dir`` (the issue's schema plus the printed table)."""
+    runs = [json.loads(p.read_text()) for p in sorted(Path(runs_dir).glob(f"*/{RULER_FILE}"))]
+    if not runs:
+        raise ValueError(f"no {RULER_FILE} under {runs_dir}/*/; run eval ruler --train first")
+    lengths = {r["length"] for r in runs}
+    if len(lengths) != 1:
+        raise ValueError(f"runs of different lengths {sorted(lengths)} under {runs_dir}")
+    scores, rows = [], {}
+    for r in sorted(runs, key=lambda r: (r["pattern"], r["full_layers"], r["seed"])):
+        label = lm.run_name(r["pattern"], r["seed"], r["full_layers"]).rsplit("-s", 1)[0]
+        for task, s in r["scores"].items():
+            scores.append({"pattern": label, "seed": r["seed"], "task": task, "score": s})
+        rows[r["name"]] = {**r["scores"], **r["categories"]}
+    return {"length": lengths.pop(), "scores": scores, "table": ruler.table(rows)}
+
+
+# ---------------------------------------------------------------------------- probing
+
+
+@dataclass
+class ProbePreset:
+    """Passkey training of the probed models and the probe set."""
+
+    model: ModelConfig
+    stages: list[Stage]
+    block_size: int
+    batch_size: int
+    per_key: int
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+
+
+PROBE_PRESETS = {
+    "tiny": ProbePreset(
+        model=ModelConfig(layers=2, hidden=32, heads=2, kv_heads=2, intermediate=64),
+        stages=[Stage(320, 2)],
+        block_size=32,
+        batch_size=2,
+        per_key=4,
+        optim=OptimConfig(warmup_steps=1),
+    ),
+    # 4096 byte tokens = 128 blocks of 32 (power covers them in 7 hops, the model has 6
+    # layers as in the passkey experiment), a short curriculum.
+    "gpu": ProbePreset(
+        model=ModelConfig(layers=6, hidden=128, heads=4, kv_heads=4, intermediate=512),
+        stages=[Stage(320, 200), Stage(1024, 300), Stage(4096, 500)],
+        block_size=32,
+        batch_size=32,
+        per_key=32,
+        optim=OptimConfig(lr=1e-3, warmup_steps=100),
+    ),
+}
+
+
+def probe_run_one(
+    out: str,
+    preset: str,
+    pattern: str,
+    seed: int,
+    device: str = "auto",
+    stop_time: float | None = None,
+    steps_scale: float = 1.0,
+    engine: str = "torch",
+) -> dict[str, Any]:
+    """Probe the model of ``pattern`` at initialisation, train it on the passkey curriculum
+    (resuming), probe it again; writes ``out/NAME/probe.json``."""
+    from ..training.model import build_model
+    from ..training.trainer import Trainer
+
+    pp = PROBE_PRESETS[preset]
+    stages = [Stage(s.seq_len, max(1, round(s.steps * steps_scale))) for s in pp.stages]
+    cfg = TrainConfig(
+        model=dataclasses.replace(pp.model),
+        pattern=PatternConfig(name=pattern),
+        task=TaskConfig(block_size=pp.block_size, digits=5),
+        optim=dataclasses.replace(pp.optim),
+        stages=stages,
+        batch_size=pp.batch_size,
+        seed=seed,
+        checkpoint_every=100,
+        device=device,
+    )
+    run_dir = Path(out) / lm.run_name(pattern, seed)
+    trainer = Trainer(cfg, run_dir, progress=False)
+    seq_len = cfg.final_seq_len
+    init = build_model(cfg.model, trainer.pattern, seq_len, seed=seed).to(trainer.device)
+    before = probe.probe_model(init, trainer.pattern, seq_len, pp.per_key, engine=engine)
+    del init
+    trainer.train(stop_time=stop_time)
+    after = probe.probe_model(trainer.model, trainer.pattern, seq_len, pp.per_key, engine=engine)
+    result = {
+        "name": run_dir.name,
+        "pattern": pattern,
+        "pattern_desc": trainer.pattern.describe(),
+        "seed": seed,
+        "seq_len": seq_len,
+        "block_size": pp.block_size,
+        "steps": trainer.step,
+        "steps_planned": cfg.total_steps,
+        "needle_block": after["needle_block"],
+        "chance": after["chance"],
+        "documents": after["documents"],
+        "before": before["accuracy"].tolist(),
+        "after": after["accuracy"].tolist(),
+        "reached": after["reached"].astype(int).tolist(),
+    }
+    _write_json(run_dir / PROBE_FILE, result)
+    return result
+
+
+def summarize_probe(runs_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``({"runs": [{"pattern", "trained", "layer", "block", "accuracy"}]}, the runs)``."""
+    runs = [json.loads(p.read_text()) for p in sorted(Path(runs_dir).glob(f"*/{PROBE_FILE}"))]
+    if not runs:
+        raise ValueError(f"no {PROBE_FILE} under {runs_dir}/*/; run eval probe first")
+    rows = []
+    for r in runs:
+        for trained, key in ((False, "before"), (True, "after")):
+            for layer, accs in enumerate(r[key]):
+                for block, a in enumerate(accs):
+                    rows.append(
+                        {
+                            "pattern": r["pattern"],
+                            "seed": r["seed"],
+                            "trained": trained,
+                            "layer": layer,
+                            "block": block,
+                            "accuracy": round(float(a), 4),
+                        }
+                    )
+    return {"runs": rows}, runs
+
+
+def plot_probe(runs: list[dict[str, Any]], path: str | Path) -> Path:
+    """Heat maps layers x blocks (rows: pattern and seed; columns: before / after training),
+    with the theory's boundary (blocks the needle can have reached by each layer) outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        len(runs), 2, figsize=(12, 1.6 + 1.4 * len(runs)), squeeze=False, sharex=True
+    )
+    for i, r in enumerate(runs):
+        reached = np.asarray(r["reached"], dtype=float)
+        for j, key in enumerate(("before", "after")):
+            ax = axes[i, j]
+            acc = np.asarray(r[key])
+            im = ax.imshow(acc, aspect="auto", origin="lower", vmin=0, vmax=1, cmap="viridis")
+            ax.contour(reached, levels=[0.5], colors="red", linewidths=1)
+            ax.set_title(f"{r['pattern']} s{r['seed']}, {key} training", fontsize=9)
+            ax.set_ylabel("layer")
+    for ax in axes[-1]:
+        ax.set_xlabel("block (needle block marked by the red theory outline)")
+    fig.colorbar(im, ax=axes, shrink=0.6, label="probe accuracy (chance 1/6)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+WORKERS = {"lm": lm.run_one, "ruler": ruler_run_one, "probe": probe_run_one}
+
+
+if __name__ == "__main__":  # a worker of run_pool(jobs > 1)
+    WORKERS[sys.argv[1]](**json.loads(sys.argv[2]))
