@@ -2,6 +2,7 @@
 a pattern catalogue, the receptive-field theory as tools, and fast attention operators."""
 
 from .ops.api import power_attention, sparse_attention
+from .ops.kvcache import sparse_attention_with_kvcache
 from .ops.reference import reference_attention
 from .patterns import Pattern, equal_budget, get_pattern, pattern_names
 from .receptive import coverage, hops, layers_for_full_coverage
@@ -19,4 +20,5 @@ __all__ = [
     "power_attention",
     "reference_attention",
     "sparse_attention",
+    "sparse_attention_with_kvcache",
 ]
