@@ -9,8 +9,9 @@ Backends (``backend=``):
   its compiled C++ kernel). Forward and backward, any ``Sq <= Sk``.
 * ``"decode"`` -- one Triton kernel that reads only the attended key blocks (CUDA, or CPU
   tensors under ``TRITON_INTERPRET=1``); ``Sq <= DECODE_MAX_Q``, no gradient.
-* ``"dense"`` -- masked attention with materialised scores, in the input precision; refused
-  above :data:`~powerattn.ops.dense.DENSE_MAX_SCORES` scores.
+* ``"dense"`` -- exact masked attention over chunks of query rows (memory O(rows x Sk), forward
+  and backward), computed in float32 (float64 inputs: in float64); any length the memory
+  holds, with gradients.
 * ``"reference"`` -- the float64-capable oracle (:func:`reference_attention`), for checks.
 * ``"auto"`` -- float64: ``dense``. CUDA: ``decode`` when ``Sq <= DECODE_MAX_Q`` and no
   gradient is needed, else ``flash`` where it can run
@@ -21,14 +22,12 @@ Backends (``backend=``):
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..patterns import Pattern, get_pattern
 from . import decode as _decode
-from .checks import check_qkv
-from .dense import DENSE_MAX_SCORES, dense_scores_count, dense_sparse_attention
+from .checks import check_qkv, resolve_scale
+from .dense import dense_scores_count, dense_sparse_attention
 from .flex import flex_sparse_attention, pick_kernel
 from .reference import reference_attention
 
@@ -52,7 +51,7 @@ def _pick_backend(
         if q.shape[2] <= DECODE_MAX_Q and not _needs_grad(q, k, v) and _decode.supports(q, k):
             return "decode_auto"  # the kernel, or dense SDPA where that is exact and faster
         return pick_kernel(q, pattern)
-    # FlexAttention's CPU kernel has no backward and no lse: those go dense (up to its limit).
+    # FlexAttention's CPU kernel has no backward and no lse: those go dense (chunked: any length).
     if dense_scores_count(q, k) <= CPU_DENSE_AUTO_MAX or _needs_grad(q, k, v) or return_lse:
         return "dense"
     return "flex"
@@ -101,7 +100,7 @@ def sparse_attention(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     D = q.shape[-1]
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    scale = resolve_scale(scale, D)
     if backend == "reference":
         return reference_attention(q, k, v, pattern, scale=scale, return_lse=return_lse)
     if backend == "auto":
@@ -111,11 +110,6 @@ def sparse_attention(
             f"backend={backend!r} does not support float64 inputs (use 'dense' or 'reference')"
         )
     if backend == "dense":
-        if dense_scores_count(q, k) > DENSE_MAX_SCORES:
-            raise ValueError(
-                f"backend='dense' would materialise {dense_scores_count(q, k):,} scores "
-                f"(B*Hq*Sq*Sk); the limit is {DENSE_MAX_SCORES:,}: use backend='flex'"
-            )
         out, lse = dense_sparse_attention(q, k, v, pattern, scale)
     elif backend in ("decode", "decode_auto"):
         if _needs_grad(q, k, v):

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Any
+
 import torch
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# Appended where a (B, S, H, D) tensor -- transformers' layout before its transpose -- would
+# land: its heads read as the sequence and the other way round.
+_LAYOUT_HINT = (
+    " (q, k, v are (batch, heads, seq, head_dim), as for SDPA; tensors laid out (batch, seq, "
+    "heads, head_dim) need .transpose(1, 2))"
+)
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -37,15 +48,30 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"batch sizes differ: q has {B}, k/v have {k.shape[0]}")
     if k.shape[3] != D:
         raise ValueError(f"head dims differ: q has {D}, k/v have {k.shape[3]}")
+    if D == 0:
+        raise ValueError(f"head_dim (the last dimension) must be positive, got {tuple(q.shape)}")
     Hkv, Sk = k.shape[1], k.shape[2]
     if Hkv == 0 or Hq % Hkv:
         raise ValueError(
             f"query heads ({Hq}) must be a multiple of key/value heads ({Hkv}) for GQA/MQA"
+            + _LAYOUT_HINT
         )
     if Sq == 0 or Sk == 0:
         raise ValueError(f"sequence lengths must be positive, got Sq={Sq}, Sk={Sk}")
     if Sq > Sk:
         raise ValueError(
             f"Sq ({Sq}) > Sk ({Sk}): queries are aligned to the end of the keys, so there "
-            "must be at least as many keys as queries"
+            "must be at least as many keys as queries" + _LAYOUT_HINT
         )
+
+
+def resolve_scale(scale: Any, head_dim: int) -> float:
+    """The softmax scale: ``1 / sqrt(head_dim)`` for ``None``, else ``scale`` as a float
+    (``ValueError`` unless it is a finite real number; bools and strings refused)."""
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, torch.Tensor) and scale.numel() == 1:
+        scale = scale.item()
+    if not isinstance(scale, numbers.Real) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number or None, got {scale!r}")
+    return float(scale)

@@ -5,12 +5,10 @@ Every kernel in :mod:`powerattn.ops` is tested against this module; kernels neve
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..patterns import Pattern, get_pattern
-from .checks import check_qkv
+from .checks import check_qkv, resolve_scale
 
 
 def reference_attention(
@@ -45,7 +43,7 @@ def reference_attention(
     pattern = get_pattern(pattern)
     B, Hq, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    scale = resolve_scale(scale, D)
     if upcast:
         q, k, v = q.double(), k.double(), v.double()
     group = Hq // Hkv
