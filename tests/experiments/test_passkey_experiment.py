@@ -446,7 +446,7 @@ def test_plan_of_the_recipe_preset():
     assert [r.name for r in runs] == ["main-full", "main-full-s1", "main-full-s2"]
     cfg = runs[0].config
     assert cfg.final_seq_len == 4096 and cfg.stages[-1].lengths == [4096, 512, 1024, 2048, 4096]
-    assert cfg.optim.schedule == "constant" and cfg.lm_weight > 0 and cfg.task.heldout_keys
+    assert cfg.optim.schedule == "constant" and cfg.lm_weight == 0 and cfg.task.heldout_keys
     assert runs[0].eval_lengths == [512, 1024, 2048, 4096, 8192]
     layers = plan("gpu-mix", ["layers"])
     assert len(layers) == 3 * 7 and "layers8-stride_slash" in {r.name for r in layers}

@@ -44,11 +44,11 @@ parts (each a list of runs; every run trains one model, then evaluates it):
 presets:
   smoke       2-layer models, 4-6 steps, 320-448 tokens: checks every code path on a CPU
   smoke-mix   the same for the levers of gpu-mix (mixed lengths, LM loss, constant LR)
-  gpu-mix     the recipe of the gate: 6 layers, hidden 256 (~5M parameters), a 150-step
-              warm-up at 320/512 tokens, then 2000 steps each drawing its length from
-              512..4096 (long: ..8192), constant LR, next-token loss on the whole document,
-              10 depth bins x 64 documents on held-out keys; layers part: power, sliding
-              window and stride slash with 1..8 layers
+  gpu-mix     the recipe of the gate: 6 layers, hidden 256 (~5M parameters), a 250-step
+              warm-up at 320/512 tokens, then 2500 steps each drawing its length from
+              512..4096 (long: ..8192), batch 16, constant LR, 10 depth bins x 64
+              documents on held-out keys; layers part: power, sliding window and stride
+              slash with 1..8 layers
   gpu         the second campaign: 6-layer hidden-128 models, 320 -> 4096 tokens (long:
               8192), 300 steps per length after a 200-step warm-up
   gpu-replay  the first campaign: shorter stages, 25 % of steps replay earlier lengths

@@ -142,19 +142,22 @@ PRESETS["gpu-replay"] = dataclasses.replace(
 )
 
 
-# The recipe of issue 10 (results/passkey/README.md, "The gate"): a ~5M-parameter model, a
-# short warm-up, then every step drawing its length from 512..4096 tokens (4096 twice as
-# often: the gate is at 4096), a constant learning rate after warm-up (a run cut by the wall
-# clock is not left half-way down a schedule), the next-token loss on the whole document next
-# to the answer's (the haystack repeats: predicting it trains the copying the answer needs),
-# keys held out for evaluation, 10 depth bins x 64 documents per cell with the needle at a
-# random position inside its bin. Batch 16: more updates for the same tokens. Steps sized
-# for ~330 s of training with 3 runs sharing one H200 (scripts/gpu_passkey_gate.sh).
+# The recipe of issue 10 (results/passkey/README.md, "The gate"): a ~5M-parameter model
+# (6 layers, hidden 256, 4 heads of 64), a short warm-up at 320/512 tokens, then every step
+# drawing its length from 512..4096 tokens (4096 twice as often: the gate is at 4096; a model
+# trained at 320 tokens only retrieves nothing at 448 in the CPU checks, so every length is
+# trained), a constant learning rate after warm-up (a run cut by the wall clock is not left
+# half-way down a schedule), keys held out for evaluation, 10 depth bins x 64 documents per
+# cell with the needle at a random position inside its bin. No next-token loss on the
+# haystack: in the CPU checks it stopped a small model from learning the task (lm_weight 1:
+# nothing after 400 steps; 0: learned by step ~300). Batch 16: more updates for the same
+# tokens. Steps sized for ~5 minutes of training with 3 runs sharing one H200
+# (scripts/gpu_passkey_gate.sh).
 _MIX = [512, 1024, 2048, 4096]
 PRESETS["gpu-mix"] = Preset(
     model=ModelConfig(layers=6, hidden=256, heads=4, kv_heads=4, intermediate=768),
-    stages=[Stage(512, 150, mix=[320]), Stage(4096, 2000, mix=_MIX)],
-    long_stages=[Stage(512, 150, mix=[320]), Stage(8192, 2000, mix=[1024, 2048, 4096, 8192])],
+    stages=[Stage(512, 250, mix=[320]), Stage(4096, 2500, mix=_MIX)],
+    long_stages=[Stage(512, 250, mix=[320]), Stage(8192, 2500, mix=[1024, 2048, 4096, 8192])],
     layer_sweep=[1, 2, 3, 4, 5, 7, 8],
     layer_patterns=["power", "sliding_window", "stride_slash"],
     batch_size=16,
@@ -166,10 +169,9 @@ PRESETS["gpu-mix"] = Preset(
     eval_bins=True,
     heldout_keys=True,
     eval_seed=7919,
-    lm_weight=1.0,
 )
-# Its CPU twin: every lever and code path of gpu-mix (mixed stage, next-token loss, constant
-# LR, held-out keys, depth bins, several layer patterns) in seconds; learns nothing.
+# Its CPU twin: every lever and code path of gpu-mix (mixed stage, constant LR, held-out keys,
+# depth bins, several layer patterns; and the next-token loss) in seconds; learns nothing.
 PRESETS["smoke-mix"] = dataclasses.replace(
     PRESETS["gpu-mix"],
     model=ModelConfig(layers=2, hidden=32, heads=2, kv_heads=2, intermediate=64),
@@ -183,6 +185,7 @@ PRESETS["smoke-mix"] = dataclasses.replace(
     eval_samples=2,
     eval_lengths=[320, 384, 448],
     long_eval_lengths=[448],
+    lm_weight=1.0,
 )
 
 
