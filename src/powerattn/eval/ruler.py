@@ -13,9 +13,9 @@ models (fewer values per needle, shorter answers; :class:`TaskParams`):
 
 A sample is a prompt that ends where the answer starts, and its reference answers. It is a
 pure function of ``(task, length, seed, tokenizer)``: the filler size is the largest for which
-the prompt takes at most ``length - gen_tokens`` tokens, searched with the tokenizer, with a
-random stream per (seed, size). Keys and words are pronounceable pseudo-words from a fixed
-syllable list (nothing to download).
+the prompt takes at most ``length - gen_tokens`` tokens, bisected with the tokenizer (one random
+stream per (seed, task), whose haystack grows with the size). Keys and words are pronounceable
+pseudo-words from a fixed syllable list (nothing to download).
 
 Scoring is RULER's ``string_match_all``: a prediction scores the fraction of its references
 that occur in it as substrings, case-insensitively; a task's score is the mean over samples.
@@ -85,7 +85,7 @@ def _word_list() -> list[str]:
     rng = np.random.default_rng(0x5EED)
     words: list[str] = []
     seen = set()
-    while len(words) < 4000:
+    while len(words) < 16000:
         w = "".join(rng.choice(_SYLLABLES, size=int(rng.integers(2, 4))))
         if w not in seen:
             seen.add(w)
@@ -118,22 +118,25 @@ def _value(rng: np.random.Generator, p: TaskParams) -> str:
     return str(int(rng.integers(10 ** (p.value_digits - 1), 10**p.value_digits)))
 
 
-def _keys(rng: np.random.Generator, n: int) -> list[str]:
-    return [WORDS[i] for i in rng.choice(len(WORDS), size=n, replace=False)]
-
-
 def _needle(key: str, value: str) -> str:
     return f"One of the special magic numbers for {key} is: {value}."
 
 
-def _insert(units: list[str], items: list[str], rng: np.random.Generator) -> list[str]:
-    """``units`` with ``items`` inserted at random unit boundaries, keeping ``items``' order."""
-    pos = np.sort(rng.integers(0, len(units) + 1, size=len(items)))
+def _word_order(rng: np.random.Generator) -> list[str]:
+    """All of :data:`WORDS` in a random order: the first ``n`` are ``n`` distinct words, and a
+    longer haystack extends a shorter one's words instead of redrawing them."""
+    return [WORDS[i] for i in rng.permutation(len(WORDS))]
+
+
+def _insert(units: list[str], items: list[str], depths: np.ndarray) -> list[str]:
+    """``units`` with ``items`` inserted at fractions ``depths`` of their length (sorted
+    insertion points, ``items``' order kept)."""
+    pos = np.sort(np.floor(depths * (len(units) + 1)).astype(int))
     out, prev = [], 0
-    for p, item in zip(pos, items, strict=True):
-        out.extend(units[prev:p])
+    for q, item in zip(pos, items, strict=True):
+        out.extend(units[prev:q])
         out.append(item)
-        prev = p
+        prev = q
     out.extend(units[prev:])
     return out
 
@@ -143,25 +146,32 @@ _NIAH_HEAD = (
     "it. I will quiz you about the numbers afterwards.\n"
 )
 
+# Every generator draws its size-independent choices first and its size-dependent ones last,
+# from one stream per (seed, task): the haystack of size n + 1 extends that of size n, so the
+# prompt's length grows with the size and the length search is a bisection.
+
 
 def _niah(task: str, size: int, rng: np.random.Generator, p: TaskParams) -> tuple[str, list[str]]:
-    n_keys = {"niah_multiquery": p.multiquery}.get(task, 1)
+    n_keys = p.multiquery if task == "niah_multiquery" else 1
     n_vals = p.multivalue if task == "niah_multivalue" else 1
-    keys = _keys(rng, n_keys + (size if task == "niah_multikey" else 0))
-    asked = keys[:n_keys]
+    words = _word_order(rng)
+    asked = words[:n_keys]
     needles, answers = [], []
     for k in asked:
         for _ in range(n_vals):
             v = _value(rng, p)
             needles.append(_needle(k, v))
             answers.append(v)
+    depths = rng.random(len(needles))
+    order = rng.permutation(len(needles))
     if task == "niah_multikey":  # the haystack: needles of other keys
-        units = [_needle(k, _value(rng, p)) for k in keys[n_keys:]]
+        if n_keys + size > len(words):
+            raise ValueError(f"niah_multikey: at most {len(words) - n_keys} distractors")
+        units = [_needle(k, _value(rng, p)) for k in words[n_keys : n_keys + size]]
     else:
         units = [FILLER] * size
-    order = rng.permutation(len(needles))
-    text = " ".join(_insert(units, [needles[i] for i in order], rng))
-    if task == "niah_single" or task == "niah_multikey":
+    text = " ".join(_insert(units, [needles[i] for i in order], depths))
+    if task in ("niah_single", "niah_multikey"):
         q = (
             f"What is the special magic number for {asked[0]} mentioned in the provided text? "
             f"The special magic number for {asked[0]} mentioned in the provided text is"
@@ -180,21 +190,18 @@ def _niah(task: str, size: int, rng: np.random.Generator, p: TaskParams) -> tupl
     return _NIAH_HEAD + text + "\n" + q, answers
 
 
-def _var_name(rng: np.random.Generator) -> str:
-    return "".join(rng.choice(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"), size=3))
-
-
 def _vt(size: int, rng: np.random.Generator, p: TaskParams) -> tuple[str, list[str]]:
+    letters = list("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
     names: list[str] = []
     while len(names) < p.vt_hops + 1:
-        n = _var_name(rng)
+        n = "".join(rng.choice(letters, size=3))
         if n not in names:
             names.append(n)
     value = _value(rng, p)
     chain = [f"VAR {names[0]} = {value}."] + [
         f"VAR {names[i + 1]} = VAR {names[i]}." for i in range(p.vt_hops)
     ]
-    text = " ".join(_insert([FILLER] * size, chain, rng))
+    text = " ".join(_insert([FILLER] * size, chain, rng.random(len(chain))))
     head = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n"
     q = (
         f"Question: Find all variables that are assigned the value {value} in the text above. "
@@ -205,8 +212,10 @@ def _vt(size: int, rng: np.random.Generator, p: TaskParams) -> tuple[str, list[s
 
 
 def _cwe(size: int, rng: np.random.Generator, p: TaskParams) -> tuple[str, list[str]]:
-    words = _keys(rng, p.cwe_common + size)
-    common, rare = words[: p.cwe_common], words[p.cwe_common :]
+    words = _word_order(rng)
+    if p.cwe_common + size > len(words):
+        raise ValueError(f"cwe: at most {len(words) - p.cwe_common} other words")
+    common, rare = words[: p.cwe_common], words[p.cwe_common : p.cwe_common + size]
     items = common * p.cwe_freq + rare * p.cwe_rare_freq
     items = [items[i] for i in rng.permutation(len(items))]
     listing = " ".join(f"{i + 1}. {w}" for i, w in enumerate(items))
@@ -222,15 +231,14 @@ def _cwe(size: int, rng: np.random.Generator, p: TaskParams) -> tuple[str, list[
 
 
 def _fwe(size: int, rng: np.random.Generator, p: TaskParams) -> tuple[str, list[str]]:
-    vocab = _keys(rng, 200)
-    for _ in range(100):  # redraw until the top words are unambiguous
-        ranks = np.minimum(rng.zipf(p.fwe_alpha, size=max(size, 1) * 8 + 16), len(vocab)) - 1
-        counts = np.bincount(ranks, minlength=len(vocab))
+    vocab = _word_order(rng)[:200]
+    ranks = list(np.minimum(rng.zipf(p.fwe_alpha, size=size + p.fwe_top), len(vocab)) - 1)
+    counts = np.bincount(ranks, minlength=len(vocab))
+    top = np.argsort(-counts, kind="stable")
+    while counts[top[p.fwe_top - 1]] == counts[top[p.fwe_top]]:  # a tie at the cut
+        ranks.append(int(top[p.fwe_top - 1]))  # one more occurrence settles it
+        counts[top[p.fwe_top - 1]] += 1
         top = np.argsort(-counts, kind="stable")
-        if counts[top[p.fwe_top - 1]] > counts[top[p.fwe_top]]:
-            break
-    else:
-        raise ValueError("fwe: no unambiguous top words; use a longer length")
     text = " ... ".join(vocab[r] for r in ranks)
     head = (
         "Read the following coded text and track the frequency of each coded word. Find the "
@@ -245,7 +253,7 @@ def _fwe(size: int, rng: np.random.Generator, p: TaskParams) -> tuple[str, list[
 
 
 def _build(task: str, size: int, seed: int, p: TaskParams) -> tuple[str, list[str]]:
-    rng = np.random.default_rng([seed, _TASK_ID[task], size, 0x2A1E])
+    rng = np.random.default_rng([seed, _TASK_ID[task], 0x2A1E])
     if task.startswith("niah"):
         return _niah(task, size, rng, p)
     return {"vt": _vt, "cwe": _cwe, "fwe": _fwe}[task](size, rng, p)
