@@ -453,3 +453,30 @@ def test_plan_of_the_recipe_preset():
     assert all(r.eval_lengths == [4096] for r in layers)
     long = plan("gpu-mix", ["long"])[0].config
     assert long.build_pattern() == equal_budget(8192, 32)["power"]
+
+
+def test_parallel_runs_go_round_robin_over_the_visible_gpus(tmp_path, monkeypatch):
+    import powerattn.experiments.passkey as mod
+
+    seen = []
+
+    class Done:
+        returncode = 0
+
+        def __init__(self, cmd, env=None, **kw):
+            seen.append((cmd[cmd.index("--only") + 1], (env or {}).get("CUDA_VISIBLE_DEVICES")))
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(mod.subprocess, "Popen", Done)
+    monkeypatch.setattr(mod.time, "sleep", lambda s: None)
+    specs = plan("smoke", ["main"], ["power", "dilated", "full"])
+    args = ("smoke", ["main"], None, 1.0, 3, None, None, "auto", None)
+    monkeypatch.setattr(mod, "_visible_gpus", lambda: ["3", "5"])
+    mod._run_parallel(specs, tmp_path, *args)
+    assert seen == [("main-power", "3"), ("main-dilated", "5"), ("main-full", "3")]
+    seen.clear()
+    monkeypatch.setattr(mod, "_visible_gpus", lambda: ["0"])  # one GPU: env untouched
+    mod._run_parallel(specs, tmp_path, *args)
+    assert [g for _, g in seen] == [None, None, None]

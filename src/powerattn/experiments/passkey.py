@@ -619,6 +619,8 @@ def _run_parallel(
     pending = [(spec, backend) for spec in specs]
     active: list[tuple[RunSpec, str, subprocess.Popen, Any]] = []
     failed = []
+    gpus = _visible_gpus()
+    started = 0
     while pending or active:
         while pending and len(active) < jobs:
             spec, bk = pending.pop(0)
@@ -641,9 +643,14 @@ def _run_parallel(
             if seeds is not None:
                 cmd += ["--seeds", ",".join(map(str, seeds))]
             log = open(run_dir / "log.txt", "w")
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            env, where = None, ""
+            if len(gpus) > 1:  # one GPU per run, round robin (runs are small: no sharding)
+                gpu = gpus[started % len(gpus)]
+                env, where = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}, f", GPU {gpu}"
+            started += 1
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             active.append((spec, bk, proc, log))
-            print(f"== started {spec.name} (backend {bk})", flush=True)
+            print(f"== started {spec.name} (backend {bk}{where})", flush=True)
         time.sleep(0.5)
         for item in list(active):
             spec, bk, proc, log = item
@@ -664,6 +671,16 @@ def _run_parallel(
                 failed.append(spec.name)
     if failed:
         print(f"== runs failed: {failed}; see runs/NAME/log.txt", flush=True)
+
+
+def _visible_gpus() -> list[str]:
+    """The CUDA devices the runs may use, as ``CUDA_VISIBLE_DEVICES`` entries (empty: none)."""
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [x.strip() for x in listed.split(",") if x.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
 
 
 def merge_results(paths: list[str | Path]) -> dict[str, Any]:
