@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from powerattn import get_pattern, pattern_names, reference_attention, sparse_attention
+from powerattn.bench.cp import allgather_attention
 from powerattn.distributed import context_parallel_attention
 
 # Small long-range parameters, so that every pattern differs from full within a few blocks.
@@ -46,7 +47,7 @@ def _err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item()
 
 
-def _check_case(rank, world, name, pat, dtype, local):
+def _check_case(rank, world, name, pat, dtype, local, fn=context_parallel_attention):
     S = local * world
     g = torch.Generator().manual_seed(1234)
     q, k, v, dout = (
@@ -62,7 +63,7 @@ def _check_case(rank, world, name, pat, dtype, local):
     base_g = torch.autograd.grad(base, base_leaves, dout.to(dtype))
     # Context parallel: this rank's shard only.
     shard = [t[:, :, sl].to(dtype).requires_grad_() for t in (q, k, v)]
-    out = context_parallel_attention(*shard, pat)
+    out = fn(*shard, pat)
     cp_g = torch.autograd.grad(out, shard, dout[:, :, sl].to(dtype))
     row = {"out": _err(out, ref[:, :, sl]), "out_base": _err(base[:, :, sl], ref[:, :, sl])}
     for n, a, r, b in zip("qkv", cp_g, ref_g, base_g, strict=True):
@@ -118,6 +119,11 @@ def main(rank: int, world: int, port: int, outdir: str) -> None:
         res = {"cases": {}, "bad": None}
         for name, pat, dtype, local in _cases():
             res["cases"][name] = _check_case(rank, world, name, pat, dtype, local)
+        # The all-gather baseline of bench/cp.py (its GPU numbers rest on it).
+        pat = get_pattern("power", block_size=BLOCK, **SMALL["power"])
+        res["allgather"] = _check_case(
+            rank, world, "allgather", pat, torch.float64, BLOCK * CHUNK_BLOCKS, allgather_attention
+        )
         res["bad"] = _bad_calls(rank, world)
         with open(os.path.join(outdir, f"rank{rank}.json"), "w") as f:
             json.dump(res, f)

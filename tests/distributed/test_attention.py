@@ -56,6 +56,15 @@ def test_matches_single_process(world, case):
             assert row[g] <= 3 * row[f"{g}_base"] + floor, (rank, g, row)
 
 
+@pytest.mark.parametrize("world", WORLDS)
+def test_allgather_baseline_matches(world):
+    """The all-gather baseline that bench cp compares against computes the same thing."""
+    for rank, res in enumerate(_run(world)):
+        row = res["allgather"]
+        for g in ("out", "dq", "dk", "dv"):
+            assert row[g] <= 3 * row[f"{g}_base"] + FLOOR[row["dtype"]], (rank, g, row)
+
+
 @pytest.mark.parametrize("world", [2, 4])
 def test_bad_calls_fail_on_every_rank(world):
     results = [res["bad"] for res in _run(world)]

@@ -77,6 +77,8 @@ def _cmd_scaling(args: argparse.Namespace) -> int:
         measured = json.loads(Path(args.measured).read_text()) if args.measured else ()
         if isinstance(measured, dict):
             measured = measured.get("scaling_points", ())
+        # Only points measured at this sequence length belong on its figure.
+        measured = [m for m in measured if m.get("seq_len", args.seq_len) == args.seq_len]
         plot_scaling(rows, args.plot, measured)
         print(f"wrote {args.plot}")
     return 0
@@ -125,3 +127,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_shape(s)
     s.set_defaults(func=_cmd_scaling)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m powerattn.commands.cp cp-plan|cp-scaling ...`` (before the CLI lists it)."""
+    parser = argparse.ArgumentParser(prog="powerattn")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

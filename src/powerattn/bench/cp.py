@@ -1,0 +1,393 @@
+"""``powerattn bench cp`` (under torchrun): context-parallel attention on several GPUs.
+
+One attention layer of Qwen2-7B shape (28 query heads, 4 K/V heads, D = 128, bf16, B = 1),
+the sequence split over the ranks. Run on every rank, e.g. on two GPUs::
+
+    python3 -m torch.distributed.run --standalone --nproc-per-node 2 \\
+        -m powerattn.bench.cp --json cp.json
+
+1. Correctness at ``--check-len`` tokens (one GPU still holds it): the context-parallel output
+   and gradients (bf16) against single-GPU ``sparse_attention`` on the whole sequence in
+   float32, with the tolerance relative to single-GPU bf16's own error against that float32
+   result (2x forward, 3x gradients) -- for ours and for the all-gather baseline.
+2. For each ``--seq-lens`` length: forward and forward+backward ms (median over iterations,
+   slowest rank), peak memory, bytes received per rank per layer, and the transfer alone, for
+
+   * ``plan``: :func:`~powerattn.distributed.context_parallel_attention` (ours);
+   * ``allgather``: all-gather of K/V, the same operator on the gathered prefix,
+     reduce-scatter of dK/dV (the scheme of PyTorch's FlexAttention context parallelism,
+     which cannot take our analytic BlockMask);
+   * ``torch_ring``: PyTorch's own context parallelism
+     (``torch.distributed.tensor.experimental.context_parallel``, SDPA ring attention) for
+     *full causal* attention -- another computation (dense), shown for the step time of the
+     standard answer; only at ``--torch-cp-lens``, since dense 1M tokens takes seconds.
+
+FlexAttention runs its dynamic-shape compiled kernel for every call here
+(``flex.STATIC_VARIANTS = 0``), so that one compile serves all lengths; the numbers of
+bench kernel use static compiles (~30% faster in training, per flex.py). Results are written
+to ``--json`` after every measurement; ``--budget-s`` skips what would start after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..distributed import context_parallel_attention, cp_plan
+from ..distributed.attention import _rank_plan
+from ..distributed.scaling import LayerShape
+from ..ops.api import sparse_attention
+from ..patterns import get_pattern
+from ..validate import positive_int
+
+HQ, HKV, D = 28, 4, 128
+
+
+# ------------------------------------------------------------------ the all-gather baseline
+class _AllGatherAttention(torch.autograd.Function):
+    """All-gather K/V, attend the gathered prefix ``0 .. (rank + 1) L`` (queries at its end:
+    the existing operator's alignment), reduce-scatter dK/dV back."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, pattern, group, backend):
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        kv = torch.stack((k, v)).contiguous()  # (2, B, Hkv, L, D)
+        # Concatenated along dim 0 (what gloo and NCCL both take), viewed per rank.
+        gathered = torch.empty((world * 2, *kv.shape[1:]), dtype=kv.dtype, device=kv.device)
+        dist.all_gather_into_tensor(gathered, kv, group=group)
+        gathered = gathered.view(world, *kv.shape)
+        with torch.enable_grad():
+            qd = q.detach().requires_grad_()
+            pre = gathered[: rank + 1].detach().requires_grad_()  # (rank + 1, 2, B, Hkv, L, D)
+            kk = torch.cat(list(pre[:, 0]), dim=2)
+            vv = torch.cat(list(pre[:, 1]), dim=2)
+            out, _ = sparse_attention(qd, kk, vv, pattern, return_lse=True, backend=backend)
+        ctx.inner = (out, qd, pre)
+        ctx.group, ctx.world = group, world
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx, dout):
+        out, qd, pre = ctx.inner
+        del ctx.inner
+        dq, dpre = torch.autograd.grad(out, [qd, pre], dout)
+        full = torch.zeros((ctx.world, *pre.shape[1:]), dtype=pre.dtype, device=pre.device)
+        full[: pre.shape[0]] = dpre
+        mine = torch.empty(pre.shape[1:], dtype=pre.dtype, device=pre.device)
+        dist.reduce_scatter_tensor(mine, full.view(-1, *pre.shape[2:]), group=ctx.group)
+        return dq, mine[0], mine[1], None, None, None
+
+
+def allgather_attention(q, k, v, pattern, *, group=None, backend: str = "auto"):
+    """The all-gather baseline (same shard convention as ``context_parallel_attention``)."""
+    return _AllGatherAttention.apply(q, k, v, get_pattern(pattern), group, backend)
+
+
+# ------------------------------------------------------------------------------- helpers
+def _log(msg: str) -> None:
+    if dist.get_rank() == 0:
+        print(msg, flush=True)
+
+
+def _inputs(S: int, dtype, device, seed: int = 0, heads=(HQ, HKV, HKV, HQ)):
+    g = torch.Generator(device=device).manual_seed(seed)
+    return [torch.randn(1, h, S, D, generator=g, device=device, dtype=dtype) for h in heads]
+
+
+def _max_over_ranks(x: float) -> float:
+    t = torch.tensor([x], dtype=torch.float64, device="cuda")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def _time(fn, iters: int) -> float:
+    """Median ms of ``fn`` (CUDA events), slowest rank."""
+    times = []
+    for _ in range(iters):
+        dist.barrier()
+        torch.cuda.synchronize()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    return _max_over_ranks(times[len(times) // 2])
+
+
+def _err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return _max_over_ranks((a.float() - b.float()).abs().max().item())
+
+
+# --------------------------------------------------------------------------- correctness
+def check(S: int, pattern, methods: dict) -> dict:
+    """Each method's bf16 shard vs single-GPU float32 on the whole sequence; tolerance 2x/3x
+    the single-GPU bf16 error (max abs, over all ranks)."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    L = S // world
+    sl = slice(rank * L, (rank + 1) * L)
+    q, k, v, dout = _inputs(S, torch.float32, "cuda")
+    ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = sparse_attention(*ref_in, pattern)
+    ref_g = torch.autograd.grad(ref, ref_in, dout)
+    ref, ref_g = ref[:, :, sl], [g[:, :, sl] for g in ref_g]
+    del ref_in
+    base_in = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    base = sparse_attention(*base_in, pattern)
+    base_g = torch.autograd.grad(base, base_in, dout.bfloat16())
+    base_err = {"out": _err(base[:, :, sl], ref)}
+    for n, g, r in zip("qkv", base_g, ref_g, strict=True):
+        base_err[f"d{n}"] = _err(g[:, :, sl], r)
+    del base_in, base, base_g
+    res: dict[str, Any] = {"seq_len": S, "single_gpu_bf16_err": base_err}
+    for name, fn in methods.items():
+        shard = [t[:, :, sl].bfloat16().requires_grad_() for t in (q, k, v)]
+        out = fn(*shard)
+        grads = torch.autograd.grad(out, shard, dout[:, :, sl].bfloat16())
+        errs = {"out": _err(out, ref)}
+        for n, g, r in zip("qkv", grads, ref_g, strict=True):
+            errs[f"d{n}"] = _err(g, r)
+        ok = errs["out"] <= 2 * base_err["out"] + 1e-3 and all(
+            errs[f"d{n}"] <= 3 * base_err[f"d{n}"] + 1e-3 for n in "qkv"
+        )
+        res[name] = {"err": errs, "pass": ok}
+        _log(f"check {name} at {S:,}: {'PASS' if ok else 'FAIL'} {errs} (bf16 single {base_err})")
+    return res
+
+
+# ------------------------------------------------------------------------------ timings
+def _transfer_ms(S: int, pattern, iters: int) -> dict:
+    """The transfers alone: our plan's batched isend/irecv vs all_gather_into_tensor."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    L = S // world
+    rp = _rank_plan(pattern, S, world, rank)
+    kv = torch.randn(2, 1, HKV, L, D, device="cuda", dtype=torch.bfloat16)
+    sends = [
+        (dst, kv if idx is None else kv[:, :, :, idx.cuda()].contiguous()) for dst, idx in rp.sends
+    ]
+    recvs = [
+        (src, torch.empty(2, 1, HKV, n, D, device="cuda", dtype=kv.dtype)) for src, n in rp.recvs
+    ]
+
+    def plan_xfer():
+        ops = [dist.P2POp(dist.isend, t, d) for d, t in sends]
+        ops += [dist.P2POp(dist.irecv, t, s) for s, t in recvs]
+        for r in dist.batch_isend_irecv(ops) if ops else []:
+            r.wait()
+
+    gathered = torch.empty((world, *kv.shape), dtype=kv.dtype, device="cuda")
+
+    def gather_xfer():
+        dist.all_gather_into_tensor(gathered, kv)
+
+    plan_xfer()
+    gather_xfer()
+    return {"plan": _time(plan_xfer, iters), "allgather": _time(gather_xfer, iters)}
+
+
+def _torch_ring_once(S: int, iters: int, gqa: bool) -> dict:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.experimental import context_parallel
+    from torch.nn import functional as F
+
+    mesh = init_device_mesh("cuda", (dist.get_world_size(),))
+    q, k, v, dout = _inputs(S, torch.bfloat16, "cuda")
+    if not gqa:  # K/V repeated to the query heads: they travel 7x larger
+        k, v = (t.repeat_interleave(HQ // HKV, dim=1) for t in (k, v))
+    kw = {"enable_gqa": True} if gqa else {}
+    res: dict[str, Any] = {}
+    # context_parallel shards the buffers in place (load-balanced for causal attention); a
+    # tensor that requires grad cannot be resized, so the leaves are made inside.
+    bufs = [q, k, v, dout]
+    with context_parallel(
+        mesh, buffers=bufs, buffer_seq_dims=[2, 2, 2, 2], no_restore_buffers=set(bufs)
+    ):
+        qq, kk, vv = (t.requires_grad_() for t in (q, k, v))
+
+        def fwd():
+            with torch.no_grad():
+                F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, **kw)
+
+        def step():
+            out = F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, **kw)
+            torch.autograd.grad(out, [qq, kk, vv], dout)
+
+        step()
+        torch.cuda.reset_peak_memory_stats()
+        res["fwd_ms"] = _time(fwd, iters)
+        res["train_ms"] = _time(step, iters)
+        res["peak_gb"] = _max_over_ranks(torch.cuda.max_memory_allocated() / 2**30)
+    L = S // dist.get_world_size()
+    heads = HKV if gqa else HQ
+    res["recv_bytes_fwd"] = 2 * (dist.get_world_size() - 1) * L * heads * D * 2
+    return res
+
+
+def _torch_ring(S: int, iters: int) -> dict:
+    """PyTorch's context parallelism (SDPA ring attention, full causal attention); with
+    ``enable_gqa`` first, else with K/V repeated to the query heads."""
+    errors = {}
+    for gqa in (True, False):
+        try:
+            res = _torch_ring_once(S, iters, gqa)
+            res["gqa"] = "enable_gqa" if gqa else "repeat_kv"
+            return {**res, **errors}
+        except Exception as exc:  # noqa: BLE001 - recorded in the JSON
+            key = f"error_{'enable_gqa' if gqa else 'repeat_kv'}"
+            errors[key] = f"{type(exc).__name__}: {exc}"[:500]
+            _log(f"torch_ring at {S:,}: {errors[key]}")
+            torch.cuda.empty_cache()
+    return errors
+
+
+def measure(S: int, pattern, methods: dict, iters: int) -> dict:
+    world = dist.get_world_size()
+    L = S // world
+    shape = LayerShape(HQ, HKV, D, 2)
+    plan = cp_plan(pattern, S, world)
+    res: dict[str, Any] = {"seq_len": S, "local_len": L}
+    q, k, v, dout = _inputs(L, torch.bfloat16, "cuda", seed=dist.get_rank())
+    for name, fn in methods.items():
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+
+        def fwd(leaves=leaves, fn=fn):
+            with torch.no_grad():
+                fn(*leaves)
+
+        def step(leaves=leaves, fn=fn):
+            torch.autograd.grad(fn(*leaves), leaves, dout)
+
+        step()  # compiles, builds masks and plans
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        row = {"fwd_ms": _time(fwd, iters), "train_ms": _time(step, iters)}
+        row["peak_gb"] = _max_over_ranks(torch.cuda.max_memory_allocated() / 2**30)
+        tokens = max(plan.recv_tokens) if name == "plan" else (world - 1) * L
+        row["recv_bytes_fwd"] = shape.kv_bytes(tokens)
+        res[name] = row
+        _log(
+            f"{name:>9} {S:>9,}: fwd {row['fwd_ms']:.2f} ms, fwd+bwd {row['train_ms']:.2f} ms, "
+            f"peak {row['peak_gb']:.1f} GiB, {row['recv_bytes_fwd'] / 1e6:.0f} MB/rank/layer"
+        )
+        del leaves
+    res["transfer_ms"] = _transfer_ms(S, pattern, iters)
+    _log(f"transfer alone at {S:,}: {res['transfer_ms']}")
+    return res
+
+
+# --------------------------------------------------------------------------------- main
+def run(args: argparse.Namespace) -> int:
+    t0 = time.time()
+    from ..ops import flex
+
+    flex.STATIC_VARIANTS = 0  # one dynamic-shape compile for every length (see docstring)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local)
+    dist.init_process_group("nccl", timeout=datetime.timedelta(seconds=300))
+    world, rank = dist.get_world_size(), dist.get_rank()
+    pattern = get_pattern("power", block_size=256, window=5, sink=1)
+    methods = {
+        "plan": lambda q, k, v: context_parallel_attention(q, k, v, pattern, validate=False),
+        "allgather": lambda q, k, v: allgather_attention(q, k, v, pattern),
+    }
+    out: dict[str, Any] = {
+        "world_size": world,
+        "pattern": pattern.describe(),
+        "shape": {"B": 1, "Hq": HQ, "Hkv": HKV, "D": D, "dtype": "bfloat16"},
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "measurements": [],
+        "skipped": [],
+    }
+
+    def save():
+        if rank == 0 and args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+    def budget_left() -> bool:
+        return _max_over_ranks(time.time() - t0) < args.budget_s
+
+    rc = 0
+    try:
+        out["check"] = check(args.check_len, pattern, methods)
+        if not all(out["check"][m]["pass"] for m in methods):
+            rc = 1
+        save()
+        for S in args.seq_lens:
+            if not budget_left():
+                out["skipped"].append({"seq_len": S, "why": "time budget"})
+                continue
+            row = measure(S, pattern, methods, args.iters)
+            if S in args.torch_cp_lens and budget_left():
+                row["torch_ring"] = _torch_ring(S, max(2, args.iters // 2))
+            out["measurements"].append(row)
+            save()
+        out["scaling_points"] = [
+            {
+                "world_size": world,
+                "scheme": m,
+                "seq_len": r["seq_len"],
+                "fwd_bytes": r[m]["recv_bytes_fwd"],
+                "fwd_comm_ms": r["transfer_ms"][m],
+            }
+            for r in out["measurements"]
+            if r["seq_len"] == max(x["seq_len"] for x in out["measurements"])
+            for m in ("plan", "allgather")
+        ]
+    except Exception:  # noqa: BLE001 - written to the JSON, then re-raised
+        out["error"] = traceback.format_exc()[-3000:]
+        save()
+        raise
+    out["wall_s"] = time.time() - t0
+    save()
+    dist.destroy_process_group()
+    return rc
+
+
+def _lens(text: str) -> list[int]:
+    return [positive_int(x) for x in text.split(",") if x]
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check-len", type=positive_int, default=131072, help="default 128K")
+    p.add_argument("--seq-lens", type=_lens, default=[262144, 524288, 1048576])
+    p.add_argument(
+        "--torch-cp-lens",
+        type=_lens,
+        default=[262144],
+        help="lengths at which PyTorch's ring CP (dense causal) is timed",
+    )
+    p.add_argument("--iters", type=positive_int, default=5)
+    p.add_argument(
+        "--budget-s", type=float, default=200.0, help="start no measurement after this many seconds"
+    )
+    p.add_argument("--json", metavar="PATH")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cp",
+        help="context-parallel attention on several GPUs (run under torchrun)",
+        description=__doc__.split("\n\n")[0],
+    )
+    add_args(p)
+    p.set_defaults(func=run)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_args(parser)
+    raise SystemExit(run(parser.parse_args()))
