@@ -1,0 +1,245 @@
+"""The attention function transformers calls in every layer (``AttentionInterface``).
+
+Padding: each padded row is computed on its real tokens only (gathered when the padding has
+holes), so the pattern's blocks are counted over the real tokens -- the positions
+``generate`` gives them -- and a padded row equals its unpadded sequence. Query rows at padded
+positions output 0 (sdpa gives 0 where a row has no key, and attends the earlier real keys
+where it has some; no real token reads a padded position, so this changes no real output).
+
+Static caches: the keys tensor is the whole pre-allocated cache; only the first ``used`` slots
+are written (the mask function says how many). Attention runs on that prefix through
+:func:`_attend_prefix`, the one place a batched-lengths decode operator plugs in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..ops.api import sparse_attention
+from ..patterns import Pattern, get_pattern
+from .masks import KeyPlan, RowPlan, plan_of
+from .settings import LayerRoute, layer_route
+
+# Keyword arguments that change the attention's scores or softmax, which the operator does not
+# implement: refused rather than silently dropped.
+_UNSUPPORTED_TERMS = {
+    "s_aux": "attention sinks (a learned per-head logit in the softmax, as in gpt-oss)",
+    "position_bias": "an additive position bias on the attention scores",
+    "head_mask": "a head mask",
+}
+
+
+def dense_causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    """Dense causal attention with the queries aligned to the end of the keys (``q (B, Hq,
+    Sq, D)``, ``k, v (B, Hkv, Sk, D)`` -> ``(B, Hq, Sq, D)``): the layers kept full.
+
+    PyTorch's SDPA where its top-left ``is_causal`` equals bottom-right alignment (``Sq == Sk``
+    or ``Sq == 1``); a chunk continuing a cache goes to :func:`powerattn.sparse_attention` with
+    the ``full`` pattern."""
+    sq, sk = q.shape[2], k.shape[2]
+    if sq == sk or sq == 1:
+        return F.scaled_dot_product_attention(
+            q, k, v, is_causal=sq > 1, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        )
+    return sparse_attention(q, k, v, "full", scale=scale)
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor, pattern: Pattern, scale: float):
+    """The softmax probabilities of ``pattern``-masked attention, ``(B, Hq, Sq, Sk)`` in q's
+    dtype (computed in float32, float64 for float64 inputs; 0 on masked keys and on rows with
+    no key). Dense: what ``output_attentions=True`` returns, at eager attention's cost."""
+    B, Hq, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    acc = torch.promote_types(q.dtype, torch.float32)
+    mask = pattern.dense_mask(Sq, Sk).to(q.device)
+    qg = q.reshape(B, Hkv, Hq // Hkv, Sq, D).to(acc)  # (B, Hkv, G, Sq, D)
+    scores = qg @ k.to(acc).unsqueeze(2).transpose(-1, -2) * scale  # (B, Hkv, G, Sq, Sk)
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1).nan_to_num(0.0)
+    return probs.reshape(B, Hq, Sq, Sk).to(q.dtype)
+
+
+def _attend(route: LayerRoute, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale):
+    """Attention of queries that are the last ``Sq`` of the keys."""
+    if route.pattern is None:
+        return dense_causal_attention(q, k, v, scale)
+    return sparse_attention(q, k, v, route.pattern, scale=scale, backend=route.backend)
+
+
+def _attend_prefix(route: LayerRoute, q, k, v, used: int, scale):
+    """Attention over the first ``used`` key slots, the queries being the last ``Sq`` of them
+    (a static cache: the slots after ``used`` are unwritten). A decode operator taking
+    per-sequence lengths (``cache_seqlens``) replaces this slice with one call on the whole
+    cache."""
+    return _attend(route, q, k[:, :, :used], v[:, :, :used], scale)
+
+
+def _run(route: LayerRoute, q, k, v, plan: KeyPlan | None, scale, weights: bool):
+    """Output ``(B, Hq, Sq, D)`` and, when asked, the weights ``(B, Hq, Sq, Sk)``."""
+    pattern = get_pattern("full") if route.pattern is None else route.pattern
+    B, Hq, Sq, _ = q.shape
+    Sk = k.shape[2]
+    used = Sk if plan is None else plan.used
+    if plan is None or plan.rows is None:
+        out = _attend_prefix(route, q, k, v, used, scale)
+        if not weights:
+            return out, None
+        w = q.new_zeros(B, Hq, Sq, Sk)
+        w[..., :used] = attention_weights(q, k[:, :, :used], pattern, scale)
+        return out, w
+    rows_out: list[torch.Tensor] = [q.new_zeros(0)] * B
+    w = q.new_zeros(B, Hq, Sq, Sk) if weights else None
+    if plan.full_rows:
+        idx = torch.tensor(plan.full_rows, device=q.device)
+        qf, kf, vf = q.index_select(0, idx), k[:, :, :used], v[:, :, :used]
+        kf, vf = kf.index_select(0, idx), vf.index_select(0, idx)
+        outf = _attend(route, qf, kf, vf, scale)
+        for i, b in enumerate(plan.full_rows):
+            rows_out[b] = outf[i]
+        if w is not None:
+            w[idx, :, :, :used] = attention_weights(qf, kf, pattern, scale)
+    for r in plan.rows:
+        rows_out[r.row] = _padded_row(route, q, k, v, r, pattern, scale, w)
+    return torch.stack(rows_out), w
+
+
+def _padded_row(route, q, k, v, r: RowPlan, pattern: Pattern, scale, w) -> torch.Tensor:
+    """Row ``r.row``'s output ``(Hq, Sq, D)``, computed on its real tokens only; fills its
+    weights into ``w`` when given."""
+    qb, kb, vb = q[r.row], _select(k[r.row], r.keys), _select(v[r.row], r.keys)
+    out = q.new_zeros(qb.shape)
+    ki = _indices(r.keys, q.device) if w is not None else None
+    if r.num_queries:
+        qr = _select(qb, r.queries)
+        out = _place(out, r.queries, _attend(route, qr[None], kb[None], vb[None], scale)[0])
+        if w is not None:
+            qi = _indices(r.queries, q.device)
+            w[r.row][:, qi[:, None], ki[None, :]] = attention_weights(
+                qr[None], kb[None], pattern, scale
+            )[0]
+    for start, stop, rank in r.pad_runs:
+        # Each padded query as its own batch entry: a query at the position of the real
+        # token of rank ``rank``, over the real keys up to it.
+        n = stop - start
+        qp = qb[:, start:stop].transpose(0, 1)[:, :, None]  # (n, Hq, 1, D)
+        kp = kb[None, :, : rank + 1].expand(n, -1, -1, -1)
+        vp = vb[None, :, : rank + 1].expand(n, -1, -1, -1)
+        res = _attend(route, qp, kp, vp, scale)  # (n, Hq, 1, D)
+        out = _place(out, slice(start, stop), res[:, :, 0].transpose(0, 1))
+        if w is not None:
+            wp = attention_weights(qp, kp, pattern, scale)[:, :, 0]  # (n, Hq, rank + 1)
+            w[r.row][:, start:stop, ki[: rank + 1]] = wp.transpose(0, 1)
+    return out
+
+
+def _select(x: torch.Tensor, idx: slice | torch.Tensor) -> torch.Tensor:
+    """``x (H, S, D)`` restricted to the positions ``idx`` along dim 1."""
+    return x[:, idx] if isinstance(idx, slice) else x.index_select(1, idx)
+
+
+def _place(out: torch.Tensor, idx: slice | torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+    """``out (H, Sq, D)`` with rows ``idx`` replaced by ``val`` (out of place, differentiable)."""
+    if isinstance(idx, slice):
+        return torch.cat([out[:, : idx.start], val, out[:, idx.stop :]], dim=1)
+    return out.index_copy(1, idx, val)
+
+
+def _indices(idx: slice | torch.Tensor, device) -> torch.Tensor:
+    return torch.arange(idx.start, idx.stop, device=device) if isinstance(idx, slice) else idx
+
+
+def _check_positions(position_ids: torch.Tensor) -> None:
+    """Refuse position ids that do not count up by one along a row: packed sequences, which
+    transformers detects only without a cache (``use_cache`` defaults to True). Only for
+    unpadded prefill and training (generate's left-padded position ids repeat); skipped
+    under ``torch.compile``."""
+    if torch.compiler.is_compiling() or position_ids.shape[-1] < 2:
+        return
+    if bool((position_ids.diff(dim=-1) != 1).any()):
+        raise NotImplementedError(
+            "powerattn does not support packed sequences: position_ids restart (or skip) within "
+            "a row; give each sequence its own row (with a padding attention_mask)"
+        )
+
+
+def attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The attention function transformers calls in every layer (``AttentionInterface``).
+
+    Args:
+        module: the attention module (its route -- pattern or dense -- is attached to it, see
+            :func:`powerattn.hf.settings.layer_route`).
+        query: ``(B, Hq, Sq, D)``; key, value: ``(B, Hkv, Sk, D)`` -- the whole cache at decode
+            (a static cache: all its slots).
+        attention_mask: what :func:`~powerattn.hf.masks.mask_forward` returned: ``None`` or
+            the ``(B, used)`` bool mask of real key slots.
+        scaling: softmax scale.
+
+    Returns ``(out (B, Sq, Hq, D), weights)``: ``weights`` is ``None`` unless
+    ``output_attentions=True``, then the pattern-masked probabilities ``(B, Hq, Sq, Sk)``.
+    """
+    if dropout:
+        raise NotImplementedError(
+            f"powerattn has no attention dropout (got dropout={dropout}); set "
+            "config.attention_dropout = 0.0"
+        )
+    if kwargs.get("sliding_window") is not None:
+        raise NotImplementedError(
+            f"powerattn does not combine with sliding_window={kwargs['sliding_window']}; set "
+            "config.sliding_window = None"
+        )
+    if kwargs.get("softcap") is not None:
+        raise NotImplementedError("powerattn does not support attention logit softcapping")
+    for name, what in _UNSUPPORTED_TERMS.items():
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(
+                f"powerattn does not support {what} ({name}); the operator computes plain "
+                "softmax attention under the pattern's mask"
+            )
+    is_causal = kwargs.get("is_causal")
+    if not (getattr(module, "is_causal", True) if is_causal is None else is_causal):
+        raise NotImplementedError("powerattn is causal; this attention call is not")
+    if kwargs.get("cu_seq_lens_q") is not None or kwargs.get("cu_seq_lens_k") is not None:
+        raise NotImplementedError(
+            "powerattn does not support packed sequences (cu_seq_lens_q / cu_seq_lens_k)"
+        )
+    B, Sq = query.shape[0], query.shape[2]
+    if attention_mask is not None:
+        if attention_mask.dim() != 2:
+            raise ValueError(
+                "powerattn takes no 4-D attention_mask (the pattern is the mask); pass the 2-D "
+                f"padding mask instead, got shape {tuple(attention_mask.shape)}"
+            )
+        if attention_mask.shape[0] != B or not Sq <= attention_mask.shape[1] <= key.shape[2]:
+            raise ValueError(
+                f"attention_mask must be the (batch, kv_len) = ({B}, {key.shape[2]}) padding "
+                f"mask, got shape {tuple(attention_mask.shape)}"
+            )
+    elif kwargs.get("position_ids") is not None:
+        _check_positions(kwargs["position_ids"])
+    route = layer_route(module)
+    scale = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
+    want_weights = bool(kwargs.get("output_attentions"))
+    if attention_mask is None and not want_weights:
+        out, weights = _attend(route, query, key, value, scale), None  # traceable
+    else:
+        out, weights = _run_masked(route, query, key, value, attention_mask, scale, want_weights)
+    return out.transpose(1, 2).contiguous(), weights
+
+
+@torch.compiler.disable  # host-side plan (padding, static-cache length): runs eagerly
+def _run_masked(route, query, key, value, attention_mask, scale, want_weights):
+    plan = None if attention_mask is None else plan_of(attention_mask, query.shape[2])
+    return _run(route, query, key, value, plan, scale, want_weights)

@@ -1,0 +1,178 @@
+"""The mask function transformers calls once per forward, and the key layout it hands to the
+layers.
+
+Transformers passes whatever the mask function returns, unchanged, to every attention layer of
+that forward. Ours returns ``None`` when every key slot is a real token (no padding, a cache that
+holds exactly the tokens seen), else a fresh ``(batch, used)`` bool tensor: True where a key slot
+holds a real token, over the first ``used`` slots (a static cache pre-allocates more; the slots
+after ``used`` are unwritten). The host-side analysis of that mask (:class:`KeyPlan`: which
+slots of each row are real) is done once, here, and travels on the returned tensor, which this
+forward created and nobody else holds: a caller that edits its own mask buffer in place before
+the next forward gets a new analysis (nothing is cached across forwards). An attention call that
+receives a mask without the plan (called directly) analyses it itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+_PLAN_ATTR = "_powerattn_plan"
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """One padded row: its real key slots, its real queries, and its padded query runs.
+
+    ``keys`` is a ``slice`` when the real tokens are one contiguous run (views, no copy), else
+    a 1-D index tensor on the mask's device; ``queries`` likewise indexes ``0..Sq-1``. The real
+    queries are the last ``num_queries`` real keys. ``pad_runs`` lists ``(start, stop, rank)``:
+    query rows ``start..stop-1`` are padding and attend what the real token of rank ``rank``
+    (the last one before them) attends, as sdpa lets a padded query attend the real keys
+    before it; padded queries with no real token before them attend nothing (output 0).
+    """
+
+    row: int
+    keys: slice | torch.Tensor
+    queries: slice | torch.Tensor
+    num_queries: int
+    pad_runs: tuple[tuple[int, int, int], ...]
+
+
+@dataclass(frozen=True)
+class KeyPlan:
+    """Which key slots of a forward are real, for queries that are the last ``q_len`` of the
+    first ``used`` slots. ``rows is None``: every slot in use is real (a static cache without
+    padding); otherwise ``full_rows`` lists the rows without padding (run as one batch) and
+    ``rows`` the others."""
+
+    used: int
+    q_len: int
+    full_rows: tuple[int, ...]
+    rows: tuple[RowPlan, ...] | None
+
+    @classmethod
+    def from_mask(cls, valid: torch.Tensor, q_len: int) -> KeyPlan:
+        """Analyse a ``(batch, used)`` bool mask (one host transfer)."""
+        used = valid.shape[1]
+        if q_len > used:
+            raise ValueError(
+                f"the padding mask covers {used} key slots but there are {q_len} queries"
+            )
+        host = valid.detach().to("cpu", torch.bool)
+        counts = host.sum(dim=1).tolist()
+        if all(c == used for c in counts):
+            return cls(used, q_len, tuple(range(valid.shape[0])), None)
+        full, rows = [], []
+        q_start = used - q_len  # slot of query 0
+        for b, count in enumerate(counts):
+            if count == used:
+                full.append(b)
+                continue
+            slots = host[b].nonzero().flatten()
+            n_q = int((slots >= q_start).sum())
+            if count and int(slots[-1] - slots[0]) + 1 == count:  # one contiguous run
+                s, e = int(slots[0]), int(slots[-1]) + 1
+                keys, queries = slice(s, e), slice(e - n_q - q_start, e - q_start)
+            else:
+                keys = slots.to(valid.device)
+                queries = (slots[count - n_q :] - q_start).to(valid.device)
+            rows.append(RowPlan(b, keys, queries, n_q, _pad_runs(host[b], q_start)))
+        return cls(used, q_len, tuple(full), tuple(rows))
+
+
+def _pad_runs(valid: torch.Tensor, q_start: int) -> tuple[tuple[int, int, int], ...]:
+    """``(start, stop, rank)`` of each run of padded query rows that has a real token before
+    it (``rank``: that token's rank among the real tokens)."""
+    rank = valid.long().cumsum(0) - 1  # rank of the last real slot at or before each slot
+    runs = []
+    pad = (~valid[q_start:]).tolist()
+    ranks = rank[q_start:].tolist()
+    i = 0
+    while i < len(pad):
+        if not pad[i]:
+            i += 1
+            continue
+        j = i
+        while j < len(pad) and pad[j]:
+            j += 1
+        if ranks[i] >= 0:
+            runs.append((i, j, ranks[i]))
+        i = j
+    return tuple(runs)
+
+
+def plan_of(mask: torch.Tensor, q_len: int) -> KeyPlan:
+    """The plan :func:`mask_forward` attached to ``mask``, or a fresh analysis of it."""
+    plan = mask.__dict__.get(_PLAN_ATTR)
+    if plan is not None and plan.q_len == q_len and plan.used == mask.shape[1]:
+        return plan
+    return KeyPlan.from_mask(mask, q_len)
+
+
+@torch.compiler.disable  # host-side analysis; runs eagerly around a compiled model
+def mask_forward(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int | torch.Tensor = 0,
+    kv_offset: int = 0,
+    mask_function: Callable | None = None,
+    attention_mask: torch.Tensor | None = None,
+    local_size: int | None = None,
+    **kwargs: Any,
+) -> torch.Tensor | None:
+    """The ``AttentionMaskInterface`` function: ``None`` or the ``(batch, used)`` bool mask of
+    real key slots (see the module docstring), never a ``q_length x kv_length`` matrix.
+
+    ``q_offset`` is the slot of the first query (a 0-d tensor for a static cache): the slots in
+    use are ``0 .. q_offset + q_length - 1``. Refuses what the operator cannot express.
+    """
+    from transformers.masking_utils import causal_mask_function
+
+    if local_size is not None:
+        raise NotImplementedError(
+            f"powerattn does not combine with a sliding-window mask (local_size={local_size}); "
+            "set config.sliding_window = None"
+        )
+    if mask_function is not None and mask_function is not causal_mask_function:
+        raise NotImplementedError(
+            "powerattn supports plain causal language modelling only; transformers asked for a "
+            "modified mask (packed sequences, a bidirectional or sliding mask, or an "
+            "or/and mask overlay)"
+        )
+    used = int(q_offset) + q_length
+    if kv_offset != 0 or used > kv_length:
+        raise NotImplementedError(
+            "powerattn needs a cache that keeps every token from the first (dynamic or static); "
+            "a sliding cache that drops old keys is not supported (got "
+            f"q_offset={int(q_offset)}, q_length={q_length}, kv_length={kv_length}, "
+            f"kv_offset={kv_offset})"
+        )
+    if attention_mask is None:
+        if used == kv_length:
+            return None
+        valid = torch.ones(batch_size, used, dtype=torch.bool, device=kwargs.get("device"))
+        setattr(valid, _PLAN_ATTR, KeyPlan(used, q_length, tuple(range(batch_size)), None))
+        return valid
+    if attention_mask.dim() != 2 or attention_mask.shape[0] != batch_size:
+        raise ValueError(
+            "attention_mask must be the 2-D padding mask over the past and new tokens, shape "
+            f"({batch_size}, {used}); got {tuple(attention_mask.shape)}"
+        )
+    if attention_mask.shape[1] < used or (
+        attention_mask.shape[1] > used and attention_mask.shape[1] != kv_length
+    ):
+        raise ValueError(
+            f"attention_mask covers {attention_mask.shape[1]} tokens; this forward has {used} "
+            f"(past and new), shape ({batch_size}, {used}) expected"
+        )
+    valid = attention_mask[:, :used].to(torch.bool, copy=True)
+    plan = KeyPlan.from_mask(valid, q_length)
+    if plan.rows is None and used == kv_length:
+        return None
+    setattr(valid, _PLAN_ATTR, plan)
+    return valid
