@@ -15,6 +15,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import powerattn  # noqa: E402
+from powerattn.patterns import PATTERNS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -71,7 +72,12 @@ def test_doc_example_runs(name, code, tmp_path, monkeypatch):
         for line in code.splitlines()
     )
     ns = _namespace()
-    exec(compile(code, name, "exec"), ns)  # noqa: S102 - our own documentation
+    registered = dict(PATTERNS)  # docs/patterns.md registers an example pattern: undo it
+    try:
+        exec(compile(code, name, "exec"), ns)  # noqa: S102 - our own documentation
+    finally:
+        PATTERNS.clear()
+        PATTERNS.update(registered)
 
 
 def test_readme_values_in_comments_are_right():
