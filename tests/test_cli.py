@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+import powerattn
 from powerattn.cli import main
-from powerattn.patterns import equal_budget, get_pattern, pattern_names
+from powerattn.patterns import equal_budget, get_pattern, pattern_fields, pattern_names
 from powerattn.receptive import coverage, layers_for_full_coverage
 
 
@@ -212,3 +213,71 @@ def test_installed_console_script(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "sliding_window" in res.stdout
     assert json.loads(js.read_text())["num_blocks"] == 8
+
+
+# ------------------------------------------------------------ new-user errors and notes
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"powerattn {powerattn.__version__}"
+
+
+def test_compare_with_a_small_budget_says_who_exceeds_it(capsys):
+    rc, out, _ = _run(capsys, "compare", "--seq-len", "32768", "--layers", "4", "--budget", "3")
+    assert rc == 0 and "budget of 3 key blocks" in out and "(--budget)" in out
+    note = out[out.index("note: over the budget of 3 blocks") :]
+    pats = equal_budget(32768, budget=3)
+    over = {n for n, p in pats.items() if p.max_degree(128) > 3}
+    assert over == {"power", "stride_slash", "longnet", "full"}
+    for name in over:
+        assert f"  {name} ({pats[name].max_degree(128)}): " in note
+    assert "  sliding_window (" not in note and "  dilated (" not in note
+
+
+def test_default_compare_notes_only_longnet_and_full(capsys):
+    rc, out, _ = _run(capsys, "compare", "--seq-len", "32768", "--layers", "3")
+    assert rc == 0 and "budget of 10 key blocks" in out
+    note = out[out.index("note:") :]
+    assert "longnet (13)" in note and "full (128)" in note and "power (" not in note
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["compare", "--seq-len", "1000000000"], "at most 262,144 blocks"),
+        (["analyze", "--seq-len", "1000000000"], "--block-size"),
+        (["compare", "--seq-len", "16777216", "--patterns", "full"], "limit"),
+        (["analyze", "--plot", "out.txt"], "suffix must be one of"),
+        (["show", "--plot", "mask.doc"], "suffix must be one of"),
+        (["analyze", "--pattern", "sliding_window", "--window", "0", "--sink", "0"],
+         "attends no key block"),
+    ],
+)  # fmt: skip
+def test_refused_up_front_in_one_line(capsys, argv, match):
+    rc, out, err = _run(capsys, *argv)
+    assert rc == 2 and match in err and "Traceback" not in err
+    assert out == ""  # nothing computed or printed before the refusal
+
+
+def test_an_unwritable_path_is_one_line(capsys):
+    rc, _, err = _run(capsys, "show", "--seq-len", "4096", "--json", "/proc/no/such/dir/x.json")
+    assert rc == 2 and err.startswith("powerattn show: error:") and "Traceback" not in err
+
+
+def test_short_sequences_say_power_is_full_attention(capsys):
+    for cmd in ("analyze", "show"):
+        rc, out, _ = _run(capsys, cmd, "--seq-len", "1024")
+        assert rc == 0 and "it IS full causal attention here" in out and "1,536 tokens" in out
+    rc, out, _ = _run(capsys, "analyze", "--seq-len", "2048")
+    assert rc == 0 and "IS full" not in out
+
+
+def test_pattern_flags_come_from_the_declared_parameters(capsys):
+    with pytest.raises(SystemExit):
+        main(["show", "--help"])
+    out = capsys.readouterr().out
+    for name in pattern_names():
+        for f in pattern_fields(name):
+            if f.name != "block_size":
+                assert "--" + f.name.replace("_", "-") in out

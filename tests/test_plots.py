@@ -64,3 +64,19 @@ def test_figures_are_written(tmp_path):
 def test_bad_input(tmp_path, call, match):
     with pytest.raises(ValueError, match=match):
         call(tmp_path / "x.png")
+
+
+def test_mask_picture_has_a_legend_for_both_colours():
+    fig, ax = plots.plt.subplots()
+    plots.draw_mask(ax, "power", 8192)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    plots.plt.close(fig)
+    assert labels == ["whole block attended", "diagonal block: causal inside"]
+
+
+def test_colours_come_from_the_pattern_classes():
+    from powerattn.patterns import PATTERNS
+
+    colours = {name: plots.pattern_color(name) for name in pattern_names()}
+    assert colours == {name: PATTERNS[name].color for name in pattern_names()}
+    assert len(set(colours.values())) == len(colours)  # one colour per pattern

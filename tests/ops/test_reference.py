@@ -10,7 +10,8 @@ import torch
 
 import powerattn
 from powerattn.ops.reference import reference_attention
-from powerattn.patterns import get_pattern, pattern_names
+from powerattn.patterns import PATTERNS, get_pattern, pattern_names
+from powerattn.testing import assert_close_to_reference
 
 
 def _naive(q, k, v, pattern, scale=None):
@@ -63,16 +64,8 @@ CASES = [  # (B, Hq, Hkv, Sq, Sk, D, block_size)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
 def test_reference_equals_naive_loop(name, case):
     B, Hq, Hkv, Sq, Sk, D, bs = case
-    params = {"block_size": bs}
-    if name in ("power", "sliding_window", "stride_slash"):
-        params.update(window=2)  # small windows so the sparsity shows at these lengths
-    if name == "stride_slash":
-        params.update(stride=3)
-    if name == "dilated":
-        params.update(window=6)
-    if name == "longnet":
-        params.update(segments=((2, 1), (4, 2), (8, 4)))
-    p = get_pattern(name, **params)
+    # Each pattern's small parameters, so the sparsity shows at these lengths.
+    p = get_pattern(name, block_size=bs, **PATTERNS[name].small_params)
     q, k, v = _qkv(B, Hq, Hkv, Sq, Sk, D, seed=Sq)
     out, lse = reference_attention(q, k, v, p, return_lse=True)
     ref_out, ref_lse = _naive(q, k, v, p)
@@ -128,7 +121,8 @@ def test_upcast_computes_in_float64():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_low_precision_error_is_that_of_dense_sdpa(dtype):
     """In the input precision, the reference's error vs float64 is no worse than PyTorch's
-    own SDPA with the same dense mask (2x its error plus a rounding floor)."""
+    own SDPA with the same dense mask (the project's rule: 2x its error plus the rounding
+    floor)."""
     p = get_pattern("power", block_size=8, window=2)
     q, k, v = _qkv(2, 4, 2, 70, 96, 32, dtype=dtype, seed=1)
     out, lse = reference_attention(q, k, v, p, return_lse=True)
@@ -138,10 +132,7 @@ def test_low_precision_error_is_that_of_dense_sdpa(dtype):
     sdpa = torch.nn.functional.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, enable_gqa=True
     )
-    floor = torch.finfo(dtype).eps
-    err = (out.double() - ref).abs().max().item()
-    err_sdpa = (sdpa.double() - ref).abs().max().item()
-    assert err <= 2 * err_sdpa + floor, (err, err_sdpa)
+    assert_close_to_reference(out, ref, sdpa)
     # logsumexp is 1-Lipschitz in the max norm of the scores: its error is bounded by the
     # rounding of the scores computed in the input precision.
     kk = k.repeat_interleave(2, dim=1)
@@ -183,6 +174,29 @@ def _t(*shape, dtype=torch.float32, device="cpu"):
 def test_bad_input(q, k, v, match):
     with pytest.raises(ValueError, match=match):
         reference_attention(q, k, v, "power")
+
+
+@pytest.mark.parametrize(
+    "scale, match",
+    [("x", "scale must be a finite number"), (float("nan"), "finite"), (True, "scale")],
+)
+def test_bad_scale(scale, match):
+    q, k, v = _qkv(1, 1, 1, 4, 4, 4)
+    with pytest.raises(ValueError, match=match):
+        reference_attention(q, k, v, "power", scale=scale)
+    with pytest.raises(ValueError, match=match):
+        powerattn.sparse_attention(q, k, v, "power", scale=scale)
+
+
+def test_head_dim_zero_and_the_layout_hint():
+    with pytest.raises(ValueError, match="head_dim"):
+        powerattn.sparse_attention(_t(1, 2, 8, 0), _t(1, 2, 8, 0), _t(1, 2, 8, 0), "power")
+    # (B, S, H, D) tensors of a GQA model passed as they come out of a projection.
+    q, kv = _t(1, 8, 4, 16), _t(1, 8, 2, 16)
+    with pytest.raises(ValueError, match=r"Sq \(4\) > Sk \(2\).*transpose\(1, 2\)"):
+        powerattn.sparse_attention(q, kv, kv, "power")
+    with pytest.raises(ValueError, match=r"multiple of key/value heads.*transpose\(1, 2\)"):
+        powerattn.sparse_attention(_t(1, 9, 4, 16), _t(1, 8, 4, 16), _t(1, 8, 4, 16), "power")
 
 
 def test_bad_pattern():
