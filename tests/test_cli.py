@@ -281,3 +281,14 @@ def test_pattern_flags_come_from_the_declared_parameters(capsys):
         for f in pattern_fields(name):
             if f.name != "block_size":
                 assert "--" + f.name.replace("_", "-") in out
+
+
+def test_bad_config_file_and_missing_paths_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1, 2\nbatch_size: 3\n")
+    rc, _, err = _run(capsys, "train", "--config", str(bad), "--out", str(tmp_path / "o"))
+    assert rc == 2 and err.startswith("powerattn train: error:") and "Traceback" not in err
+    rc, _, err = _run(
+        capsys, "experiment", "passkey", "--out", str(tmp_path / "m"), "--replot", "/nonexistent"
+    )
+    assert rc == 2 and "/nonexistent" in err and "Traceback" not in err
