@@ -8,9 +8,10 @@
 # each checks its attention against the float64 oracle before training and at every length
 # after it), stops training BUDGET_S - RESERVE_S seconds after the start whatever the step
 # (RESERVE_S, default 90: evaluation at 512..8192 tokens, 640 documents per length, checks,
-# tables), evaluates, and writes into $OUT (7 files): gpu.txt, log.txt, results.json,
+# tables), evaluates, and writes into $OUT (8 files): gpu.txt, log.txt, results.json,
 # tables.txt (per-run table, theory split, seeds side by side, the gate: PASSED or FAILED),
 # train_by_len.txt (training exact match per length over the last 200 steps), curves.png,
+# summary.json (cells per seed, length and depth bin; the gate),
 # runs.tgz (every run's config, metrics.jsonl, eval.json, stage_eval.json and log; no
 # checkpoints). A hard `timeout` at BUDGET_S + 60 s is the last resort. PRESET=smoke-mix
 # runs the same plumbing on a CPU in about a minute.
@@ -50,7 +51,7 @@ for run in sorted(Path(sys.argv[1], "runs").iterdir()):
     rate = lines[-1]["step"] / lines[-1]["time_s"]
     print(f"{run.name:<14} step {last} ({rate:.2f} steps/s)  train exact match, last 200 steps: {by_len}")
 EOF
-cp "$WORK"/results.json "$WORK"/curves.png "$OUT"/ 2>/dev/null
+cp "$WORK"/results.json "$WORK"/curves.png "$WORK"/tables/summary.json "$OUT"/ 2>/dev/null
 tar czf "$OUT/runs.tgz" --exclude=checkpoint.pt -C "$WORK" runs
 tail -n 20 "$OUT/tables.txt"
 cat "$OUT/train_by_len.txt"

@@ -152,7 +152,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--replot",
         type=_csv,
         metavar="RESULTS",
-        help="no training: merge these results.json files (comma list) into OUT and redraw",
+        help="no training: merge these results.json files (comma list) into OUT, redraw, "
+        "print the tables and the verdicts, and write OUT/summary.json",
     )
     k.add_argument("--no-progress", action="store_true", help="no progress bars")
     k.set_defaults(func=_passkey)
@@ -204,6 +205,12 @@ def _passkey(args: argparse.Namespace) -> int:
         print(seed_table(results))
         print()
         print(gate_table(results))
+        from ..experiments.verdicts import summary, verdict_table
+
+        summ = summary(results)
+        (Path(args.out) / "summary.json").write_text(json.dumps(summ) + "\n")
+        print()
+        print(verdict_table(summ))
         return 0
     stop_time = args.stop_time
     if args.deadline is not None:

@@ -42,7 +42,7 @@ from ..training.config import (
     TaskConfig,
     TrainConfig,
 )
-from ..training.evaluate import depth_bins, evaluate_passkey, needle_hops
+from ..training.evaluate import depth_bins, digit_hops, evaluate_passkey, guess_probability
 from ..training.model import SDPA_MASK, attention
 from ..training.trainer import CHECKPOINT, CONFIG, METRICS, Trainer, clear_run
 
@@ -491,7 +491,8 @@ def _evaluate(
         model, seq_len, depths, preset.eval_samples, digits=digits, seed=preset.eval_seed,
         depth_width=width, keys="heldout" if preset.heldout_keys else "any",
     )  # fmt: skip
-    nh = needle_hops(pattern, seq_len, res["key_positions"], digits)
+    per_digit = digit_hops(pattern, seq_len, res["key_positions"], digits)
+    nh = np.where((per_digit < 0).any(axis=1), -1, per_digit.max(axis=1))
     reach = (nh >= 0) & (nh <= layers)
     return {
         "depth_target": res["depth_target"].tolist(),
@@ -499,6 +500,8 @@ def _evaluate(
         "correct": res["correct"].astype(int).tolist(),
         "digit_acc": res["digit_acc"].round(3).tolist(),
         "needle_hops": nh.tolist(),
+        # Chance of guessing the digits that cannot arrive in `layers` layers (1: all can).
+        "guess_prob": [float(f"{x:.6g}") for x in guess_probability(per_digit, layers)],
         "accuracy": float(res["correct"].mean()),
         "reachable_fraction": float(reach.mean()),
         "accuracy_reachable": float(res["correct"][reach].mean()) if reach.any() else None,

@@ -89,11 +89,21 @@ def needle_hops(
     pattern: Pattern, seq_len: int, key_positions: np.ndarray, digits: int
 ) -> np.ndarray:
     """Fewest layers after which every answer digit can be read, per document: ``(n,)`` int,
-    -1 where no number of layers suffices (every layer using ``pattern``).
+    -1 where no number of layers suffices (every layer using ``pattern``): the maximum over
+    the digits of :func:`digit_hops`."""
+    per_digit = digit_hops(pattern, seq_len, key_positions, digits)
+    return np.where((per_digit < 0).any(axis=1), -1, per_digit.max(axis=1))
+
+
+def digit_hops(
+    pattern: Pattern, seq_len: int, key_positions: np.ndarray, digits: int
+) -> np.ndarray:
+    """Fewest layers after which each answer digit can be read, per document and digit:
+    ``(n, digits)`` int, -1 where no number of layers suffices.
 
     Digit ``i`` is predicted at position ``p_i = seq_len - digits - 1 + i`` and must reach it
     through at least one of the key's two statements in the needle:
-    ``max over digits i (min over statements (layers from the digit's token to p_i))``.
+    ``min over statements (layers from the digit's token to p_i)``.
     Layers between blocks are :func:`powerattn.receptive.hops` counted from ``p_i``'s block
     (the answer may straddle two blocks); a digit inside that block takes 1 layer (``hops``
     gives the block itself 0).
@@ -110,7 +120,7 @@ def needle_hops(
         raise ValueError(f"key_positions must lie in [0, {first}) (before the answer)")
     bs = pattern.block_size
     blocks = kp // bs  # (n, 2, digits)
-    need = np.zeros(kp.shape[0])
+    need = np.zeros((kp.shape[0], digits))
     by_block: dict[int, np.ndarray] = {}
     for i in range(digits):
         qb = (first + i) // bs
@@ -118,5 +128,17 @@ def needle_hops(
             h = hops(pattern, (qb + 1) * bs).astype(np.float64)  # blocks 0 .. qb
             h[h < 0] = np.inf
             by_block[qb] = np.maximum(h, 1.0)  # the digit precedes p_i: at least 1 layer
-        need = np.maximum(need, by_block[qb][blocks[:, :, i]].min(axis=1))
+        need[:, i] = by_block[qb][blocks[:, :, i]].min(axis=1)
     return np.where(np.isinf(need), -1, need).astype(np.int64)
+
+
+def guess_probability(per_digit_hops: np.ndarray, layers: int) -> np.ndarray:
+    """Probability, per document, of guessing every digit the theory says cannot reach the
+    answer in ``layers`` layers: ``1/9`` for the first digit (never 0), ``1/10`` for each
+    other one; 1 where every digit can arrive. ``per_digit_hops``: ``(n, digits)`` from
+    :func:`digit_hops`."""
+    h = np.asarray(per_digit_hops)
+    out_of_reach = (h < 0) | (h > layers)
+    chance = np.full(h.shape, 0.1)
+    chance[:, 0] = 1 / 9
+    return np.where(out_of_reach, chance, 1.0).prod(axis=1)
