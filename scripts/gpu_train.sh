@@ -3,9 +3,10 @@
 #
 #   scripts/gpu_train.sh PARTS TIME_LIMIT_S [more `powerattn experiment passkey` args]
 #   e.g. scripts/gpu_train.sh main 300 --jobs 10
-#   PRESET=gpu-mix scripts/gpu_train.sh main,long 590 --seeds 0,1,2 --jobs 24 --deadline 500
-#     (the comparison after the gate, scripts/gpu_passkey_gate.sh, has passed; PRESET
-#     defaults to gpu; rerun the same command on the same machine to resume)
+#   PRESET=gpu-mix scripts/gpu_train.sh main 590 --seeds 0,1,2 --jobs 18 --deadline 500
+#     (Figure 3's main part once the gate, scripts/gpu_passkey_gate.sh, has passed; on
+#     nvidia-h200-x2; rerun the same command on the same machine to resume; PRESET
+#     defaults to gpu)
 #
 # Trains into /tmp/passkey (checkpoints stay there) and copies what should come back into
 # $OUT: results.json, the figures, the log, the GPU name and a tarball of every run's
