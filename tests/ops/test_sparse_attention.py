@@ -18,6 +18,7 @@ from tile_lists import tile_layout, tile_masks
 
 from powerattn import get_pattern, pattern_names, power_attention, reference_attention
 from powerattn.ops import api, flex
+from powerattn.patterns import PATTERNS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -29,18 +30,11 @@ FLOOR = {torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 2e-4}
 # Each (dtype, head layout) costs FlexAttention one compile on CUDA (tens of seconds): there
 # the GQA x dtype grid is a Latin square; the CPU runs all of it.
 CUDA_GQA_DTYPES = {(1, torch.float32), (4, torch.bfloat16), (7, torch.float16)}
-# Small long-range parameters, so that every pattern differs from full inside a few blocks.
-SMALL = {
-    "power": {"window": 2, "sink": 1},
-    "sliding_window": {"window": 3, "sink": 1},
-    "stride_slash": {"window": 2, "stride": 3, "sink": 1},
-    "dilated": {"window": 6, "dilation": 2},
-    "longnet": {"segments": ((2, 1), (4, 2), (8, 4))},
-}
 
 
 def _pattern(name: str, block_size: int = BLOCK):
-    return get_pattern(name, block_size=block_size, **SMALL.get(name, {}))
+    # Each pattern's small long-range parameters: it differs from full inside a few blocks.
+    return get_pattern(name, block_size=block_size, **PATTERNS[name].small_params)
 
 
 def _inputs(B, Hq, Hkv, Sq, Sk, D, dtype, grad=True, seed=0):
