@@ -137,11 +137,11 @@ def test_oracle_scores_100_and_wrong_scores_0(wrong):
 def test_training_documents_put_the_answer_last():
     from powerattn.training.config import Stage, TaskConfig, TrainConfig
 
-    cfg = TrainConfig(stages=[Stage(1024, 3)], batch_size=7, seed=0, task=TaskConfig(digits=16))
+    cfg = TrainConfig(stages=[Stage(1024, 3)], batch_size=7, seed=0, task=TaskConfig(digits=18))
     fn = ruler.training_batch_fn(BPE)
     ids = fn(cfg, 0)
     assert ids.shape == (7, 1024) and (ids == fn(cfg, 0)).all()
     for row in ids.tolist():
-        tail = BPE.decode(row[-16:])
+        tail = BPE.decode(row[-18:])
         assert tail.endswith(".") and row[-1] == BPE.eos_id
-        assert BPE.bos_id in row[: 1024 - 16]
+        assert BPE.bos_id in row[: 1024 - 18]

@@ -34,7 +34,7 @@ from ..training.config import (
 from . import lm, probe, ruler
 from .bpe import DEFAULT_PATH, BPETokenizer
 
-ANSWER_TOKENS = 16  # RULER training documents end in this many answer (+ EOS) tokens
+ANSWER_TOKENS = 18  # RULER training documents end in this many answer (+ EOS) tokens
 RULER_FILE = "ruler.json"
 PROBE_FILE = "probe.json"
 

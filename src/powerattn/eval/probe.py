@@ -156,8 +156,8 @@ def _torch_probes(x, labels, tr, te, C) -> np.ndarray:
     xa = torch.cat([xt, torch.ones(P, xt.shape[1], 1, dtype=xt.dtype)], dim=2)
     x_tr, y_tr = xa[:, tr], y[tr]
     opt = torch.optim.LBFGS(
-        [w], lr=1, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
-        history_size=20, line_search_fn="strong_wolfe",
+        [w], lr=1, max_iter=150, tolerance_grad=1e-7, tolerance_change=1e-10,
+        history_size=10, line_search_fn="strong_wolfe",
     )  # fmt: skip
 
     def closure():

@@ -497,7 +497,10 @@ def training_batch_fn(
             budget = L - max(0, cfg.task.digits - GEN_TOKENS[task])
             if (task, budget) not in hints:
                 hints[task, budget] = generate(task, budget, 0, count, params).size
-            s = generate(task, budget, seed, count, params, size_hint=hints[task, budget])
+            for attempt in range(100):  # the rare answer longer than the block: redraw
+                s = generate(task, budget, seed + attempt, count, params, hints[task, budget])
+                if len(tok.encode(s.answer_text)) < cfg.task.digits:  # + EOS fits
+                    break
             rows.append(training_document(s, tok, L, cfg.task.digits))
         return torch.tensor(rows, dtype=torch.int64)
 

@@ -1,0 +1,70 @@
+"""``powerattn eval`` end to end at tiny size on the CPU: corpus -> language models ->
+perplexity summary -> RULER continued training and scoring -> probing, through the CLI module
+(called via its own ``register``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from powerattn.commands import eval as eval_cmd
+
+
+def _run(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="powerattn")
+    eval_cmd.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval", *argv])
+    return args.func(args)
+
+
+def test_end_to_end_tiny(tmp_path, make_docs, capsys):
+    src = make_docs(tmp_path / "src")
+    corpus, runs, res = tmp_path / "corpus", tmp_path / "runs", tmp_path / "results"
+    assert _run("corpus", "--out", str(corpus), "--source", str(src), "--min-chars", "2000",
+                "--test-permille", "300") == 0  # fmt: skip
+    common = ["--preset", "tiny", "--device", "cpu", "--patterns", "full,power"]
+    assert _run("ppl", "--corpus", str(corpus), "--out", str(runs / "lm"), *common,
+                "--results", str(res / "lm")) == 0  # fmt: skip
+    summary = json.loads((res / "lm" / "summary.json").read_text())
+    assert summary["context"] == 320 and len(summary["runs"]) == 2
+    assert {r["pattern"] for r in summary["runs"]} == {"full", "power"}
+    assert all(r["tokens_trained"] == 3 * 2 * 320 for r in summary["runs"])
+    # --summarize regenerates the same summary from the runs' outputs alone
+    (res / "lm" / "summary.json").unlink()
+    assert _run("ppl", "--summarize", str(runs / "lm"), "--results", str(res / "lm")) == 0
+    assert json.loads((res / "lm" / "summary.json").read_text()) == summary
+
+    assert _run("ruler", "--train", "--lm-runs", str(runs / "lm"), "--out", str(runs / "ruler"),
+                "--preset", "tiny", "--device", "cpu", "--patterns", "power", "--samples", "1",
+                "--tasks", "niah_single,vt", "--results", str(res / "ruler")) == 0  # fmt: skip
+    ruler_sum = json.loads((res / "ruler" / "summary.json").read_text())
+    assert ruler_sum["length"] == 320
+    assert {(s["pattern"], s["task"]) for s in ruler_sum["scores"]} == {
+        ("power", "niah_single"),
+        ("power", "vt"),
+    }
+    run = json.loads((runs / "ruler" / "power-s0" / "ruler.json").read_text())
+    assert run["started_from"].endswith("power-s0/checkpoint.pt")  # continued the LM
+
+    assert _run("probe", "--out", str(runs / "probe"), "--preset", "tiny", "--device", "cpu",
+                "--patterns", "power", "--results", str(res / "probing")) == 0  # fmt: skip
+    rows = json.loads((res / "probing" / "summary.json").read_text())["runs"]
+    assert {r["trained"] for r in rows} == {False, True}
+    assert set(rows[0]) == {"pattern", "seed", "trained", "layer", "block", "accuracy"}
+    assert len(rows) == 2 * 3 * 10  # before/after x (embeddings + 2 layers) x 10 blocks
+    assert (res / "probing" / "heatmaps.png").stat().st_size > 0
+    assert "last layer, last block" in capsys.readouterr().out
+
+
+def test_refusals(tmp_path):
+    with pytest.raises(ValueError, match="give --corpus and --out"):
+        _run("ppl", "--out", str(tmp_path))
+    with pytest.raises(ValueError, match="preset must be one of"):
+        _run("ppl", "--corpus", str(tmp_path), "--out", str(tmp_path), "--preset", "huge")
+    with pytest.raises(ValueError, match="unknown patterns"):
+        _run("ppl", "--corpus", str(tmp_path), "--out", str(tmp_path), "--patterns", "nope")
+    with pytest.raises(ValueError, match="neither a run directory"):
+        _run("ruler", "--model", str(tmp_path / "missing"))
+    assert eval_cmd.main(["probe", "--summarize", str(tmp_path)]) == 2
