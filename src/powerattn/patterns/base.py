@@ -142,7 +142,9 @@ class Pattern:
         self._check()
         # A pattern that attends nothing would give all-zero outputs and an analysis of
         # nothing: refuse it here (rows without keys remain possible, e.g. LongNet's holes).
-        if not int(self.block_layout(_PROBE_BLOCKS).kv_count.sum()):
+        blocks = np.arange(_PROBE_BLOCKS)
+        qb, kb = blocks[:, None], blocks[None, :]
+        if not (np.asarray(self.block_rule(qb, kb), dtype=bool) & (kb <= qb)).any():
             raise ValueError(
                 f"{self.describe()} attends no key block at all; give it something to attend "
                 "(e.g. window >= 1 or sink >= 1)"
