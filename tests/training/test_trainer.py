@@ -341,3 +341,69 @@ def test_evaluate_passkey_depth_bins_and_heldout_keys(monkeypatch):
         evaluate_passkey(model, 1024, centres, samples=1, depth_width=2.0)
     with pytest.raises(ValueError, match="n must be"):
         depth_bins(0)
+
+
+def test_a_signal_stops_training_with_a_checkpoint_and_resume_continues(tmp_path):
+    """SIGINT during step 3 (sent from the data source): training stops after that step with
+    a checkpoint, says which signal, restores the handler; a rerun resumes at step 4."""
+    import os
+    import signal
+
+    from powerattn.training.data import batch_for_step
+
+    cfg = tiny_config(checkpoint_every=100)
+
+    def batches(c, t):
+        if t == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return batch_for_step(c, t).input_ids
+
+    before = signal.getsignal(signal.SIGINT)
+    t = Trainer(cfg, tmp_path, progress=False, batch_fn=batches)
+    t.train(stop_on_signal=True)
+    assert t.interrupted == "SIGINT" and t.step == 3
+    assert signal.getsignal(signal.SIGINT) is before
+    r = Trainer(cfg, tmp_path, progress=False)
+    assert r.load_checkpoint() and r.step == 3
+    r.train(stop_on_signal=True)
+    assert r.interrupted is None and r.step == cfg.total_steps
+
+
+def test_checkpoint_by_wall_time(tmp_path):
+    """checkpoint_every_s writes checkpoints between the step-count ones; it is not part of
+    the run's identity (a resume may change it)."""
+    Trainer(tiny_config(checkpoint_every=100), tmp_path / "a", progress=False).train(stop_at=3)
+    assert not (tmp_path / "a" / "checkpoint.pt").exists()
+    cfg = tiny_config(checkpoint_every=100, checkpoint_every_s=1e-9)
+    Trainer(cfg, tmp_path / "b", progress=False).train(stop_at=3)
+    r = Trainer(tiny_config(checkpoint_every=100), tmp_path / "b", progress=False)
+    assert r.load_checkpoint() and r.step == 3
+    with pytest.raises(ValueError, match="checkpoint_every_s"):
+        tiny_config(checkpoint_every_s=-1.0).validate()
+
+
+def test_train_without_config_is_the_cpu_preset_and_says_it_resumes(tmp_path, capsys, monkeypatch):
+    from powerattn.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "--no-progress", "--device", "cpu"]
+    stop = functools.partialmethod(Trainer.train, stop_at=2)
+    monkeypatch.setattr(Trainer, "train", stop)
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "400 steps" in printed and "resuming" not in printed
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["stages"] == [{"seq_len": 320, "steps": 400, "mix": []}]
+    assert cfg["model"]["hidden"] == 64 and cfg["optim"]["schedule"] == "constant"
+    t = Trainer(TrainConfig.from_dict(cfg), out, progress=False)  # a checkpoint at step 2
+    t.step = 2
+    t.save_checkpoint()
+    monkeypatch.setattr(
+        Trainer, "train_loop", functools.partialmethod(Trainer.train_loop, stop_at=3)
+    )
+    assert main(argv) == 0
+    assert "resuming from step 2 of 400" in capsys.readouterr().out
+    assert main([*argv, "--preset", "cpu", "--config", "x.yaml"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main([*argv, "--layers", "3"]) == 2  # another configuration in OUT
+    assert "--fresh" in capsys.readouterr().err

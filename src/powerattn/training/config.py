@@ -121,6 +121,7 @@ class TrainConfig:
     # uniformly), so that the model keeps the shorter lengths it learned first.
     replay: float = 0.0
     checkpoint_every: int = 100  # steps; a checkpoint is also written at the end
+    checkpoint_every_s: float = 0.0  # also every this many seconds (0: off)
     log_every: int = 10
     device: str = "auto"  # "auto" = cuda if available, else cpu
     backend: str = "auto"  # a sparse_attention backend, or "sdpa_mask" (see training.model)
@@ -191,6 +192,8 @@ class TrainConfig:
         bad = [i for i in self.pattern.full_layers if not 0 <= i < m.layers]
         if bad:
             raise ValueError(f"pattern.full_layers {bad} outside 0..{m.layers - 1}")
+        if self.checkpoint_every_s < 0:
+            raise ValueError(f"checkpoint_every_s must be >= 0, got {self.checkpoint_every_s}")
         for name in ("batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -17,6 +17,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +42,7 @@ RUN_FILES = (CHECKPOINT, Path(CHECKPOINT).with_suffix(".tmp").name, METRICS, CON
 # Config fields that choose how the model is computed, not which model is trained: every
 # attention backend computes the same model, so a checkpoint resumes under any of them (a run
 # that fell back to "sdpa_mask" resumes on a kernel and back).
-NOT_IN_IDENTITY = ("backend",)
+NOT_IN_IDENTITY = ("backend", "checkpoint_every_s")
 
 
 class CheckpointMismatchError(ValueError):
@@ -190,6 +192,8 @@ class Trainer:
             self.optimizer, lambda s: lr_lambda(s, cfg)
         )
         self.step = 0
+        self.interrupted: str | None = None  # the signal that stopped the last train()
+        self._signals: list[int] = []
         # The metrics window since the last logged step: loss sum, exact-match sum, steps.
         # Sums stay on the device and are read at log time only (a read per step would make
         # the host wait for the GPU every step); checkpoints carry them.
@@ -253,6 +257,31 @@ class Trainer:
         stop_at: int | None = None,
         stop_time: float | None = None,
         on_stage_end: Callable[[int, Stage], None] | None = None,
+        stop_on_signal: bool = False,
+    ) -> dict[str, Any]:
+        """:meth:`train_loop`; with ``stop_on_signal`` (main thread only), SIGINT (Ctrl-C) and
+        SIGTERM stop it after the current step with a checkpoint (``self.interrupted`` then
+        names the signal), so that a rerun resumes there; the handlers are restored after."""
+        self.interrupted = None
+        self._signals = []
+        old = {}
+        if stop_on_signal and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, lambda signum, frame: self._signals.append(signum))
+        try:
+            return self.train_loop(
+                resume=resume, stop_at=stop_at, stop_time=stop_time, on_stage_end=on_stage_end
+            )
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    def train_loop(
+        self,
+        resume: bool = True,
+        stop_at: int | None = None,
+        stop_time: float | None = None,
+        on_stage_end: Callable[[int, Stage], None] | None = None,
     ) -> dict[str, Any]:
         """Train to the end of the curriculum, or until the wall clock (``time.time()``)
         passes ``stop_time`` -- then a checkpoint is written and a later call resumes from it
@@ -291,8 +320,13 @@ class Trainer:
             i = stage_ends.index(self.step)
             on_stage_end(i, cfg.stages[i])
         self.model.train()
+        last_save = time.time()
         while self.step < end:
             if stop_time is not None and time.time() > stop_time:
+                self.save_checkpoint()
+                break
+            if self._signals:
+                self.interrupted = signal.Signals(self._signals[0]).name
                 self.save_checkpoint()
                 break
             stage_idx, stage = stage_at(cfg.stages, self.step)
@@ -337,8 +371,10 @@ class Trainer:
                 )
                 win.reset()
             bar.update(1)
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.total_steps:
+            due = cfg.checkpoint_every_s and time.time() - last_save > cfg.checkpoint_every_s
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.total_steps or due:
                 self.save_checkpoint()
+                last_save = time.time()
             if on_stage_end is not None and self.step == stage_ends[stage_idx]:
                 on_stage_end(stage_idx, stage)
                 self.model.train()
