@@ -292,3 +292,22 @@ def test_bad_config_file_and_missing_paths_are_one_line(tmp_path, capsys):
         capsys, "experiment", "passkey", "--out", str(tmp_path / "m"), "--replot", "/nonexistent"
     )
     assert rc == 2 and "/nonexistent" in err and "Traceback" not in err
+
+
+def test_lists_are_space_or_comma_separated(tmp_path, capsys):
+    js = tmp_path / "l.json"
+    rc, _, _ = _run(
+        capsys, "bench", "layout", "--seq-lens", "4096,8192", "2048", "--repeats", "1",
+        "--patterns", "power,full", "--json", str(js),
+    )  # fmt: skip
+    assert rc == 0
+    rows = json.loads(js.read_text())["results"]
+    assert [(r["seq_len"], r["pattern"]) for r in rows] == [
+        (s, n) for s in (4096, 8192, 2048) for n in ("power", "full")
+    ]
+    rc, out, _ = _run(capsys, "compare", "--layers", "2", "--patterns", "power,dilated", "full")
+    assert rc == 0 and [ln.split()[0] for ln in out.splitlines()[4:7]] == [
+        "power", "dilated", "full"
+    ]  # fmt: skip
+    rc, out, err = _run(capsys, "bench", "layout", "--patterns", "nope", "--seq-lens", "4096")
+    assert rc == 2 and "--patterns" in err and out == ""

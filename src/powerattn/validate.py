@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 
@@ -55,3 +56,28 @@ def int_converter(minimum: int):
     """The argparse converter for integers ``>= minimum`` (0: non-negative, else positive:
     a tighter bound is left to the constructor, whose error names the parameter)."""
     return nonnegative_int if minimum <= 0 else positive_int
+
+
+class _Flatten(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [x for v in values for x in v])
+
+
+def add_list_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flag: str,
+    convert: Callable[[str], Any] = str,
+    **kwargs: Any,
+) -> argparse.Action:
+    """A list flag under the project's one convention: values separated by spaces, commas or
+    both (``--patterns power dilated`` == ``--patterns power,dilated``); each item goes
+    through ``convert`` (an argparse ``type=``, whose error names the flag)."""
+
+    def items(text: str) -> list[Any]:
+        parts = [x for x in text.split(",") if x]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected a value, got {text!r}")
+        return [convert(x) for x in parts]
+
+    items.__name__ = getattr(convert, "__name__", "value")  # argparse names it in errors
+    return parser.add_argument(flag, nargs="+", type=items, action=_Flatten, **kwargs)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..patterns import equal_budget, pattern_names
 from ..receptive import coverage, hops
-from ..validate import positive_int
+from ..validate import add_list_argument, positive_int
 
 DEFAULT_SEQ_LENS = (32768, 131072, 262144, 1048576)
 TARGET_S = 1.0  # the issue's goal for the whole analysis at 1M tokens
@@ -49,6 +49,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _check_names(patterns: list[str] | None) -> list[str]:
+    names = pattern_names() if not patterns else list(patterns)
+    unknown = [p for p in names if p not in pattern_names()]
+    if unknown:
+        raise ValueError(f"--patterns: unknown {unknown}; valid: {', '.join(pattern_names())}")
+    return names
+
+
 def run(
     seq_lens: tuple[int, ...] = DEFAULT_SEQ_LENS,
     block_size: int = 256,
@@ -60,10 +68,7 @@ def run(
 
     Returns one record per (seq_len, pattern) with the times in milliseconds; ``patterns``
     (default: every registered one) are timed in registration order."""
-    names = pattern_names() if not patterns else list(patterns)
-    unknown = [p for p in names if p not in pattern_names()]
-    if unknown:
-        raise ValueError(f"patterns: unknown {unknown}; valid: {', '.join(pattern_names())}")
+    names = _check_names(patterns)
     rows = []
     for seq_len in seq_lens:
         pats = equal_budget(seq_len, block_size)
@@ -101,6 +106,7 @@ def run(
 def _main(args: argparse.Namespace) -> int:
     import torch
 
+    _check_names(args.patterns)
     print(
         f"CPU: {cpu_model()}; numpy {np.__version__}, torch {torch.__version__}; "
         f"best of {args.repeats}; block size {args.block_size}, {args.layers} layers; "
@@ -144,13 +150,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             "--repeats runs. Target: under 1 s in total at 1M tokens (4096 blocks of 256)."
         ),
     )
-    p.add_argument(
+    add_list_argument(
+        p,
         "--seq-lens",
-        type=positive_int,
-        nargs="+",
+        positive_int,
         default=list(DEFAULT_SEQ_LENS),
         metavar="N",
-        help="sequence lengths in tokens (default: 32K 128K 256K 1M)",
+        help="sequence lengths in tokens, space- or comma-separated (default: 32K 128K 256K 1M)",
     )
     p.add_argument(
         "--block-size", type=positive_int, default=256, help="tokens per block (default 256)"
@@ -161,12 +167,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--repeats", type=positive_int, default=3, help="runs per measurement (default 3)"
     )
-    p.add_argument(
+    add_list_argument(
+        p,
         "--patterns",
-        nargs="+",
         metavar="NAME",
-        choices=pattern_names(),
-        help="only these patterns (default: all)",
+        help="only these patterns, space- or comma-separated (default: all of "
+        + ", ".join(pattern_names())
+        + ")",
     )
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     p.set_defaults(func=_main)

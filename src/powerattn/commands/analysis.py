@@ -25,7 +25,7 @@ from ..patterns import (
     pattern_params,
 )
 from ..receptive import coverage, dense_prefix_tokens, full_coverage_layers, hops
-from ..validate import int_converter, positive_int
+from ..validate import add_list_argument, int_converter, positive_int
 
 # Vocabulary shared by every --help text of this module.
 _GLOSSARY = """\
@@ -471,11 +471,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="max key blocks per query block (default: power's degree at --seq-len)",
     )
-    p.add_argument(
+    add_list_argument(
+        p,
         "--patterns",
-        nargs="+",
         metavar="NAME",
-        help="only these patterns (default: all of " + ", ".join(pattern_names()) + ")",
+        help="only these patterns, space- or comma-separated (default: all of "
+        + ", ".join(pattern_names())
+        + ")",
     )
     p.add_argument(
         "--plot", metavar="PATH", help="write coverage curves + reachability maps to PATH"
