@@ -1,10 +1,10 @@
 """Tiny CPU checks of the passkey recipe levers (results/passkey/README.md, "Recipe search").
 
 Trains a 2-layer Llama with PowerAttention (the config's default pattern, at the equal budget
-of the last stage's length: 10-14 blocks of 32 tokens, so nearly every block is in reach)
+of the last stage's length: 10-14 blocks of 32 tokens; every needle is in reach in 2 layers)
 on short documents with one lever changed at a time and prints exact match on held-out keys
-at each length (10 depth bins, random positions inside each bin). Minutes on one CPU thread; it checks that each lever works, it does not rank them
-at GPU scale.
+at each length (10 depth bins, random positions inside each bin). Minutes on one CPU
+thread; it checks that each lever works, it does not rank them at GPU scale.
 
     .venv/bin/python scripts/passkey_recipe_cpu.py [NAME ...]   # default: every variant
 """
