@@ -5,7 +5,8 @@ drops exact duplicates (by SHA-256 of the content), and splits the rest into ``t
 ``test`` *by document hash*: a document is held out iff ``int(sha256[:8], 16) % 1000 <
 test_permille``. The split depends on the content only, so a file is on the same side on every
 machine and in every rebuild, and no document is on both sides. What a source contributes is
-sorted by hash too, so a size cap keeps the same documents on every rebuild of the same files.
+read in a fixed order (by path hash), so a size cap keeps the same documents on every rebuild
+of the same files.
 
 Sources (``--source``, repeatable):
 
@@ -100,33 +101,54 @@ def _parse_source(spec: str) -> tuple[str, list[Path], tuple[str, ...], str]:
 
 
 def collect(
-    sources: list[str], min_chars: int = 16384, max_chars: int = 2_000_000
+    sources: list[str],
+    min_chars: int = 16384,
+    max_chars: int = 2_000_000,
+    max_bytes: int | None = None,
 ) -> dict[str, list[Document]]:
-    """The documents of each source (deduplicated across all sources, first source wins),
-    sorted by hash; files shorter than ``min_chars`` or longer than ``max_chars`` characters,
-    not UTF-8, or with NUL bytes are skipped."""
+    """The documents of each source (deduplicated across all sources by content, first source
+    wins), sorted by hash; files shorter than ``min_chars`` or longer than ``max_chars``
+    characters, not UTF-8, or with NUL bytes are skipped.
+
+    ``max_bytes``: at most about this much text per source. Files are read in the order of the
+    hash of their path relative to their root (a fixed pseudo-random order), so a capped corpus
+    takes the same files on every rebuild and reads only what it keeps (site-packages can hold
+    gigabytes).
+    """
     if not sources:
         raise ValueError("give at least one source: 'python' or a directory")
     seen: set[str] = set()
     out: dict[str, list[Document]] = {}
     for spec in sources:
         name, roots, suffixes, licence = _parse_source(spec)
-        docs = []
+        files = []
         for root in roots:
             for path in _files(root, suffixes):
-                text = _read(path)
-                if text is None or not min_chars <= len(text) <= max_chars:
+                try:
+                    size = path.stat().st_size
+                except OSError:
                     continue
-                doc_id = hashlib.sha256(text.encode("utf-8")).hexdigest()
-                if doc_id in seen:
-                    continue
-                seen.add(doc_id)
-                rel = path.relative_to(root).as_posix()
-                lic = licence
-                if name == "python" and "site-packages" in path.parts:
-                    package = path.parts[path.parts.index("site-packages") + 1]
-                    lic = f"package {package}: its own licence"
-                docs.append(Document(doc_id, name, rel, lic, text))
+                # UTF-8 takes 1-4 bytes per character: a cheap bound before reading.
+                if min_chars <= size <= 4 * max_chars:
+                    rel = path.relative_to(root).as_posix()
+                    files.append((hashlib.sha256(rel.encode()).hexdigest(), rel, path))
+        docs, used = [], 0
+        for _, rel, path in sorted(files):
+            if max_bytes is not None and used >= max_bytes:
+                break
+            text = _read(path)
+            if text is None or not min_chars <= len(text) <= max_chars:
+                continue
+            doc_id = hashlib.sha256(text.encode("utf-8")).hexdigest()
+            if doc_id in seen:
+                continue
+            seen.add(doc_id)
+            lic = licence
+            if name == "python" and "site-packages" in path.parts:
+                package = path.parts[path.parts.index("site-packages") + 1]
+                lic = f"package {package}: its own licence"
+            docs.append(Document(doc_id, name, rel, lic, text))
+            used += len(text.encode("utf-8"))
         out[name] = sorted(docs, key=lambda d: d.id)
     return out
 
@@ -141,7 +163,7 @@ def build_corpus(
 ) -> dict[str, Any]:
     """Build the corpus into ``out_dir`` (see the module docstring); returns the manifest.
 
-    ``max_mb``: at most this many MB of text per source (its documents taken in hash order);
+    ``max_mb``: about this many MB of text per source at most (see :func:`collect`);
     ``test_permille``: held-out share of documents, in thousandths.
     """
     if not 0 < test_permille < 1000:
@@ -150,23 +172,15 @@ def build_corpus(
         raise ValueError(f"max_mb must be positive, got {max_mb}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    per_source = collect(sources, min_chars=min_chars)
+    per_source = collect(sources, min_chars=min_chars, max_bytes=int(max_mb * 1e6))
     splits: dict[str, list[Document]] = {"train": [], "test": []}
     counts = {}
     for name, docs in per_source.items():
-        budget = int(max_mb * 1e6)
-        kept = []
         for d in docs:
-            if budget <= 0:
-                break
-            kept.append(d)
-            budget -= len(d.text.encode("utf-8"))
-        for d in kept:
             splits[split_of(d.id, test_permille)].append(d)
         counts[name] = {
-            "documents": len(kept),
-            "candidates": len(docs),
-            "mb": round(sum(len(d.text.encode("utf-8")) for d in kept) / 1e6, 3),
+            "documents": len(docs),
+            "mb": round(sum(len(d.text.encode("utf-8")) for d in docs) / 1e6, 3),
         }
     if not splits["test"] or not splits["train"]:
         raise ValueError(
