@@ -50,6 +50,8 @@ from ..patterns import get_pattern
 from ..validate import positive_int
 
 HQ, HKV, D = 28, 4, 128
+# "cuda" under torchrun on GPUs; "cpu" (gloo) for a dry run of the whole flow (--device cpu).
+_DEV = {"type": "cuda"}
 
 
 # ------------------------------------------------------------------ the all-gather baseline
@@ -104,25 +106,42 @@ def _inputs(S: int, dtype, device, seed: int = 0, heads=(HQ, HKV, HKV, HQ)):
 
 
 def _max_over_ranks(x: float) -> float:
-    t = torch.tensor([x], dtype=torch.float64, device="cuda")
+    t = torch.tensor([x], dtype=torch.float64, device=_DEV["type"])
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
 
 
 def _time(fn, iters: int) -> float:
-    """Median ms of ``fn`` (CUDA events), slowest rank."""
+    """Median ms of ``fn`` (CUDA events; wall clock on the CPU), slowest rank."""
     times = []
+    cuda = _DEV["type"] == "cuda"
     for _ in range(iters):
         dist.barrier()
-        torch.cuda.synchronize()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
+        if cuda:
+            torch.cuda.synchronize()
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
     return _max_over_ranks(times[len(times) // 2])
+
+
+def _reset_peak() -> None:
+    if _DEV["type"] == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib() -> float:
+    """Peak allocated GPU memory since the last reset."""
+    return torch.cuda.max_memory_allocated() / 2**30
 
 
 def _err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -136,7 +155,7 @@ def check(S: int, pattern, methods: dict) -> dict:
     world, rank = dist.get_world_size(), dist.get_rank()
     L = S // world
     sl = slice(rank * L, (rank + 1) * L)
-    q, k, v, dout = _inputs(S, torch.float32, "cuda")
+    q, k, v, dout = _inputs(S, torch.float32, _DEV["type"])
     ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
     ref = sparse_attention(*ref_in, pattern)
     ref_g = torch.autograd.grad(ref, ref_in, dout)
@@ -171,12 +190,14 @@ def _transfer_ms(S: int, pattern, iters: int) -> dict:
     world, rank = dist.get_world_size(), dist.get_rank()
     L = S // world
     rp = _rank_plan(pattern, S, world, rank)
-    kv = torch.randn(2, 1, HKV, L, D, device="cuda", dtype=torch.bfloat16)
+    kv = torch.randn(2, 1, HKV, L, D, device=_DEV["type"], dtype=torch.bfloat16)
     sends = [
-        (dst, kv if idx is None else kv[:, :, :, idx.cuda()].contiguous()) for dst, idx in rp.sends
+        (dst, kv if idx is None else kv[:, :, :, idx.to(kv.device)].contiguous())
+        for dst, idx in rp.sends
     ]
     recvs = [
-        (src, torch.empty(2, 1, HKV, n, D, device="cuda", dtype=kv.dtype)) for src, n in rp.recvs
+        (src, torch.empty(2, 1, HKV, n, D, device=_DEV["type"], dtype=kv.dtype))
+        for src, n in rp.recvs
     ]
 
     def plan_xfer():
@@ -185,7 +206,7 @@ def _transfer_ms(S: int, pattern, iters: int) -> dict:
         for r in dist.batch_isend_irecv(ops) if ops else []:
             r.wait()
 
-    gathered = torch.empty((world, *kv.shape), dtype=kv.dtype, device="cuda")
+    gathered = torch.empty((world * 2, *kv.shape[1:]), dtype=kv.dtype, device=kv.device)
 
     def gather_xfer():
         dist.all_gather_into_tensor(gathered, kv)
@@ -201,7 +222,7 @@ def _torch_ring_once(S: int, iters: int, gqa: bool) -> dict:
     from torch.nn import functional as F
 
     mesh = init_device_mesh("cuda", (dist.get_world_size(),))
-    q, k, v, dout = _inputs(S, torch.bfloat16, "cuda")
+    q, k, v, dout = _inputs(S, torch.bfloat16, _DEV["type"])
     if not gqa:  # K/V repeated to the query heads: they travel 7x larger
         k, v = (t.repeat_interleave(HQ // HKV, dim=1) for t in (k, v))
     kw = {"enable_gqa": True} if gqa else {}
@@ -223,10 +244,10 @@ def _torch_ring_once(S: int, iters: int, gqa: bool) -> dict:
             torch.autograd.grad(out, [qq, kk, vv], dout)
 
         step()
-        torch.cuda.reset_peak_memory_stats()
+        _reset_peak()
         res["fwd_ms"] = _time(fwd, iters)
         res["train_ms"] = _time(step, iters)
-        res["peak_gb"] = _max_over_ranks(torch.cuda.max_memory_allocated() / 2**30)
+        res["peak_gb"] = _max_over_ranks(_peak_gib())
     L = S // dist.get_world_size()
     heads = HKV if gqa else HQ
     res["recv_bytes_fwd"] = 2 * (dist.get_world_size() - 1) * L * heads * D * 2
@@ -256,7 +277,7 @@ def measure(S: int, pattern, methods: dict, iters: int) -> dict:
     shape = LayerShape(HQ, HKV, D, 2)
     plan = cp_plan(pattern, S, world)
     res: dict[str, Any] = {"seq_len": S, "local_len": L}
-    q, k, v, dout = _inputs(L, torch.bfloat16, "cuda", seed=dist.get_rank())
+    q, k, v, dout = _inputs(L, torch.bfloat16, _DEV["type"], seed=dist.get_rank())
     for name, fn in methods.items():
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
 
@@ -268,16 +289,15 @@ def measure(S: int, pattern, methods: dict, iters: int) -> dict:
             torch.autograd.grad(fn(*leaves), leaves, dout)
 
         step()  # compiles, builds masks and plans
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        _reset_peak()
         row = {"fwd_ms": _time(fwd, iters), "train_ms": _time(step, iters)}
-        row["peak_gb"] = _max_over_ranks(torch.cuda.max_memory_allocated() / 2**30)
+        row["peak_gb"] = _max_over_ranks(_peak_gib()) if _DEV["type"] == "cuda" else None
         tokens = max(plan.recv_tokens) if name == "plan" else (world - 1) * L
         row["recv_bytes_fwd"] = shape.kv_bytes(tokens)
         res[name] = row
         _log(
             f"{name:>9} {S:>9,}: fwd {row['fwd_ms']:.2f} ms, fwd+bwd {row['train_ms']:.2f} ms, "
-            f"peak {row['peak_gb']:.1f} GiB, {row['recv_bytes_fwd'] / 1e6:.0f} MB/rank/layer"
+            f"peak {row['peak_gb'] or 0:.1f} GiB, {row['recv_bytes_fwd'] / 1e6:.0f} MB/rank/layer"
         )
         del leaves
     res["transfer_ms"] = _transfer_ms(S, pattern, iters)
@@ -291,9 +311,11 @@ def run(args: argparse.Namespace) -> int:
     from ..ops import flex
 
     flex.STATIC_VARIANTS = 0  # one dynamic-shape compile for every length (see docstring)
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    torch.cuda.set_device(local)
-    dist.init_process_group("nccl", timeout=datetime.timedelta(seconds=300))
+    _DEV["type"] = args.device
+    if args.device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    backend = "nccl" if args.device == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=300))
     world, rank = dist.get_world_size(), dist.get_rank()
     pattern = get_pattern("power", block_size=256, window=5, sink=1)
     methods = {
@@ -304,7 +326,7 @@ def run(args: argparse.Namespace) -> int:
         "world_size": world,
         "pattern": pattern.describe(),
         "shape": {"B": 1, "Hq": HQ, "Hkv": HKV, "D": D, "dtype": "bfloat16"},
-        "device": torch.cuda.get_device_name(),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu (dry run)",
         "torch": torch.__version__,
         "measurements": [],
         "skipped": [],
@@ -328,23 +350,28 @@ def run(args: argparse.Namespace) -> int:
             if not budget_left():
                 out["skipped"].append({"seq_len": S, "why": "time budget"})
                 continue
-            row = measure(S, pattern, methods, args.iters)
-            if S in args.torch_cp_lens and budget_left():
-                row["torch_ring"] = _torch_ring(S, max(2, args.iters // 2))
-            out["measurements"].append(row)
+            out["measurements"].append(measure(S, pattern, methods, args.iters))
+            # Points for the scaling figure (cp-scaling --measured keeps its own length's).
+            out["scaling_points"] = [
+                {
+                    "world_size": world,
+                    "scheme": m,
+                    "seq_len": r["seq_len"],
+                    "fwd_bytes": r[m]["recv_bytes_fwd"],
+                    "fwd_comm_ms": r["transfer_ms"][m],
+                }
+                for r in out["measurements"]
+                for m in ("plan", "allgather")
+            ]
             save()
-        out["scaling_points"] = [
-            {
-                "world_size": world,
-                "scheme": m,
-                "seq_len": r["seq_len"],
-                "fwd_bytes": r[m]["recv_bytes_fwd"],
-                "fwd_comm_ms": r["transfer_ms"][m],
-            }
-            for r in out["measurements"]
-            if r["seq_len"] == max(x["seq_len"] for x in out["measurements"])
-            for m in ("plan", "allgather")
-        ]
+        # PyTorch's ring CP last: a failure there cannot cost the measurements above.
+        for r in out["measurements"]:
+            if r["seq_len"] in args.torch_cp_lens and args.device == "cuda":
+                if not budget_left():
+                    out["skipped"].append({"seq_len": r["seq_len"], "why": "torch_ring: budget"})
+                    continue
+                r["torch_ring"] = _torch_ring(r["seq_len"], max(2, args.iters // 2))
+                save()
     except Exception:  # noqa: BLE001 - written to the JSON, then re-raised
         out["error"] = traceback.format_exc()[-3000:]
         save()
@@ -373,6 +400,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "--budget-s", type=float, default=200.0, help="start no measurement after this many seconds"
     )
     p.add_argument("--json", metavar="PATH")
+    p.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="cpu: a dry run of the whole flow with gloo (tiny lengths; no PyTorch ring CP)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
