@@ -45,6 +45,7 @@ def test_end_to_end_tiny(tmp_path, make_docs, capsys):
         ("power", "niah_single"),
         ("power", "vt"),
     }
+    assert (res / "ruler" / "details.json").is_file()
     run = json.loads((runs / "ruler" / "power-s0" / "ruler.json").read_text())
     assert run["started_from"].endswith("power-s0/checkpoint.pt")  # continued the LM
 
@@ -55,6 +56,8 @@ def test_end_to_end_tiny(tmp_path, make_docs, capsys):
     assert set(rows[0]) == {"pattern", "seed", "trained", "layer", "block", "accuracy"}
     assert len(rows) == 2 * 3 * 10  # before/after x (embeddings + 2 layers) x 10 blocks
     assert (res / "probing" / "heatmaps.png").stat().st_size > 0
+    details = json.loads((res / "probing" / "details.json").read_text())
+    assert details["power-s0"]["after"]["max_before_needle"] <= 0.5  # causality
     assert "last layer, last block" in capsys.readouterr().out
 
 

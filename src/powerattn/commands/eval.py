@@ -254,8 +254,9 @@ def _ruler(args: argparse.Namespace) -> int:
         if failed:
             print(f"failed runs (see {args.out}/ruler-NAME.log): {failed}", file=sys.stderr)
     summary = campaign.summarize_ruler(runs)
-    table = summary.pop("table")
+    table, details = summary.pop("table"), summary.pop("details")
     _write_results(args.results, "summary.json", summary)
+    _write_results(args.results, "details.json", details)
     print(table)
     return 0
 
@@ -337,6 +338,7 @@ def _probe(args: argparse.Namespace) -> int:
             print(f"failed runs (see {args.out}/probe-NAME.log): {failed}", file=sys.stderr)
     summary, full = campaign.summarize_probe(runs)
     _write_results(args.results, "summary.json", summary)
+    _write_results(args.results, "details.json", campaign.probe_details(full))
     png = campaign.plot_probe(full, Path(args.results) / "heatmaps.png")
     for r in full:
         last = r["after"][-1][-1]

@@ -185,9 +185,34 @@ def ruler_run_one(
     return result
 
 
+def _task_matrix(run: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Per task, the per-sample scores of a run (in sample order)."""
+    out: dict[str, list[float]] = {}
+    for p in run["predictions"]:
+        out.setdefault(p["task"], []).append(p["score"])
+    return {t: np.asarray(v) for t, v in out.items()}
+
+
+def paired_average_gap(a: dict, b: dict, draws: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Average over tasks of run ``a`` minus run ``b``, with a 95 % bootstrap interval that
+    resamples the samples of each task (both runs scored the same samples)."""
+    ma, mb = _task_matrix(a), _task_matrix(b)
+    if {t: v.size for t, v in ma.items()} != {t: v.size for t, v in mb.items()}:
+        raise ValueError(f"runs {a['name']} and {b['name']} were scored on other samples")
+    rng = np.random.default_rng(seed)
+    boot = np.zeros(draws)
+    for t in ma:
+        idx = rng.integers(0, ma[t].size, size=(draws, ma[t].size))
+        boot += (ma[t][idx] - mb[t][idx]).mean(1)
+    boot /= len(ma)
+    gap = float(np.mean([ma[t].mean() - mb[t].mean() for t in ma]))
+    return {"gap": gap, "ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]}
+
+
 def summarize_ruler(runs_dir: str | Path) -> dict[str, Any]:
-    """``{"length", "scores": [{"pattern", "seed", "task", "score"}], "table"}`` of every
-    ``ruler.json`` under ``runs_dir`` (the issue's schema plus the printed table)."""
+    """``{"length", "scores": [{"pattern", "seed", "task", "score"}], "table", "details"}`` of
+    every ``ruler.json`` under ``runs_dir`` (the issue's schema, the printed table, and per
+    seed the paired average gap of every run to every other one with a bootstrap interval)."""
     runs = [json.loads(p.read_text()) for p in sorted(Path(runs_dir).glob(f"*/{RULER_FILE}"))]
     if not runs:
         raise ValueError(f"no {RULER_FILE} under {runs_dir}/*/; run eval ruler --train first")
@@ -200,7 +225,23 @@ def summarize_ruler(runs_dir: str | Path) -> dict[str, Any]:
         for task, s in r["scores"].items():
             scores.append({"pattern": label, "seed": r["seed"], "task": task, "score": s})
         rows[r["name"]] = {**r["scores"], **r["categories"]}
-    return {"length": lengths.pop(), "scores": scores, "table": ruler.table(rows)}
+    gaps = {
+        f"{a['name']} - {b['name']}": paired_average_gap(a, b)
+        for a in runs
+        for b in runs
+        if a is not b and a["seed"] == b["seed"]
+    }
+    details = {
+        "average": {r["name"]: r["categories"]["average"] for r in runs},
+        "steps": {r["name"]: [r["steps"], r["steps_planned"]] for r in runs},
+        "paired_average_gaps": gaps,
+    }
+    return {
+        "length": lengths.pop(),
+        "scores": scores,
+        "table": ruler.table(rows),
+        "details": details,
+    }
 
 
 # ---------------------------------------------------------------------------- probing
@@ -317,6 +358,38 @@ def summarize_probe(runs_dir: str | Path) -> tuple[dict[str, Any], list[dict[str
                         }
                     )
     return {"runs": rows}, runs
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion ``k / n``."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
+
+
+def probe_details(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per run: last layer / last block accuracy before and after training with Wilson
+    intervals (over the held-out half of the documents), and the structural check's worst
+    cells: the best accuracy before the needle's block and outside the theory's reach."""
+    out = {}
+    for r in runs:
+        n_test = r["documents"] - r["documents"] // 2
+        row = {"steps": [r["steps"], r["steps_planned"]], "test_documents": n_test}
+        reach = np.asarray(r["reached"], dtype=bool)
+        for key in ("before", "after"):
+            acc = np.asarray(r[key])
+            last = float(acc[-1, -1])
+            row[key] = {
+                "last_block_last_layer": last,
+                "wilson95": wilson(round(last * n_test), n_test),
+                "max_before_needle": float(acc[:, : r["needle_block"]].max(initial=0.0)),
+                "max_outside_reach": float(np.where(reach, 0.0, acc).max()),
+            }
+        out[r["name"]] = row
+    return out
 
 
 def plot_probe(runs: list[dict[str, Any]], path: str | Path) -> Path:

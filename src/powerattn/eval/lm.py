@@ -74,12 +74,13 @@ PRESETS: dict[str, LMPreset] = {
         eval_batch=2,
     ),
     # The H200 campaign: ~28M parameters (7 layers so that the RULER hybrid can keep 2 of 7
-    # full), 4096 tokens = 128 blocks of 32, 16 windows (64K tokens) per step.
+    # full), 4096 tokens = 128 blocks of 32, 8 windows (32K tokens) per step (the float32
+    # logits of a step take 1 GB: 12 runs share the GPU's memory).
     "gpu": LMPreset(
         model=ModelConfig(layers=7, hidden=512, heads=8, kv_heads=8, intermediate=1536),
         context=4096,
         block_size=32,
-        batch_size=16,
+        batch_size=8,
         steps=1000,
         optim=OptimConfig(lr=1e-3, warmup_steps=100),
     ),
