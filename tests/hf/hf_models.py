@@ -2,6 +2,9 @@
 
 No downloads: models are built from configs. ``DEVICE`` is ``cpu`` unless the environment
 variable ``POWERATTN_HF_DEVICE`` names another (``scripts/gpu_hf.sh`` sets ``cuda``).
+``GEN_DTYPE`` is the dtype of the generation tests' models: float64 on the CPU (equal
+computations give equal tokens), float32 on CUDA, where float64 would only exercise the
+dense path and float32 takes FlexAttention for prefill and the decode kernel for decode.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 from powerattn import get_pattern  # noqa: E402
 
 DEVICE = torch.device(os.environ.get("POWERATTN_HF_DEVICE", "cpu"))
+GEN_DTYPE = torch.float64 if DEVICE.type == "cpu" else torch.float32
 VOCAB = 97
 POWER = {"block_size": 4, "window": 2, "sink": 1}
 ARCHS = ("llama", "qwen2", "mistral")

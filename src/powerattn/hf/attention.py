@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..ops.api import sparse_attention
+from ..ops.dense import sdpa_attention
 from ..patterns import Pattern, get_pattern
 from .masks import KeyPlan, RowPlan, plan_of
 from .settings import LayerRoute, layer_route
@@ -38,14 +38,11 @@ def dense_causal_attention(
     """Dense causal attention with the queries aligned to the end of the keys (``q (B, Hq,
     Sq, D)``, ``k, v (B, Hkv, Sk, D)`` -> ``(B, Hq, Sq, D)``): the layers kept full.
 
-    PyTorch's SDPA where its top-left ``is_causal`` equals bottom-right alignment (``Sq == Sk``
-    or ``Sq == 1``); a chunk continuing a cache goes to :func:`powerattn.sparse_attention` with
-    the ``full`` pattern."""
-    sq, sk = q.shape[2], k.shape[2]
-    if sq == sk or sq == 1:
-        return F.scaled_dot_product_attention(
-            q, k, v, is_causal=sq > 1, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-        )
+    PyTorch's causal SDPA kernel where its top-left ``is_causal`` equals bottom-right alignment
+    (``Sq == Sk`` or ``Sq == 1``, through :func:`powerattn.ops.dense.sdpa_attention`); a chunk
+    continuing a cache goes to :func:`powerattn.sparse_attention` with the ``full`` pattern."""
+    if q.shape[2] in (1, k.shape[2]):
+        return sdpa_attention(q, k, v, "full", scale)
     return sparse_attention(q, k, v, "full", scale=scale)
 
 

@@ -62,10 +62,10 @@ class KeyPlan:
             raise ValueError(
                 f"the padding mask covers {used} key slots but there are {q_len} queries"
             )
+        if bool(valid.all()):  # one scalar from the device in the common case
+            return cls(used, q_len, tuple(range(valid.shape[0])), None)
         host = valid.detach().to("cpu", torch.bool)
         counts = host.sum(dim=1).tolist()
-        if all(c == used for c in counts):
-            return cls(used, q_len, tuple(range(valid.shape[0])), None)
         full, rows = [], []
         q_start = used - q_len  # slot of query 0
         for b, count in enumerate(counts):
