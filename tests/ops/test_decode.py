@@ -181,3 +181,69 @@ def test_kvcache_refusals(change, match):
     args = change({"q": q, "k_cache": k, "v_cache": v, "cache_seqlens": lens})
     with pytest.raises(ValueError, match=match):
         sparse_attention_with_kvcache(pattern="power", **args)
+
+
+# ------------------------------------------------------------------ the direct launch
+class _FakeKernel:
+    """Stands in for the Triton kernel: records usual launches and direct-launcher calls."""
+
+    def __init__(self, error):
+        self.usual, self.direct, self.error = [], [], error
+
+    def __getitem__(self, grid):
+        return self._launch
+
+    def _launch(self, *args, **consts):
+        self.usual.append(args)
+        return _FakeCompiled(self)
+
+
+class _FakeCompiled:
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        return self.run
+
+    def run(self, *args, stream):
+        if self.kernel.error:
+            raise self.kernel.error
+        self.kernel.direct.append((args, stream))
+
+
+@pytest.mark.parametrize("error", [None, TypeError("takes 30 positional arguments")])
+def test_launch_fast_reuses_only_identical_specialisations(monkeypatch, error):
+    fake = _FakeKernel(error)
+    monkeypatch.setattr(decode, "_decode_kernel", fake)
+    monkeypatch.setattr(decode, "FAST_LAUNCH", True)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda i: 7, raising=False)
+    plan = decode._plan(get_pattern("power"), 1, 4, 2, 1, 16, torch.float32, 8,
+                        torch.device("cpu"), None, True, False, False)  # fmt: skip
+    plan.runners.clear()
+    q = torch.randn(1, 4, 1, 16)
+    k = torch.randn(1, 2, 64, 16)
+    cnt = torch.zeros(4, dtype=torch.int32)
+
+    def args(q=q, k=k):
+        return (q, k, k, q, q, q, cnt, cnt, cnt, cnt, *q.stride(), *k.stride(), *k.stride(),
+                64, 64, 0.1, plan.n_slots, plan.splits)  # fmt: skip
+
+    decode._launch_fast(plan, args(), 0)  # first: the usual launch (compiles)
+    assert len(fake.usual) == 1 and not fake.direct
+    if error is not None:
+        with pytest.warns(UserWarning, match="direct kernel launch unavailable"):
+            decode._launch_fast(plan, args(), 0)
+        assert not decode.FAST_LAUNCH and len(fake.usual) == 2
+        return
+    decode._launch_fast(plan, args(), 0)  # same specialisation: the direct launcher
+    assert len(fake.usual) == 1 and len(fake.direct) == 1
+    sent, stream = fake.direct[0]
+    assert stream == 7 and sent == args() + plan.const_values
+    # Another stride class (17: not a multiple of 16): the usual launch again.
+    decode._launch_fast(plan, args(k=torch.randn(1, 2, 64, 17)[..., :16]), 0)
+    assert len(fake.usual) == 2
+    # A q pointer off the 16-byte grid: the usual launch too.
+    decode._launch_fast(plan, args(q=torch.randn(1, 4, 1, 17)[..., 1:]), 0)
+    assert len(fake.usual) == 3
+    decode._launch_fast(plan, args(), 0)
+    assert len(fake.usual) == 3 and len(fake.direct) == 2

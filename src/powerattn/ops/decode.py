@@ -45,6 +45,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -73,9 +74,18 @@ TARGET_PROGRAMS_PER_SM = 2
 MIN_UNITS_PER_SPLIT = 2
 SPLITS_MAX = 64  # also the width of the combine's (m, l) load
 FUSED = True  # single launch (split-K with an in-kernel semaphore)
+# Launch through the compiled kernel's launcher after the first call (see _launch_fast).
+FAST_LAUNCH = True
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _LOG2E = 1.4426950408889634
+_I32_MAX = 2**31 - 1
+# The kernel's constexpr parameters, in signature order (the direct launcher takes them too).
+_CONSTEXPRS = (
+    "SQ", "G", "HKV", "BS", "SINK", "WINDOW", "WSLOTS", "E0", "MODE", "HAS_POW", "HAS_SEQLENS",
+    "NEED_LSE", "CHUNKS", "N_MB", "BLOCK_M", "BLOCK_N", "BLOCK_D", "HEAD_D", "BLOCK_MC", "SPC",
+    "SPLITS_CAP", "PREC", "DOT_F32", "FUSED",
+)  # fmt: skip
 _PLAN_CACHE_SIZE = 128
 _WORKSPACE_STREAMS = 8
 _FULL_PROBE_BLOCKS = 1024  # query blocks probed for "attends every earlier block"
@@ -193,8 +203,9 @@ if triton is not None:
         b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
         b_l = tl.zeros([BLOCK_M], tl.float32)
         b_acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        k_base = K + i_b * stride_kb + i_h * stride_kh
-        v_base = V + i_b * stride_vb + i_h * stride_vh
+        # int64: a (64, 128K, 8, 128) cache is past 2**31 elements.
+        k_base = K + i_b.to(tl.int64) * stride_kb + i_h * stride_kh
+        v_base = V + i_b.to(tl.int64) * stride_vb + i_h * stride_vh
         o_c = tl.arange(0, BLOCK_N)
         n_units = n_qb * n_slots * CHUNKS
         # Branch-free body (invalid units load nothing): lets Triton pipeline the loads.
@@ -225,7 +236,7 @@ if triton is not None:
                 # A sink slot serves a block <= qbt; other slots skip the sink blocks.
                 valid = tl.where(is_sink, sl <= qbt, ok)
                 kb = tl.where(valid, tl.where(is_sink, sl, kb), 0)
-            o_n = kb * BS + c * BLOCK_N + o_c  # [BN]
+            o_n = kb.to(tl.int64) * BS + c * BLOCK_N + o_c  # [BN]
             # tl.where, not `&`: the interpreter turns scalar & vector bools into int32.
             m_n = tl.where(valid, (c * BLOCK_N + o_c < BS) & (o_n < sk), False)
             p_k = k_base + o_n[None, :] * stride_ks + o_d[:, None] * stride_kd
@@ -356,6 +367,9 @@ class _Plan:
     tcnt: torch.Tensor
     consts: dict
     combine_consts: dict
+    const_values: tuple = ()
+    # Direct launchers by specialisation key (see _launch_fast); bounded by the keys' variety.
+    runners: dict = dataclasses.field(default_factory=dict)
 
 
 def _next_pow2(n: int) -> int:
@@ -447,6 +461,7 @@ def _plan(
         tcnt=tcnt,
         consts=consts,
         combine_consts=dict(common, HAS_SEQLENS=has_seqlens, num_warps=4),
+        const_values=tuple(consts[name] for name in _CONSTEXPRS),
     )
 
 
@@ -482,6 +497,44 @@ def _workspace(device: torch.device, plan: _Plan) -> tuple[torch.Tensor, torch.T
         if len(_workspaces) > _WORKSPACE_STREAMS:
             _workspaces.popitem(last=False)
     return hit
+
+
+def _int_class(x: int) -> int:
+    """Triton's specialisation of an int argument: == 1, a multiple of 16, other; 64-bit."""
+    return (x == 1) + 2 * (x % 16 == 0) + 4 * (x > _I32_MAX)
+
+
+def _launch_fast(plan: _Plan, args: tuple, device_index: int) -> None:
+    """Launch through the compiled kernel's own launcher, skipping Triton's per-call argument
+    binding (most of a decode step's host time). The launcher is cached in the plan per
+    specialisation key -- the same key that Triton derives: 16-byte alignment of each pointer
+    a caller may pass, the lengths' dtype, and the class of each stride -- so a call only
+    reuses a kernel compiled for identical specialisations. The first call of a key, and
+    every call if this Triton's launcher takes other arguments, goes the usual way."""
+    global FAST_LAUNCH
+    q, k, v, out, _, _, _, seqlens = args[:8]
+    key = (
+        q.data_ptr() % 16 == 0, k.data_ptr() % 16 == 0, v.data_ptr() % 16 == 0,
+        out.data_ptr() % 16 == 0, seqlens.data_ptr() % 16 == 0, seqlens.dtype,
+        args[22] > _I32_MAX, *map(_int_class, args[10:22]),
+    )  # fmt: skip
+    runner = plan.runners.get(key)
+    if runner is None:
+        compiled = _decode_kernel[plan.grid](*args, **plan.consts)
+        try:
+            plan.runners[key] = compiled[plan.grid]
+        except (TypeError, AttributeError):  # no compiled-kernel launcher in this Triton
+            FAST_LAUNCH = False
+        return
+    try:
+        runner(*args, *plan.const_values, stream=torch._C._cuda_getCurrentRawStream(device_index))
+    except (TypeError, ValueError) as exc:  # another launcher signature: the usual path
+        FAST_LAUNCH = False
+        warnings.warn(
+            f"decode: direct kernel launch unavailable ({exc}); using Triton's launch",
+            stacklevel=3,
+        )
+        _decode_kernel[plan.grid](*args, **plan.consts)
 
 
 def decode_attention(
@@ -533,13 +586,16 @@ def decode_attention(
     elif not out.is_contiguous() or out.shape != q.shape or out.dtype != q.dtype:
         raise ValueError("out must be a contiguous tensor of q's shape and dtype")
     lse = torch.empty((B, Hq, Sq), dtype=torch.float32, device=q.device) if need_lse else None
-    _decode_kernel[plan.grid](
+    args = (
         q, k, v, out, ws if lse is None else lse, ws, cnt,
         cnt if cache_seqlens is None else cache_seqlens, plan.tbl, plan.tcnt,
         *q.stride(), *k.stride(), *v.stride(),
         Sk, Sk, scale * _LOG2E, plan.n_slots, plan.splits,
-        **plan.consts,
     )  # fmt: skip
+    if FAST_LAUNCH and q.device.type == "cuda":
+        _launch_fast(plan, args, q.device.index)
+    else:
+        _decode_kernel[plan.grid](*args, **plan.consts)
     if not fused:
         _decode_combine_kernel[(B * Hkv, plan.grid[2])](
             ws, out, ws if lse is None else lse, cnt if cache_seqlens is None else cache_seqlens,
