@@ -113,10 +113,11 @@ def test_gradients_flow_and_match(arch):
 def test_gradients_with_holes_equal_sequences_alone():
     """Training on a batch with padding holes: the gradient of a function of the real
     positions' logits equals the sum of the same function over the sequences alone."""
-    base = H.model("llama", dtype=torch.float64)
+    dtype = H.GEN_DTYPE  # float64 on the CPU; float32 on CUDA (FlexAttention's backward)
+    base = H.model("llama", dtype=dtype)
     x, mask, real = _padding("holes", batch=2)
     g = torch.Generator().manual_seed(5)
-    weights = [torch.randn(len(r), H.VOCAB, generator=g, dtype=torch.float64) for r in real]
+    weights = [torch.randn(len(r), H.VOCAB, generator=g, dtype=dtype) for r in real]
 
     model = pt.apply(copy.deepcopy(base), PATTERN).train()
     logits = model(x, attention_mask=mask, position_ids=H.positions(mask)).logits
@@ -125,9 +126,13 @@ def test_gradients_with_holes_equal_sequences_alone():
     alone = pt.apply(copy.deepcopy(base), PATTERN).train()
     for b, (r, w) in enumerate(pairs):
         (alone(x[b : b + 1, r]).logits[0] * w.to(H.DEVICE)).sum().backward()
+    # Same computation, batched differently: float64 agrees to rounding; float32 kernels sum
+    # in another order, so allow 1e-4 of the gradient's scale.
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
     for (name, p), q in zip(model.named_parameters(), alone.parameters(), strict=True):
-        assert p.grad.abs().max() > 0, name
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-10)
+        scale = q.grad.abs().max().item()
+        assert scale > 0, name
+        torch.testing.assert_close(p.grad, q.grad, rtol=tol, atol=tol * scale)
 
 
 # ---------------------------------------------------------------------------- hybrid

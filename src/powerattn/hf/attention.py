@@ -2,9 +2,10 @@
 
 Padding: each padded row is computed on its real tokens only (gathered when the padding has
 holes), so the pattern's blocks are counted over the real tokens -- the positions
-``generate`` gives them -- and a padded row equals its unpadded sequence. Query rows at padded
-positions output 0 (sdpa gives 0 where a row has no key, and attends the earlier real keys
-where it has some; no real token reads a padded position, so this changes no real output).
+``generate`` gives them -- and a padded row equals its unpadded sequence. A query at a padded
+position attends what the real token before it attends (with ``full``: the real keys before
+it, as sdpa; right-padded ``generate`` reads its first token there), one single-query call per
+padded query; with no real token before it, it has no key and gives 0, as sdpa.
 
 Static caches: the keys tensor is the whole pre-allocated cache; only the first ``used`` slots
 are written (the mask function says how many). Attention runs on that prefix through
