@@ -8,6 +8,7 @@ import argparse
 import json
 
 import pytest
+import torch
 
 from powerattn.commands import eval as eval_cmd
 
@@ -46,6 +47,11 @@ def test_end_to_end_tiny(tmp_path, make_docs, capsys):
         ("power", "vt"),
     }
     assert (res / "ruler" / "details.json").is_file()
+    one = tmp_path / "one.json"  # any one model: our run directory
+    assert _run("ruler", "--model", str(runs / "lm" / "power-s0"), "--length", "320",
+                "--tasks", "vt", "--samples", "1", "--device", "cpu",
+                "--out", str(one)) == 0  # fmt: skip
+    assert json.loads(one.read_text())["predictions"][0]["task"] == "vt"
     run = json.loads((runs / "ruler" / "power-s0" / "ruler.json").read_text())
     assert run["started_from"].endswith("power-s0/checkpoint.pt")  # continued the LM
 
@@ -71,3 +77,29 @@ def test_refusals(tmp_path):
     with pytest.raises(ValueError, match="neither a run directory"):
         _run("ruler", "--model", str(tmp_path / "missing"))
     assert eval_cmd.main(["probe", "--summarize", str(tmp_path)]) == 2
+
+
+def test_ruler_on_a_local_hf_checkpoint(tmp_path, capsys):
+    """--model with a saved transformers model and tokenizer (not ours): the suite runs
+    through the tokenizer wrapper and prints the table; --pattern switches it to power."""
+    transformers = pytest.importorskip("transformers")
+    from powerattn.eval.bpe import DEFAULT_PATH
+
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(DEFAULT_PATH), bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    )
+    cfg = transformers.LlamaConfig(
+        vocab_size=8192, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    out = tmp_path / "r.json"
+    assert _run("ruler", "--model", str(tmp_path / "m"), "--pattern", "power", "--length", "512",
+                "--tasks", "niah_single", "--samples", "2", "--device", "cpu",
+                "--out", str(out)) == 0  # fmt: skip
+    res = json.loads(out.read_text())
+    assert res["length"] == 512 and len(res["predictions"]) == 2
+    assert "single" in capsys.readouterr().out
