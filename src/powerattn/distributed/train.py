@@ -1,0 +1,125 @@
+"""Data parallel x context parallel training pieces: FSDP2, activation checkpointing, and
+``torch.distributed.checkpoint`` checkpoints that resume on another world size.
+
+The ranks form a ``(dp, cp)`` grid: ranks ``d cp .. d cp + cp - 1`` share data-parallel
+index ``d`` and split its sequences (context parallelism, :mod:`powerattn.distributed.hf`).
+Parameters are sharded with FSDP2 (``fully_shard``) over *all* ranks, so FSDP's gradient
+average runs over ``dp x cp`` ranks; the loss is scaled by ``cp`` so that the result is the
+gradient of the mean loss over the data-parallel batches (each of which the ``cp`` ranks
+share)::
+
+    mesh = CPMesh.build(cp=2)                          # under torchrun, world = dp x cp
+    model = prepare_model(model, mesh, activation_checkpointing=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss = train_step(model, opt, ids, mesh)            # ids: this dp index's (B, S) batch
+    save_checkpoint(path, model, opt)                   # resumable at another dp x cp
+
+``model`` is a transformers model already switched to powerattn
+(``powerattn.transformers.apply``). What this module does not do: the ``powerattn train``
+command, data loading and learning-rate schedules (the trainer's job), and pipeline or tensor
+parallelism.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .hf import causal_lm_loss, enable_context_parallel, shard_batch
+
+
+@dataclass(frozen=True)
+class CPMesh:
+    """The ``(dp, cp)`` grid of this process: its context-parallel group and the FSDP mesh."""
+
+    dp: int
+    cp: int
+    dp_rank: int
+    cp_rank: int
+    cp_group: Any  # dist.ProcessGroup
+    fsdp_mesh: Any  # 1-D DeviceMesh over all ranks
+
+    @classmethod
+    def build(cls, cp: int, device_type: str | None = None) -> CPMesh:
+        """Split the world into ``world / cp`` data-parallel rows of ``cp`` consecutive
+        ranks (collective: every rank calls it)."""
+        from torch.distributed.device_mesh import init_device_mesh
+
+        world, rank = dist.get_world_size(), dist.get_rank()
+        if cp <= 0 or world % cp:
+            raise ValueError(
+                f"cp={cp} must be a positive divisor of the world size {world} "
+                "(world = data-parallel size x context-parallel size)"
+            )
+        if device_type is None:
+            device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        grid = init_device_mesh(device_type, (world // cp, cp), mesh_dim_names=("dp", "cp"))
+        flat = init_device_mesh(device_type, (world,), mesh_dim_names=("fsdp",))
+        return cls(world // cp, cp, rank // cp, rank % cp, grid.get_group("cp"), flat)
+
+
+def prepare_model(model: Any, mesh: CPMesh, *, activation_checkpointing: bool = False) -> Any:
+    """Context-parallel attention over ``mesh.cp_group``, optional activation checkpointing of
+    each decoder layer (its recomputation repeats the layer's transfers: the plan is static,
+    so every rank recomputes the same ones), then FSDP2 per decoder layer and at the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    enable_context_parallel(model, mesh.cp_group)
+    if activation_checkpointing:
+        kw = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        model.config.use_cache = False
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh.fsdp_mesh)
+    fully_shard(model, mesh=mesh.fsdp_mesh)
+    return model
+
+
+def train_step(
+    model: Any, opt: torch.optim.Optimizer, input_ids: torch.Tensor, mesh: CPMesh
+) -> float:
+    """One optimiser step on this data-parallel index's ``(B, S)`` batch (the same on the
+    ``cp`` ranks of a row). Returns the mean next-token loss over every data-parallel batch."""
+    model.train()
+    block = _block_size(model)
+    batch = shard_batch(input_ids, mesh.cp_group, block_size=block)
+    loss, mean = causal_lm_loss(model, batch, mesh.cp_group, scale_for_average=True)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    mean /= mesh.dp * mesh.cp  # the cp ranks of a row hold the same value
+    dist.all_reduce(mean)
+    return float(mean)
+
+
+def _block_size(model: Any) -> int:
+    from ..hf.settings import get_settings
+
+    return get_settings(model.config).pattern.block_size
+
+
+def save_checkpoint(path: str, model: Any, opt: torch.optim.Optimizer) -> None:
+    """A distributed checkpoint of the sharded model and optimiser (every rank calls it)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, opt_sd = get_state_dict(model, opt)
+    dcp.save({"model": model_sd, "optim": opt_sd}, checkpoint_id=path)
+
+
+def load_checkpoint(path: str, model: Any, opt: torch.optim.Optimizer) -> None:
+    """Load :func:`save_checkpoint`'s files into ``model`` and ``opt`` as sharded now -- any
+    ``dp x cp`` (the checkpoint is resharded on load)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, opt_sd = get_state_dict(model, opt)
+    state = {"model": model_sd, "optim": opt_sd}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
