@@ -123,3 +123,108 @@ def load_checkpoint(path: str, model: Any, opt: torch.optim.Optimizer) -> None:
     state = {"model": model_sd, "optim": opt_sd}
     dcp.load(state, checkpoint_id=path)
     set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def _llama(hidden: int, layers: int, heads: int, kv_heads: int, vocab: int, max_len: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=-(-hidden * 8 // 3 // 256) * 256,  # 8/3 x hidden, rounded up
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_len,
+        rope_theta=1e6,
+        attention_dropout=0.0,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Throughput of dp x cp training steps on random tokens (under torchrun): a Llama of
+    ~1B parameters by default, bf16 parameters and AdamW (a throughput measurement, not a
+    training recipe: no float32 master weights), power pattern (256-token blocks)::
+
+    python3 -m torch.distributed.run --standalone --nproc-per-node 2 \\
+        -m powerattn.distributed.train --cp 2 --seq-len 262144 --json train.json
+    """
+    import argparse
+    import datetime
+    import json
+    import os
+    import time
+    from pathlib import Path
+
+    import powerattn.transformers as pt
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--cp", type=int, default=2, help="context-parallel size (default 2)")
+    p.add_argument("--seq-len", type=int, default=262144)
+    p.add_argument("--steps", type=int, default=4, help="timed steps (after one warm-up)")
+    p.add_argument("--hidden", type=int, default=2048)
+    p.add_argument("--layers", type=int, default=20, help="default 20: ~1.0B parameters")
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--kv-heads", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--full-layers", default=None, help="e.g. '2 of every 7' (hybrid)")
+    p.add_argument("--no-ac", action="store_true", help="no activation checkpointing")
+    p.add_argument("--json", metavar="PATH")
+    args = p.parse_args(argv)
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=600))
+    from ..ops import flex
+
+    flex.STATIC_VARIANTS = 0  # one dynamic-shape compile (see powerattn.bench.cp)
+    dev = torch.device("cuda" if cuda else "cpu")
+    mesh = CPMesh.build(args.cp)
+    torch.manual_seed(0)
+    with torch.device(dev):
+        model = _llama(
+            args.hidden, args.layers, args.heads, args.kv_heads, args.vocab, args.seq_len
+        )
+    model = model.to(torch.bfloat16 if cuda else torch.float32)
+    pt.apply(model, "power", full_layers=args.full_layers, block_size=256)
+    n_params = sum(t.numel() for t in model.parameters())
+    prepare_model(model, mesh, activation_checkpointing=not args.no_ac)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    g = torch.Generator(device=dev).manual_seed(1000 + mesh.dp_rank)
+    ids = torch.randint(0, args.vocab, (1, args.seq_len), generator=g, device=dev)
+    train_step(model, opt, ids, mesh)  # compiles
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    losses = [train_step(model, opt, ids, mesh) for _ in range(args.steps)]
+    if cuda:
+        torch.cuda.synchronize()
+    dt = (time.perf_counter() - t0) / args.steps
+    tokens = args.seq_len * mesh.dp
+    res = {
+        "world_size": dist.get_world_size(),
+        "dp": mesh.dp,
+        "cp": mesh.cp,
+        "params": n_params,
+        "seq_len": args.seq_len,
+        "full_layers": args.full_layers,
+        "activation_checkpointing": not args.no_ac,
+        "step_s": dt,
+        "tokens_per_s": tokens / dt,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "losses": losses,
+    }
+    if dist.get_rank() == 0:
+        print(json.dumps(res), flush=True)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
