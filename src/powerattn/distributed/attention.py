@@ -38,7 +38,8 @@ _DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.flo
 
 @dataclass(frozen=True)
 class _RankPlan:
-    """What one rank does in one call (derived from the plan, cached per call site)."""
+    """What one rank does in every call (derived from the plan; cached per pattern, S, P
+    and rank)."""
 
     plan: CPPlan
     rank: int
@@ -155,8 +156,11 @@ def _forward(q, k, v, rp: _RankPlan, group, scale, backend, leaves: bool):
     B, Hkv, L, D = k.shape
     send_bufs = []
     for dst, idx in rp.sends:
-        kv = torch.stack((k, v)) if idx is None else torch.stack((k, v))[:, :, :, idx.to(k.device)]
-        send_bufs.append((dst, kv.contiguous()))
+        if idx is not None:  # only the blocks dst reads
+            idx = idx.to(k.device)
+            send_bufs.append((dst, torch.stack((k[:, :, idx], v[:, :, idx]))))
+        else:
+            send_bufs.append((dst, torch.stack((k, v))))  # (2, B, Hkv, n, D), contiguous
     recv_bufs = [
         (src, torch.empty(2, B, Hkv, n, D, dtype=k.dtype, device=k.device)) for src, n in rp.recvs
     ]
