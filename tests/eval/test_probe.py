@@ -80,3 +80,12 @@ def test_reached_follows_the_hop_matrix(name):
     assert r[3].tolist() == [0 <= v <= 3 for v in h]
     if name == "full":
         assert r[1, 6:].all()
+
+
+def test_reached_from_several_key_blocks():
+    pat = equal_budget(2048, 32)["sliding_window"]
+    both = probe.reached(pat, 2048, needle_block=[6, 7], layers=3)
+    assert (
+        both.tolist() == (probe.reached(pat, 2048, 6, 3) | probe.reached(pat, 2048, 7, 3)).tolist()
+    )
+    assert both[0].sum() == 2

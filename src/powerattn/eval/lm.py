@@ -348,7 +348,12 @@ def summarize(runs_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         )
     summary = {"context": contexts.pop(), "runs": rows}
     per_pattern: dict[str, Any] = {}
-    for label in sorted({row["pattern"] for row in rows}):
+
+    def order(label: str) -> tuple[int, str]:  # full first, then the paper's order
+        base = label.split("-full")[0]
+        return (PATTERNS.index(base) if base in PATTERNS else len(PATTERNS), label)
+
+    for label in sorted({row["pattern"] for row in rows}, key=order):
         mine = [row for row in rows if row["pattern"] == label]
         ppl = np.asarray([row["ppl"] for row in mine])
         by_pos = np.asarray([[p for _, _, p in row["ppl_by_position"]] for row in mine])

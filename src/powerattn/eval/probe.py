@@ -103,7 +103,12 @@ def _split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def probe_accuracy(
-    features: np.ndarray, labels: np.ndarray, seed: int = 0, C: float = 1.0, engine: str = "torch"
+    features: np.ndarray,
+    labels: np.ndarray,
+    seed: int = 0,
+    C: float = 1.0,
+    engine: str = "torch",
+    device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """``(layers, blocks)`` held-out accuracy of one multinomial logistic-regression probe per
     (layer, block) on ``features`` ``(layers, N, blocks, hidden)``: standardised features
@@ -111,8 +116,8 @@ def probe_accuracy(
 
     ``engine="sklearn"``: scikit-learn's ``LogisticRegression``, one fit per probe (the
     reference); ``"torch"``: the same objective for all probes at once, minimised with L-BFGS
-    in float64 (on the features' device; seconds instead of minutes for 128 blocks x 7
-    layers, and no scikit-learn needed on the GPU machine). Tests check they agree.
+    in float64 on ``device`` (seconds instead of minutes for 128 blocks x 7 layers, and no
+    scikit-learn needed on the GPU machine). Tests check they agree.
     """
     if engine not in ("torch", "sklearn"):
         raise ValueError(f"engine must be 'torch' or 'sklearn', got {engine!r}")
@@ -128,7 +133,7 @@ def probe_accuracy(
     if engine == "sklearn":
         acc = _sklearn_probes(x, labels, tr, te, C)
     else:
-        acc = _torch_probes(x, labels, tr, te, C)
+        acc = _torch_probes(x, labels, tr, te, C, torch.device(device))
     return acc.reshape(layers, blocks)
 
 
@@ -147,13 +152,14 @@ def _sklearn_probes(x, labels, tr, te, C) -> np.ndarray:
     return acc
 
 
-def _torch_probes(x, labels, tr, te, C) -> np.ndarray:
+def _torch_probes(x, labels, tr, te, C, device: torch.device) -> np.ndarray:
     classes = int(labels.max()) + 1
-    xt = torch.from_numpy(np.ascontiguousarray(x)).double()  # (P, N, H)
-    y = torch.from_numpy(labels).long()
+    xt = torch.from_numpy(np.ascontiguousarray(x)).to(device, torch.float64)  # (P, N, H)
+    y = torch.from_numpy(labels).long().to(device)
+    tr, te = torch.from_numpy(tr).to(device), torch.from_numpy(te).to(device)
     P, _, H = xt.shape
-    w = torch.zeros(P, H + 1, classes, dtype=torch.float64, requires_grad=True)  # bias last
-    xa = torch.cat([xt, torch.ones(P, xt.shape[1], 1, dtype=xt.dtype)], dim=2)
+    w = torch.zeros(P, H + 1, classes, dtype=torch.float64, device=device, requires_grad=True)
+    xa = torch.cat([xt, torch.ones(P, xt.shape[1], 1, dtype=xt.dtype, device=device)], dim=2)
     x_tr, y_tr = xa[:, tr], y[tr]
     opt = torch.optim.LBFGS(
         [w], lr=1, max_iter=150, tolerance_grad=1e-7, tolerance_change=1e-10,
@@ -173,16 +179,18 @@ def _torch_probes(x, labels, tr, te, C) -> np.ndarray:
     opt.step(closure)
     with torch.no_grad():
         pred = (xa[:, te] @ w).argmax(-1)  # (P, n_test)
-    return (pred == y[te]).double().mean(1).numpy()
+    return (pred == y[te]).double().mean(1).cpu().numpy()
 
 
-def reached(pattern: Pattern, seq_len: int, needle_block: int, layers: int) -> np.ndarray:
+def reached(pattern: Pattern, seq_len: int, needle_block, layers: int) -> np.ndarray:
     """``(layers + 1, blocks)`` bool: row ``L`` marks the blocks whose state can depend on the
-    needle's block after ``L`` layers (row 0, the embeddings: the needle's block only),
-    every layer using ``pattern`` (full attention: every later block from layer 1)."""
-    hm = hop_matrix(pattern, seq_len)[:, needle_block]  # (blocks,) hops to each block
-    lvl = np.arange(layers + 1)[:, None]
-    return (hm[None, :] >= 0) & (hm[None, :] <= lvl)
+    needle after ``L`` layers, every layer using ``pattern`` (row 0, the embeddings: the
+    needle's blocks only). ``needle_block``: the block, or a list of the blocks, holding the
+    key's tokens."""
+    sources = np.atleast_1d(np.asarray(needle_block, dtype=np.int64))
+    hm = hop_matrix(pattern, seq_len)[:, sources]  # (blocks, sources) hops from each source
+    lvl = np.arange(layers + 1)[:, None, None]
+    return ((hm[None] >= 0) & (hm[None] <= lvl)).any(-1)
 
 
 def probe_model(
@@ -201,14 +209,22 @@ def probe_model(
     ids, labels, starts = probe_documents(seq_len, per_key, depth, seed)
     bs = pattern.block_size
     feats = pooled_states(model, ids, bs, batch_size)
-    acc = probe_accuracy(feats, labels, seed, engine=engine)
-    key_at = starts + len("The pass key is ")  # the key's first digit
-    needle_block = int(np.bincount(key_at // bs).argmax())
+    device = next(model.parameters()).device
+    acc = probe_accuracy(feats, labels, seed, engine=engine, device=device)
+    # The key's digits (it is stated twice) in the most common needle position.
+    start = int(np.bincount(starts).argmax())
+    first, second = NEEDLE.split("{key}")[:2]
+    digits = len(KEYS[0])
+    at = [start + len(first), start + len(first) + digits + len(second)]
+    key_blocks = sorted({(a + i) // bs for a in at for i in range(digits)})
     return {
         "accuracy": acc,
-        "reached": reached(pattern, seq_len, needle_block, acc.shape[0] - 1),
-        "needle_block": needle_block,
-        "needle_blocks": sorted({int(b) for b in key_at // bs}),
+        "reached": reached(pattern, seq_len, key_blocks, acc.shape[0] - 1),
+        "needle_block": key_blocks[0],
+        # Before this block no document has a digit of its key: probes there are at chance.
+        "earliest_key_block": int((starts.min() + len(first)) // bs),
+        "key_blocks": key_blocks,
+        "needle_starts": sorted({int(b) for b in starts}),
         "chance": 1.0 / len(KEYS),
         "documents": int(labels.size),
     }
