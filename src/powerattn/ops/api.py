@@ -116,7 +116,8 @@ def sparse_attention(
             raise ValueError(
                 "backend='decode' has no backward; inputs require grad (use 'flex' or 'auto')"
             )
-        _decode.check_supported(q, k)
+        if backend == "decode":  # auto checked it already (a decode step is host-bound)
+            _decode.check_supported(q, k)
         out, lse = _decode.decode_forward(
             q, k, v, pattern, scale, need_lse=return_lse, allow_dense=backend == "decode_auto"
         )
