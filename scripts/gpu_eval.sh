@@ -51,7 +51,7 @@ if [ -f runs/corpus/manifest.json ]; then
 else
     CORPUS=$WORK/corpus
     [ -f "$CORPUS/manifest.json" ] || $E corpus --out "$CORPUS" --source python \
-        --max-mb "${CORPUS_MB:-150}" | tail -20
+        --max-mb "${CORPUS_MB:-60}" | tail -20
 fi
 echo "corpus $CORPUS, $(left) s left"
 
@@ -91,10 +91,10 @@ share() { # seconds for a part: lm 2 shares, the others 1
 
 if has lm; then
     S=$(share lm)
-    # Default steps: what 12 runs sharing the H200 should finish in ~60 % of the part
+    # Default steps: what 12 runs sharing the H200 should finish in ~40 % of the part
     # (planning figure of 0.35M tokens/s aggregate for the ~28M-parameter model at 4096
     # tokens; the smoke's metrics.jsonl gives the measured tokens_per_s for the next plan).
-    STEPS=${LM_STEPS:-$(python3 -c "print(max(10, int($S * 0.6 * 0.35e6 / (8 * 4096) / 12)))")}
+    STEPS=${LM_STEPS:-$(python3 -c "print(max(10, int($S * 0.4 * 0.35e6 / (8 * 4096) / 12)))")}
     echo "== lm: $STEPS steps per run, ${S}s"
     $E ppl --corpus "$CORPUS" --out "$WORK/lm" --preset "$PRESET" --seeds "$SEEDS" --steps "$STEPS" \
         --jobs "$JOBS" --device "$DEVICE" --deadline $((S * 80 / 100)) --results "$WORK/results/lm"

@@ -238,7 +238,7 @@ def run_one(
         cfg, run_dir, progress=progress, tokenizer=tok, batch_fn=lm_batch_fn(train_tokens)
     )
     t0 = time.time()
-    trainer.train(stop_time=stop_time)
+    last = trainer.train(stop_time=stop_time)
     train_s = time.time() - t0
     if trainer.step < cfg.total_steps:
         trainer.save_checkpoint()
@@ -259,6 +259,7 @@ def run_one(
         "tokens_trained": trainer.step * cfg.batch_size * p.context,
         "parameters": sum(x.numel() for x in trainer.model.parameters()),
         "train_s_this_call": train_s,
+        "tokens_per_s": last.get("tokens_per_s"),  # this call's, at its last logged step
         "tokenizer": tok.path.name,
         "tokenizer_sha": _file_hash(tok.path),
         "corpus_test_docs": int(len(np.load(tokens_dir / "test_offsets.npy")) - 1),
@@ -380,6 +381,7 @@ def summarize(runs_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         "gap_to_full_same_seed": gaps,
         "incomplete_runs": [r["name"] for r in runs if not r.get("complete", True)],
         "steps": {r["name"]: [r["steps"], r["steps_planned"]] for r in runs},
+        "tokens_per_s": {r["name"]: r.get("tokens_per_s") for r in runs},
     }
     return summary, details
 
