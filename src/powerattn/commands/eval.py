@@ -232,7 +232,7 @@ def _ruler(args: argparse.Namespace) -> int:
             variants.append(full_layers_from_rule("2 of every 7", layers))
         specs = [
             dict(
-                lm_runs=str(args.lm_runs or ""),
+                lm_runs=args.lm_runs,
                 out=str(args.out),
                 preset=args.preset,
                 pattern=p,

@@ -133,7 +133,7 @@ def ruler_config(
 
 
 def ruler_run_one(
-    lm_runs: str,
+    lm_runs: str | None,
     out: str,
     preset: str,
     pattern: str,
@@ -160,9 +160,9 @@ def ruler_run_one(
     run_dir = Path(out) / lm.run_name(pattern, seed, full_layers)
     batch_fn = ruler.training_batch_fn(tok, tasks)
     trainer = Trainer(cfg, run_dir, progress=False, tokenizer=tok, batch_fn=batch_fn)
-    init = Path(lm_runs) / lm.run_name(pattern, seed) / CHECKPOINT
+    init = Path(lm_runs) / lm.run_name(pattern, seed) / CHECKPOINT if lm_runs else None
     started_from = "scratch"
-    if not (run_dir / CHECKPOINT).exists() and init.exists():
+    if not (run_dir / CHECKPOINT).exists() and init is not None and init.exists():
         state = torch.load(init, map_location=trainer.device, weights_only=False)
         trainer.model.load_state_dict(state["model"])
         started_from = str(init)
