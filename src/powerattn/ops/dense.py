@@ -9,15 +9,14 @@
   position tensors).
 * :func:`sdpa_attention` -- the pattern's mask through PyTorch's
   ``scaled_dot_product_attention`` (fused kernels; the causal kernel for full attention):
-  the same-precision yardstick of the tests and a fast path for models.
+  the same-precision yardstick of the tests and the dense path of models (the layers kept
+  full, the masked-SDPA fallback).
 
 GQA broadcasts the key/value heads through a ``(B, Hkv, G, ...)`` view instead of copying
 them. The oracle stays :func:`powerattn.ops.reference.reference_attention`.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -106,11 +105,6 @@ def dense_sparse_attention(
     return out.reshape(B, Hq, Sq, D).to(q.dtype), lse.reshape(B, Hq, Sq)
 
 
-@functools.lru_cache(maxsize=8)
-def _dense_mask(pattern: Pattern, q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
-    return pattern.dense_mask(q_len, kv_len).to(device)
-
-
 def sdpa_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -123,9 +117,10 @@ def sdpa_attention(
     positions -> ``(B, Hq, Sq, D)``.
 
     Full attention (a ``ceiling`` pattern) with ``Sq == Sk`` or ``Sq == 1`` takes SDPA's
-    causal (flash) kernel; other patterns pass the dense ``(Sq, Sk)`` mask (cached by value,
-    bounded; refused above ``MAX_DENSE_ELEMENTS``), so this is for lengths a dense mask holds.
-    A row with no key gives NaN (SDPA's convention), unlike :func:`dense_sparse_attention`.
+    causal (flash) kernel; otherwise the ``(Sq, Sk)`` boolean mask is built on the device
+    from the pattern's ``mask_mod`` (no cache to go stale, no cap beyond the device's
+    memory). A row with no key gives NaN (SDPA's convention), unlike
+    :func:`dense_sparse_attention`.
     """
     pattern = get_pattern(pattern)
     sq, sk = q.shape[2], k.shape[2]
@@ -135,7 +130,8 @@ def sdpa_attention(
         return F.scaled_dot_product_attention(
             q, k, v, is_causal=sq > 1, scale=scale, enable_gqa=gqa
         )
-    mask = _dense_mask(pattern, sq, sk, q.device)
+    qpos = torch.arange(sk - sq, sk, device=q.device)[:, None]  # absolute positions
+    mask = pattern.mask_mod(None, None, qpos, torch.arange(sk, device=q.device)[None, :])
     if gqa and q.device.type == "cuda":
         # Masked GQA falls back to the math kernel on CUDA: repeat the KV heads instead.
         group = q.shape[1] // k.shape[1]
