@@ -162,16 +162,27 @@ def test_holes_batch_equals_one_by_one():
 
 # ---------------------------------------------------------------------------- static cache
 @pytest.mark.parametrize("arch", H.ARCHS)
-def test_static_cache_equals_dynamic(arch):
+def test_static_cache_equals_dynamic(arch, monkeypatch):
     """``cache_implementation="static"``: the keys are the whole pre-allocated cache; only the
-    written slots count. Same tokens as the dynamic cache, padded batch included."""
+    written slots count. Same tokens as the dynamic cache, padded batch included; unpadded,
+    decode reads the lengths on the device (sparse_attention_with_kvcache)."""
     model = _power(arch)
     x, mask = _batch("left")
+    calls = []
+    real = hf_attention.sparse_attention_with_kvcache
+    monkeypatch.setattr(
+        hf_attention,
+        "sparse_attention_with_kvcache",
+        lambda *a, **kw: calls.append(kw["cache_seqlens"]) or real(*a, **kw),
+    )
     for kw in (dict(attention_mask=mask), {}):
         prompt = x if kw else x[:1, -37:]
         dynamic = H.greedy(model, prompt, 10, **kw)
+        calls.clear()
         static = H.greedy(model, prompt, 10, cache_implementation="static", **kw)
         assert torch.equal(static, dynamic)
+        if not kw:
+            assert calls and all(c.dtype == torch.int32 and c.shape == (1,) for c in calls)
 
 
 def test_static_cache_hybrid_and_sampling():

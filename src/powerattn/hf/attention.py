@@ -8,8 +8,10 @@ it, as sdpa; right-padded ``generate`` reads its first token there), one single-
 padded query; with no real token before it, it has no key and gives 0, as sdpa.
 
 Static caches: the keys tensor is the whole pre-allocated cache; only the first ``used`` slots
-are written (the mask function says how many). Attention runs on that prefix through
-:func:`_attend_prefix`, the one place a batched-lengths decode operator plugs in.
+are written (the mask function says how many). Without padding the mask function hands over the
+lengths as a device tensor and decode runs :func:`powerattn.sparse_attention_with_kvcache` on
+the whole cache (:func:`_attend_cache`); otherwise attention runs on the prefix
+(:func:`_attend_prefix`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from ..ops.api import sparse_attention
+from ..ops.api import DECODE_MAX_Q, sparse_attention
 from ..ops.dense import sdpa_attention
+from ..ops.kvcache import sparse_attention_with_kvcache
 from ..patterns import Pattern, get_pattern
 from .masks import KeyPlan, RowPlan, plan_of
 from .settings import LayerRoute, layer_route
@@ -70,10 +74,34 @@ def _attend(route: LayerRoute, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
 def _attend_prefix(route: LayerRoute, q, k, v, used: int, scale):
     """Attention over the first ``used`` key slots, the queries being the last ``Sq`` of them
-    (a static cache: the slots after ``used`` are unwritten). A decode operator taking
-    per-sequence lengths (``cache_seqlens``) replaces this slice with one call on the whole
-    cache."""
+    (a static cache: the slots after ``used`` are unwritten)."""
     return _attend(route, q, k[:, :, :used], v[:, :, :used], scale)
+
+
+def _attend_cache(route: LayerRoute, q, k, v, seqlens: torch.Tensor, scale):
+    """A static cache with nothing padded: sequence ``b`` holds ``seqlens[b]`` tokens (a
+    ``(B,)`` device tensor, all equal) and its queries are the last ``Sq`` of them.
+
+    Decode (``Sq <= DECODE_MAX_Q``, no gradient, backend ``auto``) goes to
+    :func:`powerattn.sparse_attention_with_kvcache`, which reads the lengths on the device
+    (its CUDA kernel is a custom op: traceable, no host synchronisation). Layers kept full use
+    SDPA with a key mask built on the device. Anything else reads the length on the host."""
+    B, _, Sq, _ = q.shape
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if grad or Sq > DECODE_MAX_Q or route.backend != "auto":
+        return _attend_prefix(route, q, k, v, int(seqlens[0]), scale)
+    if route.pattern is not None:
+        return sparse_attention_with_kvcache(
+            q, k, v, route.pattern, cache_seqlens=seqlens, scale=scale
+        )
+    # Query i sits at slot seqlens - Sq + i and attends every written slot up to it.
+    slots = torch.arange(k.shape[2], device=q.device)
+    last = seqlens.view(B, 1, 1) - Sq + torch.arange(Sq, device=q.device).view(1, Sq, 1)
+    mask = (slots.view(1, 1, -1) <= last)[:, None]  # (B, 1, Sq, S_max)
+    group = q.shape[1] // k.shape[1]
+    if group > 1:  # masked GQA would take SDPA's math kernel on CUDA: repeat the KV heads
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 def _run(route: LayerRoute, q, k, v, plan: KeyPlan | None, scale, weights: bool):
@@ -214,7 +242,13 @@ def attention_forward(
             "powerattn does not support packed sequences (cu_seq_lens_q / cu_seq_lens_k)"
         )
     B, Sq = query.shape[0], query.shape[2]
-    if attention_mask is not None:
+    if attention_mask is not None and attention_mask.dim() == 1:
+        if attention_mask.shape[0] != B or attention_mask.dtype not in (torch.int32, torch.int64):
+            raise ValueError(
+                "a 1-D attention_mask is the (batch,) int tensor of written cache slots per "
+                f"sequence; got {attention_mask.dtype} of shape {tuple(attention_mask.shape)}"
+            )
+    elif attention_mask is not None:
         if attention_mask.dim() != 2:
             raise ValueError(
                 "powerattn takes no 4-D attention_mask (the pattern is the mask); pass the 2-D "
@@ -232,6 +266,8 @@ def attention_forward(
     want_weights = bool(kwargs.get("output_attentions"))
     if attention_mask is None and not want_weights:
         out, weights = _attend(route, query, key, value, scale), None  # traceable
+    elif attention_mask is not None and attention_mask.dim() == 1 and not want_weights:
+        out, weights = _attend_cache(route, query, key, value, attention_mask, scale), None
     else:
         out, weights = _run_masked(route, query, key, value, attention_mask, scale, want_weights)
     return out.transpose(1, 2).contiguous(), weights

@@ -2,14 +2,19 @@
 layers.
 
 Transformers passes whatever the mask function returns, unchanged, to every attention layer of
-that forward. Ours returns ``None`` when every key slot is a real token (no padding, a cache that
-holds exactly the tokens seen), else a fresh ``(batch, used)`` bool tensor: True where a key slot
-holds a real token, over the first ``used`` slots (a static cache pre-allocates more; the slots
-after ``used`` are unwritten). The host-side analysis of that mask (:class:`KeyPlan`: which
-slots of each row are real) is done once, here, and travels on the returned tensor, which this
-forward created and nobody else holds: a caller that edits its own mask buffer in place before
-the next forward gets a new analysis (nothing is cached across forwards). An attention call that
-receives a mask without the plan (called directly) analyses it itself.
+that forward. Ours returns
+
+* ``None`` when every key slot is a real token (nothing padded, a cache that holds exactly the
+  tokens seen);
+* a ``(batch,)`` int32 tensor, the number of written slots per sequence, for a static cache
+  (which pre-allocates more slots) with nothing padded: the attention reads it on the device,
+  so a compiled decode step needs no host synchronisation there;
+* else a fresh ``(batch, used)`` bool tensor: True where one of the first ``used`` key slots
+  holds a real token. The host-side analysis of that mask (:class:`KeyPlan`: which slots of
+  each row are real) is done once, here, and travels on the returned tensor, which this
+  forward created and nobody else holds: a caller that edits its own mask buffer in place
+  before the next forward gets a new analysis (nothing is cached across forwards). An
+  attention call that receives a mask without the plan (called directly) analyses it itself.
 """
 
 from __future__ import annotations
@@ -106,7 +111,10 @@ def _pad_runs(valid: torch.Tensor, q_start: int) -> tuple[tuple[int, int, int], 
 
 
 def plan_of(mask: torch.Tensor, q_len: int) -> KeyPlan:
-    """The plan :func:`mask_forward` attached to ``mask``, or a fresh analysis of it."""
+    """The plan :func:`mask_forward` attached to ``mask``, or a fresh analysis of it (a 1-D
+    mask: every sequence holds ``mask[0]`` tokens)."""
+    if mask.dim() == 1:
+        return KeyPlan(int(mask[0]), q_len, tuple(range(mask.shape[0])), None)
     plan = mask.__dict__.get(_PLAN_ATTR)
     if plan is not None and plan.q_len == q_len and plan.used == mask.shape[1]:
         return plan
@@ -125,8 +133,10 @@ def mask_forward(
     local_size: int | None = None,
     **kwargs: Any,
 ) -> torch.Tensor | None:
-    """The ``AttentionMaskInterface`` function: ``None`` or the ``(batch, used)`` bool mask of
-    real key slots (see the module docstring), never a ``q_length x kv_length`` matrix.
+    """The ``AttentionMaskInterface`` function (see the module docstring), never a
+    ``q_length x kv_length`` matrix. Returns ``None`` (nothing padded, every key slot written),
+    a ``(batch,)`` int32 tensor of written slots per sequence (a static cache, nothing padded),
+    or the ``(batch, used)`` bool mask of real key slots with its analysis (padding).
 
     ``q_offset`` is the slot of the first query (a 0-d tensor for a static cache): the slots in
     use are ``0 .. q_offset + q_length - 1``. Refuses what the operator cannot express.
@@ -152,27 +162,35 @@ def mask_forward(
             f"q_offset={int(q_offset)}, q_length={q_length}, kv_length={kv_length}, "
             f"kv_offset={kv_offset})"
         )
-    if attention_mask is None:
-        if used == kv_length:
-            return None
-        valid = torch.ones(batch_size, used, dtype=torch.bool, device=kwargs.get("device"))
-        setattr(valid, _PLAN_ATTR, KeyPlan(used, q_length, tuple(range(batch_size)), None))
-        return valid
-    if attention_mask.dim() != 2 or attention_mask.shape[0] != batch_size:
-        raise ValueError(
-            "attention_mask must be the 2-D padding mask over the past and new tokens, shape "
-            f"({batch_size}, {used}); got {tuple(attention_mask.shape)}"
-        )
-    if attention_mask.shape[1] < used or (
-        attention_mask.shape[1] > used and attention_mask.shape[1] != kv_length
-    ):
-        raise ValueError(
-            f"attention_mask covers {attention_mask.shape[1]} tokens; this forward has {used} "
-            f"(past and new), shape ({batch_size}, {used}) expected"
-        )
-    valid = attention_mask[:, :used].to(torch.bool, copy=True)
-    plan = KeyPlan.from_mask(valid, q_length)
-    if plan.rows is None and used == kv_length:
+    if attention_mask is not None and attention_mask.dim() == 1 and used < kv_length:
+        # Our own per-sequence lengths, which generate built ahead of this forward (it prepares
+        # static-cache masks before calling the model) and hands back: already this answer.
+        if attention_mask.shape != (batch_size,) or attention_mask.dtype != torch.int32:
+            raise ValueError(
+                "a 1-D attention_mask is the (batch,) int32 tensor of written cache slots per "
+                f"sequence; got {attention_mask.dtype} of shape {tuple(attention_mask.shape)}"
+            )
+        return attention_mask
+    if attention_mask is not None:
+        if attention_mask.dim() != 2 or attention_mask.shape[0] != batch_size:
+            raise ValueError(
+                "attention_mask must be the 2-D padding mask over the past and new tokens, "
+                f"shape ({batch_size}, {used}); got {tuple(attention_mask.shape)}"
+            )
+        if attention_mask.shape[1] < used or (
+            attention_mask.shape[1] > used and attention_mask.shape[1] != kv_length
+        ):
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[1]} tokens; this forward has "
+                f"{used} (past and new), shape ({batch_size}, {used}) expected"
+            )
+        valid = attention_mask[:, :used].to(torch.bool, copy=True)
+        plan = KeyPlan.from_mask(valid, q_length)
+        if plan.rows is not None:
+            setattr(valid, _PLAN_ATTR, plan)
+            return valid
+    if used == kv_length:
         return None
-    setattr(valid, _PLAN_ATTR, plan)
-    return valid
+    # A static cache with nothing padded: the number of written slots per sequence, as a
+    # device tensor the attention reads without a host synchronisation.
+    return torch.full((batch_size,), used, dtype=torch.int32, device=kwargs.get("device"))
