@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,44 +27,70 @@ def _grid(ev: dict[str, Any]) -> tuple[np.ndarray, ...]:
     return np.unique(d), np.array([c[d == x].mean() for x in np.unique(d)]), nh, d
 
 
-def plot_heatmaps(results: dict[str, Any], path: Path, part: str = "main") -> None:
-    """Exact match by needle depth (x) and length (y), one panel per pattern (Fig. 3).
-    A dot marks the cells where the theory says some needles cannot reach the answer.
+def _heatmap_evals(r: dict[str, Any]) -> tuple[dict[str, Any], set[str] | None]:
+    """``({length: eval}, starred)``: the evaluations a heat map shows for one run. Runs with
+    hard stages: each length on the model at the end of its stage where the run has it, else
+    on the final model (those lengths are ``starred``). Runs whose stages mix lengths every
+    step: the final model everywhere (a stage end is not the end of training at a length;
+    ``starred`` is None)."""
+    if any(st.get("mix") for st in r["config"]["stages"]):
+        return dict(r["eval"]), None
+    stage = r.get("stage_eval", {})
+    lengths = set(stage) | set(r["eval"])
+    return {n: stage.get(n) or r["eval"][n] for n in lengths}, lengths - set(stage)
 
-    Each length is scored on the model at the end of that length's stage when the run has
-    that evaluation (``stage_eval``), else on the final model (length marked ``*``: older
-    results, or a stage the run did not finish)."""
+
+def plot_heatmaps(results: dict[str, Any], path: Path, part: str = "main") -> None:
+    """Exact match by needle depth (x) and length (y), one panel per pattern (Fig. 3): the
+    mean over the seeds of runs that differ only in seed. A dot marks the cells where the
+    theory says some needles cannot reach the answer.
+
+    Runs with hard stages score each length on the model at the end of that length's stage
+    when they have it (``stage_eval``), else on the final model (length marked ``*``: older
+    results, or a stage the run did not finish); runs that mix lengths every step, on the
+    final model."""
     plt = _plt()
-    runs = [r for r in results["runs"].values() if r["part"] == part]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in results["runs"].values():
+        if r["part"] == part:
+            cfg = {k: v for k, v in r["config"].items() if k not in ("seed", "backend")}
+            key = (r["pattern"], r["layers"], json.dumps(cfg, sort_keys=True))
+            groups.setdefault(key, []).append(r)
+    runs = list(groups.values())
     if not runs:
         return
     cols = min(3, len(runs))
     rows = (len(runs) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
-    starred = False
-    for ax, r in zip(axes.ravel(), runs, strict=False):
-        stage = r.get("stage_eval", {})
-        lengths = sorted(set(stage) | set(r["eval"]), key=int)
-        evals = {s: stage.get(s) or r["eval"][s] for s in lengths}
-        labels = [s if s in stage else f"{s}*" for s in lengths]
-        starred |= len(stage) < len(lengths)
+    starred, staged = False, False
+    for ax, group in zip(axes.ravel(), runs, strict=False):
+        r = group[0]
+        scored = [_heatmap_evals(g) for g in group]
+        lengths = sorted(set.intersection(*(set(e) for e, _ in scored)), key=int)
+        stars = set().union(*(st for _, st in scored if st is not None))
+        staged |= any(st is not None for _, st in scored)
+        starred |= bool(stars & set(lengths))
+        labels = [n + ("*" if n in stars else "") for n in lengths]
         mat, unreach = [], []
-        for s in lengths:
-            ev = evals[s]
-            depths, acc, nh, d = _grid(ev)
-            mat.append(acc)
-            bad = (nh < 0) | (nh > r["layers"])
+        for n in lengths:
+            accs = []
+            for evals, _ in scored:
+                depths, acc, nh, d = _grid(evals[n])
+                accs.append(acc)
+            mat.append(np.mean(accs, axis=0))
+            bad = (nh < 0) | (nh > r["layers"])  # the same documents in every seed
             unreach.append([bad[d == x].mean() for x in depths])
         mat, unreach = np.array(mat), np.array(unreach)
         im = ax.imshow(mat, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
         yy, xx = np.nonzero(unreach > 0)
         ax.scatter(xx, yy, s=8 + 40 * unreach[yy, xx], c="k", marker="o")
-        ax.set_xticks(range(len(depths)), [f"{x:.1f}" for x in depths], fontsize=7)
+        ax.set_xticks(range(len(depths)), [f"{x:.2f}" for x in depths], fontsize=6)
         ax.set_yticks(range(len(lengths)), labels, fontsize=7)
-        final = evals[lengths[-1]]
+        final = scored[0][0][lengths[-1]]
+        seeds = ",".join(str(g["config"]["seed"]) for g in group)
         ax.set_title(
-            f"{r['name']} (L={r['layers']}, deg {r['max_degree']})\n"
-            f"acc@{labels[-1]} {final['accuracy']:.2f}, "
+            f"{r['pattern']} (L={r['layers']}, deg {r['max_degree']}), seeds {seeds}\n"
+            f"acc@{labels[-1]} {mat[-1].mean():.2f}, "
             f"reachable {final['reachable_fraction']:.2f}",
             fontsize=8,
         )
@@ -73,7 +100,8 @@ def plot_heatmaps(results: dict[str, Any], path: Path, part: str = "main") -> No
         ax.axis("off")
     fig.subplots_adjust(hspace=0.6, wspace=0.3)
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="exact match")
-    which = "model at the end of each length's stage" + ("; *: final model" if starred else "")
+    which = "model at the end of each length's stage" if staged else "final models"
+    which += "; *: final model" if starred else ""
     fig.suptitle(
         f"Passkey exact match by needle depth and length ({which}; dots: theory says unreachable)",
         y=1.04,
