@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 
 import pytest
 
 from powerattn.commands import cp as cp_cmd
 from powerattn.distributed import cp_plan
-from powerattn.distributed.scaling import LayerShape, layer_costs, log2_bound, scaling_table
+from powerattn.distributed.scaling import (
+    Hardware,
+    LayerShape,
+    layer_costs,
+    log2_bound,
+    scaling_table,
+)
 
 
 def test_volumes_at_1m_tokens_qwen2_shape():
@@ -44,11 +51,14 @@ def test_commands(tmp_path, capsys):
     )
     assert args.func(args) == 0
     assert json.loads((tmp_path / "p.json").read_text())["recv_tokens"][0] == 0
-    args = _parser().parse_args(
-        ["cp-scaling", "--seq-len", "65536", "--worlds", "2,4,8", "--plot", str(tmp_path / "s.png")]
-    )
+    out = ["--plot", str(tmp_path / "s.png"), "--json", str(tmp_path / "s.json")]
+    args = _parser().parse_args(["cp-scaling", "--seq-len", "65536", "--worlds", "2,4,8", *out])
     assert args.func(args) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
+    rows = json.loads((tmp_path / "s.json").read_text())["rows"]
+    assert rows[0]["hardware"] == asdict(Hardware())  # the flags' defaults are the model's
+    args = _parser().parse_args(["cp-scaling", "--seq-len", "65536", "--net-gb-s", "25"])
+    assert args.func(args) == 0
     assert "plan" in capsys.readouterr().out
 
 

@@ -38,7 +38,11 @@ def _add_shape(p: argparse.ArgumentParser) -> None:
     g.add_argument("--elem-bytes", type=positive_int, default=d.elem_bytes, help="2 for bf16")
     h = Hardware()
     g = p.add_argument_group("hardware model (default: H200 measurements of this project)")
-    g.add_argument("--link-gb-s", type=float, default=h.link_gb_s, help="GB/s one direction")
+    g.add_argument(
+        "--link-gb-s", type=float, default=h.link_gb_s, help="GB/s one direction inside a node"
+    )
+    g.add_argument("--net-gb-s", type=float, default=h.net_gb_s, help="GB/s per GPU between nodes")
+    g.add_argument("--gpus-per-node", type=positive_int, default=h.gpus_per_node)
     g.add_argument("--fwd-tflops", type=float, default=h.fwd_tflops)
     g.add_argument("--train-tflops", type=float, default=h.train_tflops)
 
@@ -68,7 +72,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_scaling(args: argparse.Namespace) -> int:
     pattern = pattern_from_args(args)
     shape = LayerShape(args.q_heads, args.kv_heads, args.head_dim, args.elem_bytes)
-    hw = Hardware(args.link_gb_s, args.fwd_tflops, args.train_tflops)
+    hw = Hardware(
+        link_gb_s=args.link_gb_s,
+        net_gb_s=args.net_gb_s,
+        gpus_per_node=args.gpus_per_node,
+        fwd_tflops=args.fwd_tflops,
+        train_tflops=args.train_tflops,
+    )
     rows = scaling_table(pattern, args.seq_len, args.worlds, shape, hw)
     print(format_table(rows))
     if args.json:
