@@ -311,3 +311,15 @@ def test_lists_are_space_or_comma_separated(tmp_path, capsys):
     ]  # fmt: skip
     rc, out, err = _run(capsys, "bench", "layout", "--patterns", "nope", "--seq-lens", "4096")
     assert rc == 2 and "--patterns" in err and out == ""
+
+
+def test_import_and_cli_stay_light():
+    """``import powerattn`` and building the CLI parser load neither torch._dynamo (~2 s) nor
+    transformers (~3 s): those load when a command that needs them runs."""
+    code = (
+        "import sys, powerattn, powerattn.cli; powerattn.cli.build_parser(); "
+        "print([m for m in ('torch._dynamo', 'transformers') if m in sys.modules])"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "[]", res.stdout
