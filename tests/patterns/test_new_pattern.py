@@ -143,3 +143,20 @@ for backend, sq in (("flex", 200), ("decode", 8)):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "flex" in res.stdout and "decode" in res.stdout
+
+
+def test_register_refuses_what_would_break_the_tools():
+    from dataclasses import dataclass
+
+    from powerattn.patterns import param
+
+    @dataclass(frozen=True)
+    class Clashing(GlobalBlocksPattern):
+        name = "clashing_test"
+        layers: int = param(2, "a name the CLI already uses", minimum=1)
+
+    with pytest.raises(ValueError, match="layers.*clash"):
+        register(Clashing)
+    with pytest.raises(ValueError, match="already registered"):
+        register(type("Other", (GlobalBlocksPattern,), {"name": "power"}))
+    assert "clashing_test" not in PATTERNS

@@ -15,6 +15,9 @@ PATTERNS: dict[str, type[Pattern]] = {}
 
 P = TypeVar("P", bound=type[Pattern])
 
+# Parameters become command-line flags of ``powerattn analyze/show``: these names are taken.
+_RESERVED_PARAMS = {"help", "pattern", "patterns", "seq_len", "layers", "json", "plot", "text"}
+
 
 def register(cls: P) -> P:
     """Make a :class:`Pattern` subclass available by its ``name`` (a class decorator, or one
@@ -25,6 +28,12 @@ def register(cls: P) -> P:
         raise ValueError(f"{cls.__name__} has no name")
     if cls.name in PATTERNS and PATTERNS[cls.name] is not cls:
         raise ValueError(f"a pattern named {cls.name!r} is already registered")
+    taken = sorted(_RESERVED_PARAMS & {f.name for f in dataclasses.fields(cls)})
+    if taken:
+        raise ValueError(
+            f"{cls.__name__}: parameter name(s) {', '.join(taken)} clash with command-line "
+            "flags of powerattn analyze/show; rename them"
+        )
     PATTERNS[cls.name] = cls
     return cls
 
