@@ -234,7 +234,8 @@ def plot_scaling(rows: list[dict], path: str, measured: Sequence[dict] = ()) -> 
     fig.suptitle(
         f"{r0['pattern']}, {r0['seq_len']:,} tokens; Hkv={sh['kv_heads']}, D={sh['head_dim']}, "
         f"{8 * sh['elem_bytes']}-bit; {hw['link_gb_s']:g} GB/s inside a node of "
-        f"{hw['gpus_per_node']}, {hw['net_gb_s']:g} GB/s between nodes (x = measured)",
+        f"{hw['gpus_per_node']}, {hw['net_gb_s']:g} GB/s between nodes"
+        + (" (x = measured)" if measured else ""),
         fontsize=10,
     )
     fig.tight_layout()
