@@ -12,7 +12,7 @@ Run from the repository root on the GPU machine (nvidia-h200, about 3-4 minutes)
    (``mode="reduce-overhead"``) step against the eager call. Timings run only if all pass
    (``FORCE=1`` times anyway);
 2. timings (:mod:`powerattn.bench.decode`): B=1 eager and graph replay at 1K..128K, B=8/32 at
-   128K, the ``full`` pattern's crossover, the split-count sweep.
+   128K, the ``full`` pattern's crossover, a sweep of the kernel's settings and split counts.
 
 Writes ``decode.json`` (rows, checks, crossovers, targets) and ``decode.log`` under ``$OUT``.
 """
@@ -196,7 +196,9 @@ def main() -> int:
     fails += qwen_checks()
     log("== correctness: torch.compile (Inductor, reduce-overhead)")
     fails += compiled_check()
-    doc["checks"] = {"failures": fails, "passed": not fails, "seconds": round(time.time() - t0)}
+    doc["checks"] = {"failures": fails, "passed": not fails, "seconds": round(time.time() - t0),
+                     "fast_launch": ops_decode.FAST_LAUNCH}  # fmt: skip
+    log(f"direct kernel launch in use: {ops_decode.FAST_LAUNCH}")
     for m in fails:
         log(f"FAIL {m}")
     save()
@@ -213,8 +215,8 @@ def main() -> int:
     ]  # fmt: skip
     for s, B in ((8192, 1), (131072, 1), (131072, 32)):
         sections.append(
-            (f"split counts, graph replay, S={s} B={B}",
-             lambda s=s, B=B: bench.bench_splits(s, B, log=log))
+            (f"kernel settings and split counts, graph replay, S={s} B={B}",
+             lambda s=s, B=B: bench.bench_kernel_configs(s, B, log=log))
         )  # fmt: skip
     for title, fn in sections:
         log(f"== {title}")

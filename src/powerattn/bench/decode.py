@@ -159,6 +159,7 @@ def _single(add, s, Hq, Hkv, D, dtype, pattern):
         v0.float().repeat_interleave(g_, 1),
         attn_mask=pattern.dense_mask(1, s).to(DEVICE),
     )
+    ours[0]()  # the second call takes the direct launch: check that one
     err = (ours[0]().float() - ref).abs().max().item()
     del ref
     dense_ms = _eager_ms(dense)
@@ -171,7 +172,7 @@ def _single(add, s, Hq, Hkv, D, dtype, pattern):
         kv_read_frac=round(frac, 4), host_us=round(_host_us(ours[0]), 1),
         kernel_host_us=round(_host_us(
             lambda: ops_decode.decode_attention(q, k0, v0, pattern, D**-0.5, need_lse=False)
-        ), 1),
+        ), 1), fast_launch=ops_decode.FAST_LAUNCH,
     )  # fmt: skip
     dense_g = _graph_ms(dense[0])
     add("decode_graph", s, "dense_sdpa", "dense", dense_g)
@@ -203,7 +204,8 @@ def _batched(add, B, s, Hq, Hkv, D, dtype, pattern):
     ]
     k0, v0 = kvs[0]
     # Accuracy: every sequence against float32 dense attention with its mask.
-    out = ours[0]()
+    ours[0]()
+    out = ours[0]()  # the second call takes the direct launch: check that one
     err = 0.0
     for b, L in enumerate(lens_host):
         ref = sdpa(
@@ -267,10 +269,11 @@ def bench_full_pattern(
     return rows
 
 
-def bench_splits(
+def bench_kernel_configs(
     s: int,
     B: int,
-    splits: Sequence[int] = (2, 4, 8, 16, 24, 32, 48, 64),
+    configs: Sequence[tuple[int, int, int]] = ((64, 4, 2), (128, 4, 2), (64, 8, 2), (128, 8, 3)),
+    splits: Sequence[int | None] = (None, 8, 16, 32),
     q_heads: int = 28,
     kv_heads: int = 4,
     head_dim: int = 128,
@@ -278,8 +281,9 @@ def bench_splits(
     pattern: Pattern | str = "power",
     log: Callable[[str], object] = print,
 ) -> list[dict]:
-    """The kernel's GPU time (graph replay) per split count, and the default's choice: data
-    for :data:`~powerattn.ops.decode.TARGET_PROGRAMS_PER_SM` / ``MIN_UNITS_PER_SPLIT``."""
+    """The kernel's GPU time (graph replay) per (``BLOCK_N_MAX``, ``NUM_WARPS``,
+    ``NUM_STAGES``) and split count (``None``: the default choice): data for the constants of
+    :mod:`powerattn.ops.decode`. Case ``decode_config_b{B}``; the constants are restored."""
     from ..ops import decode as ops_decode
 
     pattern = get_pattern(pattern)
@@ -288,24 +292,37 @@ def bench_splits(
     k, v = (_rand(B, kv_heads, s, head_dim, dtype=dtype, g=g) for _ in range(2))
     lens = torch.full((B,), s, dtype=torch.int32, device=DEVICE) if B > 1 else None
     scale = head_dim**-0.5
+    nb = 1 << max(0, math.ceil(s / pattern.block_size) - 1).bit_length()
+    saved = (ops_decode.BLOCK_N_MAX, ops_decode.NUM_WARPS, ops_decode.NUM_STAGES)
     rows = []
-    with torch.no_grad():
-        for n in (None, *splits):
-            ms = _graph_ms(
-                lambda n=n: ops_decode.decode_attention(
-                    q, k, v, pattern, scale, splits=n, cache_seqlens=lens, need_lse=False
+    try:
+        with torch.no_grad():
+            for block_n, warps, stages in configs:
+                ops_decode.BLOCK_N_MAX, ops_decode.NUM_WARPS, ops_decode.NUM_STAGES = (
+                    block_n,
+                    warps,
+                    stages,
                 )
-            )
-            plan_splits = n
-            if n is None:
-                nb = 1 << max(0, math.ceil(s / pattern.block_size) - 1).bit_length()
-                plan = ops_decode._plan(pattern, B, q_heads, kv_heads, 1, head_dim, dtype, nb,
-                                        q.device, None, True, False, B > 1)  # fmt: skip
-                plan_splits = plan.splits
-            method = "ours_default" if n is None else f"ours_splits{n}"
-            rows.append({"case": f"decode_splits_b{B}", "seq_len": s, "method": method,
-                         "backend": "decode", "ms": ms, "splits": plan_splits})  # fmt: skip
-            log(f"  splits B={B} S={s}: {method:14s} ({plan_splits:2d}) {ms:.4f} ms")
+                ops_decode._plan.cache_clear()
+                for n in splits:
+                    ms = _graph_ms(
+                        lambda n=n: ops_decode.decode_attention(
+                            q, k, v, pattern, scale, splits=n, cache_seqlens=lens, need_lse=False
+                        )
+                    )
+                    plan = ops_decode._plan(pattern, B, q_heads, kv_heads, 1, head_dim, dtype,
+                                            nb, q.device, n, True, False, B > 1)  # fmt: skip
+                    method = f"ours_n{block_n}_w{warps}_st{stages}_" + (
+                        "default" if n is None else f"splits{n}"
+                    )
+                    rows.append({"case": f"decode_config_b{B}", "seq_len": s, "method": method,
+                                 "backend": "decode", "ms": ms, "splits": plan.splits,
+                                 "block_n": block_n, "num_warps": warps,
+                                 "num_stages": stages})  # fmt: skip
+                    log(f"  config B={B} S={s}: {method:32s} ({plan.splits:2d}) {ms:.4f} ms")
+    finally:
+        ops_decode.BLOCK_N_MAX, ops_decode.NUM_WARPS, ops_decode.NUM_STAGES = saved
+        ops_decode._plan.cache_clear()
     return rows
 
 

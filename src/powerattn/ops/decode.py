@@ -73,6 +73,10 @@ DENSE_DECODE_MAX_KEYS = 32768
 TARGET_PROGRAMS_PER_SM = 2
 MIN_UNITS_PER_SPLIT = 2
 SPLITS_MAX = 64  # also the width of the combine's (m, l) load
+# Tile and launch settings (a unit is BLOCK_N_MAX tokens of a block, or the whole block).
+BLOCK_N_MAX = 64
+NUM_WARPS = 4
+NUM_STAGES = 2
 FUSED = True  # single launch (split-K with an in-kernel semaphore)
 # Launch through the compiled kernel's launcher after the first call (see _launch_fast).
 FAST_LAUNCH = True
@@ -80,6 +84,7 @@ FAST_LAUNCH = True
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _LOG2E = 1.4426950408889634
 _I32_MAX = 2**31 - 1
+_RUNNERS_PER_PLAN = 16
 # The kernel's constexpr parameters, in signature order (the direct launcher takes them too).
 _CONSTEXPRS = (
     "SQ", "G", "HKV", "BS", "SINK", "WINDOW", "WSLOTS", "E0", "MODE", "HAS_POW", "HAS_SEQLENS",
@@ -368,7 +373,7 @@ class _Plan:
     consts: dict
     combine_consts: dict
     const_values: tuple = ()
-    # Direct launchers by specialisation key (see _launch_fast); bounded by the keys' variety.
+    # Direct launchers by specialisation key (see _launch_fast), at most _RUNNERS_PER_PLAN.
     runners: dict = dataclasses.field(default_factory=dict)
 
 
@@ -404,7 +409,7 @@ def _plan(
     BLOCK_D = max(16, _next_pow2(D))
     BLOCK_M = min(64, max(16, _next_pow2(G * Sq)))
     n_mb = -(-G * Sq // BLOCK_M)
-    BLOCK_N = min(64, max(16, _next_pow2(bs)))
+    BLOCK_N = min(BLOCK_N_MAX, max(16, _next_pow2(bs)))
     chunks = -(-bs // BLOCK_N)
     n_qb = min((Sq + bs - 2) // bs + 1, n_kb)  # query blocks a call can span
     closed = pattern.decode_closed_form()
@@ -449,7 +454,7 @@ def _plan(
         HAS_POW=has_pow, HAS_SEQLENS=has_seqlens, CHUNKS=chunks, BLOCK_N=BLOCK_N,
         PREC="ieee" if interp_f32 else "tf32",
         DOT_F32=_INTERPRET and dtype == torch.bfloat16, FUSED=fused,
-        num_warps=4, num_stages=2,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )  # fmt: skip
     return _Plan(
         grid=(B * Hkv, splits, n_mb),
@@ -521,6 +526,8 @@ def _launch_fast(plan: _Plan, args: tuple, device_index: int) -> None:
     runner = plan.runners.get(key)
     if runner is None:
         compiled = _decode_kernel[plan.grid](*args, **plan.consts)
+        if len(plan.runners) >= _RUNNERS_PER_PLAN:
+            plan.runners.clear()
         try:
             plan.runners[key] = compiled[plan.grid]
         except (TypeError, AttributeError):  # no compiled-kernel launcher in this Triton
