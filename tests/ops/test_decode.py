@@ -247,3 +247,25 @@ def test_launch_fast_reuses_only_identical_specialisations(monkeypatch, error):
     assert len(fake.usual) == 3
     decode._launch_fast(plan, args(), 0)
     assert len(fake.usual) == 3 and len(fake.direct) == 2
+
+
+# ------------------------------------------------------------------------- the benchmark
+def test_bench_crossover_reading():
+    from powerattn.bench.decode import crossover
+
+    def row(s, method, ms):
+        return {"case": "decode", "seq_len": s, "method": method, "backend": "x", "ms": ms}
+
+    rows = [row(1024, "ours", 0.02), row(1024, "dense_sdpa", 0.01),
+            row(8192, "ours", 0.02), row(8192, "dense_sdpa", 0.03),
+            row(32768, "ours", 0.02), row(32768, "dense_sdpa", 0.04)]  # fmt: skip
+    assert crossover(rows) == {"case": "decode", "slower_at": [1024], "never_slower_from": 8192}
+    assert crossover(rows[:2])["never_slower_from"] is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only refusal")
+def test_bench_decode_needs_cuda():
+    from powerattn.bench.decode import bench_decode
+
+    with pytest.raises(ValueError, match="CUDA"):
+        bench_decode([1024], [1])
