@@ -677,6 +677,10 @@ def _decode_op(
     )
     if lse is None:  # an op returns tensors: an empty one stands for "not computed"
         lse = torch.empty(0, dtype=torch.float32, device=q.device)
+    B, Hq, Sq, D = out.shape
+    if out.stride() != (Hq * Sq * D, Sq * D, D, 1):
+        # SDPA may return a transposed layout; compiled code relies on the fake's strides.
+        out = torch.empty(out.shape, dtype=out.dtype, device=out.device).copy_(out)
     return out, lse
 
 
