@@ -63,11 +63,12 @@ except ImportError:  # pragma: no cover - triton is an optional dependency
 # Most queries per call (speculative decoding, tiny chunks); beyond that use FlexAttention.
 DECODE_MAX_Q = 16
 MAX_HEAD_DIM = 256
-# Dense SDPA (no mask, enable_gqa) serves a one-query step when the pattern attends every key
-# at that length (then it is exact) and Sk is at most this many keys; the kernel would read
-# the same keys. H200 (Qwen2-7B shapes, bf16): dense SDPA 0.034 ms at 32K and 0.080 ms at
-# 128K; the kernel's eager call 0.055 ms at 128K (power; it reads 2% of the keys). Measured
-# by `scripts/gpu_decode.py` (rows "decode_fullpattern"), which prints the crossover.
+# Dense SDPA (no mask, enable_gqa) answers a one-query call when the pattern attends every
+# key at that length (then it is exact) and Sk is at most this many keys; above it the
+# kernel, reading the same keys, is expected to win. Provisional, from the H200 numbers known
+# so far (Qwen2-7B shapes, bf16: dense SDPA 0.034 ms at 32K and 0.080 ms at 128K; the kernel
+# 0.055 ms at 128K on power, where it reads 2% of the keys): `scripts/gpu_decode.py` times
+# the kernel on `full` against dense SDPA and prints the value the data implies.
 DENSE_DECODE_MAX_KEYS = 32768
 # Work split: enough programs for this many per SM, each with at least this many units.
 TARGET_PROGRAMS_PER_SM = 2
