@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from ..commands.argtypes import positive_int
+from ..validate import add_list_argument, positive_int
 
 DEFAULT_SEQ_LENS = (16384, 32768, 65536, 131072)
 VARIANTS = ("full", "power", "sliding_window", "hybrid")
@@ -773,8 +773,14 @@ def _main(args: argparse.Namespace) -> int:
             doc = json.load(f)
         doc.setdefault("summary", summarize(doc))
     else:
+        if args.device is None:  # the GPU when there is one; the tiny model runs anywhere
+            args.device = "cuda" if torch.cuda.is_available() else "cpu"
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device here (use --device cpu --model tiny)")
+        if args.device == "cpu" and args.model != "tiny":
+            raise ValueError(
+                f"--model {args.model} on the CPU would take hours: use --model tiny there"
+            )
         cfg = E2EConfig(
             model=args.model,
             layers=args.layers,
@@ -800,6 +806,12 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _variant(text: str) -> str:
+    if text not in VARIANTS:
+        raise argparse.ArgumentTypeError(f"unknown {text!r}; valid: {', '.join(VARIANTS)}")
+    return text
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "e2e",
@@ -811,30 +823,46 @@ def register(sub: argparse._SubParsersAction) -> None:
             "every 7 layers full). Needs a GPU for the real shape (--model tiny runs on a CPU)."
         ),
     )
-    p.add_argument("--model", choices=sorted(PRESETS), default="qwen2-7b")
-    p.add_argument("--layers", type=positive_int, help="override the number of layers")
     p.add_argument(
+        "--model",
+        choices=sorted(PRESETS),
+        default="qwen2-7b",
+        help="model shape: qwen2-7b (default) or tiny (a toy for CPU runs)",
+    )
+    p.add_argument("--layers", type=positive_int, help="override the number of layers")
+    add_list_argument(
+        p,
         "--seq-lens",
-        type=positive_int,
-        nargs="+",
+        positive_int,
         default=list(DEFAULT_SEQ_LENS),
         metavar="N",
-        help="prompt lengths in tokens (default: 16K 32K 64K 128K)",
+        help="prompt lengths in tokens (default: 16384 32768 65536 131072)",
     )
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    add_list_argument(
+        p,
+        "--variants",
+        _variant,
+        default=list(VARIANTS),
+        metavar="V",
+        help=f"attention variants among {', '.join(VARIANTS)} (default: all)",
+    )
     p.add_argument(
         "--decode-steps", type=positive_int, default=128, help="decode steps timed (default 128)"
     )
-    p.add_argument("--block-size", type=positive_int, default=256)
     p.add_argument(
+        "--block-size", type=positive_int, default=256, help="pattern block size (default 256)"
+    )
+    add_list_argument(
+        p,
         "--warmup-lens",
-        type=positive_int,
-        nargs="+",
+        positive_int,
         default=[2048, 4096],
         metavar="N",
         help="untimed warm-up prompt lengths per variant (compile; default 2048 4096)",
     )
-    p.add_argument("--device", default="cuda")
+    p.add_argument(
+        "--device", default=None, help="cuda (default when present) or cpu (with --model tiny)"
+    )
     p.add_argument(
         "--time-budget",
         type=float,
@@ -842,13 +870,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="skip measurements that would start more than S seconds into the run",
     )
     p.add_argument("--check", action="store_true", help="smoke-check correctness on the device")
-    p.add_argument(
+    add_list_argument(
+        p,
         "--static-batches",
-        type=positive_int,
-        nargs="*",
+        positive_int,
         default=[1, 8],
         metavar="B",
-        help="StaticCache decode batch sizes, full vs power (default: 1 8; none: skip)",
+        help="StaticCache decode batch sizes, full vs power (default: 1 8; skipped on a CPU)",
     )
     p.add_argument(
         "--static-steps",

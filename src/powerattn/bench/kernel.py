@@ -416,17 +416,6 @@ def plot(result: dict, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _int_list(text: str, flag: str) -> list[int]:
-    """Comma-separated positive integers (the CLI's list convention)."""
-    try:
-        vals = [int(x) for x in text.split(",")]
-    except ValueError:
-        vals = []
-    if not vals or min(vals) <= 0:
-        raise ValueError(f"{flag}: expected positive integers like 8192,16384, got {text!r}")
-    return vals
-
-
 def _write_json(path: str | None, obj: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -439,17 +428,14 @@ def _main(args: argparse.Namespace) -> int:
         with open(args.from_json) as f:
             result = json.load(f)
     else:
-        bad = sorted(set(args.workloads.split(",")) - set(WORKLOADS))
-        if bad:
-            raise ValueError(f"--workloads: unknown {bad}; valid: {', '.join(WORKLOADS)}")
-        get_pattern(args.pattern, block_size=args.block_size)  # bad --pattern / --block-size
+        get_pattern(args.pattern, block_size=args.block_size)  # bad --block-size
         cfg = KernelBenchConfig(
-            seq_lens=_int_list(args.seq_lens, "--seq-lens"),
-            workloads=args.workloads.split(","),
+            seq_lens=args.seq_lens,
+            workloads=args.workloads,
             pattern=args.pattern,
             block_size=args.block_size,
             skip_flex=args.skip_flex,
-            decode_batches=_int_list(args.decode_batches, "--decode-batches"),
+            decode_batches=args.decode_batches,
         )
         # Fail loudly rather than let dynamo fall back to eager flex_attention (S x S scores).
         with torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True):
@@ -462,31 +448,62 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workload(text: str) -> str:
+    if text not in WORKLOADS:
+        raise argparse.ArgumentTypeError(f"unknown {text!r}; valid: {', '.join(WORKLOADS)}")
+    return text
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..patterns import pattern_names
+    from ..validate import add_list_argument, positive_int
+
     p = sub.add_parser(
         "kernel",
         help="attention kernel vs dense SDPA and FlexAttention (CUDA)",
-        description=__doc__.split("\n\n")[0],
+        description=(
+            "The attention operator against dense cuDNN SDPA, FlexAttention compiled the "
+            "usual way (static shapes, create_block_mask), FlexAttention's FlashAttention-4 "
+            "backend (when installed), for prefill, training and decode. Qwen2-7B attention "
+            "shapes (B=1, 28 query heads, 4 KV heads, head dim 128, bf16). Needs a CUDA GPU."
+        ),
         epilog="Example (H200): powerattn bench kernel --json kernel.json --summary "
         "summary.json --plot kernel.png. Re-render without a GPU: powerattn bench kernel "
         "--from-json kernel.json --summary summary.json --plot kernel.png",
     )
-    p.add_argument(
+    add_list_argument(
+        p,
         "--seq-lens",
-        default="8192,16384,32768,65536,131072",
-        help="comma-separated sequence lengths in tokens (default: %(default)s)",
+        positive_int,
+        default=[8192, 16384, 32768, 65536, 131072],
+        metavar="N",
+        help="sequence lengths in tokens (default: 8192 16384 32768 65536 131072)",
     )
-    p.add_argument(
+    add_list_argument(
+        p,
         "--workloads",
-        default=",".join(WORKLOADS),
-        help=f"comma-separated cases among {', '.join(WORKLOADS)} (default: all)",
+        _workload,
+        default=list(WORKLOADS),
+        metavar="CASE",
+        help=f"cases among {', '.join(WORKLOADS)} (default: all)",
     )
-    p.add_argument("--pattern", default="power", help="registered pattern (default: power)")
-    p.add_argument("--block-size", type=int, default=256, help="pattern block size in tokens")
     p.add_argument(
+        "--pattern", default="power", choices=pattern_names(), help="pattern (default: power)"
+    )
+    p.add_argument(
+        "--block-size",
+        type=positive_int,
+        default=256,
+        help="pattern block size in tokens (default: 256)",
+    )
+    add_list_argument(
+        p,
         "--decode-batches",
-        default="8,32",
-        help="batch sizes of the per-sequence-length decode case, at the longest length",
+        positive_int,
+        default=[8, 32],
+        metavar="B",
+        help="batch sizes of the per-sequence-length decode case, at the longest length "
+        "(default: 8 32)",
     )
     p.add_argument("--skip-flex", action="store_true", help="leave out the FlexAttention baselines")
     p.add_argument("--json", metavar="PATH", help="write every measurement (and the env) here")
