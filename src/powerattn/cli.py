@@ -12,9 +12,10 @@ import argparse
 import sys
 
 from . import __version__, bench
-from .commands import analysis, train
+from .commands import analysis, cp, train
+from .commands import eval as eval_cmd
 
-COMMAND_MODULES = [analysis, bench, train]
+COMMAND_MODULES = [analysis, bench, train, eval_cmd, cp]
 
 
 def build_parser() -> argparse.ArgumentParser:
