@@ -133,7 +133,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _campaign_args(p: argparse.ArgumentParser, need_corpus: bool) -> None:
     if need_corpus:
         p.add_argument("--corpus", help="corpus directory (eval corpus)")
-    p.add_argument("--out", help="run directory")
+    p.add_argument("--out", help="run directory (ruler --model: the result JSON file)")
     p.add_argument("--preset", default="tiny", help="tiny (CPU smoke) or gpu")
     p.add_argument("--patterns", type=_csv, help="comma list (default: every pattern, full first)")
     p.add_argument("--seeds", type=_ints, default=[0], help="comma list (0)")
