@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..ops.api import DECODE_MAX_Q, sparse_attention
 from ..ops.dense import sdpa_attention
@@ -27,6 +26,8 @@ from ..ops.kvcache import sparse_attention_with_kvcache
 from ..patterns import Pattern, get_pattern
 from .masks import KeyPlan, RowPlan, plan_of
 from .settings import LayerRoute, layer_route
+
+_FULL = get_pattern("full")  # the layers kept full, where an operator takes a pattern
 
 # Keyword arguments that change the attention's scores or softmax, which the operator does not
 # implement: refused rather than silently dropped.
@@ -83,30 +84,19 @@ def _attend_cache(route: LayerRoute, q, k, v, seqlens: torch.Tensor, scale):
     ``(B,)`` device tensor, all equal) and its queries are the last ``Sq`` of them.
 
     Decode (``Sq <= DECODE_MAX_Q``, no gradient, backend ``auto``) goes to
-    :func:`powerattn.sparse_attention_with_kvcache`, which reads the lengths on the device
-    (its CUDA kernel is a custom op: traceable, no host synchronisation). Layers kept full use
-    SDPA with a key mask built on the device. Anything else reads the length on the host."""
-    B, _, Sq, _ = q.shape
+    :func:`powerattn.sparse_attention_with_kvcache` on the whole cache, layers kept full with
+    the ``full`` pattern: it reads the lengths on the device (its CUDA kernel is a custom op,
+    traceable, with no host synchronisation). Anything else reads the length on the host."""
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if grad or Sq > DECODE_MAX_Q or route.backend != "auto":
+    if grad or q.shape[2] > DECODE_MAX_Q or route.backend != "auto":
         return _attend_prefix(route, q, k, v, int(seqlens[0]), scale)
-    if route.pattern is not None:
-        return sparse_attention_with_kvcache(
-            q, k, v, route.pattern, cache_seqlens=seqlens, scale=scale
-        )
-    # Query i sits at slot seqlens - Sq + i and attends every written slot up to it.
-    slots = torch.arange(k.shape[2], device=q.device)
-    last = seqlens.view(B, 1, 1) - Sq + torch.arange(Sq, device=q.device).view(1, Sq, 1)
-    mask = (slots.view(1, 1, -1) <= last)[:, None]  # (B, 1, Sq, S_max)
-    group = q.shape[1] // k.shape[1]
-    if group > 1:  # masked GQA would take SDPA's math kernel on CUDA: repeat the KV heads
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    pattern = _FULL if route.pattern is None else route.pattern
+    return sparse_attention_with_kvcache(q, k, v, pattern, cache_seqlens=seqlens, scale=scale)
 
 
 def _run(route: LayerRoute, q, k, v, plan: KeyPlan | None, scale, weights: bool):
     """Output ``(B, Hq, Sq, D)`` and, when asked, the weights ``(B, Hq, Sq, Sk)``."""
-    pattern = get_pattern("full") if route.pattern is None else route.pattern
+    pattern = _FULL if route.pattern is None else route.pattern
     B, Hq, Sq, _ = q.shape
     Sk = k.shape[2]
     used = Sk if plan is None else plan.used
