@@ -154,6 +154,17 @@ def mask_forward(
             "modified mask (packed sequences, a bidirectional or sliding mask, or an "
             "or/and mask overlay)"
         )
+    if (
+        isinstance(q_offset, torch.Tensor)
+        and attention_mask is None
+        and kv_offset == 0
+        and q_offset.device.type != "cpu"
+    ):
+        # A static cache on the GPU with nothing padded: the written slots per sequence,
+        # computed on the device -- no host synchronisation, so a decode step can be captured
+        # in a CUDA graph (the cache itself bounds the slots: its update would fail first).
+        used_t = (q_offset.reshape(()) + q_length).to(torch.int32)
+        return used_t.expand(batch_size).contiguous()
     used = int(q_offset) + q_length
     if kv_offset != 0 or used > kv_length:
         raise NotImplementedError(
