@@ -128,6 +128,19 @@ def test_fake_impl_shapes():
         assert lse.shape == (0,)
 
 
+def test_pattern_spec_is_marked_constant_for_dynamo():
+    """decode.py sets the marker by hand (no torch._dynamo import with powerattn): it must be
+    the one torch.compiler.assume_constant_result sets."""
+
+    def f():
+        return None
+
+    marked = torch.compiler.assume_constant_result(f)
+    names = set(vars(marked)) - {"__wrapped__"}
+    assert names == {"_dynamo_marked_constant"}
+    assert decode._pattern_spec._dynamo_marked_constant is True
+
+
 def test_pattern_spec_round_trip():
     for name in pattern_names():
         p = get_pattern(name, block_size=32, **get_pattern(name).small_params)
