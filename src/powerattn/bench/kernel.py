@@ -149,72 +149,27 @@ def _bench_masks(rec, cfg, pattern, s, dev):
     return bm
 
 
-def _bench_decode(rec, cfg, pattern, s, rnd):
-    from ..ops import api
+def _bench_decode(rec, cfg, pattern, s, batches):
+    """Decode rows from :func:`powerattn.bench.decode.bench_decode`: B=1 eager (back-to-back
+    calls over rotating KV copies, so neither L2 nor do_bench's flush hides launch cost) and
+    CUDA-graph replay, against dense SDPA; B>1 with per-sequence lengths against dense SDPA
+    per sequence (exact) and over the padded cache."""
+    from .decode import bench_decode
 
-    B, Hq, Hkv, D = cfg.batch, cfg.q_heads, cfg.kv_heads, cfg.head_dim
-    q = rnd(B, Hq, 1, D)
-    k, v = rnd(B, Hkv, s, D), rnd(B, Hkv, s, D)
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    dense = _bench(lambda: sdpa(q, k, v, enable_gqa=True))
-    rec.add("decode", "dense_sdpa", s, dense, backend="sdpa")
-    G = Hq // Hkv
-    mask = pattern.dense_mask(1, s).to(q.device)
-    ref = sdpa(
-        q.float(),
-        k.float().repeat_interleave(G, 1),
-        v.float().repeat_interleave(G, 1),
-        attn_mask=mask,
+    base = ("case", "seq_len", "method", "backend", "ms")
+    rows = bench_decode(
+        seq_lens=[s],
+        batches=batches,
+        q_heads=cfg.q_heads,
+        kv_heads=cfg.kv_heads,
+        head_dim=cfg.head_dim,
+        dtype=getattr(torch, cfg.dtype),
+        pattern=pattern,
+        log=lambda _msg: None,
     )
-    backend = api._pick_backend(q, k, v, pattern, False)
-    with torch.no_grad():
-        err = (api.sparse_attention(q, k, v, pattern).float() - ref).abs().max().item()
-        ms = _bench(lambda: api.sparse_attention(q, k, v, pattern))
-    rec.add("decode", "ours", s, ms, backend=backend, vs_dense=round(dense / ms, 2))
-    rec.log(f"    decode max |ours - fp32 dense masked| = {err:.2e}")
-    # CUDA graph of the call (what a static-cache decode loop replays).
-    st = torch.cuda.Stream()
-    st.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(st), torch.no_grad():
-        for _ in range(3):
-            api.sparse_attention(q, k, v, pattern)
-    torch.cuda.current_stream().wait_stream(st)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.no_grad():
-        api.sparse_attention(q, k, v, pattern)
-    ms = _bench(graph.replay)
-    rec.add("decode_graph", "ours", s, ms, backend=backend, vs_dense=round(dense / ms, 2))
-
-
-def _bench_decode_batched(rec, cfg, pattern, s, rnd):
-    """B sequences at their own lengths (a KV cache), through the decode module's benchmark
-    (:mod:`powerattn.bench.decode`)."""
-    try:
-        from . import decode as bench_decode_mod
-    except ImportError:
-        rec.note("batched decode: powerattn.bench.decode is not available in this version")
-        return
-    for B in cfg.decode_batches:
-        rows = bench_decode_mod.bench_decode(
-            seq_lens=[s],
-            batches=[B],
-            q_heads=cfg.q_heads,
-            kv_heads=cfg.kv_heads,
-            head_dim=cfg.head_dim,
-            dtype=getattr(torch, cfg.dtype),
-            pattern=pattern,
-            log=rec.log,
-        )
-        for r in rows:
-            if r["case"] == f"decode_b{B}":
-                extra = {
-                    k: v
-                    for k, v in r.items()
-                    if k not in ("case", "seq_len", "method", "backend", "ms")
-                }
-                rec.add(
-                    r["case"], r["method"], r["seq_len"], r["ms"], backend=r.get("backend"), **extra
-                )
+    for r in rows:
+        extra = {k: v for k, v in r.items() if k not in base}
+        rec.add(r["case"], r["method"], r["seq_len"], r["ms"], backend=r["backend"], **extra)
 
 
 def _bench_prefill(rec, cfg, pattern, s, rnd, bm_flex, grad):
@@ -346,9 +301,8 @@ def run(cfg: KernelBenchConfig, log=print, on_progress=None) -> dict:
         bm_flex = _bench_masks(rec, cfg, pattern, s, dev)
         for wl in cfg.workloads:
             if wl == "decode":
-                _bench_decode(rec, cfg, pattern, s, rnd)
-                if s == max(cfg.seq_lens):
-                    _bench_decode_batched(rec, cfg, pattern, s, rnd)
+                more = cfg.decode_batches if s == max(cfg.seq_lens) else []
+                _bench_decode(rec, cfg, pattern, s, [1, *more])
             else:
                 _bench_prefill(rec, cfg, pattern, s, rnd, bm_flex, wl == "fwd_bwd")
             torch.cuda.empty_cache()
