@@ -157,7 +157,7 @@ def test_out_of_range_full_layers_in_config_refused(full_layers, tmp_path):
     with pytest.raises(ValueError, match=r"full_layers.*out of range.*0\.\.2"):
         model(H.ids(1, SEQ))
     model.save_pretrained(tmp_path)
-    loaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path)
+    loaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path).to(H.DEVICE)
     with pytest.raises(ValueError, match=r"config.powerattn\['full_layers'\].*0\.\.2"):
         loaded(H.ids(1, SEQ))
 

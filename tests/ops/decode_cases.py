@@ -183,7 +183,7 @@ def check_compiled(device) -> str | None:
     k = torch.randn(2, 2, 70, 32, generator=g).to(device)
     v = torch.randn(2, 2, 70, 32, generator=g).to(device)
     lens = torch.tensor([70, 21], dtype=torch.int32, device=device)
-    spec = decode._pattern_spec(pattern)
+    spec = pattern.spec
     torch.library.opcheck(
         torch.ops.powerattn.decode.default, (q, k, v, lens, spec, 0.2, True, False)
     )

@@ -116,7 +116,7 @@ def test_decode_forward_routes(monkeypatch, sk, kwargs, dense):
 
 
 def test_fake_impl_shapes():
-    spec = decode._pattern_spec(get_pattern("power"))
+    spec = get_pattern("power").spec
     with FakeTensorMode():
         q = torch.empty(3, 28, 2, 128, dtype=torch.bfloat16)
         k = torch.empty(3, 4, 4096, 128, dtype=torch.bfloat16)
@@ -128,23 +128,10 @@ def test_fake_impl_shapes():
         assert lse.shape == (0,)
 
 
-def test_pattern_spec_is_marked_constant_for_dynamo():
-    """decode.py sets the marker by hand (no torch._dynamo import with powerattn): it must be
-    the one torch.compiler.assume_constant_result sets."""
-
-    def f():
-        return None
-
-    marked = torch.compiler.assume_constant_result(f)
-    names = set(vars(marked)) - {"__wrapped__"}
-    assert names == {"_dynamo_marked_constant"}
-    assert decode._pattern_spec._dynamo_marked_constant is True
-
-
 def test_pattern_spec_round_trip():
     for name in pattern_names():
         p = get_pattern(name, block_size=32, **get_pattern(name).small_params)
-        assert decode._pattern_from_spec(decode._pattern_spec(p)) == p
+        assert decode._pattern_from_spec(p.spec) == p
 
 
 # ----------------------------------------------------------- the public batched operator

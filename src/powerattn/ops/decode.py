@@ -630,7 +630,7 @@ def decode_forward(
     op; eager calls skip the dispatcher (its overhead is a large part of a decode step)."""
     if torch.compiler.is_compiling():
         out, lse = torch.ops.powerattn.decode(
-            q, k, v, cache_seqlens, _pattern_spec(pattern), scale, need_lse, allow_dense
+            q, k, v, cache_seqlens, pattern.spec, scale, need_lse, allow_dense
         )
         return out, (lse if need_lse else None)
     return _decode_impl(q, k, v, cache_seqlens, pattern, scale, need_lse, allow_dense)
@@ -648,16 +648,6 @@ def _decode_impl(q, k, v, cache_seqlens, pattern, scale, need_lse, allow_dense):
         )
         return out, None
     return decode_attention(q, k, v, pattern, scale, cache_seqlens=cache_seqlens, need_lse=need_lse)
-
-
-def _pattern_spec(pattern: Pattern) -> str:
-    """The pattern as a string (a custom op's arguments are tensors and primitives)."""
-    return json.dumps({"name": pattern.name, **pattern.params()})
-
-
-# Traced as a constant: what torch.compiler.assume_constant_result sets (calling it would
-# import torch._dynamo, ~2 s, with powerattn; tests/ops/test_decode.py checks the attribute).
-_pattern_spec._dynamo_marked_constant = True
 
 
 @functools.lru_cache(maxsize=64)

@@ -324,24 +324,36 @@ def recompile_guard(limit: int | None = None):
 
 
 _LN2 = math.log(2.0)
-_flash_lse_bug: bool | None = None
 
 
-def _flash_lse_rescaled() -> bool:
-    """Whether this torch multiplies FlashAttention-4's lse by ln 2 as if it were base 2.
+@functools.cache
+def _flash_lse_scale(index: int | None) -> float:
+    """What to multiply FlashAttention-4's returned lse by to get natural logs, measured once
+    per device on a tiny input against a float32 logsumexp.
 
-    FlexAttention's Triton kernels keep base-2 statistics and the Python wrapper converts them
-    to natural logs; FlashAttention-4's lse is natural already, and torch before the fix (2.11,
-    seen on the H200: lse off by a factor ln 2) converted it anyway. Fixed torches pass a
-    ``stats_are_log2`` flag that depends on the backend; we look for it once."""
-    global _flash_lse_bug
-    if _flash_lse_bug is None:
-        import inspect
+    FlexAttention's Triton kernels keep base-2 statistics and its Python wrapper converts them;
+    FlashAttention-4's lse is natural already, and torch 2.11's wrapper converts it anyway
+    (off by a factor ln 2, seen on the H200; later torches skip the conversion for FLASH).
+    Measuring instead of reading version numbers keeps this right on every torch."""
+    dev = torch.device("cuda", index)
+    g = torch.Generator(device=dev).manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 256, 64, device=dev, generator=g) for _ in range(3))
+    q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
+    from ..patterns import get_pattern
 
-        import torch.nn.attention.flex_attention as fa
-
-        _flash_lse_bug = "stats_are_log2" not in inspect.getsource(fa)
-    return _flash_lse_bug
+    probe = get_pattern("full", block_size=TILE)
+    _, lse = flex_sparse_attention(q, k, v, probe, 0.125, need_lse=True, kernel="flash", _raw=True)
+    scores = (q.float() @ k.float().transpose(-1, -2)) * 0.125
+    causal = torch.ones(256, 256, dtype=torch.bool, device=dev).tril()
+    ref = scores.masked_fill(~causal, float("-inf")).logsumexp(-1)
+    factor = float((lse.float() * ref).sum() / (ref * ref).sum())
+    for scale in (1.0, 1.0 / _LN2):
+        if abs(factor * scale - 1.0) < 0.02:
+            return scale
+    raise RuntimeError(
+        f"FlashAttention-4's lse is {factor:.4f} x the natural logsumexp on this torch; "
+        "return_lse=True cannot be served by backend='flash' (use backend='flex')"
+    )
 
 
 def pick_kernel(q: torch.Tensor, pattern: Pattern) -> str:
@@ -357,6 +369,7 @@ def flex_sparse_attention(
     scale: float,
     need_lse: bool = True,
     kernel: str = "flex",
+    _raw: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Block-sparse attention through FlexAttention (differentiable on CUDA).
 
@@ -389,6 +402,10 @@ def flex_sparse_attention(
             q = F.pad(q, (0, 0, pad, 0))
     gqa = q.shape[1] != k.shape[1]
     compiling = torch.compiler.is_compiling()
+    if compiling and kernel == "flash" and need_lse:
+        # The lse scale of FlashAttention-4 is measured eagerly (_flash_lse_scale), which a
+        # trace cannot do: inside a user's compile an lse comes from the Triton kernels.
+        kernel = "flex"
     static = True
     if not compiling and not on_cpu:
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
@@ -414,8 +431,8 @@ def flex_sparse_attention(
         out, lse = res, None
     else:
         out, lse = res[0], res[1].lse if AuxRequest is not None else res[1]
-        if kernel == "flash" and _flash_lse_rescaled():
-            lse = lse / _LN2
+        if kernel == "flash" and not _raw:
+            lse = lse * _flash_lse_scale(q.device.index)
     if pad:
         out = out[:, :, pad:].contiguous()
         lse = None if lse is None else lse[:, :, pad:].contiguous()

@@ -24,6 +24,7 @@ convention::
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -149,6 +150,11 @@ class Pattern:
                 f"{self.describe()} attends no key block at all; give it something to attend "
                 "(e.g. window >= 1 or sink >= 1)"
             )
+        # The pattern as one string (name and parameters), for interfaces that take only
+        # primitives (a custom op's arguments). Set once here, a plain attribute: compiled
+        # code reads it as a constant (torch 2.11's dynamo cannot pass a frozen dataclass to
+        # a function it folds into a constant).
+        object.__setattr__(self, "spec", json.dumps({"name": self.name, **self.params()}))
 
     def _check(self) -> None:
         """Checks beyond the declared bounds (relations between parameters); may normalise
