@@ -471,11 +471,14 @@ def _plan(
     )
 
 
-def _workspace(device: torch.device, plan: _Plan) -> tuple[torch.Tensor, torch.Tensor]:
+def _workspace(
+    device: torch.device, plan: _Plan, fresh: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(partials, counters) for this call: cached per (device, stream) outside CUDA-graph
-    capture (grown when too small), fresh from the graph's pool during capture."""
+    capture (grown when too small), fresh from the graph's pool during capture (or when
+    ``fresh``)."""
     if device.type == "cuda":
-        if torch.cuda.is_current_stream_capturing():
+        if fresh or torch.cuda.is_current_stream_capturing():
             return (
                 torch.empty(plan.ws_numel, dtype=torch.float32, device=device),
                 torch.zeros(plan.cnt_numel, dtype=torch.int32, device=device),
@@ -557,6 +560,7 @@ def decode_attention(
     *,
     cache_seqlens: torch.Tensor | None = None,
     need_lse: bool = True,
+    reuse_buffers: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The kernel: sparse attention for a few queries at the end of the keys (no autograd,
     no validation beyond what is cheap: callers validate).
@@ -576,6 +580,10 @@ def decode_attention(
             (output 0, lse -inf); a length above ``Sk`` gives NaN rows (checking would need a
             host-device synchronisation).
         need_lse: also compute the lse (else ``None`` is returned for it).
+        reuse_buffers: take the launch plan and scratch from the process caches. The custom
+            op (compiled code) passes False: under Inductor's CUDA-graph trees even the
+            warm-up run allocates from the graph's pool, and a cached buffer from that pool
+            outlives the run ("tensors in the cudagraph pool not tracked as outputs").
     Returns:
         ``out (B, Hq, Sq, D)`` in q's dtype and ``lse (B, Hq, Sq)`` float32 (natural log).
     """
@@ -585,10 +593,11 @@ def decode_attention(
     n_kb = _next_pow2((Sk + bs - 1) // bs)  # the length bucket
     fused = FUSED if fused is None else fused
     has_seqlens = cache_seqlens is not None
-    plan = _plan(
+    make_plan = _plan if reuse_buffers else _plan.__wrapped__
+    plan = make_plan(
         pattern, B, Hq, Hkv, Sq, D, q.dtype, n_kb, q.device, splits, fused, need_lse, has_seqlens
     )
-    ws, cnt = _workspace(q.device, plan)
+    ws, cnt = _workspace(q.device, plan, fresh=not reuse_buffers)
     if out is None:
         out = torch.empty((B, Hq, Sq, D), dtype=q.dtype, device=q.device)
     elif not out.is_contiguous() or out.shape != q.shape or out.dtype != q.dtype:
@@ -636,7 +645,7 @@ def decode_forward(
     return _decode_impl(q, k, v, cache_seqlens, pattern, scale, need_lse, allow_dense)
 
 
-def _decode_impl(q, k, v, cache_seqlens, pattern, scale, need_lse, allow_dense):
+def _decode_impl(q, k, v, cache_seqlens, pattern, scale, need_lse, allow_dense, reuse=True):
     if (
         allow_dense
         and cache_seqlens is None
@@ -647,7 +656,16 @@ def _decode_impl(q, k, v, cache_seqlens, pattern, scale, need_lse, allow_dense):
             q, k, v, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
         )
         return out, None
-    return decode_attention(q, k, v, pattern, scale, cache_seqlens=cache_seqlens, need_lse=need_lse)
+    return decode_attention(
+        q,
+        k,
+        v,
+        pattern,
+        scale,
+        cache_seqlens=cache_seqlens,
+        need_lse=need_lse,
+        reuse_buffers=reuse,
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -667,9 +685,8 @@ def _decode_op(
     need_lse: bool,
     allow_dense: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    out, lse = _decode_impl(
-        q, k, v, cache_seqlens, _pattern_from_spec(pattern), scale, need_lse, allow_dense
-    )
+    spec = _pattern_from_spec(pattern)
+    out, lse = _decode_impl(q, k, v, cache_seqlens, spec, scale, need_lse, allow_dense, False)
     if lse is None:  # an op returns tensors: an empty one stands for "not computed"
         lse = torch.empty(0, dtype=torch.float32, device=q.device)
     B, Hq, Sq, D = out.shape
