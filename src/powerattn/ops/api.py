@@ -50,7 +50,7 @@ def _pick_backend(
     if q.device.type == "cuda":
         if q.shape[2] <= DECODE_MAX_Q and not _needs_grad(q, k, v) and _decode.supports(q, k):
             return "decode_auto"  # the kernel, or dense SDPA where that is exact and faster
-        return pick_kernel(q, pattern)
+        return pick_kernel(q, pattern, lse_with_grad=return_lse and _needs_grad(q, k, v))
     # FlexAttention's CPU kernel has no backward and no lse: those go dense (chunked: any length).
     if dense_scores_count(q, k) <= CPU_DENSE_AUTO_MAX or _needs_grad(q, k, v) or return_lse:
         return "dense"

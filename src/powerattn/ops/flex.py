@@ -356,9 +356,16 @@ def _flash_lse_scale(index: int | None) -> float:
     )
 
 
-def pick_kernel(q: torch.Tensor, pattern: Pattern) -> str:
-    """``"flash"`` (FlashAttention-4) where it can serve the input, else ``"flex"``."""
-    return "flex" if flash_unsupported(q, pattern) else "flash"
+def _needs_grad(*ts: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
+def pick_kernel(q: torch.Tensor, pattern: Pattern, lse_with_grad: bool = False) -> str:
+    """``"flash"`` (FlashAttention-4) where it can serve the input, else ``"flex"``. An lse
+    that takes part in a backward (``lse_with_grad``: e.g. merging partial attentions in
+    context parallelism) goes to the Triton kernels: FlexAttention's FlashAttention-4 backward
+    has no gradient for the lse (torch 2.11)."""
+    return "flex" if lse_with_grad or flash_unsupported(q, pattern) else "flash"
 
 
 def flex_sparse_attention(
@@ -389,6 +396,11 @@ def flex_sparse_attention(
         reason = flash_unsupported(q, pattern)
         if reason:
             raise ValueError(f"backend='flash' cannot run: {reason}. Use backend='flex'")
+    if kernel == "flash" and need_lse and _needs_grad(q, k, v):
+        raise ValueError(
+            "backend='flash' cannot differentiate through the lse (FlashAttention-4's backward "
+            "has no dLSE in FlexAttention, torch 2.11): use backend='flex' (auto does)"
+        )
     on_cpu = q.device.type == "cpu"
     if on_cpu and need_lse:
         raise ValueError("backend='flex' cannot return the lse on the CPU")
@@ -408,7 +420,7 @@ def flex_sparse_attention(
         kernel = "flex"
     static = True
     if not compiling and not on_cpu:
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        grad = _needs_grad(q, k, v)
         sig = (q.dtype, q.shape, k.shape, q.device, pattern, kernel, need_lse, grad)
         static = sig in _static_signatures or len(_static_signatures) < STATIC_VARIANTS
         if static:
