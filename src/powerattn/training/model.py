@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..hf import apply, dense_causal_attention
 from ..ops.api import sparse_attention
+from ..ops.dense import sdpa_attention
 from ..patterns import Pattern, get_pattern
-from ..transformers import apply, dense_causal_attention
 from .config import ModelConfig
 from .tokenizer import ByteTokenizer
 
@@ -17,20 +17,6 @@ from .tokenizer import ByteTokenizer
 # gain: the fallback for when a block-sparse kernel cannot serve a training shape.
 SDPA_MASK = "sdpa_mask"
 _IMPL = "powerattn_sdpa_mask"
-_masks: dict[tuple, torch.Tensor] = {}
-
-
-def masked_sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, scale: float | None
-) -> torch.Tensor:
-    """``pattern``'s exact mask through SDPA: q ``(B, Hq, S, D)``, k/v ``(B, Hkv, S, D)``
-    (``Sq == Sk``) -> ``(B, Hq, S, D)``."""
-    key = (pattern, q.shape[2], k.shape[2], q.device)
-    if key not in _masks:
-        _masks[key] = pattern.dense_mask(q.shape[2], k.shape[2]).to(q.device)
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=_masks[key], scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-    )
 
 
 def _masked_sdpa_forward(module, query, key, value, attention_mask, scaling=None, **kwargs):
@@ -53,12 +39,13 @@ def attention(
 
     :func:`powerattn.sparse_attention` with ``pattern``; the ``full`` pattern (the dense
     ceiling of the comparison) runs as layers kept full, i.e. PyTorch's causal SDPA;
-    ``backend="sdpa_mask"``: :func:`masked_sdpa`.
+    ``backend="sdpa_mask"``: :func:`powerattn.ops.dense.sdpa_attention` (the pattern's exact
+    mask through PyTorch's SDPA).
     """
     if pattern.name == "full":
         return dense_causal_attention(q, k, v, scale)
     if backend == SDPA_MASK:
-        return masked_sdpa(q, k, v, pattern, scale)
+        return sdpa_attention(q, k, v, pattern, scale)
     return sparse_attention(q, k, v, pattern, scale=scale, backend=backend)
 
 
