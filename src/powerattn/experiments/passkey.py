@@ -45,6 +45,7 @@ from ..training.config import (
 from ..training.evaluate import depth_bins, digit_hops, evaluate_passkey, guess_probability
 from ..training.model import SDPA_MASK, attention
 from ..training.trainer import CHECKPOINT, CONFIG, METRICS, Trainer, clear_run
+from ..validate import check_int
 
 MAIN_PATTERNS = ["power", "sliding_window", "stride_slash", "dilated", "longnet", "full"]
 PARTS = ("main", "layers", "long")
@@ -227,8 +228,7 @@ def plan(
         preset = PRESETS[preset]
     suffix = ""
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        check_int("seed", seed, minimum=0)
         if seed != preset.seed:
             suffix = f"-s{seed}"
         preset = dataclasses.replace(preset, seed=seed)

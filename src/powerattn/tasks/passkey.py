@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..training.tokenizer import ByteTokenizer
+from ..validate import check_int
 
 HEADER = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
@@ -169,8 +170,7 @@ def passkey_batch(
     """
     if isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= 18:
         raise ValueError(f"digits must be an integer in 1..18, got {digits!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_int("batch_size", batch_size)
     if keys not in _KEY_SETS:
         raise ValueError(f"keys must be one of {_KEY_SETS}, got {keys!r}")
     keys = _draw_keys(rng, batch_size, digits, keys)

@@ -16,6 +16,7 @@ from torch import nn
 from ..patterns import Pattern
 from ..receptive import hops
 from ..tasks.passkey import passkey_batch
+from ..validate import check_int
 
 
 @torch.no_grad()
@@ -43,9 +44,8 @@ def evaluate_passkey(
     ``depth_target`` and ``depth`` (float), ``correct`` (bool, exact match),
     ``digit_acc`` (float, fraction of digits right), ``key_positions`` ``(n, 2, digits)``.
     """
-    for name, value in (("samples", samples), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_int("samples", samples)
+    check_int("batch_size", batch_size)
     if np.asarray(depths).size == 0:
         raise ValueError("depths must hold at least one needle depth")
     if not 0.0 <= depth_width <= 1.0:
@@ -80,8 +80,7 @@ def evaluate_passkey(
 def depth_bins(n: int) -> tuple[np.ndarray, float]:
     """``(centres, width)`` of ``n`` equal needle-depth bins covering [0, 1], for
     :func:`evaluate_passkey` (``depths=centres, depth_width=width``)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_int("n", n)
     return (np.arange(n) + 0.5) / n, 1.0 / n
 
 
