@@ -5,34 +5,7 @@ It lives in :mod:`powerattn.hf` (a package split by job, and a name that does no
 working.
 """
 
-from .hf import (
-    ATTN_IMPLEMENTATION,
-    CONFIG_KEY,
-    MIN_TRANSFORMERS,
-    SUPPORTED_MODEL_TYPES,
-    Settings,
-    apply,
-    attention_forward,
-    attention_weights,
-    dense_causal_attention,
-    full_layers_from_rule,
-    get_settings,
-    mask_forward,
-    register,
-)
+from . import hf as _hf
+from .hf import *  # noqa: F403 - the alias re-exports exactly powerattn.hf's public names
 
-__all__ = [
-    "ATTN_IMPLEMENTATION",
-    "CONFIG_KEY",
-    "MIN_TRANSFORMERS",
-    "SUPPORTED_MODEL_TYPES",
-    "Settings",
-    "apply",
-    "attention_forward",
-    "attention_weights",
-    "dense_causal_attention",
-    "full_layers_from_rule",
-    "get_settings",
-    "mask_forward",
-    "register",
-]
+__all__ = list(_hf.__all__)
