@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .passkey import GATE_MIN_SEEDS, gate, wilson_interval
+from .tables import GATE_MIN_SEEDS, gate, wilson_interval
 
 RESAMPLES = 10_000
 DELTA = 0.05  # practical margin of a difference between patterns
