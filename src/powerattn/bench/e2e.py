@@ -27,7 +27,6 @@ are written to ``--json`` after every measurement, so a run cut short keeps what
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import platform
 import time
@@ -40,35 +39,33 @@ from typing import Any
 import torch
 
 from ..validate import add_list_argument, positive_int
+from .e2e_checks import smoke_check
+from .e2e_model import (  # noqa: F401 - the benchmark's API in one import
+    HYBRID_RULE,
+    PRESETS,
+    VARIANTS,
+    ModelShape,
+    _cache_kw,
+    _forward,
+    _sync,
+    build_model,
+    set_variant,
+    variant_settings,
+)
+from .e2e_profile import _no_table, _profile_decode, _profile_prefill, _write_profiles
+from .e2e_report import (
+    STATIC_VARIANTS,
+    _header,
+    _row,
+    _static_header,
+    _static_row,
+    plot,
+    print_table,
+    summarize,
+)
 
 DEFAULT_SEQ_LENS = (16384, 32768, 65536, 131072)
-VARIANTS = ("full", "power", "sliding_window", "hybrid")
-HYBRID_RULE = "2 of every 7"
-TARGET_PREFILL_SPEEDUP = 2.8  # prefill at 128K >= 2.8x faster than full attention
-TARGET_DECODE_RATIO = 0.40  # static-cache decode at 128K, batch 8: <= 40% of full's ms/token
-TARGET_FLAT = 1.15  # static-cache decode: ms/token at 128K within 15% of 16K's
-STATIC_VARIANTS = ("full", "power")
 PROFILED = ("full", "power")  # profiled at the longest prompt with --profile
-
-
-@dataclass
-class ModelShape:
-    """A Qwen2 architecture (defaults: Qwen2-7B)."""
-
-    vocab_size: int = 152064
-    hidden_size: int = 3584
-    intermediate_size: int = 18944
-    num_hidden_layers: int = 28
-    num_attention_heads: int = 28
-    num_key_value_heads: int = 4
-    rope_theta: float = 1e6
-
-
-PRESETS = {
-    "qwen2-7b": ModelShape(),
-    # For trying the benchmark on a CPU: same code path, toy sizes.
-    "tiny": ModelShape(1000, 128, 256, 2, 4, 2, 1e6),
-}
 
 
 @dataclass
@@ -87,76 +84,6 @@ class E2EConfig:
     static_steps: int = 50
     profile_path: str | None = None
     seed: int = 0
-
-
-# ----------------------------------------------------------------------------- helpers
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _cache_kw() -> str:
-    """transformers 5.2x renamed ``past_key_values`` to ``cache`` in model forwards."""
-    from transformers import Qwen2ForCausalLM
-
-    params = inspect.signature(Qwen2ForCausalLM.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def build_model(shape: ModelShape, device: torch.device, dtype: torch.dtype, max_len: int):
-    """A randomly initialised Qwen2ForCausalLM, allocated and initialised on ``device``."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(
-        vocab_size=shape.vocab_size,
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_hidden_layers,
-        num_attention_heads=shape.num_attention_heads,
-        num_key_value_heads=shape.num_key_value_heads,
-        max_position_embeddings=max_len,
-        rope_theta=shape.rope_theta,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        use_sliding_window=False,
-    )
-    with torch.device(device):
-        model = Qwen2ForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa")
-    return model.eval()
-
-
-def variant_settings(name: str, block_size: int, budget_len: int) -> dict[str, Any] | None:
-    """``apply`` keyword arguments of a variant (``None``: transformers' sdpa)."""
-    from ..patterns import equal_budget, get_pattern
-
-    if name == "full":
-        return None
-    power = get_pattern("power", block_size=block_size)
-    if name == "power":
-        return {"pattern": power}
-    if name == "hybrid":
-        return {"pattern": power, "full_layers": HYBRID_RULE}
-    if name == "sliding_window":
-        return {"pattern": equal_budget(budget_len, block_size)["sliding_window"]}
-    raise ValueError(f"variant must be one of {VARIANTS}, got {name!r}")
-
-
-def set_variant(model, name: str, block_size: int, budget_len: int) -> str:
-    from .. import transformers as pt
-
-    kw = variant_settings(name, block_size, budget_len)
-    if kw is None:
-        model.set_attn_implementation("sdpa")
-        return "sdpa (dense causal)"
-    pt.apply(model, **kw)
-    s = pt.get_settings(model.config)
-    full = sorted(s.full_layers)
-    return s.pattern.describe() + (f", full layers {full}" if full else "")
-
-
-def _forward(model, ids: torch.Tensor, cache, cache_kw: str) -> torch.Tensor:
-    out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
-    return out.logits[:, -1:].argmax(-1)  # (B, 1)
 
 
 def prefill_and_decode(
@@ -199,156 +126,6 @@ def prefill_and_decode(
     if after is not None:
         after(cache, tok)
     return res
-
-
-# ----------------------------------------------------------------------------- profiling
-_GEMM_KEYS = ("gemm", "cutlass", "nvjet", "xmma", "matmul", "cublas")
-_ATTN_KEYS = ("flash", "fmha", "sdpa", "attention", "attn", "flex", "triton_tem", "decode")
-
-
-def _device_time_us(evt) -> float:
-    for name in ("self_device_time_total", "self_cuda_time_total"):
-        if hasattr(evt, name):
-            return float(getattr(evt, name))
-    return 0.0
-
-
-def profile_call(fn, device: torch.device) -> dict[str, Any]:
-    """Run ``fn`` under torch.profiler; device time split into matmul / attention / other
-    kernels, and the top kernels table."""
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    _sync(device)
-    t0 = time.perf_counter()
-    with profile(activities=acts) as prof:
-        fn()
-        _sync(device)
-    wall = time.perf_counter() - t0
-    cats = {"matmul": 0.0, "attention": 0.0, "kv_cache_cat": 0.0, "other": 0.0}
-    kernels = []
-    for evt in prof.key_averages():
-        t = _device_time_us(evt)
-        if t <= 0 or getattr(evt, "device_type", None) is None:
-            continue
-        if "DeviceType.CPU" in str(evt.device_type):
-            continue
-        name = evt.key.lower()
-        if any(k in name for k in _ATTN_KEYS):  # first: cuDNN/flash names may hold "gemm"
-            cat = "attention"
-        elif any(k in name for k in _GEMM_KEYS):
-            cat = "matmul"
-        elif "catarray" in name:  # DynamicCache grows by torch.cat: copies the whole cache
-            cat = "kv_cache_cat"
-        else:
-            cat = "other"
-        cats[cat] += t
-        kernels.append((t, cat, evt.key[:90], evt.count))
-    kernels.sort(reverse=True)
-    total = sum(cats.values())
-    sort_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    try:
-        table = prof.key_averages().table(sort_by=sort_key, row_limit=25)
-    except Exception:  # noqa: BLE001 - the table is a courtesy; the split above is the data
-        table = ""
-    return {
-        "wall_ms": 1e3 * wall,
-        "device_ms": total / 1e3,
-        "device_ms_by_category": {k: v / 1e3 for k, v in cats.items()},
-        "top_kernels": [
-            {"ms": t / 1e3, "category": c, "name": n, "calls": k} for t, c, n, k in kernels[:15]
-        ],
-        "table": table,
-    }
-
-
-# ----------------------------------------------------------------------------- smoke check
-def smoke_check(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
-    """Correctness of the integration on ``device`` with a small random Qwen2 (4 layers, 1024
-    tokens, 64-token blocks, so the pattern drops keys): prefill logits against a float64 eager
-    forward given the dense mask (relative to the same eager forward in ``dtype``), the decode
-    step's logits against a full recompute, and the hybrid routing."""
-    import copy
-
-    from transformers import DynamicCache
-
-    from .. import transformers as pt
-    from ..patterns import get_pattern
-
-    shape = ModelShape(1024, 512, 1024, 4, 8, 2, 1e6)
-    torch.manual_seed(0)
-    model = build_model(shape, device, dtype, 4096)
-    pattern = get_pattern("power", block_size=64)
-    S = 1024
-    ids = torch.randint(0, shape.vocab_size, (1, S), device=device)
-    dense = pattern.dense_mask(S).to(device)
-
-    def eager(dt):
-        ref = copy.deepcopy(model).to(dt)
-        ref.set_attn_implementation("eager")
-        add = torch.zeros(dense.shape, dtype=dt, device=device).masked_fill(~dense, float("-inf"))
-        with torch.no_grad():
-            return ref(ids, attention_mask=add[None, None]).logits.double()
-
-    ref64, same = eager(torch.float64), eager(dtype)
-    with torch.no_grad():
-        full = model(ids).logits.double()
-        pt.apply(model, pattern)
-        out = model(ids).logits.double()
-        # Decode: prefill S-1 tokens into a cache, then one step; against the recompute's last row.
-        cache = DynamicCache()
-        model(ids[:, :-1], use_cache=True, **{_cache_kw(): cache})
-        step = model(ids[:, -1:], use_cache=True, **{_cache_kw(): cache}).logits.double()
-        pt.apply(model, pattern, full_layers=list(range(shape.num_hidden_layers)))
-        all_full = model(ids).logits.double()
-
-    def err(a, b):
-        return (a - b).abs().max().item()
-
-    res = {
-        "prefill_err": err(out, ref64),
-        "prefill_err_same_precision_eager": err(same, ref64),
-        "power_vs_full_diff": err(out, full),
-        "decode_step_err_vs_ref": err(step[:, -1], ref64[:, -1]),
-        "hybrid_all_full_vs_sdpa": err(all_full, full),
-    }
-    res["prefill_ok"] = res["prefill_err"] <= 2 * res["prefill_err_same_precision_eager"]
-    res["decode_ok"] = res["decode_step_err_vs_ref"] <= 2 * res["prefill_err_same_precision_eager"]
-    res["pattern_matters"] = res["power_vs_full_diff"] > 4 * res["prefill_err_same_precision_eager"]
-    res["operator"] = operator_check(device, dtype)
-    model.to("meta")  # free the weights before the big model is built
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return res
-
-
-def operator_check(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
-    """``sparse_attention`` ("auto") against the float64 reference, on q in transformers'
-    memory layout (a transposed view of ``(B, S, H, D)``) and on contiguous q, for prefill and
-    a single decode query; ``*_base`` is the same-precision dense reference's error."""
-    from ..ops.api import sparse_attention
-    from ..ops.reference import reference_attention
-    from ..patterns import get_pattern
-
-    out: dict[str, float] = {}
-    g = torch.Generator(device="cpu").manual_seed(1)
-    for bs, d, hq, hkv, s in ((64, 64, 8, 2, 1024), (256, 128, 28, 4, 4096)):
-        p = get_pattern("power", block_size=bs)
-        q = torch.randn(1, s, hq, d, generator=g).to(device, dtype).transpose(1, 2)
-        k = torch.randn(1, hkv, s, d, generator=g).to(device, dtype)
-        v = torch.randn(1, hkv, s, d, generator=g).to(device, dtype)
-        ref = reference_attention(q, k, v, p, upcast=True)
-        base = reference_attention(q, k, v, p)
-        tag = f"bs{bs}_d{d}"
-        out[f"{tag}_prefill_base"] = (base.double() - ref).abs().max().item()
-        out[f"{tag}_decode_base"] = (base[:, :, -1:].double() - ref[:, :, -1:]).abs().max().item()
-        for name, qq in (("transposed", q), ("contiguous", q.contiguous())):
-            o = sparse_attention(qq, k, v, p)
-            out[f"{tag}_prefill_{name}"] = (o.double() - ref).abs().max().item()
-            o = sparse_attention(qq[:, :, -1:], k, v, p)
-            out[f"{tag}_decode_{name}"] = (o.double() - ref[:, :, -1:]).abs().max().item()
-        del ref, base
-    return out
 
 
 # ----------------------------------------------------------------------------- the run
@@ -513,255 +290,8 @@ def _run_static(cfg, model, doc, ok_variants, budget_len, device, save, over_bud
                 save()
 
 
-def _profile_decode(model, cache, tok, cache_kw: str, device: torch.device) -> dict[str, Any]:
-    """Profile 8 more decode steps on a filled cache."""
-
-    def steps():
-        t = tok
-        for _ in range(8):
-            t = _forward(model, t, cache, cache_kw)
-
-    try:
-        return profile_call(steps, device)
-    except Exception as exc:  # noqa: BLE001 - a profile is extra; keep the timings
-        return {"error": f"{type(exc).__name__}: {exc}"}
-
-
-def _profile_prefill(model, seq_len: int, cache_kw: str, device: torch.device) -> dict[str, Any]:
-    """Profile one more prefill (sparse variants only: full's is dense SDPA, and long)."""
-    from transformers import DynamicCache
-
-    ids = torch.randint(0, model.config.vocab_size, (1, seq_len), device=device)
-    try:
-        return profile_call(lambda: _forward(model, ids, DynamicCache(), cache_kw), device)
-    except Exception as exc:  # noqa: BLE001
-        return {"error": f"{type(exc).__name__}: {exc}"}
-
-
-def _no_table(p: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in p.items() if k != "table"}
-
-
-def _write_profiles(doc: dict[str, Any], path: str) -> None:
-    with open(path, "w") as f:
-        for key, p in doc["profiles"].items():
-            f.write(f"===== {key}\n")
-            f.write(json.dumps(_no_table(p), indent=1))
-            f.write("\n" + p.get("table", "") + "\n\n")
-
-
 def _tb() -> str:
     return traceback.format_exc(limit=6)
-
-
-def summarize(doc: dict[str, Any]) -> dict[str, Any]:
-    """Speed-ups against ``full`` at each length, and the targets at the longest one."""
-    by = {(r["variant"], r["seq_len"]): r for r in doc["results"] if "prefill_s" in r}
-    out: dict[str, Any] = {"prefill_speedup_vs_full": {}, "decode_ratio_vs_full": {}}
-    lens = sorted({r["seq_len"] for r in doc["results"]})
-    for (v, n), r in by.items():
-        f = by.get(("full", n))
-        if f is None or v == "full":
-            continue
-        out["prefill_speedup_vs_full"][f"{v}@{n}"] = f["prefill_s"] / r["prefill_s"]
-        out["decode_ratio_vs_full"][f"{v}@{n}"] = (
-            r["decode_ms_per_token"] / f["decode_ms_per_token"]
-        )
-    static = {
-        (r["variant"], r["seq_len"], r["batch"]): r.get("graph_ms", r.get("eager_ms"))
-        for r in doc.get("static_decode", [])
-        if "eager_ms" in r
-    }
-    if static:
-        top = max(n for _, n, _ in static)
-        low = min(n for _, n, _ in static)
-        ratio = {}
-        for (v, n, b), ms in static.items():
-            f = static.get(("full", n, b))
-            if v != "full" and f:
-                ratio[f"{v}@{n}/b{b}"] = ms / f
-        out["static_decode_ratio_vs_full"] = ratio
-        flat = {
-            f"{v}/b{b}": static[(v, top, b)] / static[(v, low, b)]
-            for (v, n, b) in static
-            if n == top and (v, low, b) in static
-        }
-        out["static_decode_growth"] = {"from": low, "to": top, **flat}
-        d = ratio.get(f"power@{top}/b8")
-        g = flat.get("power/b8")
-        out["static_targets"] = {
-            "seq_len": top,
-            "decode_ratio_b8": d,
-            "decode_target": TARGET_DECODE_RATIO,
-            "decode_met": None if d is None else d <= TARGET_DECODE_RATIO,
-            "growth_b8": g,
-            "growth_target": TARGET_FLAT,
-            "growth_met": None if g is None else g <= TARGET_FLAT,
-        }
-    if lens:
-        top = max(lens)
-        s = out["prefill_speedup_vs_full"].get(f"power@{top}")
-        d = out["decode_ratio_vs_full"].get(f"power@{top}")
-        out["targets"] = {
-            "seq_len": top,
-            "prefill_speedup": s,
-            "prefill_target": TARGET_PREFILL_SPEEDUP,
-            "prefill_met": None if s is None else s >= TARGET_PREFILL_SPEEDUP,
-            "decode_ratio_dynamic_cache": d,
-        }
-    return out
-
-
-# ----------------------------------------------------------------------------- output
-def _static_header() -> str:
-    return (
-        f"{'context':>8}  {'variant':<8} {'batch':>5} {'eager ms':>9} {'graph ms':>9} "
-        f"{'tokens/s':>9}"
-    )
-
-
-def _static_row(r: dict[str, Any]) -> str:
-    head = f"{r['seq_len']:>8}  {r['variant']:<8} {r['batch']:>5}"
-    if "eager_ms" not in r:
-        return f"{head} {r.get('error', '')}"
-    graph = f"{r['graph_ms']:>9.2f}" if "graph_ms" in r else f"{'failed':>9}"
-    tail = f"  ({r['graph_error']})" if "graph_error" in r else ""
-    return f"{head} {r['eager_ms']:>9.2f} {graph} {r['tokens_per_s']:>9.0f}{tail}"
-
-
-def _header() -> str:
-    return (
-        f"{'prompt':>8}  {'variant':<15} {'TTFT s':>8} {'x full':>7} {'decode ms/tok':>13} "
-        f"{'% full':>7} {'peak GiB':>9}"
-    )
-
-
-def _row(r: dict[str, Any], full: dict[str, Any] | None = None) -> str:
-    if "prefill_s" not in r:
-        return f"{r['seq_len']:>8}  {r['variant']:<15} {r.get('error', '')}"
-    sp = dr = ""
-    if full and "prefill_s" in full:
-        sp = f"{full['prefill_s'] / r['prefill_s']:.2f}x"
-        dr = f"{r['decode_ms_per_token'] / full['decode_ms_per_token']:.0%}"
-    return (
-        f"{r['seq_len']:>8}  {r['variant']:<15} {r['prefill_s']:>8.3f} {sp:>7} "
-        f"{r['decode_ms_per_token']:>13.2f} {dr:>7} {r['peak_gib']:>9.1f}"
-    )
-
-
-def print_table(doc: dict[str, Any]) -> None:
-    m = doc["meta"]
-    print(
-        f"\n{m['device']}; torch {m['torch']}, transformers {m['transformers']}; "
-        f"{m['model_shape']['num_hidden_layers']}-layer Qwen2 shape, bf16, batch 1, "
-        f"decode over {m['config']['decode_steps']} steps"
-    )
-    for v, desc in doc["variants"].items():
-        print(f"  {v}: {desc}")
-    print(_header())
-    full = {r["seq_len"]: r for r in doc["results"] if r["variant"] == "full"}
-    for r in sorted(doc["results"], key=lambda r: (r["seq_len"], VARIANTS.index(r["variant"]))):
-        print(_row(r, full.get(r["seq_len"])))
-    t = doc.get("summary", {}).get("targets")
-    if t and t.get("prefill_speedup") is not None:
-        print(
-            f"\nat {t['seq_len']:,} tokens, power vs full: prefill {t['prefill_speedup']:.2f}x "
-            f"(target >= {t['prefill_target']}x: {'met' if t['prefill_met'] else 'missed'})"
-        )
-    if doc.get("static_decode"):
-        print("\nStaticCache decode step (random context of the given length):")
-        print(_static_header())
-        for r in doc["static_decode"]:
-            print(_static_row(r))
-    st = doc.get("summary", {}).get("static_targets")
-    if st and st.get("decode_ratio_b8") is not None:
-        growth = st.get("growth_b8")
-        grown = "n/a" if growth is None else f"{growth:.2f}x"
-        print(
-            f"at {st['seq_len']:,} tokens, batch 8: power decode {st['decode_ratio_b8']:.0%} of "
-            f"full's (target <= {st['decode_target']:.0%}: "
-            f"{'met' if st['decode_met'] else 'missed'}); power's step time grows {grown} "
-            f"over the lengths (target <= {st['growth_target']}x)"
-        )
-
-
-def plot(doc: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
-    rows = [r for r in doc["results"] if "prefill_s" in r]
-    full = {r["seq_len"]: r for r in rows if r["variant"] == "full"}
-    for v in VARIANTS:
-        rs = sorted((r for r in rows if r["variant"] == v), key=lambda r: r["seq_len"])
-        if not rs:
-            continue
-        x = [r["seq_len"] for r in rs]
-        axes[0].plot(x, [r["prefill_s"] for r in rs], "o-", label=v)
-        axes[1].plot(x, [r["decode_ms_per_token"] for r in rs], "o-", label=v)
-        if v != "full":
-            xs = [r["seq_len"] for r in rs if r["seq_len"] in full]
-            pairs = [(full[n], r) for n, r in zip(x, rs, strict=True) if n in full]
-            axes[2].plot(
-                xs,
-                [f["prefill_s"] / r["prefill_s"] for f, r in pairs],
-                "o-",
-                label=f"{v}: prefill speed-up",
-            )
-            axes[2].plot(
-                xs,
-                [f["decode_ms_per_token"] / r["decode_ms_per_token"] for f, r in pairs],
-                "s--",
-                label=f"{v}: decode speed-up",
-            )
-    axes[2].axhline(
-        TARGET_PREFILL_SPEEDUP,
-        color="k",
-        lw=0.8,
-        ls=":",
-        label=f"prefill target {TARGET_PREFILL_SPEEDUP}x",
-    )
-    for v in STATIC_VARIANTS:
-        for b in sorted({r["batch"] for r in doc.get("static_decode", [])}):
-            rs = [
-                r
-                for r in doc.get("static_decode", [])
-                if r["variant"] == v and r["batch"] == b and "eager_ms" in r
-            ]
-            if rs:
-                axes[3].plot(
-                    [r["seq_len"] for r in rs],
-                    [r.get("graph_ms", r["eager_ms"]) for r in rs],
-                    "o-" if v == "power" else "s--",
-                    label=f"{v}, batch {b}",
-                )
-    titles = (
-        "time to first token (s)",
-        "decode ms / token (DynamicCache, eager)",
-        "speed-up vs full (x)",
-        "decode ms / step (StaticCache, CUDA graph)",
-    )
-    for ax, title in zip(axes, titles, strict=True):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("prompt tokens")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0].set_yscale("log")
-    axes[3].set_xlabel("context tokens")
-    m = doc["meta"]
-    fig.suptitle(
-        f"{m['config']['model']} shape ({m['model_shape']['num_hidden_layers']} layers), random "
-        f"bf16 weights, batch 1 -- {m['device']}, torch {m['torch']}, "
-        f"transformers {m['transformers']}",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- CLI
