@@ -24,7 +24,7 @@ import torch
 from ..patterns import Pattern
 from ..receptive import hop_matrix
 from ..tasks.passkey import FILLER, HEADER, NEEDLE, QUESTION
-from ..training.tokenizer import ByteTokenizer
+from ..tasks.tokenizer import ByteTokenizer
 
 KEYS = ("31415", "27182", "16180", "14142", "17320", "22360")
 _SENTENCES = [s.strip() + "." for s in FILLER.split(".") if s.strip()]

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..training.tokenizer import ByteTokenizer
 from ..validate import check_int
+from .tokenizer import ByteTokenizer
 
 HEADER = (
     "There is an important info hidden inside a lot of irrelevant text. Find it and memorize "

@@ -1,7 +1,7 @@
 """Training small models from scratch on the passkey curriculum (``powerattn train``).
 
-Names are imported lazily: :mod:`powerattn.tasks` uses the tokenizer from here, and the
-trainer uses the tasks.
+Names are imported lazily, so that ``import powerattn.training`` stays cheap (the trainer
+pulls in transformers).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from ..hf import apply, dense_causal_attention
 from ..ops.api import sparse_attention
 from ..ops.dense import sdpa_attention
 from ..patterns import Pattern, get_pattern
+from ..tasks.tokenizer import ByteTokenizer
 from .config import ModelConfig
-from .tokenizer import ByteTokenizer
 
 # Not a powerattn.sparse_attention backend: the pattern's exact token mask handed to PyTorch's
 # SDPA (its memory-efficient kernel takes any mask, with a backward). Dense cost, no sparsity
