@@ -24,7 +24,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,9 @@ import numpy as np
 import torch
 
 from ..ops.reference import reference_attention
-from ..patterns import Pattern
+from ..patterns import Pattern, main_pattern_names
 from ..receptive import coverage
 from ..training.config import (
-    ModelConfig,
-    OptimConfig,
     PatternConfig,
     Stage,
     TaskConfig,
@@ -46,6 +44,7 @@ from ..training.evaluate import depth_bins, digit_hops, evaluate_passkey, guess_
 from ..training.model import SDPA_MASK, attention
 from ..training.trainer import CHECKPOINT, CONFIG, METRICS, Trainer, clear_run
 from ..validate import check_int
+from .presets import PRESETS, Preset  # noqa: F401 - re-exported
 from .tables import (  # re-exported: the campaign's API in one import
     GATE_MIN_SEEDS,
     GATE_THRESHOLD,
@@ -58,147 +57,11 @@ from .tables import (  # re-exported: the campaign's API in one import
     wilson_interval,
 )
 
-MAIN_PATTERNS = ["power", "sliding_window", "stride_slash", "dilated", "longnet", "full"]
+MAIN_PATTERNS = main_pattern_names()  # the registry's, in the paper's order
 PARTS = ("main", "layers", "long")
 STAGE_EVAL = "stage_eval.json"
 # Exit status of a ``--only`` run refused because OUT holds a checkpoint of another config.
 EXIT_CHECKPOINT_MISMATCH = 3
-
-
-@dataclass
-class Preset:
-    """Sizes of one experiment campaign."""
-
-    model: ModelConfig
-    stages: list[Stage]
-    long_stages: list[Stage]
-    layer_sweep: list[int]
-    long_patterns: list[str] = field(default_factory=lambda: ["power", "stride_slash"])
-    block_size: int = 32
-    batch_size: int = 32
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    eval_depths: int = 11
-    eval_samples: int = 32
-    loss_on: str = "answer"
-    replay: float = 0.0
-    seed: int = 0
-    # Patterns of the "layers" part (each with every count of layer_sweep).
-    layer_patterns: list[str] = field(default_factory=lambda: ["power"])
-    # Lengths the main runs' final models are evaluated at (None: the stages' lengths) and
-    # the long runs' (None: the last two stages' lengths).
-    eval_lengths: list[int] | None = None
-    long_eval_lengths: list[int] | None = None
-    # Evaluation rigour. eval_bins: eval_depths equal depth bins, each document's needle at a
-    # random position inside its bin (else eval_depths fixed depths 0..1, one needle position
-    # per cell). heldout_keys: training never draws the keys evaluation draws from.
-    eval_bins: bool = False
-    heldout_keys: bool = False
-    eval_seed: int = 1234
-    lm_weight: float = 0.0
-
-
-PRESETS: dict[str, Preset] = {
-    # Seconds on a CPU: checks the plumbing of every part, learns nothing.
-    "smoke": Preset(
-        model=ModelConfig(layers=2, hidden=32, heads=2, kv_heads=2, intermediate=64),
-        stages=[Stage(320, 3), Stage(384, 3)],
-        long_stages=[Stage(320, 2), Stage(448, 2)],
-        layer_sweep=[1],
-        batch_size=4,
-        optim=OptimConfig(warmup_steps=2),
-        eval_depths=3,
-        eval_samples=2,
-    ),
-    # The H200 campaign: 32-token blocks, a short warm-up stage (320 tokens, 10 blocks: every
-    # pattern is nearly full there, so all learn to copy the key first -- in the pilot, full
-    # attention never started learning at 512), then 16 -> 128 blocks (512 -> 4096 tokens),
-    # 6 layers, 300 steps per stage and no replay (with replay, the runs of "gpu-replay" kept
-    # switching lengths and none but LongNet and the 4-layer model learned 4096 tokens). At 128
-    # blocks power covers every block in 6 hops, stride slash (stride 32) in 8, sliding window
-    # reaches ~50 blocks back; at 256 blocks stride slash needs 11.
-    "gpu": Preset(
-        model=ModelConfig(layers=6, hidden=128, heads=4, kv_heads=4, intermediate=512),
-        stages=[
-            Stage(320, 200),
-            Stage(512, 300),
-            Stage(1024, 300),
-            Stage(2048, 300),
-            Stage(4096, 300),
-        ],
-        long_stages=[
-            Stage(320, 200),
-            Stage(1024, 300),
-            Stage(2048, 300),
-            Stage(4096, 300),
-            Stage(8192, 300),
-        ],
-        layer_sweep=[2, 4],
-        batch_size=32,
-        optim=OptimConfig(lr=1e-3, warmup_steps=100),
-    ),
-}
-# The earlier campaign (results/passkey/replay): the same model and optimiser, shorter stages,
-# a quarter of the steps of each later stage replaying an earlier length so that the model
-# keeps them.
-PRESETS["gpu-replay"] = dataclasses.replace(
-    PRESETS["gpu"],
-    stages=[Stage(320, 250), Stage(512, 150), Stage(1024, 200), Stage(2048, 250), Stage(4096, 450)],
-    long_stages=[
-        Stage(320, 250),
-        Stage(1024, 150),
-        Stage(2048, 150),
-        Stage(4096, 200),
-        Stage(8192, 350),
-    ],  # fmt: skip
-    replay=0.25,
-)
-
-
-# The recipe of issue 10 (results/passkey/README.md, "The gate"): a ~5M-parameter model
-# (6 layers, hidden 256, 4 heads of 64), a short warm-up at 320/512 tokens, then every step
-# drawing its length from 512..4096 tokens (4096 twice as often: the gate is at 4096; a model
-# trained at 320 tokens only retrieves nothing at 448 in the CPU checks, so every length is
-# trained), a constant learning rate after warm-up (a run cut by the wall clock is not left
-# half-way down a schedule), keys held out for evaluation, 10 depth bins x 64 documents per
-# cell with the needle at a random position inside its bin. No next-token loss on the
-# haystack: in the CPU checks it stopped a small model from learning the task (lm_weight 1:
-# nothing after 400 steps; 0: learned by step ~300). Batch 16: more updates for the same
-# tokens. Steps sized for ~5 minutes of training with 3 runs sharing one H200
-# (scripts/gpu_passkey_gate.sh).
-_MIX = [512, 1024, 2048, 4096]
-PRESETS["gpu-mix"] = Preset(
-    model=ModelConfig(layers=6, hidden=256, heads=4, kv_heads=4, intermediate=768),
-    stages=[Stage(512, 250, mix=[320]), Stage(4096, 2500, mix=_MIX)],
-    long_stages=[Stage(512, 250, mix=[320]), Stage(8192, 2500, mix=[1024, 2048, 4096, 8192])],
-    layer_sweep=[1, 2, 3, 4, 5, 7, 8],
-    layer_patterns=["power", "sliding_window", "stride_slash"],
-    batch_size=16,
-    optim=OptimConfig(lr=1e-3, warmup_steps=100, schedule="constant"),
-    eval_depths=10,
-    eval_samples=64,
-    eval_lengths=[512, 1024, 2048, 4096, 8192],
-    long_eval_lengths=[4096, 8192],
-    eval_bins=True,
-    heldout_keys=True,
-    eval_seed=7919,
-)
-# Its CPU twin: every lever and code path of gpu-mix (mixed stage, constant LR, held-out keys,
-# depth bins, several layer patterns; and the next-token loss) in seconds; learns nothing.
-PRESETS["smoke-mix"] = dataclasses.replace(
-    PRESETS["gpu-mix"],
-    model=ModelConfig(layers=2, hidden=32, heads=2, kv_heads=2, intermediate=64),
-    stages=[Stage(320, 2), Stage(384, 4, mix=[320])],
-    long_stages=[Stage(320, 2), Stage(448, 2, mix=[384])],
-    layer_sweep=[1],
-    layer_patterns=["power", "sliding_window"],
-    batch_size=2,
-    optim=OptimConfig(warmup_steps=2, schedule="constant"),
-    eval_depths=3,
-    eval_samples=2,
-    eval_lengths=[320, 384, 448],
-    long_eval_lengths=[448],
-    lm_weight=1.0,
-)
 
 
 @dataclass
