@@ -1,13 +1,19 @@
 """Correctness against the float64 oracle, with the project's one tolerance rule.
 
 The rule (flash-attention's): an implementation's error against the float64 reference may be
-at most ``factor`` times the error of a same-precision dense baseline against that reference
--- :data:`FORWARD_FACTOR` (2x) for outputs and the lse, :data:`GRADIENT_FACTOR` (3x) for
-gradients -- plus a floor derived from the dtype: the rounding of the reference itself into
-the compared dtype (unit roundoff x the largest reference value), which no implementation
-can beat. The baseline is PyTorch's SDPA with the pattern's dense mask
-(:func:`~powerattn.ops.dense.sdpa_attention`) for outputs and gradients, and the lse of the
-scores computed in the input precision for the lse (SDPA returns none).
+at most ``factor`` times the error of a same-precision baseline against that reference --
+:data:`FORWARD_FACTOR` (2x) for outputs and the lse, :data:`GRADIENT_FACTOR` (3x) for
+gradients -- plus a floor derived from the computation (:func:`rounding_floor`): the typical
+rounding of a float32-accumulated sum of ``terms`` products (unit roundoff x sqrt(terms) x
+the largest reference value; float64 for float64 inputs). The floor covers the accumulation
+noise that a baseline may happen to avoid on its worst entry; the rounding of the result
+into its dtype needs no floor, since a baseline in that dtype already carries it (no value
+of the dtype is closer to the exact answer than its rounding).
+
+The baselines: PyTorch's SDPA with the pattern's dense mask
+(:func:`~powerattn.ops.dense.sdpa_attention`) for outputs and gradients; for the lse
+(SDPA returns none), the float32 log-sum-exp of the scores of the input-precision q, k
+(:func:`baseline_lse`: what a kernel accumulating in float32 gets).
 
 Tests, the experiments' backend checks and the benchmarks' checks all call this module:
 
@@ -19,6 +25,7 @@ Tolerances are never widened to make a check pass: a failure is a bug to find.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -39,19 +46,28 @@ def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).masked_fill(same_inf, 0).abs().max()) if a.numel() else 0.0
 
 
-def rounding_floor(ref: torch.Tensor, dtype: torch.dtype) -> float:
-    """Half an ulp of ``dtype`` at the reference's largest finite magnitude: the error of
-    merely rounding the exact answer into ``dtype``."""
+def rounding_floor(ref: torch.Tensor, dtype: torch.dtype, terms: int = 1) -> float:
+    """The floor of the tolerance: unit roundoff of the accumulation (float32, or float64
+    for float64 ``dtype``) x ``sqrt(terms)`` x the reference's largest finite magnitude --
+    the typical rounding of a sum of ``terms`` products (e.g. ``Sk`` for an attention
+    output), which a baseline summing in another order may happen to avoid."""
+    if terms < 1:
+        raise ValueError(f"terms must be >= 1, got {terms}")
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
     finite = ref.detach()[torch.isfinite(ref.detach())]
     top = float(finite.abs().max()) if finite.numel() else 0.0
-    return torch.finfo(dtype).eps / 2 * top
+    return torch.finfo(acc).eps / 2 * math.sqrt(terms) * top
 
 
 def tolerance(
-    ref: torch.Tensor, baseline: torch.Tensor, dtype: torch.dtype, factor: float
+    ref: torch.Tensor,
+    baseline: torch.Tensor,
+    dtype: torch.dtype,
+    factor: float,
+    terms: int = 1,
 ) -> float:
-    """``factor x |baseline - ref| + rounding_floor(ref, dtype)``."""
-    return factor * max_error(baseline, ref) + rounding_floor(ref, dtype)
+    """``factor x |baseline - ref| + rounding_floor(ref, dtype, terms)``."""
+    return factor * max_error(baseline, ref) + rounding_floor(ref, dtype, terms)
 
 
 def check_close(
@@ -59,11 +75,18 @@ def check_close(
     ref: torch.Tensor,
     baseline: torch.Tensor,
     factor: float = FORWARD_FACTOR,
+    terms: int = 1,
 ) -> dict[str, Any]:
     """``{"err", "baseline_err", "tol", "ok"}`` for ``out`` against the float64 ``ref``, with
-    the tolerance of the same-precision ``baseline`` (all tensors of one shape)."""
+    the tolerance of the same-precision ``baseline`` (all tensors of one shape; ``terms``:
+    the length of the reduction behind each entry, for the floor)."""
+    if out.shape != ref.shape or baseline.shape != ref.shape:
+        raise ValueError(
+            f"shapes differ: out {tuple(out.shape)}, ref {tuple(ref.shape)}, "
+            f"baseline {tuple(baseline.shape)}"
+        )
     err = max_error(out, ref)
-    tol = tolerance(ref, baseline, out.dtype, factor)
+    tol = tolerance(ref, baseline, out.dtype, factor, terms)
     base = max_error(baseline, ref)
     return {"err": err, "baseline_err": base, "tol": tol, "ok": bool(err <= tol)}
 
@@ -74,10 +97,11 @@ def assert_close_to_reference(
     baseline: torch.Tensor,
     factor: float = FORWARD_FACTOR,
     name: str = "output",
+    terms: int = 1,
 ) -> None:
     """Raise ``AssertionError`` (with the numbers) unless ``out`` is within ``factor`` times
-    the baseline's error of the float64 ``ref`` (plus the rounding floor)."""
-    r = check_close(out, ref, baseline, factor)
+    the baseline's error of the float64 ``ref`` (plus the floor of ``terms``)."""
+    r = check_close(out, ref, baseline, factor, terms)
     if not r["ok"]:
         raise AssertionError(
             f"{name}: error {r['err']:.3g} against the float64 reference exceeds "
@@ -89,10 +113,22 @@ def assert_close_to_reference(
 def baseline_lse(
     q: torch.Tensor, k: torch.Tensor, pattern: Pattern | str, scale: float | None = None
 ) -> torch.Tensor:
-    """The lse of the masked scores computed in the input precision (float32 result)."""
-    v = k.new_zeros(k.shape)
-    _, lse = reference_attention(q.detach(), k.detach(), v, pattern, scale, return_lse=True)
+    """The lse baseline ``(B, Hq, Sq)`` float32: the masked scores of the input-precision
+    ``q, k`` computed and reduced in float32 (float64 for float64 inputs), as a kernel that
+    accumulates in float32 computes them."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q, k = q.detach().to(acc), k.detach().to(acc)
+    _, lse = reference_attention(q, k, k.new_zeros(k.shape), pattern, scale, return_lse=True)
     return lse
+
+
+def reduction_terms(q: torch.Tensor, k: torch.Tensor) -> dict[str, int]:
+    """The length of the sums behind each entry of an attention's results: the ``Sk`` keys
+    of the softmax for the output, the lse and dq; for dk and dv, those of the softmax plus the
+    ``Sq x (Hq // Hkv)`` query rows summed over (rounding of chained sums adds in quadrature)."""
+    sq, sk = q.shape[-2], k.shape[-2]
+    rows = sq * (q.shape[1] // k.shape[1])
+    return {"out": sk, "lse": sk, "dq": sk, "dk": sk + rows, "dv": sk + rows}
 
 
 def compare_attention(
@@ -111,11 +147,12 @@ def compare_attention(
     the gradients of q, k, v against the float64 reference, under the tolerance rule.
 
     Args:
-        fn: the attention to check, taking fresh leaf copies of ``q, k, v`` (in their dtype).
+        fn: the attention to check, taking fresh leaf copies of ``q, k, v`` (in their dtype
+            and on their device).
         q, k, v: ``(B, Hq, Sq, D)``, ``(B, Hkv, Sk, D)`` inputs (their values are used).
         pattern, scale: what ``fn`` computes (``scale=None``: ``1 / sqrt(D)``).
         grads: also compare ``dq, dk, dv`` for the upstream gradient ``dout`` (default: a
-            standard normal drawn with ``seed``).
+            standard normal drawn on the CPU with ``seed``).
 
     Returns:
         ``{"out": {...}, ["lse": {...}], ["dq", "dk", "dv": {...}], "ok": bool}``, each entry
@@ -126,6 +163,7 @@ def compare_attention(
     """
     pattern = get_pattern(pattern)
     dtype = q.dtype
+    terms = reduction_terms(q, k)
 
     def leaves(dt: torch.dtype) -> list[torch.Tensor]:
         return [t.detach().to(dt).requires_grad_(grads) for t in (q, k, v)]
@@ -135,18 +173,19 @@ def compare_attention(
     out, lse = res if isinstance(res, tuple) else (res, None)
     ref, ref_lse = reference_attention(*xs64, pattern, scale, return_lse=True, upcast=True)
     base = sdpa_attention(*xsb, pattern, scale)
-    report: dict[str, Any] = {"out": check_close(out, ref, base, FORWARD_FACTOR)}
+    report: dict[str, Any] = {"out": check_close(out, ref, base, FORWARD_FACTOR, terms["out"])}
     if lse is not None:
-        report["lse"] = check_close(lse, ref_lse, baseline_lse(q, k, pattern, scale))
+        bl = baseline_lse(q, k, pattern, scale)
+        report["lse"] = check_close(lse, ref_lse, bl, FORWARD_FACTOR, terms["lse"])
     if grads:
         if dout is None:
             gen = torch.Generator().manual_seed(seed)
             dout = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
-        dout = dout.to(ref.device)
+        dout = dout.to(ref.device, torch.float64)
         g_out = torch.autograd.grad(out, xs, dout.to(dtype))
         g_ref = torch.autograd.grad(ref, xs64, dout)
         g_base = torch.autograd.grad(base, xsb, dout.to(dtype))
         for name, a, r, b in zip(("dq", "dk", "dv"), g_out, g_ref, g_base, strict=True):
-            report[name] = check_close(a, r, b, GRADIENT_FACTOR)
+            report[name] = check_close(a, r, b, GRADIENT_FACTOR, terms[name])
     report["ok"] = all(v["ok"] for v in report.values() if isinstance(v, dict))
     return report
