@@ -26,8 +26,9 @@ def test_floor_is_float32_accumulation_times_sqrt_terms():
     assert rounding_floor(ref, torch.bfloat16, terms=100) == pytest.approx(10 * 4 * u32)
     assert rounding_floor(ref, torch.float64) == pytest.approx(4 * 2.0**-53)
     assert rounding_floor(torch.tensor([float("-inf"), 1.0]), torch.float32) == u32
+    assert rounding_floor(ref, torch.float32, terms=0) == 0.0
     with pytest.raises(ValueError, match="terms"):
-        rounding_floor(ref, torch.float32, terms=0)
+        rounding_floor(ref, torch.float32, terms=-1)
 
 
 def test_tolerance_and_shapes():

@@ -50,9 +50,10 @@ def rounding_floor(ref: torch.Tensor, dtype: torch.dtype, terms: int = 1) -> flo
     """The floor of the tolerance: unit roundoff of the accumulation (float32, or float64
     for float64 ``dtype``) x ``sqrt(terms)`` x the reference's largest finite magnitude --
     the typical rounding of a sum of ``terms`` products (e.g. ``Sk`` for an attention
-    output), which a baseline summing in another order may happen to avoid."""
-    if terms < 1:
-        raise ValueError(f"terms must be >= 1, got {terms}")
+    output), which a baseline summing in another order may happen to avoid. ``terms=0``: no
+    floor (e.g. a whole model's outputs, where the baseline runs the same computation)."""
+    if terms < 0:
+        raise ValueError(f"terms must be >= 0, got {terms}")
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     finite = ref.detach()[torch.isfinite(ref.detach())]
     top = float(finite.abs().max()) if finite.numel() else 0.0

@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..ops.reference import reference_attention
 from ..patterns import Pattern, main_pattern_names
 from ..receptive import coverage
+from ..testing import compare_attention
 from ..training.config import (
     PatternConfig,
     Stage,
@@ -186,11 +186,12 @@ def check_backend(
 
     Forward and input gradients of :func:`powerattn.training.model.attention` (what every
     layer runs: ``sparse_attention(backend=...)``, causal SDPA for ``full``) in the training dtype
-    (bf16 on CUDA, fp32 on CPU) vs :func:`reference_attention` in float64; the tolerance is
-    relative to a same-precision dense implementation's error: 2x for the output, 3x for
-    the gradients. q ``(batch, heads, seq_len, head_dim)``, k/v with ``kv_heads`` heads
-    (default ``heads``; fewer: grouped-query attention, as the model has). Returns the errors
-    and ``ok``.
+    (bf16 on CUDA, fp32 on CPU) under the project's tolerance rule,
+    :func:`powerattn.testing.compare_attention` (2x a same-precision SDPA's error for the
+    output, 3x for the gradients, plus the floor of the reduction length). q ``(batch, heads,
+    seq_len, head_dim)``, k/v with ``kv_heads`` heads (default ``heads``; fewer: grouped-query
+    attention, as the model has). Returns ``{"seq_len", "dtype", "ok", "out", "dq", "dk",
+    "dv"}``, each of the last four ``{"err", "baseline_err", "tol", "ok"}``.
     """
     kv_heads = heads if kv_heads is None else kv_heads
     if kv_heads <= 0 or heads % kv_heads:
@@ -200,24 +201,12 @@ def check_backend(
     q_shape = (batch, heads, seq_len, head_dim)
     kv_shape = (batch, kv_heads, seq_len, head_dim)
     q, k, v, dout = (torch.randn(s, generator=gen) for s in (q_shape, kv_shape, kv_shape, q_shape))
-
-    def run(fn, dt):
-        xs = [t.to(device, dt).requires_grad_() for t in (q, k, v)]
-        out = fn(*xs)
-        grads = torch.autograd.grad(out, xs, dout.to(device, dt))
-        return [t.detach().double() for t in (out, *grads)]
-
-    ref = run(lambda a, b, c: reference_attention(a, b, c, pattern, upcast=True), torch.float64)
-    base = run(lambda a, b, c: reference_attention(a, b, c, pattern), dtype)
-    test = run(lambda a, b, c: attention(a, b, c, pattern, backend=backend), dtype)
-    report: dict[str, Any] = {"seq_len": seq_len, "dtype": str(dtype), "ok": True}
-    for i, name in enumerate(("out", "dq", "dk", "dv")):
-        err = float((test[i] - ref[i]).abs().max())
-        base_err = float((base[i] - ref[i]).abs().max())
-        factor = 2.0 if name == "out" else 3.0
-        report[name] = {"err": err, "dense_err": base_err}
-        report["ok"] &= err <= factor * base_err + 1e-6
-    return report
+    q, k, v = (t.to(device, dtype) for t in (q, k, v))
+    report = compare_attention(
+        lambda a, b, c: attention(a, b, c, pattern, backend=backend),
+        q, k, v, pattern, dout=dout.double(),
+    )  # fmt: skip
+    return {"seq_len": seq_len, "dtype": str(dtype), **report}
 
 
 def exercise_backend(
