@@ -93,3 +93,62 @@ def test_table_summary_and_plot(tmp_path, capsys):
     argv = ["bench", "kernel", "--from-json", str(tmp_path / "k.json")]
     assert main([*argv, "--summary", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text()) == summ
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_dry_run_on_the_cpu(monkeypatch, tmp_path):
+    """The whole live path of ``run`` on the CPU with the timers replaced by one call each:
+    configs, providers, skips with notes (cuDNN, FLASH), the flex BlockMask shared by the
+    prefill cases, decode rows, ratios, progress JSON and the summary schema."""
+    from torch.nn.attention import flex_attention as fa
+
+    from powerattn.bench import runner
+    from powerattn.ops import flex as ops_flex
+
+    calls = []
+
+    def once(fn, *a, **kw):
+        calls.append(fn)
+        fn()
+        return 2.0 if len(calls) % 2 else 1.0
+
+    real_cbm = fa.create_block_mask
+    monkeypatch.setattr(kernel, "DEVICE", "cpu")
+    monkeypatch.setattr(kernel, "_bench", once)
+    monkeypatch.setattr(kernel, "_host_ms", once)
+    monkeypatch.setattr(kernel, "environment", lambda: {"gpu": "cpu", "torch": "t", "triton": "t"})
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(
+        fa, "create_block_mask", lambda *a, **kw: real_cbm(*a, **{**kw, "_compile": False})
+    )
+    monkeypatch.setattr(ops_flex, "compiled_flex", lambda: fa.flex_attention)
+    decode_row = {"case": "decode", "seq_len": 256, "method": "ours", "backend": "decode",
+                  "ms": 0.5, "vs_dense": 2.0}  # fmt: skip
+    monkeypatch.setattr(kernel, "_decode_rows", lambda cfg, p, s, b: [{**decode_row, "b": b}])
+    cfg = kernel.KernelBenchConfig(
+        seq_lens=[256], workloads=["fwd", "fwd_bwd", "decode"], q_heads=4, kv_heads=2, head_dim=16,
+        dtype="float32", block_size=64,
+    )  # fmt: skip
+    progress = []
+    res = kernel.run(cfg, log=lambda _m: None, on_progress=progress.append)
+    got = [(r["case"], r["method"], r["backend"]) for r in res["rows"]]
+    assert got == [
+        ("mask", "ours", "analytic"), ("mask_first", "flex_static", None),
+        ("mask", "flex_static", "create_block_mask"), ("fwd", "flex_static", "triton"),
+        ("fwd", "ours", "dense"), ("fwd_bwd", "ours", "dense"), ("decode", "ours", "decode"),
+    ]  # fmt: skip
+    fwd_ours = res["rows"][4]
+    assert fwd_ours["vs_flex_static"] == round(res["rows"][3]["ms"] / fwd_ours["ms"], 3)
+    assert res["rows"][3]["vs_flex_static"] == 1.0 and "vs_dense" not in fwd_ours
+    assert res["rows"][6]["b"] == [1, 8, 32] and res["rows"][6]["vs_dense"] == 2.0
+    assert res["rows"][5]["tflops"] > 0 and "vs_flex_static" not in res["rows"][5]
+    # Eager FlexAttention has no CPU backward: that method fails, noted; the others go on.
+    assert any(n.startswith("fwd_bwd flex_static failed") for n in res["notes"])
+    assert any("dense cuDNN unavailable" in n for n in res["notes"])
+    assert any("flex_flash not measured" in n for n in res["notes"])
+    assert set(res) == {"config", "env", "rows", "notes"} and res["config"]["head_dim"] == 16
+    assert len(progress) == 4 and progress[-1] == res
+    summ = kernel.summary(res)
+    assert [set(r) for r in summ["rows"]] == [{"case", "seq_len", "method", "backend", "ms"}] * 6
+    runner.write_json(tmp_path / "k.json", res)
+    assert json.loads((tmp_path / "k.json").read_text()) == json.loads(json.dumps(res))

@@ -31,13 +31,15 @@ import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
 from ..patterns import get_pattern
+from . import runner
+from .runner import Benchmark, Column, Plot, Ratio, Skip
 
 WORKLOADS = ("fwd", "fwd_bwd", "decode")
+DEVICE = "cuda"  # a module constant so that the logic can be dry-run on the CPU
 
 
 @dataclass
@@ -95,43 +97,114 @@ def _pairs(pattern, s: int) -> float:
     return pattern.density(s) * s * (s + 1) / 2
 
 
-class _Recorder:
-    def __init__(self, log):
-        self.rows: list[dict] = []
-        self.notes: list[str] = []
-        self.log = log
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0]
 
-    def add(self, case, method, s, ms, flops=None, backend=None, **extra):
-        row = {"case": case, "seq_len": s, "method": method, "backend": backend, "ms": ms}
-        if flops is not None and ms:
-            row["tflops"] = flops / ms / 1e9
-        row.update(extra)
-        self.rows.append(row)
-        self.log(
-            f"  {case:12s} {method:12s} {backend or '':8s} S={s:7d} {ms:9.3f} ms"
-            + (f" {row['tflops']:6.0f} TFLOP/s" if "tflops" in row else "")
-            + "".join(f" {k}={v}" for k, v in extra.items())
+
+# The table (and each row's progress line): one Column per field of a row.
+COLUMNS = (
+    Column("case", "case", 12),
+    Column("method", "method", 12),
+    Column("backend", "backend", 9),
+    Column("seq_len", "S", 7, "d", align=">"),
+    Column("ms", "ms", 10, ".3f", align=">"),
+    Column("tflops", "TFLOP/s", 8, ".0f", align=">"),
+    Column("vs_flex_static", "vs flex", 8, ".2f", "x", align=">"),
+    Column("vs_dense", "vs dense", 9, ".2f", "x", align=">"),
+)
+PLOT = Plot(
+    x="seq_len",
+    panel="case",
+    panels=("mask", "fwd", "fwd_bwd", "decode", "decode_graph"),
+    xlabel="sequence length (tokens)",
+    ylabel="ms (log)",
+)
+PREFILL_METHODS = ("dense_cudnn", "flex_static", "flex_flash", "ours", "ours_flex")
+
+
+def benchmark(cfg: KernelBenchConfig) -> Benchmark:
+    """The benchmark as the runner sees it: per sequence length, the configs ``mask`` then
+    each workload; providers ``ours``/``flex_static`` (mask), :data:`PREFILL_METHODS`
+    (``fwd``, ``fwd_bwd``; those that cannot run here are skipped with a note) and
+    ``bench_decode`` (``decode``: its rows name their own cases and methods). Needs CUDA to
+    measure; building it does not."""
+    dev = DEVICE
+    dtype = getattr(torch, cfg.dtype)
+    pattern = get_pattern(cfg.pattern, block_size=cfg.block_size)
+    flex_masks: dict[int, object] = {}  # the FlexAttention BlockMask of the current length
+
+    configs = [
+        {"case": case, "seq_len": s} for s in cfg.seq_lens for case in ("mask", *cfg.workloads)
+    ]
+
+    def providers(c):
+        if c["case"] == "mask":
+            return ["ours"] if cfg.skip_flex else ["ours", "flex_static"]
+        if c["case"] == "decode":
+            return ["bench_decode"]
+        if cfg.skip_flex:
+            return [m for m in PREFILL_METHODS if not m.startswith("flex")]
+        return list(PREFILL_METHODS)
+
+    def setup(c):
+        if c["case"] in ("mask", "decode"):
+            return None
+        s, grad = c["seq_len"], c["case"] == "fwd_bwd"
+        g = torch.Generator(device=dev).manual_seed(s + grad)
+        B, Hq, Hkv, D = cfg.batch, cfg.q_heads, cfg.kv_heads, cfg.head_dim
+        q, k, v, dout = (
+            torch.randn(*shape, device=dev, dtype=dtype, generator=g)
+            for shape in ((B, Hq, s, D), (B, Hkv, s, D), (B, Hkv, s, D), (B, Hq, s, D))
         )
+        q, k, v = (t.requires_grad_(grad) for t in (q, k, v))
+        mult = 3.5 if grad else 1.0  # backward = 2.5x the forward's matmul work
+        return {
+            "qkv": (q, k, v),
+            "dout": dout,
+            "grad": grad,
+            "flops": 4.0 * _pairs(pattern, s) * D * Hq * B * mult,
+            "dense_flops": 4.0 * s * (s + 1) / 2 * D * Hq * B * mult,
+        }
 
-    def note(self, text):
-        if text not in self.notes:
-            self.notes.append(text)
-            self.log(f"  note: {text}")
+    def measure(c, method, st):
+        if c["case"] == "mask":
+            return _measure_mask(method, pattern, c["seq_len"], dev, flex_masks)
+        if c["case"] == "decode":
+            s = c["seq_len"]
+            more = cfg.decode_batches if s == max(cfg.seq_lens) else []
+            return _decode_rows(cfg, pattern, s, [1, *more])
+        return _measure_prefill(method, c["case"], pattern, st, flex_masks.get(c["seq_len"]))
+
+    return Benchmark(
+        name="kernel",
+        configs=configs,
+        providers=providers,
+        measure=measure,
+        setup=setup,
+        teardown=lambda c: c["case"] != "mask" and torch.cuda.empty_cache(),
+        columns=COLUMNS,
+        ratios={
+            "vs_flex_static": Ratio("flex_static", 3, on_baseline=True),
+            "vs_dense": Ratio("dense_cudnn", 2),
+        },
+        plot=PLOT,
+    )
 
 
-def _bench_masks(rec, cfg, pattern, s, dev):
-    """Mask construction; returns FlexAttention's own BlockMask (or None)."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
+def _measure_mask(method, pattern, s, dev, flex_masks):
+    """Mask construction: ours (analytic) or FlexAttention's ``create_block_mask`` (its first,
+    compiling call as case ``mask_first``); keeps FlexAttention's BlockMask for the
+    prefill cases of this length."""
     from ..ops import flex as ops_flex
 
-    def build_ours():
-        ops_flex._mask_cache.clear()
-        return ops_flex.block_mask_for(pattern, s, s, dev)
+    if method == "ours":
 
-    rec.add("mask", "ours", s, _host_ms(build_ours), backend="analytic")
-    if cfg.skip_flex:
-        return None
+        def build_ours():
+            ops_flex._mask_cache.clear()
+            return ops_flex.block_mask_for(pattern, s, s, dev)
+
+        return {"backend": "analytic", "ms": _host_ms(build_ours)}
+    from torch.nn.attention.flex_attention import create_block_mask
 
     def mask_mod(b, h, q_idx, kv_idx):  # create_block_mask wants a plain function
         return pattern.mask_mod(b, h, q_idx, kv_idx)
@@ -141,23 +214,25 @@ def _bench_masks(rec, cfg, pattern, s, dev):
             mask_mod, None, None, s, s, device=dev, BLOCK_SIZE=128, _compile=True
         )
 
+    flex_masks.clear()
     t = time.perf_counter()
-    bm = cbm()
+    flex_masks[s] = cbm()
     torch.cuda.synchronize()
-    rec.add("mask_first", "flex_static", s, (time.perf_counter() - t) * 1e3)
-    rec.add("mask", "flex_static", s, _host_ms(cbm, 3), backend="create_block_mask")
-    return bm
+    first = (time.perf_counter() - t) * 1e3
+    return [
+        {"case": "mask_first", "backend": None, "ms": first},
+        {"backend": "create_block_mask", "ms": _host_ms(cbm, 3)},
+    ]
 
 
-def _bench_decode(rec, cfg, pattern, s, batches):
+def _decode_rows(cfg, pattern, s, batches):
     """Decode rows from :func:`powerattn.bench.decode.bench_decode`: B=1 eager (back-to-back
     calls over rotating KV copies, so neither L2 nor do_bench's flush hides launch cost) and
     CUDA-graph replay, against dense SDPA; B>1 with per-sequence lengths against dense SDPA
     per sequence (exact) and over the padded cache."""
     from .decode import bench_decode
 
-    base = ("case", "seq_len", "method", "backend", "ms")
-    rows = bench_decode(
+    return bench_decode(
         seq_lens=[s],
         batches=batches,
         q_heads=cfg.q_heads,
@@ -167,26 +242,17 @@ def _bench_decode(rec, cfg, pattern, s, batches):
         pattern=pattern,
         log=lambda _msg: None,
     )
-    for r in rows:
-        extra = {k: v for k, v in r.items() if k not in base}
-        rec.add(r["case"], r["method"], r["seq_len"], r["ms"], backend=r["backend"], **extra)
 
 
-def _bench_prefill(rec, cfg, pattern, s, rnd, bm_flex, grad):
+def _measure_prefill(method, case, pattern, st, bm_flex):
+    """One prefill method (``fwd``: forward; ``fwd_bwd``: forward + backward)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from ..ops import api
     from ..ops import flex as ops_flex
 
-    B, Hq, Hkv, D = cfg.batch, cfg.q_heads, cfg.kv_heads, cfg.head_dim
-    case = "fwd_bwd" if grad else "fwd"
-    mult = 3.5 if grad else 1.0  # backward = 2.5x the forward's matmul work
-    fwd_flops = 4.0 * _pairs(pattern, s) * D * Hq * B
-    dense_flops = 4.0 * s * (s + 1) / 2 * D * Hq * B
-    q = rnd(B, Hq, s, D).requires_grad_(grad)
-    k = rnd(B, Hkv, s, D).requires_grad_(grad)
-    v = rnd(B, Hkv, s, D).requires_grad_(grad)
-    dout = rnd(B, Hq, s, D)
+    q, k, v = st["qkv"]
+    dout, grad = st["dout"], st["grad"]
 
     def step(f):
         if not grad:
@@ -196,60 +262,49 @@ def _bench_prefill(rec, cfg, pattern, s, rnd, bm_flex, grad):
         out.backward(dout)
         return out
 
-    def dense():
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            return torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, is_causal=True, enable_gqa=True
-            )
+    def timed(backend, fn, flops):
+        ms = _bench(lambda: step(fn))
+        return {"backend": backend, "ms": ms, "tflops": flops / ms / 1e9}
 
-    base = {}
-    try:
-        base["dense"] = _bench(lambda: step(dense))
-        rec.add(case, "dense_cudnn", s, base["dense"], dense_flops * mult, backend="cudnn")
-    except RuntimeError as exc:  # backend unavailable for these inputs
-        rec.note(f"{case} dense cuDNN unavailable ({str(exc).splitlines()[0]})")
+    if method == "dense_cudnn":
 
-    def ratios(ms):
-        out = {}
-        if "flex" in base:
-            out["vs_flex_static"] = round(base["flex"] / ms, 3)
-        if "dense" in base:
-            out["vs_dense"] = round(base["dense"] / ms, 2)
-        return out
-
-    if bm_flex is not None:
-        flex_c = ops_flex.compiled_flex()
-        kernels = [("flex_static", "triton", {})]
-        flash_reason = ops_flex.flash_unsupported(q, pattern)
-        if flash_reason:
-            rec.note(f"flex_flash not measured: {flash_reason}")
-        else:
-            kernels.append(("flex_flash", "flash", {"BACKEND": "FLASH"}))
-        for method, backend, opts in kernels:
-
-            def fflex(opts=opts):
-                return flex_c(q, k, v, block_mask=bm_flex, enable_gqa=True, kernel_options=opts)
-
-            try:
-                ms = _bench(lambda fflex=fflex: step(fflex))
-            except Exception as exc:  # noqa: BLE001 - report and go on with the other methods
-                rec.note(
-                    f"{case} {method} failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        def dense():
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                return torch.nn.functional.scaled_dot_product_attention(
+                    q, k, v, is_causal=True, enable_gqa=True
                 )
-                continue
-            if method == "flex_static":
-                base["flex"] = ms
-            rec.add(case, method, s, ms, fwd_flops * mult, backend=backend, **ratios(ms))
+
+        try:
+            return timed("cudnn", dense, st["dense_flops"])
+        except RuntimeError as exc:  # backend unavailable for these inputs
+            raise Skip(f"{case} dense cuDNN unavailable ({_first_line(exc)})") from None
+    if method in ("flex_static", "flex_flash"):
+        opts = {"BACKEND": "FLASH"} if method == "flex_flash" else {}
+        if method == "flex_flash":
+            reason = ops_flex.flash_unsupported(q, pattern)
+            if reason:
+                raise Skip(f"flex_flash not measured: {reason}")
+        flex_c = ops_flex.compiled_flex()
+
+        def fflex():
+            return flex_c(q, k, v, block_mask=bm_flex, enable_gqa=True, kernel_options=opts)
+
+        try:
+            return timed("flash" if opts else "triton", fflex, st["flops"])
+        except Exception as exc:  # noqa: BLE001 - report and go on with the other methods
+            raise Skip(
+                f"{case} {method} failed ({type(exc).__name__}: {_first_line(exc)})"
+            ) from None
     chosen = api._pick_backend(q, k, v, pattern, False)
-    backends = [chosen] + (["flex"] if chosen == "flash" else [])
-    for backend in backends:
-
-        def ours(backend=backend):
-            return api.sparse_attention(q, k, v, pattern, backend=backend)
-
-        ms = _bench(lambda ours=ours: step(ours))
-        method = "ours" if backend == chosen else "ours_flex"
-        rec.add(case, method, s, ms, fwd_flops * mult, backend=backend, **ratios(ms))
+    if method == "ours":
+        backend = chosen
+    elif chosen == "flash":  # ours_flex: ours forced to the Triton kernel, next to FLASH
+        backend = "flex"
+    else:
+        raise Skip()
+    return timed(
+        backend, lambda: api.sparse_attention(q, k, v, pattern, backend=backend), st["flops"]
+    )
 
 
 def environment() -> dict:
@@ -279,36 +334,16 @@ def environment() -> dict:
 
 def run(cfg: KernelBenchConfig, log=print, on_progress=None) -> dict:
     """Run the benchmark; returns ``{"config", "env", "rows", "notes"}`` (rows: one per
-    measurement). ``on_progress(result)`` is called after each sequence length."""
-    if not torch.cuda.is_available():
+    measurement). ``on_progress(result)`` is called after each config (case, length)."""
+    if DEVICE == "cuda" and not torch.cuda.is_available():
         raise ValueError("powerattn bench kernel needs a CUDA GPU")
-    dev = "cuda"
-    dtype = getattr(torch, cfg.dtype)
-    pattern = get_pattern(cfg.pattern, block_size=cfg.block_size)
-    rec = _Recorder(log)
     env = environment()
 
-    def result():
-        return {"config": asdict(cfg), "env": env, "rows": rec.rows, "notes": rec.notes}
+    def full(part: dict) -> dict:
+        return {"config": asdict(cfg), "env": env, **part}
 
-    for s in cfg.seq_lens:
-        log(f"S = {s}")
-        g = torch.Generator(device=dev).manual_seed(s)
-
-        def rnd(*shape, g=g):
-            return torch.randn(*shape, device=dev, dtype=dtype, generator=g)
-
-        bm_flex = _bench_masks(rec, cfg, pattern, s, dev)
-        for wl in cfg.workloads:
-            if wl == "decode":
-                more = cfg.decode_batches if s == max(cfg.seq_lens) else []
-                _bench_decode(rec, cfg, pattern, s, [1, *more])
-            else:
-                _bench_prefill(rec, cfg, pattern, s, rnd, bm_flex, wl == "fwd_bwd")
-            torch.cuda.empty_cache()
-        if on_progress is not None:
-            on_progress(result())
-    return result()
+    progress = None if on_progress is None else (lambda part: on_progress(full(part)))
+    return full(runner.run(benchmark(cfg), log, progress))
 
 
 def summary(result: dict) -> dict:
@@ -323,58 +358,18 @@ def print_table(result: dict) -> None:
     env = result["env"]
     fa4 = env.get("flash_attn_4") or "not installed"
     print(f"\n{env['gpu']}  torch {env['torch']}  triton {env['triton']}  flash-attn-4 {fa4}")
-    head = f"{'case':12s} {'method':12s} {'backend':9s} {'S':>7s} {'ms':>10s} {'TFLOP/s':>8s}"
-    print(f"{head} {'vs flex':>8s} {'vs dense':>9s}")
-    for r in result["rows"]:
-        tf = f"{r['tflops']:.0f}" if "tflops" in r else ""
-        vf = f"{r['vs_flex_static']:.2f}x" if "vs_flex_static" in r else ""
-        vd = f"{r['vs_dense']:.2f}x" if "vs_dense" in r else ""
-        left = f"{r['case']:12s} {r['method']:12s} {r.get('backend') or '':9s} {r['seq_len']:7d}"
-        print(f"{left} {r['ms']:10.3f} {tf:>8s} {vf:>8s} {vd:>9s}")
-    for n in result.get("notes", []):
-        print(f"note: {n}")
+    runner.print_table(result["rows"], COLUMNS, result.get("notes", []))
 
 
 def plot(result: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    order = ("mask", "fwd", "fwd_bwd", "decode", "decode_graph")
-    cases = [c for c in order if any(r["case"] == c for r in result["rows"])]
-    fig, axes = plt.subplots(1, len(cases), figsize=(4.6 * len(cases), 4))
-    axes = [axes] if len(cases) == 1 else axes
-    for ax, case in zip(axes, cases, strict=True):
-        methods = dict.fromkeys(r["method"] for r in result["rows"] if r["case"] == case)
-        for m in methods:
-            pts = sorted(
-                (r["seq_len"], r["ms"])
-                for r in result["rows"]
-                if r["case"] == case and r["method"] == m
-            )
-            ax.plot(*zip(*pts, strict=True), marker="o", label=m)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("sequence length (tokens)")
-        ax.set_ylabel("ms (log)")
-        ax.set_title(case)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
     c = result["config"]
-    fig.suptitle(
-        f"{result['env']['gpu']}: B={c['batch']} Hq={c['q_heads']} Hkv={c['kv_heads']} "
-        f"D={c['head_dim']} {c['dtype']}, {c['pattern']} (block {c['block_size']})"
+    runner.plot(
+        result["rows"],
+        PLOT,
+        path,
+        title=f"{result['env']['gpu']}: B={c['batch']} Hq={c['q_heads']} Hkv={c['kv_heads']} "
+        f"D={c['head_dim']} {c['dtype']}, {c['pattern']} (block {c['block_size']})",
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def _write_json(path: str | None, obj: dict) -> None:
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(obj, f, indent=1)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -393,10 +388,10 @@ def _main(args: argparse.Namespace) -> int:
         )
         # Fail loudly rather than let dynamo fall back to eager flex_attention (S x S scores).
         with torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True):
-            result = run(cfg, on_progress=lambda r: _write_json(args.json, r))
-        _write_json(args.json, result)
+            result = run(cfg, on_progress=lambda r: runner.write_json(args.json, r))
+        runner.write_json(args.json, result)
     print_table(result)
-    _write_json(args.summary, summary(result))
+    runner.write_json(args.summary, summary(result))
     if args.plot:
         plot(result, args.plot)
     return 0
