@@ -10,17 +10,17 @@ twice: an upper bound). The issue's target: total < 1 s at 1M tokens (4096 block
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..patterns import equal_budget, pattern_names
+from ..patterns import PATTERNS, equal_budget, pattern_names
 from ..receptive import coverage, hops
 from ..validate import add_list_argument, positive_int
+from . import runner
+from .runner import Benchmark, Column, Plot
 
 DEFAULT_SEQ_LENS = (32768, 131072, 262144, 1048576)
 TARGET_S = 1.0  # the issue's goal for the whole analysis at 1M tokens
@@ -57,50 +57,85 @@ def _check_names(patterns: list[str] | None) -> list[str]:
     return names
 
 
+COLUMNS = (
+    Column("seq_len", "seq_len", 9, ",", align=">"),
+    Column("num_blocks", "blocks", 7, "d", align=">"),
+    Column("pattern", "pattern", 15),
+    Column("max_degree", "degree", 6, "d", align=">"),
+    Column("layout_ms", "layout ms", 10, ".1f", align=">"),
+    Column("hops_ms", "hops ms", 9, ".1f", align=">"),
+    Column("coverage_ms", "coverage ms", 11, ".1f", align=">"),
+    Column("total_ms", "total ms", 9, ".1f", align=">"),
+)
+
+
+def _color(name: str) -> str:
+    from ..plots import pattern_color
+
+    return pattern_color(name)
+
+
+PLOT = Plot(
+    x="seq_len", y="total_ms", line="pattern", xlabel="sequence length (tokens)",
+    ylabel="layout + hops + coverage, ms (log)", color=_color,
+)  # fmt: skip
+
+
+def benchmark(
+    seq_lens: tuple[int, ...] = DEFAULT_SEQ_LENS,
+    block_size: int = 256,
+    layers: int = 28,
+    repeats: int = 3,
+    patterns: list[str] | None = None,
+) -> Benchmark:
+    """The benchmark as the runner sees it: one config per sequence length, one provider per
+    pattern (at an equal budget there: :func:`powerattn.equal_budget`)."""
+    names = _check_names(patterns)
+
+    def measure(cfg, name, pats):
+        p, seq_len = pats[name], cfg["seq_len"]
+        n = p.num_blocks(seq_len)
+        t_layout = _best_of(lambda: p.block_layout(n), repeats)
+        t_hops = _best_of(lambda: hops(p, seq_len), repeats)
+        t_cov = _best_of(lambda: coverage(p, seq_len, layers), repeats)
+        return {
+            "num_blocks": n,
+            "pattern_desc": p.describe(),
+            "max_degree": p.max_degree(n),
+            "layout_ms": 1e3 * t_layout,
+            "hops_ms": 1e3 * t_hops,
+            "coverage_ms": 1e3 * t_cov,
+            "total_ms": 1e3 * (t_layout + t_hops + t_cov),
+        }
+
+    return Benchmark(
+        name="layout",
+        configs=[{"seq_len": s} for s in seq_lens],
+        providers=[n for n in PATTERNS if n in names],  # registration order
+        setup=lambda cfg: equal_budget(cfg["seq_len"], block_size),
+        measure=measure,
+        provider_key="pattern",
+        value_key="total_ms",
+        columns=COLUMNS,
+        plot=PLOT,
+    )
+
+
 def run(
     seq_lens: tuple[int, ...] = DEFAULT_SEQ_LENS,
     block_size: int = 256,
     layers: int = 28,
     repeats: int = 3,
     patterns: list[str] | None = None,
+    log=print,
 ) -> list[dict[str, Any]]:
     """Time layout + analysis for every pattern (at equal budget) at each length.
 
     Returns one record per (seq_len, pattern) with the times in milliseconds; ``patterns``
-    (default: every registered one) are timed in registration order."""
-    names = _check_names(patterns)
-    rows = []
-    for seq_len in seq_lens:
-        pats = equal_budget(seq_len, block_size)
-        for name, p in pats.items():
-            if name not in names:
-                continue
-            n = p.num_blocks(seq_len)
-            t_layout = _best_of(lambda p=p, n=n: p.block_layout(n), repeats)
-            t_hops = _best_of(lambda p=p, s=seq_len: hops(p, s), repeats)
-            t_cov = _best_of(lambda p=p, s=seq_len: coverage(p, s, layers), repeats)
-            total = t_layout + t_hops + t_cov
-            rows.append(
-                {
-                    "seq_len": seq_len,
-                    "num_blocks": n,
-                    "pattern": name,
-                    "pattern_desc": p.describe(),
-                    "max_degree": p.max_degree(n),
-                    "layout_ms": 1e3 * t_layout,
-                    "hops_ms": 1e3 * t_hops,
-                    "coverage_ms": 1e3 * t_cov,
-                    "total_ms": 1e3 * total,
-                }
-            )
-            r = rows[-1]
-            print(
-                f"{seq_len:>9,}  {n:>6}  {name:<15} {r['max_degree']:>6}  "
-                f"{r['layout_ms']:>10.1f}  {r['hops_ms']:>9.1f}  {r['coverage_ms']:>11.1f}  "
-                f"{r['total_ms']:>9.1f}",
-                flush=True,
-            )
-    return rows
+    (default: every registered one) are timed in registration order. ``log`` gets each
+    record as a table line as it is measured (``None``: quiet)."""
+    bench = benchmark(seq_lens, block_size, layers, repeats, patterns)
+    return runner.run(bench, log)["rows"]
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -112,17 +147,13 @@ def _main(args: argparse.Namespace) -> int:
         f"best of {args.repeats}; block size {args.block_size}, {args.layers} layers; "
         "patterns at equal budget"
     )
-    print(
-        f"{'seq_len':>9}  {'blocks':>6}  {'pattern':<15} {'degree':>6}  {'layout ms':>10}  "
-        f"{'hops ms':>9}  {'coverage ms':>11}  {'total ms':>9}"
-    )
+    print("  " + runner.table([], COLUMNS))
     rows = run(tuple(args.seq_lens), args.block_size, args.layers, args.repeats, args.patterns)
     big = max(r["seq_len"] for r in rows)
     slow = [r["pattern"] for r in rows if r["seq_len"] == big and r["total_ms"] > 1e3 * TARGET_S]
     verdict = "all under" if not slow else "over: " + ", ".join(slow) + " --"
     print(f"\nat {big:,} tokens: {verdict} the {TARGET_S:g} s target")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "cpu": cpu_model(),
             "python": platform.python_version(),
@@ -133,10 +164,15 @@ def _main(args: argparse.Namespace) -> int:
             "layers": args.layers,
             "target_s": TARGET_S,
         }
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": rows}, f, indent=2)
-            f.write("\n")
+        runner.write_json(args.json, {"meta": meta, "results": rows}, indent=2, newline=True)
         print(f"wrote {args.json}")
+    if args.plot:
+        runner.plot(
+            rows, PLOT, args.plot,
+            title=f"{cpu_model()}: block {args.block_size}, {args.layers} layers, best of "
+            f"{args.repeats}",
+        )  # fmt: skip
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -176,4 +212,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         + ")",
     )
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument(
+        "--plot", metavar="PATH", help="also draw total ms against the length per pattern (PNG)"
+    )
     p.set_defaults(func=_main)

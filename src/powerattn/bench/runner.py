@@ -98,6 +98,7 @@ class Plot:
     logy: bool = True
     panel_width: float = 4.6
     height: float = 4.0
+    color: Callable[[Any], str] | None = None  # a line's colour from its value (None: cycle)
 
 
 @dataclass
@@ -253,7 +254,8 @@ def plot(
         mine = [r for r in rows if spec.panel is None or r[spec.panel] == panel]
         for line in dict.fromkeys(r[spec.line] for r in mine):
             pts = sorted((r[spec.x], r[spec.y]) for r in mine if r[spec.line] == line)
-            ax.plot(*zip(*pts, strict=True), marker="o", label=line)
+            kw = {"color": spec.color(line)} if spec.color is not None else {}
+            ax.plot(*zip(*pts, strict=True), marker="o", label=line, **kw)
         if spec.logx:
             ax.set_xscale("log", base=spec.logx)
         if spec.logy:
