@@ -2,128 +2,173 @@
 # The evaluation campaign on the GPU machine (run from the repository root there):
 # Table 1 (perplexity by position), Table 2 (RULER-style suite), Figure 5 (probing).
 #
-#   OUT=$OUT bash scripts/gpu_eval.sh PARTS BUDGET_S
-#   e.g. OUT=$OUT bash scripts/gpu_eval.sh all 290        # smoke: every part, ~5 minutes
-#        OUT=$OUT bash scripts/gpu_eval.sh lm 560         # one call of a full campaign
-#        OUT=$OUT bash scripts/gpu_eval.sh ruler,probe 560  # the next call, machine still warm
+#   OUT=$OUT bash scripts/gpu_eval.sh [PARTS [BUDGET_S]]
 #
-# PARTS: comma list of check, lm, ruler, probe, or "all" (= check,lm,ruler,probe). BUDGET_S
-# bounds the whole call; it is split between the parts (lm 50 %, ruler 25 %, probe 25 % of
-# what the corpus and the check leave). Training stops at its part's deadline (runs resume
-# from /tmp/eval while the machine stays warm); a run that did not reach its steps is reported
-# as incomplete (details.json), never silently compared at unequal budgets.
-# Knobs (environment): SEEDS (0,1), LM_STEPS (default from BUDGET_S, see below), RULER_STEPS,
-# RULER_SAMPLES, RULER_TASKS, PROBE_SCALE (fraction of the probe preset's steps), CORPUS_MB,
-# JOBS; PRESET=tiny DEVICE=cpu (with a stub nvidia-smi) dry-runs this script on a CPU.
+#   OUT=$OUT bash scripts/gpu_eval.sh                  # = plan 420: the one-call plan below
+#   OUT=$OUT bash scripts/gpu_eval.sh lm,ruler 560     # a later call: RULER needs lm's runs
+#   OUT=$OUT bash scripts/gpu_eval.sh probe 560
 #
-# Corpus: runs/corpus if it was carried (built here by `powerattn eval corpus --out
-# runs/corpus`), else built on the machine from its own Python sources (--source python).
-# Writes into $OUT (8 files): gpu.txt, log.txt, lm_summary.json, lm_details.json,
-# ruler_summary.json, probing_summary.json, heatmaps.png, runs.tgz (every run's config,
-# metrics, ppl.json / ruler.json / probe.json; no checkpoints).
+# The one-call plan (PARTS=plan, the default; nvidia-h200, call timeout 480 s): Table 1 only.
+# 12 runs at once on the one GPU (6 patterns x seeds 0,1), the `gpu` preset of
+# powerattn.eval.lm: a 28M-parameter Llama (7 layers, hidden 512, BPE vocabulary 8192),
+# 4096 tokens = 128 blocks of 32, 4 windows per step, 300 steps = 4.9M tokens per run, 59M in
+# all. Planning figure: 0.3M training tokens/s aggregate over the 12 runs (conservative: the
+# passkey campaign measured 1.6M/s for a 16x cheaper model that was not compute-bound) ->
+# ~200 s of training, plus ~40 s corpus, ~60 s start-up/compilation/checks, ~30 s evaluation,
+# ~20 s packing: ~350 s, and the training deadline (60 s before the part's end) leaves ~40 s
+# of margin for a slower GPU before runs stop incomplete.
+# RULER and probing need trained models (a few hundred steps teach them nothing at 4096
+# tokens; docs/evaluation.md's floor rule would call them inconclusive), so they wait for a
+# later call planned from this one's measured tokens/s.
+#
+# BUDGET_S bounds the whole call: training stops at its part's deadline (the run is evaluated
+# and marked incomplete, never compared at unequal budgets; it resumes from $WORK while the
+# machine stays warm) and every part runs under `timeout`. With several parts, BUDGET_S is
+# split lm 2 : ruler 1 : probe 1. Each part's outputs land in $OUT when it ends (runs.tgz and
+# results.tgz are rewritten after every part), so a failed or killed part loses only itself.
+#
+# Correctness first: every lm run compares its model (our kernels) with the same weights on
+# masked SDPA with the pattern's exact mask before training (and refuses to train if they
+# disagree) and again after training (ppl.json "check"; runs failing it are excluded by the
+# decision rules).
+#
+# Knobs (environment): SEEDS (0,1), LM_STEPS (the preset's 300), PATTERNS (all six), JOBS
+# (12), RULER_STEPS, RULER_SAMPLES (5), RULER_TASKS, PROBE_SCALE (0.3), CORPUS_MB (60),
+# PRESET (gpu), DEVICE (cuda). CPU dry run of every part (a stub nvidia-smi on the PATH):
+#   PRESET=tiny DEVICE=cpu JOBS=2 CORPUS_MB=5 OUT=/tmp/o WORK=/tmp/w bash scripts/gpu_eval.sh all 900
+#
+# Corpus: built on the machine from its own Python sources (--source python; ~10-40 s), or
+# $CORPUS if set. Writes into $OUT (6 files): gpu.txt, log.txt (everything printed, with the
+# tables, the decision rules' verdicts and the measured tokens/s), runs.tgz (every run's
+# config, metrics, logs and ppl.json / ruler.json / probe.json; no checkpoints), results.tgz
+# (results/{lm,ruler,probing} as `powerattn eval results` writes them), ppl_by_position.png,
+# heatmaps.png. Back home: `powerattn eval results --from <the call's files>` rebuilds
+# results/{lm,ruler,probing} from runs.tgz alone.
 set -uo pipefail
-PARTS=${1:?PARTS (all, or a comma list of check,lm,ruler,probe)}
-BUDGET=${2:?BUDGET_S}
-[ "$PARTS" = all ] && PARTS=check,lm,ruler,probe
+PARTS=${1:-plan}
+BUDGET=${2:-420}
+[ "$PARTS" = all ] && PARTS=lm,ruler,probe
+[ "$PARTS" = plan ] && PARTS=lm
 OUT=${OUT:-/tmp/eval_out}
 WORK=${WORK:-/tmp/eval}
 SEEDS=${SEEDS:-0,1}
 JOBS=${JOBS:-12}
 PRESET=${PRESET:-gpu}
 DEVICE=${DEVICE:-cuda}
-TASKS=${RULER_TASKS:+--tasks $RULER_TASKS}
 mkdir -p "$OUT" "$WORK"
-export PYTHONPATH=src PYTHONUNBUFFERED=1
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+# Many processes share the GPU: fewer CPU threads each, and an allocator that fragments less.
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 E="python3 -m powerattn.commands.eval"
 T0=$(date +%s)
 left() { echo $((BUDGET - ($(date +%s) - T0))); }
 has() { [[ ",$PARTS," == *",$1,"* ]]; }
 exec > >(tee -a "$OUT/log.txt") 2>&1
+echo "gpu_eval.sh PARTS=$PARTS BUDGET=$BUDGET SEEDS=$SEEDS JOBS=$JOBS PRESET=$PRESET" \
+    "DEVICE=$DEVICE LM_STEPS=${LM_STEPS:-preset} PATTERNS=${PATTERNS:-all} $(date -u)"
+
+# Everything that should come back, rewritten after each part (a later failure keeps it).
+pack() {
+    local dirs
+    dirs=$(cd "$WORK" && ls -d lm ruler probe 2>/dev/null)
+    [ -n "$dirs" ] && tar czf "$OUT/runs.tgz.tmp" --exclude='checkpoint.*' -C "$WORK" $dirs &&
+        mv "$OUT/runs.tgz.tmp" "$OUT/runs.tgz"
+    [ -d "$WORK/results" ] && tar czf "$OUT/results.tgz.tmp" -C "$WORK" results &&
+        mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"
+    cp "$WORK/results/lm/ppl_by_position.png" "$OUT/" 2>/dev/null
+    cp "$WORK/results/probing/heatmaps.png" "$OUT/" 2>/dev/null
+    echo "-- packed at $(( $(date +%s) - T0 )) s: $(ls "$OUT" | tr '\n' ' ')"
+}
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$OUT/gpu.txt"
-python3 -c "import torch, transformers, tokenizers; print('torch', torch.__version__, \
-'transformers', transformers.__version__, 'tokenizers', tokenizers.__version__)" >>"$OUT/gpu.txt"
+python3 -c "import torch, transformers, tokenizers, triton; print('torch', torch.__version__, \
+'transformers', transformers.__version__, 'tokenizers', tokenizers.__version__, \
+'triton', triton.__version__)" >>"$OUT/gpu.txt" 2>&1
 python3 -c "import sklearn; print('sklearn', sklearn.__version__)" >>"$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
 
-if [ -f runs/corpus/manifest.json ]; then
-    CORPUS=runs/corpus
+if [ -n "${CORPUS:-}" ]; then
+    echo "corpus $CORPUS (given)"
 else
     CORPUS=$WORK/corpus
-    [ -f "$CORPUS/manifest.json" ] || $E corpus --out "$CORPUS" --source python \
-        --max-mb "${CORPUS_MB:-60}" | tail -20
+    if [ ! -f "$CORPUS/manifest.json" ]; then
+        t=$(date +%s)
+        timeout 240 $E corpus --out "$CORPUS" --source python --max-mb "${CORPUS_MB:-60}" |
+            grep -A12 '"counts"'
+        python3 -c "from powerattn.eval import lm; print('tokens in', lm.tokenize_corpus('$CORPUS'))" ||
+            { echo "CORPUS FAILED: nothing can run"; exit 1; }
+        echo "corpus built and tokenized in $(( $(date +%s) - t )) s"
+    fi
 fi
 echo "corpus $CORPUS, $(left) s left"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
-if has check; then
-    # Correctness first: one window per pattern through the training model (our kernels) and
-    # through the pattern's exact mask in SDPA must give the same NLL (bf16 tolerance).
-    python3 - "$CORPUS" "$PRESET" "$DEVICE" <<'EOF' || { echo "CHECK FAILED: not running the campaign"; exit 1; }
-import sys, numpy as np, torch
-from powerattn.eval import lm
-from powerattn.eval.bpe import BPETokenizer
-from powerattn.training.model import build_model
-p = lm.PRESETS[sys.argv[2]]
-windows, _ = lm.eval_windows(lm.tokenize_corpus(sys.argv[1]), p.context, 2)
-bad = []
-for name in lm.PATTERNS:
-    cfg = lm.train_config(p, name, 0, 1, sys.argv[3])
-    out = {}
-    for backend in ("auto", "sdpa_mask"):
-        m = build_model(cfg.model, cfg.build_pattern(), p.context, backend=backend,
-                        tokenizer=BPETokenizer()).to(sys.argv[3])
-        out[backend] = lm.window_nll(m, windows, p.bucket, 2)
-    rel = np.abs(out["auto"] - out["sdpa_mask"]).max() / np.abs(out["sdpa_mask"]).max()
-    print(f"check {name:<16} max relative NLL difference kernel vs masked SDPA {rel:.2e}")
-    bad += [name] if rel > 2e-2 else []
-sys.exit(1 if bad else 0)
-EOF
-fi
-
-# The budget of the training parts, after the corpus and the check.
-N=0; for p in lm ruler probe; do has $p && N=$((N + 1)); done
-REST=$(left)
-share() { # seconds for a part: lm 2 shares, the others 1
-    local w=1; [ "$1" = lm ] && w=2
-    local tot=0; for p in lm ruler probe; do has $p && { [ $p = lm ] && tot=$((tot + 2)) || tot=$((tot + 1)); }; done
+# Seconds for a part: lm 2 shares, ruler and probe 1 each, of what is left now but the last
+# packing's 20 s.
+REST=$(( $(left) - 20 ))
+share() {
+    local w=1 tot=0 p
+    [ "$1" = lm ] && w=2
+    for p in lm ruler probe; do has $p && { [ $p = lm ] && tot=$((tot + 2)) || tot=$((tot + 1)); }; done
     echo $((REST * w / tot))
 }
+# Tokens of one training step of the preset (batch x context).
+STEP_TOKENS=$(python3 -c "from powerattn.eval import lm; p = lm.PRESETS['$PRESET']; \
+print(p.batch_size * p.context)")
 
 if has lm; then
     S=$(share lm)
-    # Default steps: what 12 runs sharing the H200 should finish in ~40 % of the part
-    # (planning figure of 0.35M tokens/s aggregate for the ~28M-parameter model at 4096
-    # tokens; the smoke's metrics.jsonl gives the measured tokens_per_s for the next plan).
-    STEPS=${LM_STEPS:-$(python3 -c "print(max(10, int($S * 0.4 * 0.35e6 / (8 * 4096) / 12)))")}
-    echo "== lm: $STEPS steps per run, ${S}s"
-    $E ppl --corpus "$CORPUS" --out "$WORK/lm" --preset "$PRESET" --seeds "$SEEDS" --steps "$STEPS" \
-        --jobs "$JOBS" --device "$DEVICE" --deadline $((S * 80 / 100)) --results "$WORK/results/lm"
-    cp "$WORK/results/lm/summary.json" "$OUT/lm_summary.json"
-    cp "$WORK/results/lm/details.json" "$OUT/lm_details.json"
+    t=$(date +%s)
+    # Training stops 60 s before the part's end: evaluation (256 windows of 4096 tokens per
+    # run, all runs at once), the trained-model check and the summary take ~30 s of them.
+    echo "== lm: ${LM_STEPS:-preset} steps per run, ${S}s, training deadline $((S - 60))s"
+    timeout "$S" $E ppl --corpus "$CORPUS" --out "$WORK/lm" --preset "$PRESET" --seeds "$SEEDS" \
+        ${LM_STEPS:+--steps $LM_STEPS} ${PATTERNS:+--patterns $PATTERNS} --jobs "$JOBS" \
+        --device "$DEVICE" --deadline $((S - 60)) --results "$WORK/results/lm" >/dev/null ||
+        echo "LM PART: exit status $? (failed runs are listed above; see $WORK/lm/lm-NAME.log)"
+    for f in "$WORK"/lm/lm-*.log; do
+        grep -q Traceback "$f" 2>/dev/null && { echo "--- $f"; tail -5 "$f"; }
+    done
+    # The summary from whatever runs wrote ppl.json (also after a timeout).
+    $E ppl --summarize "$WORK/lm" --results "$WORK/results/lm" >/dev/null
+    cat "$WORK/results/lm/table.txt" 2>/dev/null
+    python3 - "$WORK/lm" "$(( $(date +%s) - t ))" <<'EOF'
+import json, sys
+from pathlib import Path
+runs = [json.loads(p.read_text()) for p in Path(sys.argv[1]).glob("*/ppl.json")]
+tokens = sum(r["tokens_trained"] for r in runs)  # since each run's start (a fresh machine: this call)
+print(f"lm part: {len(runs)} runs evaluated, {tokens / 1e6:.1f}M tokens trained, "
+      f"{tokens / float(sys.argv[2]):.4g} tokens/s over the part's wall time {sys.argv[2]} s "
+      "(start-up, compilation and evaluation included)")
+for r in runs:
+    print(f"  {r['name']:<22} steps {r['steps']}/{r['steps_planned']} call tokens/s "
+          f"{r.get('tokens_per_s') or 0:.4g} check {r.get('check_pass')}")
+EOF
+    pack
 fi
 
 if has ruler; then
     S=$(share ruler)
-    RSTEPS=${RULER_STEPS:-$(python3 -c "print(max(5, int($S * 0.4 * 0.35e6 / (8 * 4096) / 11)))")}
+    RSTEPS=${RULER_STEPS:-$(python3 -c "print(max(5, int($S * 0.4 * 0.3e6 / $STEP_TOKENS / 11)))")}
+    # The tiny preset's 320 tokens cannot hold cwe/fwe/multi-value samples.
+    [ "$PRESET" = tiny ] && RULER_TASKS=${RULER_TASKS:-niah_single,vt}
     echo "== ruler: $RSTEPS steps per run, ${S}s"
-    $E ruler --train --lm-runs "$WORK/lm" --out "$WORK/ruler" --preset "$PRESET" --seeds 0 \
-        --hybrid --steps "$RSTEPS" --samples "${RULER_SAMPLES:-5}" --jobs "$JOBS" $TASKS \
-        --device "$DEVICE" \
-        --deadline $((S * 55 / 100)) --results "$WORK/results/ruler"
-    cp "$WORK/results/ruler/summary.json" "$OUT/ruler_summary.json"
+    timeout "$S" $E ruler --train --lm-runs "$WORK/lm" --out "$WORK/ruler" --preset "$PRESET" \
+        --seeds 0 --hybrid --steps "$RSTEPS" --samples "${RULER_SAMPLES:-5}" --jobs "$JOBS" \
+        ${RULER_TASKS:+--tasks $RULER_TASKS} --device "$DEVICE" --deadline $((S * 55 / 100)) \
+        --results "$WORK/results/ruler" || echo "RULER PART: exit status $?"
+    pack
 fi
 
 if has probe; then
     S=$(share probe)
     echo "== probe: ${S}s"
-    $E probe --out "$WORK/probe" --preset "$PRESET" --patterns sliding_window,power,full \
-        --seeds 0 --steps-scale "${PROBE_SCALE:-0.3}" --jobs 3 --deadline $((S * 70 / 100)) \
-        --device "$DEVICE" \
-        --results "$WORK/results/probing"
-    cp "$WORK/results/probing/summary.json" "$OUT/probing_summary.json"
-    cp "$WORK/results/probing/heatmaps.png" "$OUT/heatmaps.png"
+    timeout "$S" $E probe --out "$WORK/probe" --preset "$PRESET" \
+        --patterns sliding_window,power,full --seeds 0 --steps-scale "${PROBE_SCALE:-0.3}" \
+        --jobs 3 --deadline $((S * 60 / 100)) --device "$DEVICE" \
+        --results "$WORK/results/probing" || echo "PROBE PART: exit status $?"
+    pack
 fi
 
-tar czf "$OUT/runs.tgz" --exclude='checkpoint.*' -C "$WORK" $(cd "$WORK" && ls -d lm ruler probe 2>/dev/null)
 echo "done in $(( $(date +%s) - T0 )) s"
 ls -la "$OUT"

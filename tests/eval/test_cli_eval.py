@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tarfile
 
 import pytest
 import torch
@@ -36,16 +37,21 @@ def test_end_to_end_tiny(tmp_path, make_docs, capsys):
     (res / "lm" / "summary.json").unlink()
     assert _run("ppl", "--summarize", str(runs / "lm"), "--results", str(res / "lm")) == 0
     assert json.loads((res / "lm" / "summary.json").read_text()) == summary
+    ppl = json.loads((runs / "lm" / "power-s0" / "ppl.json").read_text())
+    assert ppl["check_pass"] and set(ppl["check"]) == {"init", "trained"}  # before and after
 
     assert _run("ruler", "--train", "--lm-runs", str(runs / "lm"), "--out", str(runs / "ruler"),
                 "--preset", "tiny", "--device", "cpu", "--patterns", "power", "--samples", "1",
-                "--tasks", "niah_single,vt", "--results", str(res / "ruler")) == 0  # fmt: skip
+                "--tasks", "niah_single,vt", "--hybrid",
+                "--results", str(res / "ruler")) == 0  # fmt: skip
     ruler_sum = json.loads((res / "ruler" / "summary.json").read_text())
     assert ruler_sum["length"] == 320
+    # The hybrid keeps the last 2 of every 7 layers full: both of the tiny model's 2.
     assert {(s["pattern"], s["task"]) for s in ruler_sum["scores"]} == {
-        ("power", "niah_single"),
-        ("power", "vt"),
+        (p, t) for p in ("power", "power-full0_1") for t in ("niah_single", "vt")
     }
+    hybrid = json.loads((runs / "ruler" / "power-full0_1-s0" / "config.json").read_text())
+    assert hybrid["pattern"]["full_layers"] == [0, 1]
     assert (res / "ruler" / "details.json").is_file()
     one = tmp_path / "one.json"  # any one model: our run directory
     assert _run("ruler", "--model", str(runs / "lm" / "power-s0"), "--length", "320",
@@ -66,6 +72,29 @@ def test_end_to_end_tiny(tmp_path, make_docs, capsys):
     assert details["power-s0"]["after"]["max_before_needle"] <= 0.5  # causality
     assert "last layer, last block" in capsys.readouterr().out
 
+    # A GPU call's output (runs.tgz without checkpoints, log.txt) -> the committed results,
+    # from the runs' outputs alone.
+    out, root = tmp_path / "out", tmp_path / "root"
+    out.mkdir()
+    with tarfile.open(out / "runs.tgz", "w:gz") as tar:
+        for area in ("lm", "ruler", "probe"):
+            tar.add(runs / area, arcname=area,
+                    filter=lambda t: None if "checkpoint" in t.name else t)  # fmt: skip
+    (out / "log.txt").write_text("the call's log\n")
+    assert _run("results", "--from", str(out), "--root", str(root)) == 0
+    for area, ref in (("lm", res / "lm"), ("ruler", res / "ruler"), ("probing", res / "probing")):
+        got = json.loads((root / area / "summary.json").read_text())
+        assert got == json.loads((ref / "summary.json").read_text()), area
+        assert (root / area / "table.txt").stat().st_size > 0
+    assert (root / "lm" / "ppl_by_position.png").stat().st_size > 0
+    assert (root / "probing" / "heatmaps.png").stat().st_size > 0
+    assert (root / "lm" / "call_log.txt").read_text() == "the call's log\n"
+    assert not list(root.rglob("checkpoint*"))
+    # Without --from: the same results from the committed runs.
+    (root / "lm" / "summary.json").unlink()
+    assert _run("results", "--root", str(root)) == 0
+    assert json.loads((root / "lm" / "summary.json").read_text()) == summary
+
 
 def test_refusals(tmp_path):
     with pytest.raises(ValueError, match="give --corpus and --out"):
@@ -77,6 +106,10 @@ def test_refusals(tmp_path):
     with pytest.raises(ValueError, match="neither a run directory"):
         _run("ruler", "--model", str(tmp_path / "missing"))
     assert eval_cmd.main(["probe", "--summarize", str(tmp_path)]) == 2
+    with pytest.raises(ValueError, match="no .*runs; give --from"):
+        _run("results", "--root", str(tmp_path))
+    with pytest.raises(ValueError, match="neither a folder nor a runs.tgz"):
+        _run("results", "--from", str(tmp_path / "missing.tgz"), "--root", str(tmp_path))
 
 
 def test_ruler_on_a_local_hf_checkpoint(tmp_path, capsys):

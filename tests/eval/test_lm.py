@@ -90,3 +90,93 @@ def test_summary_schema_and_gaps(tmp_path):
     assert "power" in lm.summary_table(summary, details)
     with pytest.raises(ValueError, match="no ppl.json"):
         lm.summarize(tmp_path / "none")
+
+
+def _check_cfg(pattern):
+    return lm.train_config(lm.PRESETS["tiny"], pattern, 0, 1, "cpu")
+
+
+def test_backend_check_passes_and_catches_a_wrong_mask():
+    """The twin on masked SDPA agrees with our attention; a model whose pattern is not the one
+    the check is told about (a stand-in for a kernel that attends to the wrong blocks) fails."""
+    from powerattn.eval.bpe import BPETokenizer
+
+    tok = BPETokenizer()
+    windows = np.random.default_rng(0).integers(3, 8192, size=(1, 320))
+    cfg = _check_cfg("power")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.build_pattern(), 320, tokenizer=tok)
+    ok = lm.backend_check(model, cfg, windows, tok)
+    assert ok["pass"] and ok["mean_abs_nll_diff"] <= ok["bound"]
+    # The same weights checked against sliding window's mask: many tokens attend elsewhere.
+    bad = lm.backend_check(model, _check_cfg("sliding_window"), windows, tok)
+    assert not bad["pass"] and bad["mean_abs_nll_diff"] > 10 * bad["bound"]
+
+
+def test_steady_tokens_per_s(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    assert lm.steady_tokens_per_s(path) is None
+    # First call: 100 tokens/step; compilation makes the first interval slow.
+    rows = [(10, 100.0, 10.0), (20, 2000 / 15, 15.0), (30, 3000 / 20, 20.0)]
+    # A resumed call: time restarts; steady rate 1000 / 2 s = 500 tokens/s.
+    rows += [(40, 1000 / 8, 8.0), (50, 2000 / 10, 10.0)]
+    path.write_text("".join(json.dumps({"step": s, "tokens_per_s": r, "time_s": t}) + "\n"
+                            for s, r, t in rows))  # fmt: skip
+    assert lm.steady_tokens_per_s(path) == pytest.approx(500.0)
+    path.write_text(json.dumps({"step": 10, "tokens_per_s": 1.0, "time_s": 1.0}) + "\n")
+    assert lm.steady_tokens_per_s(path) is None
+
+
+def _verdict_runs(tmp_path, scales, seeds=(0, 1), **override):
+    """Runs whose NLL is one shared base times a per-pattern scale, plus a small seed offset
+    (seed noise ~1e-3 in ln ppl)."""
+    base = np.random.default_rng(0).uniform(1, 2, size=(6, 5))
+    for p, scale in scales.items():
+        for s in seeds:
+            run = {
+                "name": lm.run_name(p, s), "pattern": p, "full_layers": [], "seed": s,
+                "context": 320, "bucket": 64, "steps": 3, "steps_planned": 3, "complete": True,
+                "check_pass": True, "tokens_trained": 1920, "window_docs": [0, 1, 2, 0, 1, 2],
+                "window_nll": (base * scale + 1e-3 * s).tolist(),
+                "bucket_tokens": lm.bucket_counts(320, 64).tolist(),
+            }  # fmt: skip
+            run.update(override.get(run["name"], {}))
+            d = tmp_path / run["name"]
+            d.mkdir(parents=True)
+            (d / lm.PPL_FILE).write_text(json.dumps(run))
+    return lm.load_runs(tmp_path)
+
+
+PAPER_LIKE = {"full": 1.0, "sliding_window": 1.03, "power": 1.03, "stride_slash": 1.03,
+              "longnet": 1.08, "dilated": 1.08}  # fmt: skip
+
+
+def test_table1_verdicts_reproduced(tmp_path):
+    v = lm.table1_verdicts(_verdict_runs(tmp_path, PAPER_LIKE))
+    assert v["seed_noise_ln_ppl"] < 0.01 and v["excluded_runs"] == []
+    assert v["claims"] == {
+        "sparse_worse_than_full_small_margin": "reproduced",
+        "power_sliding_stride_close_longnet_dilated_worse": "reproduced",
+    }
+    assert v["pairs"]["full - power"]["distinguishable"]
+    assert not v["pairs"]["sliding_window - power"]["distinguishable"]
+    gaps = v["ln_gap_to_full_by_bucket"]["power"]
+    assert len(gaps) == 5 and all(g > 0 for g in gaps)
+
+
+def test_table1_verdicts_refuted_and_inconclusive(tmp_path):
+    better = {**PAPER_LIKE, "power": 0.97}  # power distinguishably better than full
+    v = lm.table1_verdicts(_verdict_runs(tmp_path / "a", better))
+    assert v["claims"]["sparse_worse_than_full_small_margin"] == "refuted"
+    worse = {**PAPER_LIKE, "power": 1.2}  # power worse than LongNet and dilated
+    v = lm.table1_verdicts(_verdict_runs(tmp_path / "b", worse))
+    assert v["claims"]["power_sliding_stride_close_longnet_dilated_worse"] == "refuted"
+    # One seed: no seed-noise estimate, nothing is decided.
+    v = lm.table1_verdicts(_verdict_runs(tmp_path / "c", PAPER_LIKE, seeds=(0,)))
+    assert v["seed_noise_ln_ppl"] is None
+    assert set(v["claims"].values()) == {"inconclusive"}
+    # A run that stopped early, or failed the backend check, is excluded.
+    cut = {"power-s1": {"complete": False, "steps": 2}, "full-s0": {"check_pass": False}}
+    v = lm.table1_verdicts(_verdict_runs(tmp_path / "d", PAPER_LIKE, **cut))
+    assert v["excluded_runs"] == ["full-s0", "power-s1"]
+    assert set(v["claims"].values()) == {"inconclusive"}

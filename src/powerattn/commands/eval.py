@@ -28,6 +28,7 @@ a campaign, end to end (CPU smoke: --preset tiny; the H200: scripts/gpu_eval.sh)
   powerattn eval ruler --train --lm-runs runs/lm --out runs/ruler --preset gpu --steps 300
   powerattn eval ruler --model runs/lm/power-s0 --length 4096     # any one model
   powerattn eval probe --out runs/probe --preset gpu --jobs 3
+  powerattn eval results --from OUT     # results/{lm,ruler,probing} from a GPU call's runs.tgz
 """
 
 
@@ -129,6 +130,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--results", default="results/probing")
     b.set_defaults(func=_probe)
 
+    g = esub.add_parser(
+        "results",
+        help="rebuild results/{lm,ruler,probing} from the runs' outputs",
+        description="Copy the runs' outputs of a GPU call (--from: its output folder, its "
+        "runs.tgz, or a folder with lm/ ruler/ probe/ run directories; no checkpoints) into "
+        "ROOT/{lm,ruler,probing}/runs, then rewrite each area's summary.json, details.json, "
+        "table.txt and figure from ROOT/*/runs alone. Without --from: only the rewrite.",
+    )
+    g.add_argument("--from", dest="source", help="the call's $OUT folder or runs.tgz")
+    g.add_argument("--root", default="results", help="results root (results)")
+    g.set_defaults(func=_results)
+
 
 def _campaign_args(p: argparse.ArgumentParser, need_corpus: bool) -> None:
     if need_corpus:
@@ -205,11 +218,41 @@ def _ppl(args: argparse.Namespace) -> int:
         failed = campaign.run_pool("lm", specs, args.out, args.jobs)
         if failed:
             print(f"failed runs (see {args.out}/lm-NAME.log): {failed}", file=sys.stderr)
-    summary, details = lm.summarize(runs)
-    _write_results(args.results, "summary.json", summary)
-    _write_results(args.results, "details.json", details)
-    print(lm.summary_table(summary, details))
+    print(write_lm_results(runs, args.results))
     return 0
+
+
+def write_lm_results(runs: str | Path, results: str | Path) -> str:
+    """``summary.json``, ``details.json``, ``table.txt`` and ``ppl_by_position.png`` of the
+    runs of ``eval ppl`` under ``runs``, into ``results``; returns the table."""
+    from ..eval import lm
+
+    summary, details = lm.summarize(runs)
+    _write_results(results, "summary.json", summary)
+    _write_results(results, "details.json", details)
+    agg = details["throughput"]["aggregate_steady_tokens_per_s"]
+    text = (
+        lm.summary_table(summary, details)
+        + "\n\n"
+        + lm.verdict_text(details)
+        + "\n\naggregate steady-state training tokens/s (sum over runs): "
+        + ("n/a" if agg is None else f"{agg:.4g}")
+        + "\n"
+    )
+    (Path(results) / "table.txt").write_text(text)
+    _plot(lm.plot_ppl, summary, details, Path(results) / "ppl_by_position.png")
+    return text
+
+
+def _plot(fn, *args) -> None:
+    """A figure if matplotlib is installed (the GPU machine may lack it: `eval results` redraws
+    it at home from the runs' outputs)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(f"matplotlib is not installed: no {args[-1]} (redraw: powerattn eval results)")
+        return
+    fn(*args)
 
 
 def _ruler(args: argparse.Namespace) -> int:
@@ -253,12 +296,21 @@ def _ruler(args: argparse.Namespace) -> int:
         failed = campaign.run_pool("ruler", specs, args.out, args.jobs)
         if failed:
             print(f"failed runs (see {args.out}/ruler-NAME.log): {failed}", file=sys.stderr)
+    print(write_ruler_results(runs, args.results))
+    return 0
+
+
+def write_ruler_results(runs: str | Path, results: str | Path) -> str:
+    """``summary.json``, ``details.json`` and ``table.txt`` of the runs of ``eval ruler
+    --train`` under ``runs``, into ``results``; returns the table."""
+    from ..eval import campaign
+
     summary = campaign.summarize_ruler(runs)
     table, details = summary.pop("table"), summary.pop("details")
-    _write_results(args.results, "summary.json", summary)
-    _write_results(args.results, "details.json", details)
-    print(table)
-    return 0
+    _write_results(results, "summary.json", summary)
+    _write_results(results, "details.json", details)
+    (Path(results) / "table.txt").write_text(table + "\n")
+    return table
 
 
 def _ruler_one(args: argparse.Namespace) -> int:
@@ -336,18 +388,53 @@ def _probe(args: argparse.Namespace) -> int:
         failed = campaign.run_pool("probe", specs, args.out, args.jobs)
         if failed:
             print(f"failed runs (see {args.out}/probe-NAME.log): {failed}", file=sys.stderr)
+    print(write_probe_results(runs, args.results))
+    return 0
+
+
+def write_probe_results(runs: str | Path, results: str | Path) -> str:
+    """``summary.json``, ``details.json``, ``table.txt`` and ``heatmaps.png`` of the runs of
+    ``eval probe`` under ``runs``, into ``results``; returns the table."""
+    from ..eval import campaign
+
     summary, full = campaign.summarize_probe(runs)
-    _write_results(args.results, "summary.json", summary)
-    _write_results(args.results, "details.json", campaign.probe_details(full))
-    png = campaign.plot_probe(full, Path(args.results) / "heatmaps.png")
-    for r in full:
-        last = r["after"][-1][-1]
-        print(
-            f"{r['name']:<24} last layer, last block: before {r['before'][-1][-1]:.2f}, "
-            f"after {last:.2f} (chance {r['chance']:.2f}; {r['steps']}/{r['steps_planned']} "
-            "steps)"
+    _write_results(results, "summary.json", summary)
+    _write_results(results, "details.json", campaign.probe_details(full))
+    _plot(campaign.plot_probe, full, Path(results) / "heatmaps.png")
+    lines = [
+        f"{r['name']:<24} last layer, last block: before {r['before'][-1][-1]:.2f}, "
+        f"after {r['after'][-1][-1]:.2f} (chance {r['chance']:.2f}; "
+        f"{r['steps']}/{r['steps_planned']} steps)"
+        for r in full
+    ]
+    text = "\n".join(lines)
+    (Path(results) / "table.txt").write_text(text + "\n")
+    return text
+
+
+def _results(args: argparse.Namespace) -> int:
+    from ..eval import campaign
+
+    root = Path(args.root)
+    if args.source:
+        copied = campaign.unpack_runs(args.source, root)
+        print(f"copied the runs' outputs into {', '.join(map(str, copied)) or 'nothing'}")
+    writers = {
+        "lm": write_lm_results,
+        "ruler": write_ruler_results,
+        "probing": write_probe_results,
+    }
+    done = 0
+    for area, write in writers.items():
+        runs = root / area / "runs"
+        if runs.is_dir():
+            print(f"== {root / area}\n{write(runs, root / area)}")
+            done += 1
+    if not done:
+        raise ValueError(
+            f"no {root}/{{lm,ruler,probing}}/runs; give --from with the GPU call's output "
+            "(its runs.tgz)"
         )
-    print(png)
     return 0
 
 

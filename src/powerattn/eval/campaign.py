@@ -45,6 +45,61 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+# ---------------------------------------------------------------------------- results
+
+AREAS = {"lm": "lm", "ruler": "ruler", "probe": "probing"}  # run folder -> results folder
+KEEP_SUFFIXES = (".json", ".jsonl", ".log", ".txt")  # what of a run is committed (no weights)
+
+
+def unpack_runs(source: str | Path, root: str | Path) -> list[Path]:
+    """Copy the runs' outputs of a GPU call into ``root/{lm,ruler,probing}/runs`` (each area
+    present in ``source`` replaces that area's old runs) and the call's ``log.txt`` and
+    ``gpu.txt`` into ``root/lm/call_log.txt`` and ``root/lm/gpu.txt``. ``source``: the call's
+    output folder (holding ``runs.tgz``), the ``runs.tgz`` itself, or a folder holding
+    ``lm/``, ``ruler/``, ``probe/``. Only :data:`KEEP_SUFFIXES` files are copied. Returns the
+    folders written."""
+    import shutil
+    import tarfile
+    import tempfile
+
+    source, root = Path(source), Path(root)
+    out_dir = source if source.is_dir() else source.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        tgz = source / "runs.tgz" if source.is_dir() else source
+        if tgz.is_file():
+            with tarfile.open(tgz) as tar:
+                tar.extractall(tmp, filter="data")
+            base = Path(tmp)
+        elif source.is_dir():
+            base = source
+        else:
+            raise ValueError(f"{source} is neither a folder nor a runs.tgz")
+        written = []
+        for run_area, area in AREAS.items():
+            src = base / run_area
+            if not src.is_dir():
+                continue
+            dst = root / area / "runs"
+            if dst.exists():
+                shutil.rmtree(dst)
+            for f in sorted(src.rglob("*")):
+                if (
+                    f.is_file()
+                    and f.suffix in KEEP_SUFFIXES
+                    and not f.name.startswith("checkpoint")
+                ):
+                    target = dst / f.relative_to(src)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(f, target)
+            written.append(dst)
+    for name, target in (("log.txt", "call_log.txt"), ("gpu.txt", "gpu.txt")):
+        if (out_dir / name).is_file() and (root / "lm").is_dir():
+            shutil.copy2(out_dir / name, root / "lm" / target)
+    if not written:
+        raise ValueError(f"{source} holds no lm/, ruler/ or probe/ runs")
+    return written
+
+
 # ---------------------------------------------------------------------------- pool
 
 

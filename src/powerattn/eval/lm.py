@@ -42,7 +42,7 @@ from .corpus import read_documents
 
 PATTERNS = ["full", "sliding_window", "power", "stride_slash", "longnet", "dilated"]
 PPL_FILE = "ppl.json"
-DONE_FILE = "done.json"
+CHECK_WINDOWS = 2  # held-out windows of the backend check
 
 
 @dataclass
@@ -74,15 +74,16 @@ PRESETS: dict[str, LMPreset] = {
         eval_batch=2,
     ),
     # The H200 campaign: ~28M parameters (7 layers so that the RULER hybrid can keep 2 of 7
-    # full), 4096 tokens = 128 blocks of 32, 8 windows (32K tokens) per step (the float32
-    # logits of a step take 1 GB: 12 runs share the GPU's memory).
+    # full), 4096 tokens = 128 blocks of 32, 4 windows (16K tokens) per step: 12 runs share
+    # the GPU's memory (about 6 GB of activations and float32 logits each). ``steps`` is the
+    # one-call plan of scripts/gpu_eval.sh (12 runs, 4.9M tokens each; see that script).
     "gpu": LMPreset(
         model=ModelConfig(layers=7, hidden=512, heads=8, kv_heads=8, intermediate=1536),
         context=4096,
         block_size=32,
-        batch_size=8,
-        steps=1000,
-        optim=OptimConfig(lr=1e-3, warmup_steps=100),
+        batch_size=4,
+        steps=300,
+        optim=OptimConfig(lr=1e-3, warmup_steps=40),
     ),
 }
 
@@ -107,7 +108,9 @@ def train_config(
         pattern=PatternConfig(name=pattern, full_layers=list(full_layers)),
         task=TaskConfig(block_size=preset.block_size, digits=1),  # digits: unused (loss "all")
         optim=dataclasses.replace(
-            preset.optim, warmup_steps=min(preset.optim.warmup_steps, max(steps // 2, 1))
+            # Warm-up: the preset's, or a tenth of a shorter run.
+            preset.optim,
+            warmup_steps=min(preset.optim.warmup_steps, max(steps // 10, 1)),
         ),
         stages=[Stage(preset.context, steps)],
         batch_size=preset.batch_size,
@@ -176,6 +179,16 @@ def eval_windows(tokens_dir: Path, context: int, max_windows: int) -> tuple[np.n
     return windows, np.asarray([d for d, _ in picked])
 
 
+def _token_nll(model: torch.nn.Module, ids: torch.Tensor, amp: bool) -> torch.Tensor:
+    """``(b, context - 1)`` float32 next-token NLL of ``ids`` (b, context) on the model's
+    device, under bfloat16 autocast if ``amp`` (CUDA only)."""
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(ids).logits
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none"
+    )
+
+
 @torch.no_grad()
 def window_nll(
     model: torch.nn.Module, windows: np.ndarray, bucket: int, batch_size: int = 4
@@ -191,16 +204,64 @@ def window_nll(
     out = np.zeros((n, buckets))
     for i in range(0, n, batch_size):
         ids = torch.from_numpy(windows[i : i + batch_size]).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(ids).logits
-        nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none"
-        )  # (b, context - 1)
+        nll = _token_nll(model, ids, amp=device.type == "cuda")  # (b, context - 1)
         sums = torch.zeros(ids.shape[0], buckets, device=device, dtype=torch.float64)
         sums.index_add_(1, bucket_of, nll.double())
         out[i : i + ids.shape[0]] = sums.cpu().numpy()
     model.train(was_training)
     return out
+
+
+CHECK_FACTOR = 2.0  # the kernel may err at most this many times the same-precision baseline
+CHECK_FLOOR = 1e-4  # nats: below this a float32 difference is rounding (CPU, both in float32)
+
+
+@torch.no_grad()
+def backend_check(
+    model: torch.nn.Module, cfg: TrainConfig, windows: np.ndarray, tokenizer: Any
+) -> dict[str, Any]:
+    """Does the trained model's attention (our kernels) compute what its pattern says?
+
+    The same weights are loaded into a twin whose attention is masked SDPA with the pattern's
+    exact token mask (``backend="sdpa_mask"``). Reference: the twin in float32. Baseline: the
+    twin at the model's precision (bfloat16 autocast on CUDA). The check passes when the mean
+    absolute per-token NLL difference of the model to the reference is at most
+    :data:`CHECK_FACTOR` times the baseline's (plus :data:`CHECK_FLOOR`), the project's
+    tolerance rule (docs/operator.md) applied to the loss a run reports. A wrong mask or a
+    kernel bug in a trained model moves the NLL of many tokens by far more than rounding.
+    """
+    from ..training.model import build_model
+
+    device = next(model.parameters()).device
+    amp = device.type == "cuda"
+    with torch.random.fork_rng(devices=[]):
+        twin = build_model(
+            cfg.model, cfg.build_pattern(), windows.shape[1], cfg.pattern.full_layers,
+            backend="sdpa_mask", seed=cfg.seed, tokenizer=tokenizer,
+        ).to(device)  # fmt: skip
+    twin.load_state_dict(model.state_dict())
+    was_training = model.training
+    model.eval()
+    twin.eval()
+    diffs = {"kernel": [], "baseline": []}
+    for w in windows:
+        ids = torch.from_numpy(w[None]).to(device)
+        ref = _token_nll(twin, ids, amp=False)
+        diffs["kernel"].append((_token_nll(model, ids, amp) - ref).abs().cpu())
+        diffs["baseline"].append((_token_nll(twin, ids, amp) - ref).abs().cpu())
+    model.train(was_training)
+    del twin
+    kernel, base = (torch.cat(diffs[k]).double() for k in ("kernel", "baseline"))
+    bound = CHECK_FACTOR * base.mean().item() + CHECK_FLOOR
+    return {
+        "windows": int(windows.shape[0]),
+        "mean_abs_nll_diff": kernel.mean().item(),
+        "max_abs_nll_diff": kernel.max().item(),
+        "baseline_mean_abs_nll_diff": base.mean().item(),
+        "baseline_max_abs_nll_diff": base.max().item(),
+        "bound": bound,
+        "pass": kernel.mean().item() <= bound,
+    }
 
 
 def bucket_counts(context: int, bucket: int) -> np.ndarray:
@@ -226,7 +287,7 @@ def run_one(
 ) -> dict[str, Any]:
     """Train (resuming) and evaluate one run into ``out/NAME``; returns its ``ppl.json``."""
     from ..training.lm_data import lm_batch_fn
-    from ..training.trainer import Trainer
+    from ..training.trainer import CHECKPOINT, Trainer
 
     p = PRESETS[preset]
     cfg = train_config(p, pattern, seed, steps, device, list(full_layers))
@@ -237,13 +298,24 @@ def run_one(
     trainer = Trainer(
         cfg, run_dir, progress=progress, tokenizer=tok, batch_fn=lm_batch_fn(train_tokens)
     )
+    windows, docs = eval_windows(tokens_dir, p.context, p.eval_windows)
+    check_windows = windows[:CHECK_WINDOWS]
+    checks = {}
+    if not (run_dir / CHECKPOINT).exists():
+        # Correctness first: at initialisation, before any GPU time goes into training.
+        checks["init"] = backend_check(trainer.model, cfg, check_windows, tok)
+        if not checks["init"]["pass"]:
+            raise RuntimeError(
+                f"{run_dir.name}: our attention disagrees with the pattern's masked SDPA at "
+                f"initialisation: {checks['init']}; not training this run"
+            )
     t0 = time.time()
     last = trainer.train(stop_time=stop_time)
     train_s = time.time() - t0
     if trainer.step < cfg.total_steps:
         trainer.save_checkpoint()
-    windows, docs = eval_windows(tokens_dir, p.context, p.eval_windows)
     nll = window_nll(trainer.model, windows, p.bucket, p.eval_batch)
+    checks["trained"] = backend_check(trainer.model, cfg, check_windows, tok)
     result = {
         "name": run_dir.name,
         "pattern": pattern,
@@ -266,6 +338,8 @@ def run_one(
         "window_docs": docs.tolist(),
         "window_nll": nll.tolist(),
         "bucket_tokens": bucket_counts(p.context, p.bucket).tolist(),
+        "check": checks,
+        "check_pass": all(c["pass"] for c in checks.values()),
     }
     tmp = run_dir / (PPL_FILE + ".tmp")
     tmp.write_text(json.dumps(result) + "\n")
@@ -380,10 +454,172 @@ def summarize(runs_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         "max_seed_spread_ppl": max(spreads) if spreads else None,
         "gap_to_full_same_seed": gaps,
         "incomplete_runs": [r["name"] for r in runs if not r.get("complete", True)],
+        "check_failed_runs": [r["name"] for r in runs if not r.get("check_pass", True)],
         "steps": {r["name"]: [r["steps"], r["steps_planned"]] for r in runs},
-        "tokens_per_s": {r["name"]: r.get("tokens_per_s") for r in runs},
+        "throughput": throughput(runs_dir, runs),
+        "verdicts": table1_verdicts(runs),
     }
     return summary, details
+
+
+def steady_tokens_per_s(metrics_path: str | Path) -> float | None:
+    """Training tokens/s of a run's last call between its first and last logged step (the
+    first log interval, which holds compilation, is left out); None with fewer than two
+    logged steps. ``metrics.jsonl`` logs, per line, the call's cumulative ``tokens_per_s``
+    and ``time_s``; a resumed call starts ``time_s`` again near 0."""
+    path = Path(metrics_path)
+    if not path.is_file():
+        return None
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    call: list[dict[str, Any]] = []
+    for r in rows:
+        if call and r["time_s"] < call[-1]["time_s"]:
+            call = []  # a new call
+        call.append(r)
+    if len(call) < 2:
+        return None
+    a, b = call[0], call[-1]
+    tokens = b["tokens_per_s"] * b["time_s"] - a["tokens_per_s"] * a["time_s"]
+    return float(tokens / (b["time_s"] - a["time_s"]))
+
+
+def throughput(runs_dir: str | Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per run: its last call's tokens/s over the whole call (compilation included) and in
+    steady state (:func:`steady_tokens_per_s`); ``aggregate_steady_tokens_per_s``: their sum,
+    the GPU's rate while all runs shared it (the figure to plan the next campaign with)."""
+    per_run = {
+        r["name"]: {
+            "call_tokens_per_s": r.get("tokens_per_s"),
+            "steady_tokens_per_s": steady_tokens_per_s(
+                Path(runs_dir) / r["name"] / "metrics.jsonl"
+            ),
+        }
+        for r in runs
+    }
+    steady = [v["steady_tokens_per_s"] for v in per_run.values()]
+    return {
+        "runs": per_run,
+        "aggregate_steady_tokens_per_s": sum(steady) if None not in steady else None,
+    }
+
+
+# ---------------------------------------------------------------------------- verdicts
+
+SPARSE = [p for p in PATTERNS if p != "full"]
+CLOSE_GROUP = ["power", "sliding_window", "stride_slash"]  # Table 1: close to one another
+WORSE_GROUP = ["longnet", "dilated"]  # Table 1: worse than the close group
+
+
+def _ln_ppl(run: dict[str, Any]) -> float:
+    return float(np.log(run_ppl(run)[0]))
+
+
+def table1_verdicts(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The decision rules of docs/evaluation.md (fixed before any run) applied to the runs
+    without hybrids: ``{"seed_noise", "comparable", "excluded", "pairs", "claims"}``.
+
+    ``seed_noise`` (σ): the largest range over seeds of ln-perplexity of any pattern. A
+    pattern A is distinguishable from B when the seed-mean of the paired difference
+    ``ln ppl(A, s) - ln ppl(B, s)`` exceeds 2σ in absolute value and every seed's paired
+    bootstrap interval over held-out documents excludes 0 on the same side. Runs that did not
+    reach their planned steps, failed the backend check, or differ in steps from the others
+    are excluded; a claim that needs an excluded pattern is inconclusive.
+    """
+    plain = [r for r in runs if not r["full_layers"]]
+    steps = {r["steps_planned"] for r in plain}
+    excluded = sorted(
+        r["name"]
+        for r in plain
+        if not r.get("complete", True)
+        or not r.get("check_pass", True)
+        or r["steps"] != max(x["steps"] for x in plain)
+    )
+    by = {(r["pattern"], r["seed"]): r for r in plain if r["name"] not in excluded}
+    seeds = sorted({s for _, s in by})
+    patterns = [p for p in PATTERNS if all((p, s) in by for s in seeds)]
+    ln = {k: _ln_ppl(r) for k, r in by.items()}
+    ranges = [max(ln[p, s] for s in seeds) - min(ln[p, s] for s in seeds) for p in patterns]
+    sigma = max(ranges) if len(seeds) >= 2 and ranges else None
+
+    def compare(a: str, b: str) -> dict[str, Any] | None:
+        """``a - b``: seed-mean, per-seed paired intervals, and the verdict's sign."""
+        if sigma is None or a not in patterns or b not in patterns:
+            return None
+        per_seed = [_paired_gap(by[a, s], by[b, s]) for s in seeds]
+        mean = float(np.mean([g["ln_ppl_gap"] for g in per_seed]))
+        side = np.sign(mean)
+        clear = all((np.asarray(g["ci95"]) * side > 0).all() for g in per_seed)
+        return {
+            "mean_ln_gap": mean,
+            "per_seed": per_seed,
+            "distinguishable": bool(abs(mean) > 2 * sigma and clear),
+            "sign": int(side),
+        }
+
+    pairs = {f"{a} - {b}": compare(a, b) for i, a in enumerate(PATTERNS) for b in PATTERNS[i + 1 :]}
+
+    def cmp(a: str, b: str) -> dict[str, Any] | None:
+        c = pairs.get(f"{a} - {b}")
+        if c is not None:
+            return c
+        c = pairs.get(f"{b} - {a}")
+        return None if c is None else {**c, "mean_ln_gap": -c["mean_ln_gap"], "sign": -c["sign"]}
+
+    def worse(a: str, b: str) -> bool | None:  # a distinguishably worse (higher ppl) than b
+        c = cmp(a, b)
+        return None if c is None else c["distinguishable"] and c["sign"] > 0
+
+    claims = {}
+    # 1. Every sparse pattern is worse than full attention, by a small margin.
+    vs_full = {p: cmp(p, "full") for p in SPARSE}
+    if any(v is None for v in vs_full.values()):
+        claims["sparse_worse_than_full_small_margin"] = "inconclusive"
+    elif any(worse("full", p) for p in SPARSE) or any(
+        v["mean_ln_gap"] > 0.30 for v in vs_full.values()
+    ):
+        claims["sparse_worse_than_full_small_margin"] = "refuted"
+    elif all(worse(p, "full") and v["mean_ln_gap"] < 0.15 for p, v in vs_full.items()):
+        claims["sparse_worse_than_full_small_margin"] = "reproduced"
+    else:
+        claims["sparse_worse_than_full_small_margin"] = "inconclusive"
+    # 2. Power, sliding window and stride slash are close; LongNet and dilated are worse.
+    needed = CLOSE_GROUP + WORSE_GROUP
+    if any(p not in patterns for p in needed) or sigma is None:
+        verdict = "inconclusive"
+    elif any(worse(a, b) for a in CLOSE_GROUP for b in WORSE_GROUP):
+        verdict = "refuted"
+    elif not any(
+        cmp(a, b)["distinguishable"]
+        for i, a in enumerate(CLOSE_GROUP)
+        for b in CLOSE_GROUP[i + 1 :]
+    ) and all(worse(b, a) for a in CLOSE_GROUP for b in WORSE_GROUP):
+        verdict = "reproduced"
+    else:
+        verdict = "inconclusive"
+    claims["power_sliding_stride_close_longnet_dilated_worse"] = verdict
+    # 3. No claim: the seed-mean ln-ppl gap to full attention per position bucket.
+    by_bucket = {}
+    if "full" in patterns:
+        for p in SPARSE:
+            if p in patterns:
+                gaps = [
+                    (
+                        np.asarray(by[p, s]["window_nll"]) - np.asarray(by["full", s]["window_nll"])
+                    ).sum(0)
+                    / (np.asarray(by[p, s]["bucket_tokens"]) * len(by[p, s]["window_nll"]))
+                    for s in seeds
+                ]
+                by_bucket[p] = np.mean(gaps, axis=0).round(5).tolist()
+    return {
+        "seeds": seeds,
+        "planned_steps": sorted(steps),
+        "seed_noise_ln_ppl": sigma,
+        "comparable_patterns": patterns,
+        "excluded_runs": excluded,
+        "pairs": pairs,
+        "claims": claims,
+        "ln_gap_to_full_by_bucket": by_bucket,
+    }
 
 
 def summary_table(summary: dict[str, Any], details: dict[str, Any]) -> str:
@@ -397,3 +633,59 @@ def summary_table(summary: dict[str, Any], details: dict[str, Any]) -> str:
             f"{label:<22}{rng:<26}" + "".join(f"{x:>11.3f}" for x in v["by_position_mean"])
         )
     return "\n".join(lines)
+
+
+def verdict_text(details: dict[str, Any]) -> str:
+    """The decision rules' outcome (:func:`table1_verdicts`) in a few lines."""
+    v = details["verdicts"]
+    sigma = v["seed_noise_ln_ppl"]
+    lines = [
+        f"seeds {v['seeds']}, seed noise (largest range of ln ppl over seeds) "
+        + ("n/a (one seed)" if sigma is None else f"{sigma:.4f}")
+        + f"; excluded runs: {v['excluded_runs'] or 'none'}"
+    ]
+    for claim, verdict in v["claims"].items():
+        lines.append(f"  {claim}: {verdict}")
+    for pair, c in v["pairs"].items():
+        if c is not None:
+            cis = " ".join(f"[{g['ci95'][0]:+.4f},{g['ci95'][1]:+.4f}]" for g in c["per_seed"])
+            tag = "distinguishable" if c["distinguishable"] else "not distinguishable"
+            lines.append(f"  ln ppl {pair:<30} {c['mean_ln_gap']:+.4f}  seeds {cis}  {tag}")
+    return "\n".join(lines)
+
+
+def plot_ppl(summary: dict[str, Any], details: dict[str, Any], path: str | Path) -> Path:
+    """Perplexity by position bucket per pattern (seed mean, min-max band), and the
+    seed-mean ln-perplexity gap to full attention per bucket."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges = [(lo, hi) for lo, hi, _ in summary["runs"][0]["ppl_by_position"]]
+    x = np.asarray([(lo + hi) / 2 for lo, hi in edges])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for label, v in details["patterns"].items():
+        (line,) = a.plot(x, v["by_position_mean"], marker="o", ms=3, label=label)
+        a.fill_between(x, v["by_position_min"], v["by_position_max"], alpha=0.2,
+                       color=line.get_color())  # fmt: skip
+    a.set_xlabel("position in the window (bucket centre)")
+    a.set_ylabel("perplexity (mean over seeds; band: min-max)")
+    a.set_yscale("log")
+    a.legend(fontsize=8)
+    for p, gaps in details["verdicts"]["ln_gap_to_full_by_bucket"].items():
+        b.plot(x, gaps, marker="o", ms=3, label=p)
+    sigma = details["verdicts"]["seed_noise_ln_ppl"]
+    if sigma is not None:
+        b.axhspan(-2 * sigma, 2 * sigma, color="grey", alpha=0.2, label="±2σ (seed noise)")
+    b.axhline(0, color="black", lw=0.8)
+    b.set_xlabel("position in the window (bucket centre)")
+    b.set_ylabel("ln ppl - ln ppl(full), mean over seeds")
+    b.legend(fontsize=8)
+    fig.suptitle(f"Perplexity by position at {summary['context']} tokens", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
