@@ -150,13 +150,15 @@ fi
 if has ruler; then
     S=$(share ruler)
     RSTEPS=${RULER_STEPS:-$(python3 -c "print(max(5, int($S * 0.4 * 0.3e6 / $STEP_TOKENS / 11)))")}
-    # The tiny preset's 320 tokens cannot hold cwe/fwe/multi-value samples.
-    [ "$PRESET" = tiny ] && RULER_TASKS=${RULER_TASKS:-niah_single,vt}
+    # The tiny preset's 320 tokens cannot hold cwe/fwe/multi-value samples; its dry run
+    # needs only a few steps.
+    [ "$PRESET" = tiny ] && RULER_TASKS=${RULER_TASKS:-niah_single,vt} && RSTEPS=${RULER_STEPS:-3}
     echo "== ruler: $RSTEPS steps per run, ${S}s"
     timeout "$S" $E ruler --train --lm-runs "$WORK/lm" --out "$WORK/ruler" --preset "$PRESET" \
         --seeds 0 --hybrid --steps "$RSTEPS" --samples "${RULER_SAMPLES:-5}" --jobs "$JOBS" \
         ${RULER_TASKS:+--tasks $RULER_TASKS} --device "$DEVICE" --deadline $((S * 55 / 100)) \
         --results "$WORK/results/ruler" || echo "RULER PART: exit status $?"
+    $E ruler --summarize "$WORK/ruler" --results "$WORK/results/ruler" >/dev/null
     pack
 fi
 
@@ -167,6 +169,7 @@ if has probe; then
         --patterns sliding_window,power,full --seeds 0 --steps-scale "${PROBE_SCALE:-0.3}" \
         --jobs 3 --deadline $((S * 60 / 100)) --device "$DEVICE" \
         --results "$WORK/results/probing" || echo "PROBE PART: exit status $?"
+    $E probe --summarize "$WORK/probe" --results "$WORK/results/probing" >/dev/null
     pack
 fi
 

@@ -58,10 +58,11 @@ def split_of(doc_id: str, test_permille: int) -> str:
 def python_roots() -> list[Path]:
     """The standard library and site-packages directories of this interpreter."""
     paths = sysconfig.get_paths()
-    roots = []
+    roots: list[Path] = []
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
         p = Path(paths[key]).resolve()
-        if p.is_dir() and p not in roots:
+        # A virtual environment's site-packages lies inside its platstdlib: walk it once.
+        if p.is_dir() and not any(p == r or r in p.parents for r in roots):
             roots.append(p)
     return roots
 
@@ -144,8 +145,9 @@ def collect(
                 continue
             seen.add(doc_id)
             lic = licence
-            if name == "python" and "site-packages" in path.parts:
-                package = path.parts[path.parts.index("site-packages") + 1]
+            packages = [d for d in ("site-packages", "dist-packages") if d in path.parts]
+            if name == "python" and packages:  # dist-packages: Debian's system Python
+                package = path.parts[path.parts.index(packages[0]) + 1]
                 lic = f"package {package}: its own licence"
             docs.append(Document(doc_id, name, rel, lic, text))
             used += len(text.encode("utf-8"))

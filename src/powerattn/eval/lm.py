@@ -665,16 +665,17 @@ def plot_ppl(summary: dict[str, Any], details: dict[str, Any], path: str | Path)
     edges = [(lo, hi) for lo, hi, _ in summary["runs"][0]["ppl_by_position"]]
     x = np.asarray([(lo + hi) / 2 for lo, hi in edges])
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
+    colour = {label: f"C{i}" for i, label in enumerate(details["patterns"])}
     for label, v in details["patterns"].items():
-        (line,) = a.plot(x, v["by_position_mean"], marker="o", ms=3, label=label)
+        a.plot(x, v["by_position_mean"], marker="o", ms=3, label=label, color=colour[label])
         a.fill_between(x, v["by_position_min"], v["by_position_max"], alpha=0.2,
-                       color=line.get_color())  # fmt: skip
+                       color=colour[label])  # fmt: skip
     a.set_xlabel("position in the window (bucket centre)")
     a.set_ylabel("perplexity (mean over seeds; band: min-max)")
     a.set_yscale("log")
     a.legend(fontsize=8)
     for p, gaps in details["verdicts"]["ln_gap_to_full_by_bucket"].items():
-        b.plot(x, gaps, marker="o", ms=3, label=p)
+        b.plot(x, gaps, marker="o", ms=3, label=p, color=colour.get(p))
     sigma = details["verdicts"]["seed_noise_ln_ppl"]
     if sigma is not None:
         b.axhspan(-2 * sigma, 2 * sigma, color="grey", alpha=0.2, label="±2σ (seed noise)")
