@@ -87,6 +87,33 @@ def test_dense_is_exact_rule():
 
 
 @pytest.mark.parametrize(
+    "shape_dtype",
+    [
+        ((1, 8, 1, 32), torch.bfloat16),
+        ((1, 8, 16, 32), torch.float32),
+        ((1, 8, 17, 32), torch.float16),  # too many queries
+        ((1, 8, 1, 512), torch.float16),  # head dim above the kernel's
+        ((1, 8, 1, 32), torch.float64),
+    ],
+)
+@pytest.mark.parametrize("interpret", [False, True])
+def test_supports_agrees_with_check_supported(monkeypatch, shape_dtype, interpret):
+    """The exception-free check auto runs per decode step says what check_supported says."""
+    monkeypatch.setattr(decode, "_INTERPRET", interpret)
+    shape, dtype = shape_dtype
+    q = torch.zeros(shape, dtype=dtype)
+    k = torch.zeros(shape[0], 2, 64, shape[3], dtype=dtype)
+    try:
+        decode.check_supported(q, k)
+        raised = False
+    except ValueError:
+        raised = True
+    assert decode.supports(q, k) == (not raised)
+    if interpret and shape == (1, 8, 1, 32) and dtype == torch.bfloat16:
+        assert decode.supports(q, k) == (decode.triton is not None)
+
+
+@pytest.mark.parametrize(
     ("sk", "kwargs", "dense"),
     [
         (1536, {}, True),

@@ -4,7 +4,9 @@
 
 * ``batches`` containing 1 -- case ``decode``: one sequence, ``sparse_attention`` (``auto``:
   the decode kernel, or dense SDPA where that is exact) against dense SDPA (``enable_gqa``,
-  no mask); case ``decode_graph``: the same calls captured in a CUDA graph and replayed;
+  no mask); case ``decode_graph``: the same calls captured in a CUDA graph and replayed
+  (``ms``: a graph of one call, bounded below by the graph launch; ``in_graph_ms``: per call
+  of 32 calls captured in one graph, the cost inside a captured decode step of a model);
 * every other ``B`` -- case ``decode_b{B}``: ``B`` sequences of a KV cache of ``s`` slots with
   lengths spread evenly over ``s/2 .. s`` (``sparse_attention_with_kvcache`` with
   ``cache_seqlens``) against two dense baselines: ``dense_sdpa``, a loop of SDPA calls, one
@@ -84,6 +86,22 @@ def _graph_ms(fn: Callable[[], object]) -> float:
 
     graph = _graph(fn)
     return float(triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median"))
+
+
+def _in_graph_ms(fns: Sequence[Callable[[], object]], calls: int = 32) -> float:
+    """Per-call ms of ``calls`` calls captured back to back in one CUDA graph (rotating over
+    ``fns``, so that the keys come from HBM): what one attention call costs inside a captured
+    decode step of a whole model, where the graph's launch is shared by every layer. A
+    one-call graph's replay (:func:`_graph_ms`) is bounded below by that launch instead."""
+    import triton
+
+    try:
+        graph = _graph(lambda: [fns[i % len(fns)]() for i in range(calls)])
+    except RuntimeError as exc:  # reported in the row, not lost with the other rows
+        print(f"  in-graph timing failed: {exc}")
+        return float("nan")
+    ms = triton.testing.do_bench(graph.replay, warmup=10, rep=100, return_mode="median")
+    return float(ms) / calls
 
 
 def _copies(bytes_read: float, cache_bytes: float) -> int:
@@ -174,10 +192,13 @@ def _single(add, s, Hq, Hkv, D, dtype, pattern):
             lambda: ops_decode.decode_attention(q, k0, v0, pattern, D**-0.5, need_lse=False)
         ), 1), fast_launch=ops_decode.FAST_LAUNCH,
     )  # fmt: skip
-    dense_g = _graph_ms(dense[0])
-    add("decode_graph", s, "dense_sdpa", "dense", dense_g)
-    ms = _graph_ms(ours[0])
-    add("decode_graph", s, "ours", routed, ms, vs_dense=round(dense_g / ms, 2))
+    dense_g, dense_in = _graph_ms(dense[0]), _in_graph_ms(dense)
+    add("decode_graph", s, "dense_sdpa", "dense", dense_g, in_graph_ms=round(dense_in, 5))
+    ms, ours_in = _graph_ms(ours[0]), _in_graph_ms(ours)
+    add(
+        "decode_graph", s, "ours", routed, ms, vs_dense=round(dense_g / ms, 2),
+        in_graph_ms=round(ours_in, 5), in_graph_vs_dense=round(dense_in / ours_in, 2),
+    )  # fmt: skip
 
 
 def _batched(add, B, s, Hq, Hkv, D, dtype, pattern):

@@ -112,11 +112,11 @@ def sparse_attention(
     if backend == "dense":
         out, lse = dense_sparse_attention(q, k, v, pattern, scale)
     elif backend in ("decode", "decode_auto"):
-        if _needs_grad(q, k, v):
-            raise ValueError(
-                "backend='decode' has no backward; inputs require grad (use 'flex' or 'auto')"
-            )
-        if backend == "decode":  # auto checked it already (a decode step is host-bound)
+        if backend == "decode":  # auto checked both already (a decode step is host-bound)
+            if _needs_grad(q, k, v):
+                raise ValueError(
+                    "backend='decode' has no backward; inputs require grad (use 'flex' or 'auto')"
+                )
             _decode.check_supported(q, k)
         out, lse = _decode.decode_forward(
             q, k, v, pattern, scale, need_lse=return_lse, allow_dense=backend == "decode_auto"

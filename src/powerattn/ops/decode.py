@@ -105,13 +105,19 @@ def kernel_device(t: torch.Tensor) -> bool:
     return t.device.type == "cuda" or (_INTERPRET and t.device.type == "cpu")
 
 
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
 def supports(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Whether the kernel can serve these inputs (see :func:`check_supported`)."""
-    try:
-        check_supported(q, k)
-    except ValueError:
-        return False
-    return True
+    """Whether the kernel can serve these inputs (:func:`check_supported` says why not).
+    Plain comparisons, no exception: ``auto`` asks this on every decode step."""
+    return (
+        triton is not None
+        and q.shape[2] <= DECODE_MAX_Q
+        and q.shape[3] <= MAX_HEAD_DIM
+        and q.dtype in _KERNEL_DTYPES
+        and kernel_device(q)
+    )
 
 
 def check_supported(q: torch.Tensor, k: torch.Tensor) -> None:
@@ -128,7 +134,7 @@ def check_supported(q: torch.Tensor, k: torch.Tensor) -> None:
         )
     if q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"backend='decode' serves head dims <= {MAX_HEAD_DIM}, got {q.shape[-1]}")
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+    if q.dtype not in _KERNEL_DTYPES:
         raise ValueError(f"backend='decode' serves float16/bfloat16/float32, got {q.dtype}")
 
 
