@@ -108,6 +108,35 @@ def _bad_calls(rank, world):
     return out
 
 
+def _backward_order(rank, world):
+    """The calls of one backward pass, in order: the reversed-plan exchange must be posted
+    before the local part's gradients are computed (that is the overlap)."""
+    from powerattn.distributed import attention
+
+    pat = get_pattern("power", block_size=BLOCK, window=2)
+    q, k, v = (
+        torch.randn(B, h, BLOCK * CHUNK_BLOCKS, D, requires_grad=True) for h in (HQ, HKV, HKV)
+    )
+    out = context_parallel_attention(q, k, v, pat)
+    calls = []
+    orig = attention._exchange, attention._local_grads
+
+    def exchange(sends, recvs, group):
+        calls.append(("exchange", len(sends), len(recvs)))
+        return orig[0](sends, recvs, group)
+
+    def local(*args):
+        calls.append(("local",))
+        return orig[1](*args)
+
+    attention._exchange, attention._local_grads = exchange, local
+    try:
+        out.sum().backward()
+    finally:
+        attention._exchange, attention._local_grads = orig
+    return calls
+
+
 def main(rank: int, world: int, port: int, outdir: str) -> None:
     torch.set_num_threads(1)
     os.environ["MASTER_ADDR"] = "127.0.0.1"
@@ -124,6 +153,7 @@ def main(rank: int, world: int, port: int, outdir: str) -> None:
         res["allgather"] = _check_case(
             rank, world, "allgather", pat, torch.float64, BLOCK * CHUNK_BLOCKS, allgather_attention
         )
+        res["backward_order"] = _backward_order(rank, world)
         res["bad"] = _bad_calls(rank, world)
         with open(os.path.join(outdir, f"rank{rank}.json"), "w") as f:
             json.dump(res, f)

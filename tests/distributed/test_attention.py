@@ -20,6 +20,9 @@ import cp_worker
 import pytest
 import torch.multiprocessing as mp
 
+from powerattn import get_pattern
+from powerattn.distributed import cp_plan
+
 WORLDS = [2, 4, 8]
 CASES = [name for name, *_ in cp_worker._cases()]
 FLOOR = {"torch.float32": 1e-5, "torch.float64": 1e-12}
@@ -63,6 +66,20 @@ def test_allgather_baseline_matches(world):
         row = res["allgather"]
         for g in ("out", "dq", "dk", "dv"):
             assert row[g] <= 3 * row[f"{g}_base"] + FLOOR[row["dtype"]], (rank, g, row)
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_backward_posts_its_transfer_before_the_local_work(world):
+    """Overlap in the backward pass: every rank posts the reversed plan's sends (gradients of
+    the blocks it received) and receives (its own blocks' gradients) in one batch before it
+    differentiates its local part; the gradient tests above check what arrives."""
+    for rank, res in enumerate(_run(world)):
+        kinds = [c[0] for c in res["backward_order"]]
+        assert kinds == ["exchange", "local"], (rank, res["backward_order"])
+        # One message back to each rank this one read from, one from each that read it.
+        plan = cp_plan(get_pattern("power", block_size=cp_worker.BLOCK, window=2),
+                       cp_worker.BLOCK * cp_worker.CHUNK_BLOCKS * world, world)  # fmt: skip
+        assert res["backward_order"][0][1:] == [len(plan.sources(rank)), len(plan.dests(rank))]
 
 
 @pytest.mark.parametrize("world", [2, 4])

@@ -11,9 +11,15 @@ One call per layer, on every rank of ``group``:
    attend the remote part (same view, local blocks excluded);
 4. merge the two partial attentions by their log-sum-exp.
 
-The backward pass (``torch.autograd.Function``) differentiates steps 2-4 and returns the
-gradients of the received blocks to their owners along the reversed plan, where they are
-added to the owner's ``dk, dv`` (accumulated in float32, float64 for float64 inputs).
+The backward pass (``torch.autograd.Function``) mirrors it:
+
+1. differentiate the merge, then the remote part only: this gives the gradients of the
+   received blocks;
+2. post one batch of isend/irecv along the reversed plan (those gradients back to their
+   owners; this rank's own blocks' gradients from the ranks that read them);
+3. while they travel, differentiate the local part (``q`` against the own shard);
+4. wait and add the received gradients into ``dk, dv`` (accumulated in float32, float64
+   for float64 inputs).
 """
 
 from __future__ import annotations
@@ -151,8 +157,11 @@ def _merge(
 
 
 def _forward(q, k, v, rp: _RankPlan, group, scale, backend, leaves: bool):
-    """Steps 1-4 of the module docstring. Returns ``(out, recv_leaves)``; with ``leaves``
-    the received buffers are autograd leaves (their gradients go back to the owners)."""
+    """Steps 1-4 of the module docstring. Returns ``(out, recv, parts)``: with ``leaves``
+    the received buffers ``recv`` are autograd leaves (their gradients go back to the
+    owners); ``parts`` are the partial results ``(out1, lse1, out2, lse2)`` (local, remote;
+    the remote pair None when nothing is received), which the backward differentiates in
+    two steps around its transfer."""
     B, Hkv, L, D = k.shape
     send_bufs = []
     for dst, idx in rp.sends:
@@ -166,7 +175,7 @@ def _forward(q, k, v, rp: _RankPlan, group, scale, backend, leaves: bool):
     ]
     reqs = _exchange(send_bufs, recv_bufs, group)
     # The local shard while the remote blocks travel.
-    out, lse = sparse_attention(
+    out1, lse1 = sparse_attention(
         q, k, v, rp.local_view, scale=scale, return_lse=True, backend=backend
     )
     for r in reqs:
@@ -174,14 +183,42 @@ def _forward(q, k, v, rp: _RankPlan, group, scale, backend, leaves: bool):
     recv = [t for _, t in recv_bufs]
     if leaves:
         recv = [t.requires_grad_() for t in recv]
-    if rp.remote_view is not None:
-        kk = torch.cat([t[0] for t in recv] + [k], dim=2)  # (B, Hkv, R + L, D)
-        vv = torch.cat([t[1] for t in recv] + [v], dim=2)
-        out2, lse2 = sparse_attention(
-            q, kk, vv, rp.remote_view, scale=scale, return_lse=True, backend=backend
-        )
-        out = _merge(out, lse, out2, lse2)
-    return out, recv
+    if rp.remote_view is None:
+        return out1, recv, (out1, lse1, None, None)
+    kk = torch.cat([t[0] for t in recv] + [k], dim=2)  # (B, Hkv, R + L, D)
+    vv = torch.cat([t[1] for t in recv] + [v], dim=2)
+    out2, lse2 = sparse_attention(
+        q, kk, vv, rp.remote_view, scale=scale, return_lse=True, backend=backend
+    )
+    return _merge(out1, lse1, out2, lse2), recv, (out1, lse1, out2, lse2)
+
+
+def _grads(outputs, inputs, grad_outputs) -> list[torch.Tensor | None]:
+    """``torch.autograd.grad`` of the outputs whose gradient is not None, with respect to
+    the inputs that require one (None for the others, e.g. an lse a backend returned
+    without a graph)."""
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs, strict=True) if g is not None]
+    live = [i for i, t in enumerate(inputs) if t.requires_grad]
+    got = torch.autograd.grad(
+        [o for o, _ in pairs], [inputs[i] for i in live], [g for _, g in pairs], allow_unused=True
+    )
+    res: list[torch.Tensor | None] = [None] * len(inputs)
+    for i, g in zip(live, got, strict=True):
+        res[i] = g
+    return res
+
+
+def _local_grads(parts, dout1, dlse1, leaves) -> list[torch.Tensor | None]:
+    """Step 3 of the backward: the local part's gradients in ``leaves`` (q, k, v)."""
+    return _grads(parts[:2], leaves, (dout1, dlse1))
+
+
+def _keep(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return b if a is None else a if b is None else a + b
 
 
 class _CPAttention(torch.autograd.Function):
@@ -190,30 +227,43 @@ class _CPAttention(torch.autograd.Function):
         need = any(ctx.needs_input_grad[:3])
         ctx.rp, ctx.group = rp, group
         if not need:
-            out, _ = _forward(q, k, v, rp, group, scale, backend, leaves=False)
+            out, _, _ = _forward(q, k, v, rp, group, scale, backend, leaves=False)
             return out
         # Build the local graph here (forward runs under no_grad by default) and keep it for
-        # backward: no recomputation, the backends' own saved tensors.
-        with torch.enable_grad():
+        # backward: no recomputation, the backends' own saved tensors. Kept as they are even
+        # under activation checkpointing (plain saved-tensor hooks override its hooks here):
+        # a checkpointed tensor is recomputed once per autograd graph task, and the backward
+        # below runs three (around its transfer), at points that differ between ranks -- each
+        # recomputation repeats the layer's forward transfers, so ranks would disagree on
+        # their number and hang. The layer's own recomputation (outer graph task) still runs
+        # at the same point on every rank.
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
             qd, kd, vd = (t.detach().requires_grad_() for t in (q, k, v))
-            out, recv = _forward(qd, kd, vd, rp, group, scale, backend, leaves=True)
-        ctx.inner = (out, qd, kd, vd, recv)
+            out, recv, parts = _forward(qd, kd, vd, rp, group, scale, backend, leaves=True)
+        ctx.inner = (out, qd, kd, vd, recv, parts)
         return out.detach()
 
     @staticmethod
     def backward(ctx, dout):
-        out, qd, kd, vd, recv = ctx.inner
+        out, qd, kd, vd, recv, parts = ctx.inner
         del ctx.inner
         rp, group = ctx.rp, ctx.group
-        grads = torch.autograd.grad(out, [qd, kd, vd, *recv], dout, allow_unused=True)
-        dq, dk, dv = (
-            torch.zeros_like(t) if g is None else g
-            for g, t in zip(grads[:3], (qd, kd, vd), strict=True)
-        )
-        drecv = [
-            torch.zeros_like(t) if g is None else g for g, t in zip(grads[3:], recv, strict=True)
-        ]
-        # Reversed plan: gradients of received blocks go back to their owners.
+        leaves = [qd, kd, vd]
+        # 1. The merge, then the remote part: the gradients of the received blocks. The
+        # parts' graphs are disjoint above the leaves, so each is freed once walked.
+        dq = dk = dv = None
+        drecv = []
+        if parts[2] is None:
+            dout1, dlse1 = dout, None
+        else:
+            dout1, dlse1, dout2, dlse2 = _grads([out], list(parts), [dout])
+            g = _grads(parts[2:], leaves + recv, (dout2, dlse2))
+            dq, dk, dv = g[:3]
+            drecv = [
+                torch.zeros_like(t) if d is None else d for d, t in zip(g[3:], recv, strict=True)
+            ]
+        # 2. Reversed plan, posted before the local work: the gradients of received blocks go
+        # back to their owners, this rank's blocks' gradients come back from their readers.
         B, Hkv, L, D = kd.shape
         back_recv = [
             (
@@ -231,7 +281,15 @@ class _CPAttention(torch.autograd.Function):
             for dst, idx in rp.sends
         ]
         back_send = [(src, g.contiguous()) for (src, _), g in zip(rp.recvs, drecv, strict=True)]
-        for r in _exchange(back_send, back_recv, group):
+        reqs = _exchange(back_send, back_recv, group)
+        # 3. The local part while they travel.
+        g1 = _local_grads(parts, dout1, dlse1, leaves)
+        dq, dk, dv = (
+            torch.zeros_like(t) if d is None else d
+            for d, t in zip(map(_add, (dq, dk, dv), g1), leaves, strict=True)
+        )
+        # 4. Wait, and add what came back.
+        for r in reqs:
             r.wait()
         if back_recv:
             # (2, B, Hkv, L, D), accumulated in float32 (float64 for float64 inputs).
