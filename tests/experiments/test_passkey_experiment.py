@@ -1,4 +1,5 @@
 import json
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -456,29 +457,34 @@ def test_plan_of_the_recipe_preset():
 
 def test_parallel_runs_go_round_robin_over_the_visible_gpus(tmp_path, monkeypatch):
     import powerattn.experiments.passkey as mod
+    from powerattn.experiments import scheduler
 
     seen = []
 
-    class Done:
-        returncode = 0
+    class Done:  # a process that has exited with status 0
+        exitcode = 0
 
-        def __init__(self, cmd, env=None, **kw):
-            seen.append((cmd[cmd.index("--only") + 1], (env or {}).get("CUDA_VISIBLE_DEVICES")))
+        def __init__(self, job, gpu):
+            seen.append((job.name, gpu, job.fn, job.args[0].config.backend))
+            self.sentinel, self._w = multiprocessing.Pipe(duplex=False)
+            self._w.close()  # the sentinel is ready at once
 
-        def poll(self):
-            return 0
+        def join(self):
+            pass
 
-    monkeypatch.setattr(mod.subprocess, "Popen", Done)
-    monkeypatch.setattr(mod.time, "sleep", lambda s: None)
+    monkeypatch.setattr(scheduler, "_spawn", Done)
     specs = plan("smoke", ["main"], ["power", "dilated", "full"])
-    args = ("smoke", ["main"], None, 1.0, 3, None, None, "auto", None)
+    preset = mod.PRESETS["smoke"]
     monkeypatch.setattr(mod, "_visible_gpus", lambda: ["3", "5"])
-    mod._run_parallel(specs, tmp_path, *args)
-    assert seen == [("main-power", "3"), ("main-dilated", "5"), ("main-full", "3")]
+    mod._run_parallel(specs, tmp_path, preset, 3, None)
+    assert [x[:2] for x in seen] == [("main-power", "3"), ("main-dilated", "5"),
+                                     ("main-full", "3")]  # fmt: skip
+    assert all(fn is mod._train_one and bk == "auto" for _, _, fn, bk in seen)
+    assert (tmp_path / "runs" / "main-full").is_dir()
     seen.clear()
-    monkeypatch.setattr(mod, "_visible_gpus", lambda: ["0"])  # one GPU: env untouched
-    mod._run_parallel(specs, tmp_path, *args)
-    assert [g for _, g in seen] == [None, None, None]
+    monkeypatch.setattr(mod, "_visible_gpus", lambda: ["0"])  # one GPU: shared, env untouched
+    mod._run_parallel(specs, tmp_path, preset, 3, None)
+    assert [g for _, g, _, _ in seen] == [None, None, None]
 
 
 def test_heatmaps_score_mixed_runs_on_the_final_model():

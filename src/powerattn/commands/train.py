@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .argtypes import nonnegative_int, positive_int
@@ -38,6 +39,16 @@ keys and bad values are refused, naming the field:
 examples:
   powerattn train --out runs/power
   powerattn train --config my.yaml --out runs/ss --pattern stride_slash --layers 4
+
+several processes (data parallel x context parallel, FSDP2; docs/distributed.md):
+  torchrun --standalone --nproc-per-node 4 -m powerattn.cli train --cp 2 --out runs/cp
+      4 processes (one GPU each under CUDA, gloo on a CPU): 2 data-parallel rows of 2
+      context-parallel ranks; every document length a multiple of cp x task.block_size and
+      batch_size of dp = processes / cp. Activation checkpointing is on
+      (--no-activation-checkpointing); --mixed-precision bf16 for bf16 compute with float32
+      master weights. Checkpoints go to OUT/checkpoint.dcp and resume under any number of
+      processes and --cp, including a plain `powerattn train --out runs/cp` (one process).
+  (without torchrun installed as a command: python3 -m torch.distributed.run ... the same)
 """
 
 _PASSKEY_EPILOG = """\
@@ -102,6 +113,38 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="start over: first delete OUT's checkpoint, metrics and config (other files stay)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--stop-at",
+        type=positive_int,
+        metavar="STEP",
+        help="stop after this step with a checkpoint (rerun without it to continue)",
+    )
+    d = p.add_argument_group(
+        "several processes",
+        "under torchrun (see below); without it, these run one process through the same "
+        "distributed path (FSDP2 over a world of one)",
+    )
+    d.add_argument(
+        "--cp",
+        type=positive_int,
+        help="context-parallel size: each document split over CP processes (default 1); data "
+        "parallel = processes / CP. --cp > 1 needs torchrun: torchrun --standalone "
+        "--nproc-per-node N -m powerattn.cli train --cp CP ...",
+    )
+    d.add_argument(
+        "--activation-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recompute each decoder layer in the backward pass (default: on in the "
+        "distributed path)",
+    )
+    d.add_argument(
+        "--mixed-precision",
+        choices=MIXED_PRECISION,
+        help="FSDP2 mixed precision: bf16 parameters in forward/backward, float32 master "
+        "weights, optimiser state and gradient reduction (default: float32, under bf16 "
+        "autocast on CUDA)",
+    )
     p.set_defaults(func=_train)
 
     e = sub.add_parser("experiment", help="experiments that train and evaluate models")
@@ -144,20 +187,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="comma list: the campaign of each seed in one call (run names as with --seed)",
     )
     k.add_argument(
-        "--jobs", type=positive_int, default=1, help="runs trained at once (subprocesses)"
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="runs trained at once, one process each (they share the GPU; one GPU each, round "
+        "robin, when several are visible)",
     )
     k.add_argument(
         "--backend",
         default="auto",
         help="attention backend of the sparse layers: a sparse_attention backend or sdpa_mask",
     )
-    k.add_argument("--only", help="train and evaluate this one run (used by --jobs)")
+    k.add_argument("--only", help="train and evaluate this one run of the plan (by its name)")
     k.add_argument(
         "--deadline",
         type=float,
         help="seconds from now after which every run stops training and is evaluated as is",
     )
-    k.add_argument("--stop-time", type=float, help=argparse.SUPPRESS)  # absolute, for --jobs
     k.add_argument(
         "--replot",
         type=_csv,
@@ -170,6 +216,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 TRAIN_PRESETS = ("cpu", "gpu-mix")
+MIXED_PRECISION = ("bf16",)  # = powerattn.distributed.trainer.MIXED_PRECISION (light import)
+TORCHRUN = "torchrun --standalone --nproc-per-node {n} -m powerattn.cli train --cp {cp}"
 
 
 def train_preset(name: str, pattern: str = "power"):
@@ -208,12 +256,27 @@ def _train(args: argparse.Namespace) -> int:
         cfg.model.layers = args.layers
     if args.device:
         cfg.device = args.device
+    route = _distributed_route(args)
+    if isinstance(route, str):
+        print(f"powerattn train: error: {route}", file=sys.stderr)
+        return 2
+    if route:
+        return _train_distributed(args, cfg)
+    if args.fresh:  # or a later run without --fresh would resume the distributed one
+        import shutil
+        from pathlib import Path
+
+        shutil.rmtree(Path(args.out) / "checkpoint.dcp", ignore_errors=True)
     trainer = Trainer(cfg, args.out, progress=not args.no_progress)
     print(f"pattern {trainer.pattern.describe()}, {cfg.total_steps} steps, device {trainer.device}")
     try:
         if not args.fresh and trainer.load_checkpoint():
             print(f"resuming from step {trainer.step} of {cfg.total_steps} ({args.out})")
-        last = trainer.train(resume=not args.fresh, stop_on_signal=True)
+        last = trainer.train(resume=not args.fresh, stop_on_signal=True, stop_at=args.stop_at)
+        if args.stop_at is not None and trainer.step == args.stop_at and not trainer.interrupted:
+            trainer.save_checkpoint()  # train() stops there like a kill; keep the state
+            print(f"stopped at step {trainer.step} (--stop-at): checkpoint saved; rerun "
+                  "without --stop-at to continue")  # fmt: skip
     except CheckpointMismatchError as exc:
         print(f"powerattn train: error: {exc}; use another --out, or --fresh to discard it",
               file=sys.stderr)  # fmt: skip
@@ -223,6 +286,84 @@ def _train(args: argparse.Namespace) -> int:
         print(f"stopped by {trainer.interrupted} at step {trainer.step}: checkpoint saved; "
               "rerun the same command to resume")  # fmt: skip
         return 130
+    return 0
+
+
+def _distributed_route(args: argparse.Namespace) -> bool | str:
+    """Whether this run takes the distributed path (torchrun, a distributed checkpoint to
+    resume, or one of its options), or the error to print."""
+    from pathlib import Path
+
+    torchrun = all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    cp = args.cp or 1
+    if cp > 1 and not torchrun:
+        cmd = TORCHRUN.format(n=cp, cp=cp)
+        return (
+            f"--cp {cp} splits each document over {cp} processes: launch one per rank with "
+            f"torchrun, e.g.\n  {cmd} --out {args.out} ...\n(python3 -m torch.distributed.run "
+            "is the same command where torchrun is not on PATH)"
+        )
+    resume = not args.fresh and (Path(args.out) / "checkpoint.dcp" / "meta.json").is_file()
+    options = args.activation_checkpointing is not None or args.mixed_precision is not None
+    return torchrun or resume or options or args.cp is not None
+
+
+def _train_distributed(args: argparse.Namespace, cfg) -> int:
+    """The data parallel x context parallel path (powerattn.distributed.trainer)."""
+    from pathlib import Path
+
+    from ..distributed.trainer import CPTrainer, process_group
+    from ..training.trainer import CHECKPOINT, CheckpointMismatchError
+
+    if not args.fresh and (Path(args.out) / CHECKPOINT).is_file():
+        print(f"powerattn train: error: {args.out} holds a single-process checkpoint "
+              f"({CHECKPOINT}); the distributed path resumes only its own (checkpoint.dcp): "
+              "use another --out, --fresh to discard it, or continue without torchrun and "
+              "without --cp/--mixed-precision/--activation-checkpointing",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    ac = True if args.activation_checkpointing is None else args.activation_checkpointing
+    with process_group(cfg.device) as device:
+        import torch.distributed as dist
+
+        rank0 = dist.get_rank() == 0
+        try:
+            trainer = CPTrainer(
+                cfg,
+                args.out,
+                cp=args.cp or 1,
+                activation_checkpointing=ac,
+                mixed_precision=args.mixed_precision,
+                device=device,
+                progress=not args.no_progress,
+            )
+        except ValueError as exc:  # the same on every rank: check_config runs everywhere
+            if rank0:
+                print(f"powerattn train: error: {exc}", file=sys.stderr)
+            return 2
+        m = trainer.mesh
+        if rank0:
+            print(f"pattern {trainer.pattern.describe()}, {cfg.total_steps} steps, "
+                  f"{dist.get_world_size()} processes = dp {m.dp} x cp {m.cp}, device "
+                  f"{device.type}, activation checkpointing {'on' if ac else 'off'}, "
+                  f"mixed precision {args.mixed_precision or 'off'}")  # fmt: skip
+        try:
+            last = trainer.train(resume=not args.fresh, stop_at=args.stop_at)
+        except CheckpointMismatchError as exc:
+            if rank0:
+                print(f"powerattn train: error: {exc}; use another --out, or --fresh to "
+                      "discard it", file=sys.stderr)  # fmt: skip
+            return 2
+        if rank0:
+            print(json.dumps(last))
+        if trainer.interrupted:
+            if rank0:
+                print(f"stopped by {trainer.interrupted} at step {trainer.step}: checkpoint "
+                      "saved; rerun the same command to resume")  # fmt: skip
+            return 130
+        if rank0 and args.stop_at is not None and trainer.step == args.stop_at:
+            print(f"stopped at step {trainer.step} (--stop-at): checkpoint saved; rerun "
+                  "without --stop-at to continue")  # fmt: skip
     return 0
 
 
@@ -262,7 +403,7 @@ def _passkey(args: argparse.Namespace) -> int:
         print()
         print(verdict_table(summ))
         return 0
-    stop_time = args.stop_time
+    stop_time = None
     if args.deadline is not None:
         import time
 

@@ -11,8 +11,9 @@ Parts (each a list of training runs, every run = train + evaluate):
 * ``long``: power and stride slash trained to twice the length at the budget of that length,
   where stride slash needs more hops than the model has layers (the paper's 64K comparison).
 
-Runs are independent: ``--jobs N`` trains N at once as subprocesses (small models leave
-a big GPU mostly idle, and the kernel compilation is on the CPU).
+Runs are independent: ``--jobs N`` trains N at once, each in its own process
+(:mod:`.scheduler`; small models leave a big GPU mostly idle, and the kernel compilation is
+on the CPU).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import dataclasses
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -42,9 +42,17 @@ from ..training.config import (
 )
 from ..training.evaluate import depth_bins, digit_hops, evaluate_passkey, guess_probability
 from ..training.model import SDPA_MASK, attention
-from ..training.trainer import CHECKPOINT, CONFIG, METRICS, Trainer, clear_run
+from ..training.trainer import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    CheckpointMismatchError,
+    Trainer,
+    clear_run,
+)
 from ..validate import check_int
 from .presets import PRESETS, Preset  # noqa: F401 - re-exported
+from .scheduler import Job, run_jobs
 from .tables import (  # re-exported: the campaign's API in one import
     GATE_MIN_SEEDS,
     GATE_THRESHOLD,
@@ -429,10 +437,7 @@ def run_experiment(
             print(f"== {spec.name}", flush=True)
             run_one(spec, out, preset, progress, stop_time)
     else:
-        _run_parallel(
-            specs, out, preset_name, parts, patterns, steps_scale, jobs, stop_time, layer_sweep,
-            backend, seed, seeds,
-        )  # fmt: skip
+        _run_parallel(specs, out, preset, jobs, stop_time)
     results = {
         "meta": {
             "preset": preset_name,
@@ -472,69 +477,54 @@ def run_experiment(
     return results
 
 
+def _train_one(spec: RunSpec, out: Path, preset: Preset, stop_time: float | None) -> None:
+    """One run of ``--jobs``, in its own process (see :mod:`.scheduler`): exits with
+    :data:`EXIT_CHECKPOINT_MISMATCH` when OUT holds a checkpoint of another config."""
+    try:
+        run_one(spec, out, preset, progress=False, stop_time=stop_time)
+    except CheckpointMismatchError as exc:
+        print(f"powerattn experiment passkey: error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CHECKPOINT_MISMATCH) from None
+
+
 def _run_parallel(
-    specs, out, preset_name, parts, patterns, steps_scale, jobs, stop_time, layer_sweep, backend,
-    seed, seeds=None,
-) -> None:  # fmt: skip
-    """One subprocess per run, ``jobs`` at a time; each logs to ``runs/NAME/log.txt``.
+    specs: list[RunSpec], out: Path, preset: Preset, jobs: int, stop_time: float | None
+) -> None:
+    """One process per run (:func:`_train_one`), ``jobs`` at a time, sharing the GPU (or one
+    GPU each, round robin, when several are visible); each logs to ``runs/NAME/log.txt``.
 
     A run whose process dies (e.g. a kernel fault on the GPU) is started once more, from
     scratch, on the ``sdpa_mask`` fallback; its first log is kept as ``log_failed.txt``. A
     run whose directory holds a checkpoint of another configuration
     (:data:`EXIT_CHECKPOINT_MISMATCH`) is reported as failed, not retried."""
-    pending = [(spec, backend) for spec in specs]
-    active: list[tuple[RunSpec, str, subprocess.Popen, Any]] = []
     failed = []
-    gpus = _visible_gpus()
-    started = 0
-    while pending or active:
-        while pending and len(active) < jobs:
-            spec, bk = pending.pop(0)
-            run_dir = out / "runs" / spec.name
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "eval.json").unlink(missing_ok=True)  # a failed run must not look done
-            cmd = [sys.executable, "-m", "powerattn.cli", "experiment", "passkey",
-                   "--preset", preset_name, "--out", str(out), "--only", spec.name,
-                   "--steps-scale", str(steps_scale), "--backend", bk, "--no-progress"]  # fmt: skip
-            if parts:
-                cmd += ["--parts", ",".join(parts)]
-            if patterns:
-                cmd += ["--patterns", ",".join(patterns)]
-            if stop_time is not None:
-                cmd += ["--stop-time", repr(stop_time)]
-            if layer_sweep is not None:
-                cmd += ["--layer-sweep", ",".join(map(str, layer_sweep))]
-            if seed is not None:
-                cmd += ["--seed", str(seed)]
-            if seeds is not None:
-                cmd += ["--seeds", ",".join(map(str, seeds))]
-            log = open(run_dir / "log.txt", "w")
-            env, where = None, ""
-            if len(gpus) > 1:  # one GPU per run, round robin (runs are small: no sharding)
-                gpu = gpus[started % len(gpus)]
-                env, where = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}, f", GPU {gpu}"
-            started += 1
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-            active.append((spec, bk, proc, log))
-            print(f"== started {spec.name} (backend {bk}{where})", flush=True)
-        time.sleep(0.5)
-        for item in list(active):
-            spec, bk, proc, log = item
-            if proc.poll() is None:
-                continue
-            log.close()
-            active.remove(item)
-            print(f"== finished {spec.name} (exit {proc.returncode})", flush=True)
-            # A checkpoint of another configuration in OUT: retrying from scratch would
-            # silently throw that run away.
-            if proc.returncode and proc.returncode != EXIT_CHECKPOINT_MISMATCH and bk != SDPA_MASK:
-                run_dir = out / "runs" / spec.name
-                (run_dir / "log.txt").rename(run_dir / "log_failed.txt")
-                clear_run(run_dir)
-                pending.append((spec, SDPA_MASK))
-                print(f"== retrying {spec.name} on the {SDPA_MASK} fallback", flush=True)
-            elif proc.returncode:
-                failed.append(spec.name)
+
+    def job(spec: RunSpec) -> Job:
+        run_dir = out / "runs" / spec.name
+        return Job(
+            spec.name, _train_one, (spec, out, preset, stop_time), log=run_dir / "log.txt",
+            label=f"backend {spec.config.backend}", meta={"spec": spec, "dir": run_dir},
+        )  # fmt: skip
+
+    def on_start(j: Job) -> None:
+        j.meta["dir"].mkdir(parents=True, exist_ok=True)
+        (j.meta["dir"] / "eval.json").unlink(missing_ok=True)  # a failed run must not look done
+
+    def on_exit(j: Job, code: int) -> Job | None:
+        spec, run_dir = j.meta["spec"], j.meta["dir"]
+        # A checkpoint of another configuration in OUT: retrying from scratch would
+        # silently throw that run away.
+        if code and code != EXIT_CHECKPOINT_MISMATCH and spec.config.backend != SDPA_MASK:
+            (run_dir / "log.txt").rename(run_dir / "log_failed.txt")
+            clear_run(run_dir)
+            print(f"== retrying {spec.name} on the {SDPA_MASK} fallback", flush=True)
+            cfg = dataclasses.replace(spec.config, backend=SDPA_MASK)
+            return job(dataclasses.replace(spec, config=cfg))
+        if code:
+            failed.append(spec.name)
+        return None
+
+    run_jobs([job(s) for s in specs], jobs, _visible_gpus(), on_start, on_exit)
     if failed:
         print(f"== runs failed: {failed}; see runs/NAME/log.txt", flush=True)
 
