@@ -110,15 +110,20 @@ def disable_context_parallel(model: Any) -> Any:
 
 
 def shard_batch(
-    input_ids: torch.Tensor, group: dist.ProcessGroup | None = None, *, block_size: int = 1
+    input_ids: torch.Tensor,
+    group: dist.ProcessGroup | None = None,
+    *,
+    block_size: int = 1,
+    labels: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """This rank's part of a ``(B, S)`` batch of whole sequences, for causal LM training.
 
     Returns ``input_ids`` and ``position_ids`` ``(B, L)`` (absolute positions ``p L ..``) and
     ``labels`` ``(B, L)``: the next token of each position, shifted over the whole sequence
-    (the last position of the sequence gets -100). ``S`` must be a multiple of
-    ``world_size x block_size`` (pass the pattern's ``block_size``); every rank must pass the
-    same batch (checked with one small all-gather).
+    (the last position of the sequence gets -100), or this rank's part of ``labels``
+    ``(B, S)`` when given (already aligned: the target predicted at each position, -100 for
+    none). ``S`` must be a multiple of ``world_size x block_size`` (pass the pattern's
+    ``block_size``); every rank must pass the same batch (checked with one small all-gather).
     """
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     if input_ids.dim() != 2:
@@ -138,8 +143,11 @@ def shard_batch(
     check_shard(get_pattern("full", block_size=block_size), S, world)
     L = S // world
     sl = slice(rank * L, (rank + 1) * L)
-    labels = torch.full_like(input_ids, -100)
-    labels[:, :-1] = input_ids[:, 1:]
+    if labels is None:
+        labels = torch.full_like(input_ids, -100)
+        labels[:, :-1] = input_ids[:, 1:]
+    elif labels.shape != input_ids.shape:
+        raise ValueError(f"labels {tuple(labels.shape)} must have the shape of input_ids {(B, S)}")
     pos = torch.arange(rank * L, (rank + 1) * L, device=input_ids.device).expand(B, L)
     return {"input_ids": input_ids[:, sl], "position_ids": pos, "labels": labels[:, sl]}
 

@@ -61,11 +61,21 @@ class CPMesh:
         return cls(world // cp, cp, rank // cp, rank % cp, grid.get_group("cp"), flat)
 
 
-def prepare_model(model: Any, mesh: CPMesh, *, activation_checkpointing: bool = False) -> Any:
+def prepare_model(
+    model: Any,
+    mesh: CPMesh,
+    *,
+    activation_checkpointing: bool = False,
+    param_dtype: torch.dtype | None = None,
+) -> Any:
     """Context-parallel attention over ``mesh.cp_group``, optional activation checkpointing of
     each decoder layer (its recomputation repeats the layer's transfers: the plan is static,
-    so every rank recomputes the same ones), then FSDP2 per decoder layer and at the root."""
-    from torch.distributed.fsdp import fully_shard
+    so every rank recomputes the same ones), then FSDP2 per decoder layer and at the root.
+
+    ``param_dtype`` (e.g. ``torch.bfloat16``): FSDP2 mixed precision -- the parameters are
+    gathered in that dtype for forward and backward, while the sharded master weights, the
+    optimiser state and the gradient reduction stay in the model's dtype (float32)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     enable_context_parallel(model, mesh.cp_group)
     if activation_checkpointing:
@@ -75,9 +85,13 @@ def prepare_model(model: Any, mesh: CPMesh, *, activation_checkpointing: bool = 
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
         model.config.use_cache = False
+    kw: dict[str, Any] = {"mesh": mesh.fsdp_mesh}
+    if param_dtype is not None:
+        # reduce_dtype float32: gloo has no bf16 reduction, and float32 sums are the point.
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for layer in model.model.layers:
-        fully_shard(layer, mesh=mesh.fsdp_mesh)
-    fully_shard(model, mesh=mesh.fsdp_mesh)
+        fully_shard(layer, **kw)
+    fully_shard(model, **kw)
     return model
 
 
