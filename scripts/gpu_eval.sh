@@ -176,3 +176,4 @@ fi
 
 echo "done in $(( $(date +%s) - T0 )) s"
 ls -la "$OUT"
+sleep 1  # let tee write the last lines of log.txt

@@ -31,3 +31,8 @@ def test_wilson():
     assert hi == pytest.approx(1.0) and 0.9 < lo < 0.95
     with pytest.raises(ValueError, match="positive"):
         campaign.wilson(0, 0)
+
+
+def test_hybrid_layers_fit_the_papers_rule():
+    assert campaign.hybrid_layers("gpu") == [5, 6]  # 7 layers: exactly "2 of every 7"
+    assert campaign.hybrid_layers("tiny") == [0, 1]  # a partial group keeps its last 2

@@ -267,12 +267,7 @@ def _ruler(args: argparse.Namespace) -> int:
         patterns = args.patterns or lm.PATTERNS
         campaign._check(args.preset, patterns)
         steps = args.steps or lm.PRESETS[args.preset].steps
-        layers = lm.PRESETS[args.preset].model.layers
-        variants = [[]]
-        if args.hybrid:
-            from ..transformers import full_layers_from_rule
-
-            variants.append(full_layers_from_rule("2 of every 7", layers))
+        variants = [[]] + ([campaign.hybrid_layers(args.preset)] if args.hybrid else [])
         specs = [
             dict(
                 lm_runs=args.lm_runs,

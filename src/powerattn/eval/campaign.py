@@ -175,6 +175,18 @@ def _check(preset: str, patterns: list[str]) -> None:
 # ---------------------------------------------------------------------------- RULER
 
 
+HYBRID_RULE = "2 of every 7"  # the paper's hybrid: full attention in 2 of every 7 layers
+
+
+def hybrid_layers(preset: str) -> list[int]:
+    """The layers the paper's hybrid keeps on full attention for ``preset``'s depth: the last
+    2 of every 7 (:func:`powerattn.transformers.full_layers_from_rule`); the ``gpu``
+    preset's 7 layers fit the rule exactly (layers 5 and 6)."""
+    from ..transformers import full_layers_from_rule
+
+    return full_layers_from_rule(HYBRID_RULE, lm.PRESETS[preset].model.layers)
+
+
 def ruler_config(
     preset: str, pattern: str, seed: int, steps: int, device: str, full_layers: list[int]
 ) -> TrainConfig:
