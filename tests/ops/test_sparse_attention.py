@@ -57,8 +57,9 @@ def _err(a, b):
 
 
 def _checked(pattern, dtype, **kw):
-    """``sparse_attention(..., return_lse=True)`` on a NaN-poisoned allocator, with its output
-    contract (dtypes, shapes, finite values) asserted, for :func:`compare_attention`."""
+    """``sparse_attention(..., return_lse=True)`` on a NaN-poisoned allocator (poisoned again
+    when the backward starts), with its output contract (dtypes, shapes, finite values)
+    asserted, for :func:`compare_attention` (a gradient left unwritten shows as NaN there)."""
 
     def fn(q, k, v):
         _poison_allocator()
@@ -66,6 +67,8 @@ def _checked(pattern, dtype, **kw):
         assert out.dtype == dtype and out.shape == q.shape
         assert lse.dtype == torch.float32 and lse.shape == q.shape[:3]
         assert torch.isfinite(out).all()
+        if out.requires_grad:
+            out.register_hook(lambda grad: _poison_allocator())
         return out, lse
 
     return fn
