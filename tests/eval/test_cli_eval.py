@@ -106,7 +106,7 @@ def test_refusals(tmp_path):
     with pytest.raises(ValueError, match="neither a run directory"):
         _run("ruler", "--model", str(tmp_path / "missing"))
     assert eval_cmd.main(["probe", "--summarize", str(tmp_path)]) == 2
-    with pytest.raises(ValueError, match="no .*runs; give --from"):
+    with pytest.raises(ValueError, match="no .*per_run; give --from"):
         _run("results", "--root", str(tmp_path))
     with pytest.raises(ValueError, match="neither a folder nor a runs.tgz"):
         _run("results", "--from", str(tmp_path / "missing.tgz"), "--root", str(tmp_path))

@@ -135,8 +135,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="rebuild results/{lm,ruler,probing} from the runs' outputs",
         description="Copy the runs' outputs of a GPU call (--from: its output folder, its "
         "runs.tgz, or a folder with lm/ ruler/ probe/ run directories; no checkpoints) into "
-        "ROOT/{lm,ruler,probing}/runs, then rewrite each area's summary.json, details.json, "
-        "table.txt and figure from ROOT/*/runs alone. Without --from: only the rewrite.",
+        "ROOT/{lm,ruler,probing}/per_run (not git-ignored, unlike runs/), then rewrite each "
+        "area's summary.json, details.json, table.txt and figure from ROOT/*/per_run alone. "
+        "Without --from: only the rewrite.",
     )
     g.add_argument("--from", dest="source", help="the call's $OUT folder or runs.tgz")
     g.add_argument("--root", default="results", help="results root (results)")
@@ -421,14 +422,14 @@ def _results(args: argparse.Namespace) -> int:
     }
     done = 0
     for area, write in writers.items():
-        runs = root / area / "runs"
+        runs = root / area / campaign.PER_RUN
         if runs.is_dir():
             print(f"== {root / area}\n{write(runs, root / area)}")
             done += 1
     if not done:
         raise ValueError(
-            f"no {root}/{{lm,ruler,probing}}/runs; give --from with the GPU call's output "
-            "(its runs.tgz)"
+            f"no {root}/{{lm,ruler,probing}}/{campaign.PER_RUN}; give --from with the GPU "
+            "call's output (its runs.tgz)"
         )
     return 0
 

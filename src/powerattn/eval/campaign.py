@@ -49,10 +49,11 @@ def _write_json(path: Path, obj: Any) -> None:
 
 AREAS = {"lm": "lm", "ruler": "ruler", "probe": "probing"}  # run folder -> results folder
 KEEP_SUFFIXES = (".json", ".jsonl", ".log", ".txt")  # what of a run is committed (no weights)
+PER_RUN = "per_run"  # results/<area>/per_run/: the runs' outputs (.gitignore has runs/)
 
 
 def unpack_runs(source: str | Path, root: str | Path) -> list[Path]:
-    """Copy the runs' outputs of a GPU call into ``root/{lm,ruler,probing}/runs`` (each area
+    """Copy the runs' outputs of a GPU call into ``root/{lm,ruler,probing}/per_run`` (each area
     present in ``source`` replaces that area's old runs) and the call's ``log.txt`` and
     ``gpu.txt`` into ``root/lm/call_log.txt`` and ``root/lm/gpu.txt``. ``source``: the call's
     output folder (holding ``runs.tgz``), the ``runs.tgz`` itself, or a folder holding
@@ -79,7 +80,7 @@ def unpack_runs(source: str | Path, root: str | Path) -> list[Path]:
             src = base / run_area
             if not src.is_dir():
                 continue
-            dst = root / area / "runs"
+            dst = root / area / PER_RUN
             if dst.exists():
                 shutil.rmtree(dst)
             for f in sorted(src.rglob("*")):
