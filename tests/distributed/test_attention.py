@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
 import tempfile
 from pathlib import Path
 
 import cp_worker
 import pytest
-import torch.multiprocessing as mp
+from spawning import free_port, spawn
 
 from powerattn import get_pattern
 from powerattn.distributed import cp_plan
@@ -28,22 +27,10 @@ CASES = [name for name, *_ in cp_worker._cases()]
 FLOOR = {"torch.float32": 1e-5, "torch.float64": 1e-12}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @functools.cache
 def _run(world: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as d:
-        mp.start_processes(
-            cp_worker.main,
-            args=(world, _free_port(), d),
-            nprocs=world,
-            join=True,
-            start_method="spawn",
-        )
+        spawn(cp_worker.main, world, (world, free_port(), d))
         return [json.loads((Path(d) / f"rank{r}.json").read_text()) for r in range(world)]
 
 

@@ -6,30 +6,18 @@ state, the data-parallel averaging and the recomputation (with its transfers) al
 from __future__ import annotations
 
 import json
-import socket
 import tempfile
 from pathlib import Path
 
 import cp_train_worker
 import pytest
-import torch.multiprocessing as mp
+from spawning import free_port, spawn
 
 pytest.importorskip("transformers")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(world: int, d: str, phase: str) -> list[dict]:
-    mp.start_processes(
-        cp_train_worker.main,
-        args=(world, _free_port(), d, phase),
-        nprocs=world,
-        start_method="spawn",
-    )
+    spawn(cp_train_worker.main, world, (world, free_port(), d, phase))
     return [json.loads((Path(d) / f"{phase}{r}.json").read_text()) for r in range(world)]
 
 

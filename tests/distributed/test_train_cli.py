@@ -7,14 +7,12 @@ precision runs and keeps float32 master weights; bad calls are refused with the 
 from __future__ import annotations
 
 import json
-import socket
-import time
 from pathlib import Path
 
 import cp_train_cli_worker
 import pytest
 import torch
-import torch.multiprocessing as mp
+from spawning import free_port, spawn
 
 from powerattn.cli import main as cli
 from powerattn.commands import train as train_cmd
@@ -36,25 +34,6 @@ CONFIG = {
     "device": "cpu",
 }
 RTOL = 1e-5  # float32 runs that differ only in the order of their sums
-TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(fn, world: int, args: tuple, timeout_s: float = TIMEOUT_S) -> None:
-    """``mp.start_processes`` that kills its processes and fails after ``timeout_s``."""
-    ctx = mp.start_processes(fn, args=args, nprocs=world, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout_s
-    while not ctx.join(timeout=max(deadline - time.monotonic(), 0.1)):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"{world} processes did not finish in {timeout_s} s (a hang)")
 
 
 def _metrics(out: Path) -> dict[int, dict]:
@@ -70,8 +49,8 @@ def runs(tmp_path_factory) -> Path:
     # One process, the plain trainer: the reference.
     assert cli(["train", "--config", str(cfg), "--out", str(d / "ref"), "--no-progress"]) == 0
     # Two processes, --cp 2, stopped after step 2 with a checkpoint; then bf16 mixed precision.
-    ports = (_free_port(), _free_port())
-    _spawn(cp_train_cli_worker.main, 2, (2, ports, str(cfg), str(d)))
+    ports = (free_port(), free_port())
+    spawn(cp_train_cli_worker.main, 2, (2, ports, str(cfg), str(d)))
     # The same command in one process, no torchrun: resumes the distributed checkpoint.
     assert cli(["train", "--config", str(cfg), "--out", str(d / "cp"), "--no-progress"]) == 0
     return d

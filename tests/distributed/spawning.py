@@ -1,0 +1,31 @@
+"""Spawning gloo ranks from a test: a free port, and processes killed after a timeout, so
+that a hang fails the test instead of blocking CI."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import torch.multiprocessing as mp
+
+TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(fn, world: int, args: tuple, timeout_s: float = TIMEOUT_S) -> None:
+    """``fn(rank, *args)`` in ``world`` spawned processes; an error in one is raised here,
+    and after ``timeout_s`` every process still alive is killed and the test fails."""
+    ctx = mp.start_processes(fn, args=args, nprocs=world, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    while not ctx.join(timeout=max(deadline - time.monotonic(), 0.1)):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail(f"{world} processes did not finish in {timeout_s} s (a hang?)")
