@@ -47,6 +47,10 @@ def _err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item()
 
 
+def _recompute(*args, **kwargs):
+    return context_parallel_attention(*args, **kwargs, recompute=True)
+
+
 def _check_case(rank, world, name, pat, dtype, local, fn=context_parallel_attention):
     S = local * world
     g = torch.Generator().manual_seed(1234)
@@ -108,7 +112,7 @@ def _bad_calls(rank, world):
     return out
 
 
-def _backward_order(rank, world):
+def _backward_order(rank, world, recompute):
     """The calls of one backward pass, in order: the reversed-plan exchange must be posted
     before the local part's gradients are computed (that is the overlap)."""
     from powerattn.distributed import attention
@@ -117,7 +121,7 @@ def _backward_order(rank, world):
     q, k, v = (
         torch.randn(B, h, BLOCK * CHUNK_BLOCKS, D, requires_grad=True) for h in (HQ, HKV, HKV)
     )
-    out = context_parallel_attention(q, k, v, pat)
+    out = context_parallel_attention(q, k, v, pat, recompute=recompute)
     calls = []
     orig = attention._exchange, attention._local_grads
 
@@ -153,7 +157,14 @@ def main(rank: int, world: int, port: int, outdir: str) -> None:
         res["allgather"] = _check_case(
             rank, world, "allgather", pat, torch.float64, BLOCK * CHUNK_BLOCKS, allgather_attention
         )
-        res["backward_order"] = _backward_order(rank, world)
+        # The backward that computes the partial attentions again (activation checkpointing).
+        for name in ("power", "full"):
+            pat = get_pattern(name, block_size=BLOCK, **SMALL.get(name, {}))
+            res["cases"][f"{name}-recompute-float32"] = _check_case(
+                rank, world, name, pat, torch.float32, BLOCK * CHUNK_BLOCKS, _recompute
+            )
+        res["backward_order"] = {m: _backward_order(rank, world, m == "recompute")
+                                 for m in ("kept", "recompute")}  # fmt: skip
         res["bad"] = _bad_calls(rank, world)
         with open(os.path.join(outdir, f"rank{rank}.json"), "w") as f:
             json.dump(res, f)

@@ -11,6 +11,7 @@ the processes start once: about 10-30 s of CPU per world size on this project's 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import tempfile
 from pathlib import Path
@@ -23,7 +24,10 @@ from powerattn import get_pattern
 from powerattn.distributed import cp_plan
 
 WORLDS = [2, 4, 8]
-CASES = [name for name, *_ in cp_worker._cases()]
+CASES = [name for name, *_ in cp_worker._cases()] + [
+    "power-recompute-float32",
+    "full-recompute-float32",
+]
 FLOOR = {"torch.float32": 1e-5, "torch.float64": 1e-12}
 
 
@@ -60,13 +64,13 @@ def test_backward_posts_its_transfer_before_the_local_work(world):
     """Overlap in the backward pass: every rank posts the reversed plan's sends (gradients of
     the blocks it received) and receives (its own blocks' gradients) in one batch before it
     differentiates its local part; the gradient tests above check what arrives."""
-    for rank, res in enumerate(_run(world)):
-        kinds = [c[0] for c in res["backward_order"]]
-        assert kinds == ["exchange", "local"], (rank, res["backward_order"])
+    for (rank, res), mode in itertools.product(enumerate(_run(world)), ("kept", "recompute")):
+        calls = res["backward_order"][mode]
+        assert [c[0] for c in calls] == ["exchange", "local"], (rank, mode, calls)
         # One message back to each rank this one read from, one from each that read it.
         plan = cp_plan(get_pattern("power", block_size=cp_worker.BLOCK, window=2),
                        cp_worker.BLOCK * cp_worker.CHUNK_BLOCKS * world, world)  # fmt: skip
-        assert res["backward_order"][0][1:] == [len(plan.sources(rank)), len(plan.dests(rank))]
+        assert calls[0][1:] == [len(plan.sources(rank)), len(plan.dests(rank))]
 
 
 @pytest.mark.parametrize("world", [2, 4])

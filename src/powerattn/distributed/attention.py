@@ -175,22 +175,32 @@ def _forward(q, k, v, rp: _RankPlan, group, scale, backend, leaves: bool):
     ]
     reqs = _exchange(send_bufs, recv_bufs, group)
     # The local shard while the remote blocks travel.
-    out1, lse1 = sparse_attention(
-        q, k, v, rp.local_view, scale=scale, return_lse=True, backend=backend
-    )
+    local = _local(q, k, v, rp, scale, backend)
     for r in reqs:
         r.wait()
     recv = [t for _, t in recv_bufs]
     if leaves:
         recv = [t.requires_grad_() for t in recv]
+    out, parts = _with_remote(q, k, v, recv, local, rp, scale, backend)
+    return out, recv, parts
+
+
+def _local(q, k, v, rp: _RankPlan, scale, backend):
+    """``(out1, lse1)``: the queries against this rank's own shard."""
+    return sparse_attention(q, k, v, rp.local_view, scale=scale, return_lse=True, backend=backend)
+
+
+def _with_remote(q, k, v, recv, local, rp: _RankPlan, scale, backend):
+    """``(out, parts)``: the remote part attended and merged with ``local``."""
+    out1, lse1 = local
     if rp.remote_view is None:
-        return out1, recv, (out1, lse1, None, None)
+        return out1, (out1, lse1, None, None)
     kk = torch.cat([t[0] for t in recv] + [k], dim=2)  # (B, Hkv, R + L, D)
     vv = torch.cat([t[1] for t in recv] + [v], dim=2)
     out2, lse2 = sparse_attention(
         q, kk, vv, rp.remote_view, scale=scale, return_lse=True, backend=backend
     )
-    return _merge(out1, lse1, out2, lse2), recv, (out1, lse1, out2, lse2)
+    return _merge(out1, lse1, out2, lse2), (out1, lse1, out2, lse2)
 
 
 def _grads(outputs, inputs, grad_outputs) -> list[torch.Tensor | None]:
@@ -223,20 +233,22 @@ def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
 
 class _CPAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, rp, group, scale, backend):
+    def forward(ctx, q, k, v, rp, group, scale, backend, recompute):
         need = any(ctx.needs_input_grad[:3])
-        ctx.rp, ctx.group = rp, group
-        if not need:
-            out, _, _ = _forward(q, k, v, rp, group, scale, backend, leaves=False)
+        ctx.rp, ctx.group, ctx.scale, ctx.backend = rp, group, scale, backend
+        ctx.recompute = recompute
+        if not need or recompute:
+            out, recv, _ = _forward(q, k, v, rp, group, scale, backend, leaves=False)
+            if need:  # through save_for_backward: activation checkpointing drops these
+                ctx.save_for_backward(q, k, v, *recv)
             return out
         # Build the local graph here (forward runs under no_grad by default) and keep it for
-        # backward: no recomputation, the backends' own saved tensors. Kept as they are even
-        # under activation checkpointing (plain saved-tensor hooks override its hooks here):
-        # a checkpointed tensor is recomputed once per autograd graph task, and the backward
-        # below runs three (around its transfer), at points that differ between ranks -- each
-        # recomputation repeats the layer's forward transfers, so ranks would disagree on
-        # their number and hang. The layer's own recomputation (outer graph task) still runs
-        # at the same point on every rank.
+        # backward: no recomputation, the backends' own saved tensors. Plain saved-tensor
+        # hooks override any outer ones here: a checkpointed tensor is recomputed once per
+        # autograd graph task, and the backward below runs three (around its transfer) at
+        # points that differ between ranks -- each recomputation repeating the layer's
+        # transfers, the ranks would disagree on their number and hang. Under activation
+        # checkpointing use ``recompute`` instead, whose saved tensors are the inputs.
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
             qd, kd, vd = (t.detach().requires_grad_() for t in (q, k, v))
             out, recv, parts = _forward(qd, kd, vd, rp, group, scale, backend, leaves=True)
@@ -245,9 +257,18 @@ class _CPAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
-        out, qd, kd, vd, recv, parts = ctx.inner
-        del ctx.inner
         rp, group = ctx.rp, ctx.group
+        if ctx.recompute:
+            # The two partial attentions again, from the saved inputs and received blocks
+            # (no transfer), with the graph this time.
+            q, k, v, *recv = ctx.saved_tensors
+            with torch.enable_grad():
+                qd, kd, vd, *recv = (t.detach().requires_grad_() for t in (q, k, v, *recv))
+                local = _local(qd, kd, vd, rp, ctx.scale, ctx.backend)
+                out, parts = _with_remote(qd, kd, vd, recv, local, rp, ctx.scale, ctx.backend)
+        else:
+            out, qd, kd, vd, recv, parts = ctx.inner
+            del ctx.inner
         leaves = [qd, kd, vd]
         # 1. The merge, then the remote part: the gradients of the received blocks. The
         # parts' graphs are disjoint above the leaves, so each is freed once walked.
@@ -300,7 +321,7 @@ class _CPAttention(torch.autograd.Function):
                 else:
                     acc.index_add_(3, idx.to(acc.device), g.to(acc.dtype))
             dk, dv = acc[0].to(kd.dtype), acc[1].to(kd.dtype)
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
 def context_parallel_attention(
@@ -313,6 +334,7 @@ def context_parallel_attention(
     scale: float | None = None,
     backend: str = "auto",
     validate: bool = True,
+    recompute: bool = False,
 ) -> torch.Tensor:
     """Block-sparse causal attention over a sequence sharded across the ranks of ``group``.
 
@@ -332,6 +354,11 @@ def context_parallel_attention(
         validate: check with one small all-gather that every rank passed the same shapes,
             dtype and pattern, so that a bad call raises the same ``ValueError`` on every
             rank rather than hanging. Costs one tiny collective (and a host sync) per call.
+        recompute: keep only ``q, k, v`` and the received blocks for the backward pass
+            (saved with ``save_for_backward``) and compute the two partial attentions
+            again there: one more attention forward per step, much less memory. Use it
+            under activation checkpointing, which then drops those tensors with the rest
+            of the layer (without it, this layer keeps its own saved tensors).
 
     Returns:
         ``(B, Hq, L, D)``, this rank's rows of ``sparse_attention`` on the whole sequence.
@@ -364,4 +391,4 @@ def context_parallel_attention(
         _validate(q, k, pattern, group, world, rank)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     rp = _rank_plan(pattern, q.shape[2] * world, world, rank)
-    return _CPAttention.apply(q, k, v, rp, group, scale, backend)
+    return _CPAttention.apply(q, k, v, rp, group, scale, backend, recompute)

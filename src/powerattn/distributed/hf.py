@@ -39,6 +39,7 @@ from .plan import check_shard
 
 CP_IMPLEMENTATION = "powerattn_cp"
 _GROUP_ATTR = "_powerattn_cp_group"
+_RECOMPUTE_ATTR = "_powerattn_cp_recompute"
 
 
 def _cp_attention_forward(
@@ -75,13 +76,18 @@ def _cp_attention_forward(
         scale=scaling,
         backend=route.backend,
         validate=False,  # shard_batch validated the split once per batch
+        recompute=module.__dict__.get(_RECOMPUTE_ATTR, False),
     )
     return out.transpose(1, 2).contiguous(), None
 
 
-def enable_context_parallel(model: Any, group: dist.ProcessGroup | None = None) -> Any:
+def enable_context_parallel(
+    model: Any, group: dist.ProcessGroup | None = None, *, recompute: bool = False
+) -> Any:
     """Switch a model already converted by :func:`powerattn.transformers.apply` to
     context-parallel attention over ``group`` (default: the world), in place; returns it.
+    ``recompute``: the attention keeps only its inputs for the backward pass
+    (:func:`context_parallel_attention`'s ``recompute``; for activation checkpointing).
     :func:`disable_context_parallel` switches back (e.g. to generate)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
@@ -98,6 +104,7 @@ def enable_context_parallel(model: Any, group: dist.ProcessGroup | None = None) 
     for module in model.modules():
         if getattr(module, "config", None) is model.config and hasattr(module, "layer_idx"):
             object.__setattr__(module, _GROUP_ATTR, group)
+            object.__setattr__(module, _RECOMPUTE_ATTR, recompute)
             layer_route(module)  # resolve now: a bad setting fails before any collective
     model.set_attn_implementation(CP_IMPLEMENTATION)
     return model

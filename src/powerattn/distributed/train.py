@@ -70,14 +70,16 @@ def prepare_model(
 ) -> Any:
     """Context-parallel attention over ``mesh.cp_group``, optional activation checkpointing of
     each decoder layer (its recomputation repeats the layer's transfers: the plan is static,
-    so every rank recomputes the same ones), then FSDP2 per decoder layer and at the root.
+    so every rank recomputes the same ones; the attention then keeps only its inputs and
+    computes its two partial attentions again in the backward pass, ``recompute``), then
+    FSDP2 per decoder layer and at the root.
 
     ``param_dtype`` (e.g. ``torch.bfloat16``): FSDP2 mixed precision -- the parameters are
     gathered in that dtype for forward and backward, while the sharded master weights, the
     optimiser state and the gradient reduction stay in the model's dtype (float32)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    enable_context_parallel(model, mesh.cp_group)
+    enable_context_parallel(model, mesh.cp_group, recompute=activation_checkpointing)
     if activation_checkpointing:
         kw = {"use_reentrant": False}
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
