@@ -344,7 +344,7 @@ def _train_distributed(args: argparse.Namespace, cfg) -> int:
         m = trainer.mesh
         if rank0:
             print(f"pattern {trainer.pattern.describe()}, {cfg.total_steps} steps, "
-                  f"{dist.get_world_size()} processes = dp {m.dp} x cp {m.cp}, device "
+                  f"{dist.get_world_size()} process(es) = dp {m.dp} x cp {m.cp}, device "
                   f"{device.type}, activation checkpointing {'on' if ac else 'off'}, "
                   f"mixed precision {args.mixed_precision or 'off'}")  # fmt: skip
         try:
