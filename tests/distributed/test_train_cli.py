@@ -136,3 +136,46 @@ def test_cli_constants_match_the_trainer():
     from powerattn.distributed import trainer
 
     assert train_cmd.MIXED_PRECISION == trainer.MIXED_PRECISION
+
+
+def test_stop_at_in_one_process_keeps_a_checkpoint(tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(CONFIG))
+    argv = ["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]
+    assert cli([*argv, "--stop-at", "1"]) == 0
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 1
+    assert not (tmp_path / "run" / "checkpoint.dcp").exists()  # the single-process path
+
+
+@pytest.mark.parametrize("loss_on, lm", [("answer", True), ("all", False)])
+def test_labels_give_the_trainers_losses(loss_on, lm):
+    """The position-aligned labels that the ranks shard reproduce the single-process
+    trainer's losses (passkey_loss) on the whole document."""
+    import torch.nn.functional as F
+
+    from powerattn.distributed.trainer import _labels
+    from powerattn.training import TrainConfig
+    from powerattn.training.data import batch_for_step
+    from powerattn.training.model import build_model
+    from powerattn.training.trainer import passkey_loss
+
+    cfg = TrainConfig.from_dict(CONFIG)
+    model = build_model(cfg.model, cfg.build_pattern(), 256, seed=0)
+    ids = batch_for_step(cfg, 0).input_ids
+    with torch.no_grad():
+        loss, correct, lm_loss = passkey_loss(model, ids, 5, loss_on, lm=lm)
+        logits = model(ids).logits.float()
+    labels = _labels(ids, 5, loss_on, lm)
+    flat = logits.reshape(-1, logits.shape[-1])
+
+    def ce(name):
+        return F.cross_entropy(flat, labels[name].reshape(-1), ignore_index=-100)
+
+    torch.testing.assert_close(ce("main"), loss, rtol=RTOL, atol=0)
+    if lm:
+        torch.testing.assert_close(ce("lm"), lm_loss, rtol=RTOL, atol=0)
+    ans = labels["answer"]
+    hits = ((logits.argmax(-1) == ans) & (ans >= 0)).sum(1)
+    assert (ans >= 0).sum(1).tolist() == [5] * ids.shape[0]
+    assert torch.equal(hits == 5, correct.all(-1))

@@ -272,7 +272,8 @@ def _train(args: argparse.Namespace) -> int:
     try:
         if not args.fresh and trainer.load_checkpoint():
             print(f"resuming from step {trainer.step} of {cfg.total_steps} ({args.out})")
-        last = trainer.train(resume=not args.fresh, stop_on_signal=True, stop_at=args.stop_at)
+        stop = {} if args.stop_at is None else {"stop_at": args.stop_at}
+        last = trainer.train(resume=not args.fresh, stop_on_signal=True, **stop)
         if args.stop_at is not None and trainer.step == args.stop_at and not trainer.interrupted:
             trainer.save_checkpoint()  # train() stops there like a kill; keep the state
             print(f"stopped at step {trainer.step} (--stop-at): checkpoint saved; rerun "
