@@ -96,12 +96,14 @@ rm -rf "$T"
 
 # 4. Optional: training-step throughput of a ~1B Llama, dp x cp with FSDP2 + activation
 # checkpointing (CP_TRAIN="262144 524288" lengths; CP_TRAIN_HYBRID=1 adds "2 of every 7" full
-# layers). ~1-2 minutes per length on two H200s (one compile, one warm-up step, 4 steps).
+# layers; CP_TRAIN_ARGS="--mixed-precision" for float32 master weights). ~1-2 minutes per
+# length on two H200s (one compile, one warm-up step, 4 steps).
 for S in ${CP_TRAIN:-}; do
     for FULL in "" ${CP_TRAIN_HYBRID:+"2 of every 7"}; do
         tag=$([[ -n $FULL ]] && echo hybrid || echo power)
         timeout "${CP_TRAIN_TIMEOUT:-240}" $RUN -m powerattn.distributed.train --cp "$NPROC" \
-            --seq-len "$S" ${FULL:+--full-layers "$FULL"} --json "$OUT/train_${tag}_$S.json" \
+            --seq-len "$S" ${FULL:+--full-layers "$FULL"} ${CP_TRAIN_ARGS:-} \
+            --json "$OUT/train_${tag}_$S.json" \
             2>&1 | grep -v -E "$QUIET" | tail -n 5 | tee -a "$OUT/cp.log"
     done
 done

@@ -161,7 +161,8 @@ def _llama(hidden: int, layers: int, heads: int, kv_heads: int, vocab: int, max_
 def main(argv: list[str] | None = None) -> int:
     """Throughput of dp x cp training steps on random tokens (under torchrun): a Llama of
     ~1B parameters by default, bf16 parameters and AdamW (a throughput measurement, not a
-    training recipe: no float32 master weights), power pattern (256-token blocks)::
+    training recipe: no float32 master weights; --mixed-precision for FSDP2's policy with
+    them), power pattern (256-token blocks)::
 
     python3 -m torch.distributed.run --standalone --nproc-per-node 2 \\
         -m powerattn.distributed.train --cp 2 --seq-len 262144 --json train.json
@@ -186,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--full-layers", default=None, help="e.g. '2 of every 7' (hybrid)")
     p.add_argument("--no-ac", action="store_true", help="no activation checkpointing")
+    p.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="float32 master weights and optimiser state, bf16 compute (FSDP2 policy)",
+    )
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args(argv)
 
@@ -203,10 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         model = _llama(
             args.hidden, args.layers, args.heads, args.kv_heads, args.vocab, args.seq_len
         )
-    model = model.to(torch.bfloat16 if cuda else torch.float32)
+    if cuda and not args.mixed_precision:
+        model = model.to(torch.bfloat16)
     pt.apply(model, "power", full_layers=args.full_layers, block_size=256)
     n_params = sum(t.numel() for t in model.parameters())
-    prepare_model(model, mesh, activation_checkpointing=not args.no_ac)
+    mp = torch.bfloat16 if args.mixed_precision else None
+    prepare_model(model, mesh, activation_checkpointing=not args.no_ac, param_dtype=mp)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator(device=dev).manual_seed(1000 + mesh.dp_rank)
     ids = torch.randint(0, args.vocab, (1, args.seq_len), generator=g, device=dev)
@@ -228,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "seq_len": args.seq_len,
         "full_layers": args.full_layers,
         "activation_checkpointing": not args.no_ac,
+        "mixed_precision": args.mixed_precision,
         "step_s": dt,
         "tokens_per_s": tokens / dt,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
