@@ -298,11 +298,9 @@ class CPTrainer:
         lm = cfg.lm_weight > 0
         labels = _labels(ids, d, cfg.loss_on, lm)
         block = self.pattern.block_size
-        parts = {
-            name: shard_batch(ids, mesh.cp_group, block_size=block, labels=lab)
-            for name, lab in labels.items()
-        }
-        batch = parts["main"]
+        batch = shard_batch(ids, mesh.cp_group, block_size=block, labels=labels["main"])
+        L = S // mesh.cp  # the other label sets: the same slice of the document
+        local = {k: t[:, mesh.cp_rank * L : (mesh.cp_rank + 1) * L] for k, t in labels.items()}
         amp = self.device.type == "cuda" and self.mixed_precision is None
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = self.model(
@@ -312,14 +310,14 @@ class CPTrainer:
 
         def ce(name: str) -> torch.Tensor:
             return F.cross_entropy(
-                logits, parts[name]["labels"].reshape(-1), ignore_index=-100, reduction="sum"
+                logits, local[name].reshape(-1), ignore_index=-100, reduction="sum"
             )
 
         main = ce("main") / (B * (S - 1) if cfg.loss_on == "all" else B * d)
         lm_loss = ce("lm") / (B * (S - d - 1)) if lm else torch.zeros_like(main)
         objective = main + cfg.lm_weight * lm_loss
         (objective * mesh.cp).backward()  # FSDP2 averages over dp x cp ranks
-        ans = parts["answer"]["labels"]  # (B, L)
+        ans = local["answer"]  # (B, L)
         hit = (logits.argmax(-1).view(ans.shape) == ans) & (ans >= 0)
         return torch.stack((main.detach(), lm_loss.detach())), hit.sum(1).double()
 
