@@ -2,12 +2,12 @@
 # The recipe gate of the passkey experiments (docs/experiments.md, "The gate"), one call on
 # one H200, from the repository root:
 #
-#   OUT=$OUT bash scripts/gpu_passkey_gate.sh [BUDGET_S]       # default 450
+#   OUT=$OUT bash scripts/gpu_passkey_gate.sh [BUDGET_S]       # default 440
 #
 # Trains full attention in preset gpu-mix with seeds 0, 1, 2 at once (3 processes on one GPU;
 # each checks its attention against the float64 oracle before training and at every length
 # after it), stops training BUDGET_S - RESERVE_S seconds after the start whatever the step
-# (RESERVE_S, default 90: evaluation at 512..8192 tokens, 640 documents per length, checks,
+# (RESERVE_S, default 70: evaluation at 512..8192 tokens, 640 documents per length, checks,
 # tables), evaluates, and writes into $OUT (8 files): gpu.txt, log.txt, results.json,
 # tables.txt (per-run table, theory split, seeds side by side, the gate: PASSED or FAILED),
 # train_by_len.txt (training exact match per length over the last 200 steps), curves.png,
@@ -16,8 +16,8 @@
 # checkpoints). A hard `timeout` at BUDGET_S + 60 s is the last resort. PRESET=smoke-mix
 # runs the same plumbing on a CPU in about a minute.
 set -uo pipefail
-BUDGET=${1:-450}
-RESERVE=${RESERVE_S:-90}
+BUDGET=${1:-440}
+RESERVE=${RESERVE_S:-70}
 OUT=${OUT:-/tmp/passkey_gate_out}
 WORK=/tmp/passkey_gate
 mkdir -p "$OUT" "$WORK"
