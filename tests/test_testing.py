@@ -12,6 +12,7 @@ from powerattn import get_pattern, reference_attention
 from powerattn.testing import (
     baseline_lse,
     check_close,
+    mean_error,
     reduction_terms,
     rounding_floor,
     tolerance,
@@ -39,6 +40,21 @@ def test_tolerance_and_shapes():
     assert not check_close(torch.full((4,), 3.1e-3), ref, base, 3.0)["ok"]
     with pytest.raises(ValueError, match="shapes differ"):
         check_close(torch.zeros(3), ref, base)
+
+
+def test_mean_statistic():
+    """``statistic="mean"``: one outlier among many values does not decide (max would)."""
+    ref = torch.zeros(100, dtype=torch.float64)
+    base = torch.full((100,), 1e-3)
+    out = torch.zeros(100)
+    out[0] = 0.15  # mean 1.5e-3 <= 2 x 1e-3; max 0.15 > 2 x 1e-3
+    r = check_close(out, ref, base, 2.0, terms=0, statistic="mean")
+    assert r["ok"] and r["err"] == pytest.approx(1.5e-3) and r["tol"] == pytest.approx(2e-3)
+    assert not check_close(out, ref, base, 2.0, terms=0)["ok"]
+    assert not check_close(out * 2, ref, base, 2.0, terms=0, statistic="mean")["ok"]
+    assert mean_error(torch.tensor([float("-inf"), 1.0]), torch.tensor([float("-inf"), 0.0])) == 0.5
+    with pytest.raises(ValueError, match="statistic"):
+        check_close(out, ref, base, statistic="median")
 
 
 def test_reduction_terms():

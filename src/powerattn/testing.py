@@ -46,6 +46,27 @@ def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).masked_fill(same_inf, 0).abs().max()) if a.numel() else 0.0
 
 
+def mean_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean absolute difference, in float64 (``-inf == -inf`` counts as equal): the
+    statistic of a check over many independent values (e.g. per-token losses), where one
+    outlier should not decide."""
+    a, b = a.detach().double(), b.detach().double()
+    same_inf = torch.isinf(a) & (a == b)
+    return float((a - b).masked_fill(same_inf, 0).abs().mean()) if a.numel() else 0.0
+
+
+ERRORS: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
+    "max": max_error,
+    "mean": mean_error,
+}
+
+
+def _error_fn(statistic: str) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    if statistic not in ERRORS:
+        raise ValueError(f"statistic must be one of {sorted(ERRORS)}, got {statistic!r}")
+    return ERRORS[statistic]
+
+
 def rounding_floor(ref: torch.Tensor, dtype: torch.dtype, terms: int = 1) -> float:
     """The floor of the tolerance: unit roundoff of the accumulation (float32, or float64
     for float64 ``dtype``) x ``sqrt(terms)`` x the reference's largest finite magnitude --
@@ -66,9 +87,12 @@ def tolerance(
     dtype: torch.dtype,
     factor: float,
     terms: int = 1,
+    statistic: str = "max",
 ) -> float:
-    """``factor x |baseline - ref| + rounding_floor(ref, dtype, terms)``."""
-    return factor * max_error(baseline, ref) + rounding_floor(ref, dtype, terms)
+    """``factor x |baseline - ref| + rounding_floor(ref, dtype, terms)``, the difference
+    measured by ``statistic`` (``"max"``, or ``"mean"``: :func:`mean_error`)."""
+    err = _error_fn(statistic)(baseline, ref)
+    return factor * err + rounding_floor(ref, dtype, terms)
 
 
 def check_close(
@@ -77,18 +101,21 @@ def check_close(
     baseline: torch.Tensor,
     factor: float = FORWARD_FACTOR,
     terms: int = 1,
+    statistic: str = "max",
 ) -> dict[str, Any]:
     """``{"err", "baseline_err", "tol", "ok"}`` for ``out`` against the float64 ``ref``, with
     the tolerance of the same-precision ``baseline`` (all tensors of one shape; ``terms``:
-    the length of the reduction behind each entry, for the floor)."""
+    the length of the reduction behind each entry, for the floor; ``statistic``: how the
+    differences are summed up, ``"max"`` (default) or ``"mean"`` absolute)."""
     if out.shape != ref.shape or baseline.shape != ref.shape:
         raise ValueError(
             f"shapes differ: out {tuple(out.shape)}, ref {tuple(ref.shape)}, "
             f"baseline {tuple(baseline.shape)}"
         )
-    err = max_error(out, ref)
-    tol = tolerance(ref, baseline, out.dtype, factor, terms)
-    base = max_error(baseline, ref)
+    error = _error_fn(statistic)
+    err = error(out, ref)
+    tol = tolerance(ref, baseline, out.dtype, factor, terms, statistic)
+    base = error(baseline, ref)
     return {"err": err, "baseline_err": base, "tol": tol, "ok": bool(err <= tol)}
 
 
