@@ -94,3 +94,39 @@ def test_table_json_and_plot(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="nothing to plot"):
         runner.plot(res["rows"], Plot(x="n", panel="case", panels=["none"]), tmp_path / "q.png")
+
+
+def test_on_row_setup_skip_and_ratio_options():
+    """``on_row`` sees each row as it is measured; ``setup`` may skip a whole config; a ratio
+    on another key, inverted, unrounded; ``add_ratios`` on saved rows."""
+
+    def setup(cfg):
+        if cfg["n"] == 16:
+            raise Skip("16: budget spent")
+        return cfg["n"] * 10
+
+    seen = []
+    ratios = {
+        "vs_slow": Ratio("slow", None, key="ms", invert=True, on_baseline=True),
+        "of_slow": Ratio("slow", 1, key="extra_ms"),
+    }
+
+    def measure(cfg, provider, state):
+        ms = {"slow": 4.0, "fast": 1.0}[provider] * cfg["n"]
+        return {"ms": ms, "extra_ms": 2 * ms}
+
+    b = _bench(setup=setup, providers=["slow", "fast"], measure=measure, ratios=ratios)
+    res = runner.run(b, log=None, on_row=lambda r: seen.append(dict(r)))
+    assert [(r["n"], r["method"]) for r in seen] == [(8, "slow"), (8, "fast")]
+    assert "vs_slow" not in seen[1]  # on_row comes before the config's ratios
+    assert res["notes"] == ["16: budget spent"]
+    slow, fast = res["rows"]
+    assert slow["vs_slow"] == 1.0 and "of_slow" not in slow
+    assert fast["vs_slow"] == 0.25 and fast["of_slow"] == 4.0
+    runner.add_ratios(seen, {"x": Ratio("slow", 2)}, ["case", "n"])
+    assert seen[1]["x"] == 4.0 and "x" not in seen[0]
+
+
+def test_write_json_default(tmp_path):
+    runner.write_json(tmp_path / "d.json", {"dtype": object}, default=str)
+    assert "object" in json.loads((tmp_path / "d.json").read_text())["dtype"]

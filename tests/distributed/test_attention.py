@@ -1,8 +1,9 @@
 """``context_parallel_attention`` with the gloo backend at 2, 4 and 8 processes (spawned
 here): forward and gradients of every pattern equal to single-process ``sparse_attention``
-(tolerance relative to the same-precision single-process error against float64, 2x forward
-and 3x gradients, as in tests/ops), GQA, odd block and shard lengths; bad calls raise the
-same clear error on every rank instead of hanging.
+(powerattn.testing's rule: 2x forward and 3x gradients the same-precision single-process
+error against float64, plus the floor derived from the reduction length, as in tests/ops),
+GQA, odd block and shard lengths; bad calls raise the same clear error on every rank
+instead of hanging.
 
 One spawn per world size runs every case (cp_worker.py) and the tests read its results, so
 the processes start once: about 10-30 s of CPU per world size on this project's machines.
@@ -28,7 +29,6 @@ CASES = [name for name, *_ in cp_worker._cases()] + [
     "power-recompute-float32",
     "full-recompute-float32",
 ]
-FLOOR = {"torch.float32": 1e-5, "torch.float64": 1e-12}
 
 
 @functools.cache
@@ -44,10 +44,8 @@ def test_matches_single_process(world, case):
     for rank, res in enumerate(_run(world)):
         row = res["cases"][case]
         assert row["finite"], (rank, row)
-        floor = FLOOR[row["dtype"]]
-        assert row["out"] <= 2 * row["out_base"] + floor, (rank, row)
-        for g in ("dq", "dk", "dv"):
-            assert row[g] <= 3 * row[f"{g}_base"] + floor, (rank, g, row)
+        for g in ("out", "dq", "dk", "dv"):  # check_close's verdicts (2x out, 3x gradients)
+            assert row[g]["ok"], (rank, g, row)
 
 
 @pytest.mark.parametrize("world", WORLDS)
@@ -56,7 +54,7 @@ def test_allgather_baseline_matches(world):
     for rank, res in enumerate(_run(world)):
         row = res["allgather"]
         for g in ("out", "dq", "dk", "dv"):
-            assert row[g] <= 3 * row[f"{g}_base"] + FLOOR[row["dtype"]], (rank, g, row)
+            assert row[g]["ok"], (rank, g, row)
 
 
 @pytest.mark.parametrize("world", WORLDS)

@@ -21,7 +21,9 @@ may override a config key such as ``case``; a list gives several rows). For exam
     plot(result["rows"], bench.plot, "matmul.png", title="...")
 
 ``measure`` raises :class:`Skip` for a cell that cannot be measured here (the reason, if
-any, becomes a note); any other exception stops the run, as a wrong kernel should.
+any, becomes a note), ``setup`` for a whole config (e.g. a time budget spent); any other
+exception stops the run, as a wrong kernel should (a benchmark that must keep going after a
+failure returns the error as its row instead).
 """
 
 from __future__ import annotations
@@ -74,12 +76,16 @@ class Column:
 class Ratio:
     """A derived column: ``baseline's value / this row's value`` at the same config (the
     baseline provider's row with the same config keys, ``case`` included), rounded to
-    ``digits``, on the rows measured after the baseline (and on its own row, 1.0, with
-    ``on_baseline``); rows without a measured baseline get none."""
+    ``digits`` (``None``: not rounded), on the rows measured after the baseline (and on its
+    own row, 1.0, with ``on_baseline``); rows without a measured baseline get none. ``key``:
+    the value compared (default: the benchmark's ``value_key``); ``invert``: ``this row's
+    value / baseline's`` instead (e.g. a fraction of the baseline's time)."""
 
     baseline: str
-    digits: int = 2
+    digits: int | None = 2
     on_baseline: bool = False
+    key: str | None = None
+    invert: bool = False
 
 
 @dataclass(frozen=True)
@@ -139,35 +145,51 @@ def _rows_of(bench: Benchmark, config: Mapping[str, Any], provider: str, got: An
     return rows
 
 
-def _add_ratios(bench: Benchmark, config: Mapping[str, Any], rows: list[Row]) -> None:
-    """Fill the ratio columns of one config's rows, in place."""
-    keys = list(config)
+def add_ratios(
+    rows: Sequence[Row],
+    ratios: Mapping[str, Ratio],
+    keys: Sequence[str],
+    provider_key: str = "method",
+    value_key: str = "ms",
+) -> None:
+    """Fill the ``ratios`` columns of ``rows`` in place, a row's config being its ``keys``
+    (the runner calls this per config; a report may call it on saved rows, e.g. to print
+    derived columns that are not stored)."""
 
-    def ident(row: Row) -> tuple:
+    def ident(row: Mapping[str, Any]) -> tuple:
         return tuple(row.get(k) for k in keys)
 
-    for col, ratio in bench.ratios.items():
+    for col, ratio in ratios.items():
+        key = ratio.key or value_key
         base: dict[tuple, float] = {}
         for r in rows:
-            v = r.get(bench.value_key)
-            is_base = r[bench.provider_key] == ratio.baseline
+            v = r.get(key)
+            is_base = r[provider_key] == ratio.baseline
             if is_base and v:
                 base[ident(r)] = v
             b = base.get(ident(r))
             if b is not None and v and (ratio.on_baseline or not is_base):
-                r[col] = round(b / v, ratio.digits)
+                x = v / b if ratio.invert else b / v
+                r[col] = x if ratio.digits is None else round(x, ratio.digits)
+
+
+def _add_ratios(bench: Benchmark, config: Mapping[str, Any], rows: list[Row]) -> None:
+    """Fill the ratio columns of one config's rows, in place."""
+    add_ratios(rows, bench.ratios, list(config), bench.provider_key, bench.value_key)
 
 
 def run(
     bench: Benchmark,
     log: Callable[[str], object] | None = print,
     on_progress: Callable[[dict[str, Any]], object] | None = None,
+    on_row: Callable[[Row], object] | None = None,
 ) -> dict[str, Any]:
     """Measure every (config, provider) cell in order; returns ``{"rows", "notes"}``.
 
-    ``log`` gets each row as a table line (and each note) as it is measured (``None``:
-    quiet); ``on_progress(result)`` is called after each config, so that a long run can be
-    saved as it goes."""
+    ``log`` gets each row as a table line (and each note) once its config is measured
+    (``None``: quiet); ``on_progress(result)`` is called after each config, so that a long
+    run can be saved as it goes; ``on_row(row)`` as soon as each row is measured (before its
+    config's ratios), for a benchmark whose cells take minutes."""
     rows: list[Row] = []
     notes: list[str] = []
 
@@ -178,7 +200,12 @@ def run(
                 log(f"  note: {text}")
 
     for config in bench.configs:
-        state = bench.setup(config) if bench.setup is not None else None
+        try:
+            state = bench.setup(config) if bench.setup is not None else None
+        except Skip as skip:  # the whole config
+            if skip.note:
+                note(skip.note)
+            continue
         mine: list[Row] = []
         for provider in bench.providers_for(config):
             try:
@@ -187,7 +214,11 @@ def run(
                 if skip.note:
                     note(skip.note)
                 continue
-            mine += _rows_of(bench, config, provider, got)
+            new = _rows_of(bench, config, provider, got)
+            if on_row is not None:
+                for r in new:
+                    on_row(r)
+            mine += new
         del state
         _add_ratios(bench, config, mine)
         rows += mine
@@ -205,11 +236,15 @@ def format_row(row: Mapping[str, Any], columns: Sequence[Column]) -> str:
     return " ".join(c.text(row) for c in columns)
 
 
+def header(columns: Sequence[Column]) -> str:
+    return " ".join(c.head() for c in columns)
+
+
 def table(
     rows: Iterable[Mapping[str, Any]], columns: Sequence[Column], notes: Sequence[str] = ()
 ) -> str:
     """The header, one line per row, then ``note: ...`` lines."""
-    lines = [" ".join(c.head() for c in columns)]
+    lines = [header(columns)]
     lines += [format_row(r, columns) for r in rows]
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
@@ -221,13 +256,20 @@ def print_table(
     print(table(rows, columns, notes))
 
 
-def write_json(path: str | Path | None, obj: Any, indent: int = 1, newline: bool = False) -> None:
-    """Write ``obj`` to ``path`` (parent folders made; nothing when ``path`` is None)."""
+def write_json(
+    path: str | Path | None,
+    obj: Any,
+    indent: int = 1,
+    newline: bool = False,
+    default: Callable[[Any], Any] | None = None,
+) -> None:
+    """Write ``obj`` to ``path`` (parent folders made; nothing when ``path`` is None);
+    ``default``: as for ``json.dump`` (e.g. ``str`` for values JSON has no type for)."""
     if not path:
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        json.dump(obj, f, indent=indent)
+        json.dump(obj, f, indent=indent, default=default)
         if newline:
             f.write("\n")
 
