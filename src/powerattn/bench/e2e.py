@@ -33,12 +33,12 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..validate import add_list_argument, positive_int
+from . import runner
 from .e2e_checks import smoke_check
 from .e2e_model import (  # noqa: F401 - the benchmark's API in one import
     HYBRID_RULE,
@@ -54,11 +54,9 @@ from .e2e_model import (  # noqa: F401 - the benchmark's API in one import
 )
 from .e2e_profile import _no_table, _profile_decode, _profile_prefill, _write_profiles
 from .e2e_report import (
+    COLUMNS,
+    STATIC_COLUMNS,
     STATIC_VARIANTS,
-    _header,
-    _row,
-    _static_header,
-    _static_row,
     plot,
     print_table,
     summarize,
@@ -154,7 +152,14 @@ def _meta(cfg: E2EConfig, device: torch.device, shape: ModelShape) -> dict[str, 
 
 def run(cfg: E2EConfig, json_path: str | None = None) -> dict[str, Any]:
     """Measure every (length, variant); returns ``{"meta", "smoke", "variants", "results",
-    "profiles"}`` and rewrites ``json_path`` after each measurement."""
+    "profiles"}`` (+ ``"static_decode"``, ``"summary"``) and rewrites ``json_path`` after
+    each measurement.
+
+    The smoke check and the per-variant warm-up (compiles) run first, once; then two
+    benchmarks on :mod:`.runner`: lengths x variants with the DynamicCache
+    (:func:`dynamic_benchmark`), then lengths x {full, power} with the StaticCache on CUDA
+    (:func:`static_benchmark`). A failed or skipped cell is a row with an ``error``, so one
+    failure does not lose the rest."""
     start = time.perf_counter()
     device = torch.device(cfg.device)
     shape = PRESETS[cfg.model]
@@ -170,13 +175,9 @@ def run(cfg: E2EConfig, json_path: str | None = None) -> dict[str, Any]:
 
     def save() -> None:
         doc["meta"]["elapsed_s"] = time.perf_counter() - start
-        if json_path:
-            Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-            # The profile tables go to the --profile text file; keep the JSON small.
-            slim = {**doc, "profiles": {k: _no_table(p) for k, p in doc["profiles"].items()}}
-            with open(json_path, "w") as f:
-                json.dump(slim, f, indent=2, default=str)
-                f.write("\n")
+        # The profile tables go to the --profile text file; keep the JSON small.
+        slim = {**doc, "profiles": {k: _no_table(p) for k, p in doc["profiles"].items()}}
+        runner.write_json(json_path, slim, indent=2, newline=True, default=str)
 
     def over_budget() -> bool:
         return cfg.time_budget_s is not None and time.perf_counter() - start > cfg.time_budget_s
@@ -212,82 +213,135 @@ def run(cfg: E2EConfig, json_path: str | None = None) -> dict[str, Any]:
             print(f"{name}: {doc['variants'][name]}", flush=True)
             save()
 
-        print(_header(), flush=True)
-        for seq_len in sorted(cfg.seq_lens, reverse=True):  # the headline length first
-            for name in ok_variants:
-                row: dict[str, Any] = {"variant": name, "seq_len": seq_len}
-                if over_budget():
-                    row["error"] = "skipped: time budget spent"
-                else:
-                    profiled = (
-                        cfg.profile_path is not None and seq_len == budget_len and name in PROFILED
-                    )
-
-                    def after(cache, tok, name=name, seq_len=seq_len):
-                        key = f"{name}_decode8_{seq_len}"
-                        doc["profiles"][key] = _profile_decode(model, cache, tok, cache_kw, device)
-
-                    try:
-                        set_variant(model, name, cfg.block_size, budget_len)
-                        row.update(
-                            prefill_and_decode(
-                                model,
-                                seq_len,
-                                cfg.decode_steps,
-                                device,
-                                cache_kw,
-                                cfg.seed,
-                                after if profiled else None,
-                            )
-                        )
-                        if profiled and name != "full":
-                            key = f"{name}_prefill_{seq_len}"
-                            doc["profiles"][key] = _profile_prefill(
-                                model, seq_len, cache_kw, device
-                            )
-                    except Exception as exc:  # noqa: BLE001 - one failure must not lose the rest
-                        row["error"] = f"{type(exc).__name__}: {exc}"[:500]
-                        print(_tb(), flush=True)
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    if profiled:
-                        _write_profiles(doc, cfg.profile_path)
-                doc["results"].append(row)
-                print(_row(row), flush=True)
+        def record(key: str, columns) -> Callable[[dict[str, Any]], None]:
+            def on_row(row: dict[str, Any]) -> None:  # saved as soon as measured
+                doc[key].append(row)
+                print(runner.format_row(row, columns), flush=True)
                 save()
+
+            return on_row
+
+        bench = dynamic_benchmark(cfg, model, device, cache_kw, ok_variants, doc, over_budget)
+        print(runner.header(bench.columns), flush=True)
+        runner.run(bench, log=None, on_row=record("results", bench.columns))
         if cfg.static_batches and device.type == "cuda":
-            _run_static(cfg, model, doc, ok_variants, budget_len, device, save, over_budget)
+            doc["static_decode"] = []
+            bench = static_benchmark(cfg, model, device, ok_variants, over_budget)
+            print(runner.header(bench.columns), flush=True)
+            runner.run(bench, log=None, on_row=record("static_decode", bench.columns))
     summary = summarize(doc)
     doc["summary"] = summary
     save()
     return doc
 
 
-def _run_static(cfg, model, doc, ok_variants, budget_len, device, save, over_budget) -> None:
-    """StaticCache decode steps for full and power at every length and batch."""
+def _failed(exc: Exception) -> dict[str, str]:
+    print(_tb(), flush=True)
+    return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def dynamic_benchmark(
+    cfg: E2EConfig,
+    model,
+    device: torch.device,
+    cache_kw: str,
+    variants: list[str],
+    doc: dict[str, Any],
+    over_budget: Callable[[], bool],
+) -> runner.Benchmark:
+    """Prefill + decode with the DynamicCache: one config per prompt length (the headline,
+    longest, first), one provider per warmed-up variant; with ``cfg.profile_path``, full and
+    power are also profiled at the longest length (into ``doc["profiles"]``, the text file
+    rewritten as each arrives)."""
+    budget_len = max(cfg.seq_lens)
+
+    def measure(config: dict[str, Any], name: str, state: None) -> dict[str, Any]:
+        seq_len = config["seq_len"]
+        if over_budget():
+            return {"error": "skipped: time budget spent"}
+        profiled = cfg.profile_path is not None and seq_len == budget_len and name in PROFILED
+
+        def after(cache, tok):
+            key = f"{name}_decode8_{seq_len}"
+            doc["profiles"][key] = _profile_decode(model, cache, tok, cache_kw, device)
+
+        row: dict[str, Any] = {}
+        try:
+            set_variant(model, name, cfg.block_size, budget_len)
+            row.update(
+                prefill_and_decode(
+                    model,
+                    seq_len,
+                    cfg.decode_steps,
+                    device,
+                    cache_kw,
+                    cfg.seed,
+                    after if profiled else None,
+                )
+            )
+            if profiled and name != "full":
+                key = f"{name}_prefill_{seq_len}"
+                doc["profiles"][key] = _profile_prefill(model, seq_len, cache_kw, device)
+        except Exception as exc:  # noqa: BLE001 - one failure must not lose the rest
+            row.update(_failed(exc))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if profiled:
+            _write_profiles(doc, cfg.profile_path)
+        return row
+
+    return runner.Benchmark(
+        name="e2e",
+        configs=[{"seq_len": n} for n in sorted(cfg.seq_lens, reverse=True)],
+        providers=variants,
+        measure=measure,
+        provider_key="variant",
+        value_key="prefill_s",
+        columns=COLUMNS,
+    )
+
+
+def static_benchmark(
+    cfg: E2EConfig,
+    model,
+    device: torch.device,
+    variants: list[str],
+    over_budget: Callable[[], bool],
+) -> runner.Benchmark:
+    """StaticCache decode steps (CUDA): one config per context length (shortest first), one
+    provider per variant of :data:`STATIC_VARIANTS`, each cell a row per batch size."""
     from .e2e_static import static_decode_step_ms
 
-    doc["static_decode"] = []
-    print(_static_header(), flush=True)
-    for seq_len in sorted(cfg.seq_lens):
-        for name in [v for v in ok_variants if v in STATIC_VARIANTS]:
-            set_variant(model, name, cfg.block_size, budget_len)
-            for batch in cfg.static_batches:
-                row: dict[str, Any] = {"variant": name, "seq_len": seq_len, "batch": batch}
-                if over_budget():
-                    row["error"] = "skipped: time budget spent"
-                else:
-                    try:
-                        row.update(
-                            static_decode_step_ms(model, seq_len, batch, cfg.static_steps, device)
-                        )
-                    except Exception as exc:  # noqa: BLE001 - keep the other points
-                        row["error"] = f"{type(exc).__name__}: {exc}"[:500]
-                        print(_tb(), flush=True)
-                    torch.cuda.empty_cache()
-                doc["static_decode"].append(row)
-                print(_static_row(row), flush=True)
-                save()
+    budget_len = max(cfg.seq_lens)
+
+    def measure(config: dict[str, Any], name: str, state: None) -> list[dict[str, Any]]:
+        seq_len = config["seq_len"]
+        set_variant(model, name, cfg.block_size, budget_len)
+        rows = []
+        for batch in cfg.static_batches:
+            row: dict[str, Any] = {"batch": batch}
+            if over_budget():
+                row["error"] = "skipped: time budget spent"
+            else:
+                try:
+                    row.update(
+                        static_decode_step_ms(model, seq_len, batch, cfg.static_steps, device)
+                    )
+                except Exception as exc:  # noqa: BLE001 - keep the other points
+                    row.update(_failed(exc))
+                torch.cuda.empty_cache()
+            rows.append(row)
+        return rows
+
+    return runner.Benchmark(
+        name="e2e_static",
+        configs=[{"seq_len": n} for n in sorted(cfg.seq_lens)],
+        providers=[v for v in variants if v in STATIC_VARIANTS],
+        measure=measure,
+        provider_key="variant",
+        value_key="eager_ms",
+        columns=STATIC_COLUMNS,
+    )
 
 
 def _tb() -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from . import runner
 from .e2e_model import VARIANTS
+from .runner import Column, Ratio
 
 TARGET_PREFILL_SPEEDUP = 2.8  # prefill at 128K >= 2.8x faster than full attention
 TARGET_DECODE_RATIO = 0.40  # static-cache decode at 128K, batch 8: <= 40% of full's ms/token
@@ -72,40 +74,40 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- output
-def _static_header() -> str:
-    return (
-        f"{'context':>8}  {'variant':<8} {'batch':>5} {'eager ms':>9} {'graph ms':>9} "
-        f"{'tokens/s':>9}"
-    )
+# The tables, on the benchmark runner's columns. The ratios to full are derived for printing
+# (the saved rows hold the measurements only; `summarize` keeps the speed-ups).
+COLUMNS = (
+    Column("seq_len", "prompt", 8, "d", align=">"),
+    Column("variant", "variant", 15),
+    Column("prefill_s", "TTFT s", 8, ".3f", align=">"),
+    Column("x_full", "x full", 7, ".2f", "x", align=">"),
+    Column("decode_ms_per_token", "decode ms/tok", 13, ".2f", align=">"),
+    Column("pct_full", "% full", 7, ".0%", align=">"),
+    Column("peak_gib", "peak GiB", 9, ".1f", align=">"),
+    Column("error", "", 0),
+)
+RATIOS = {  # TTFT speed-up, and decode time as a fraction of full's, at the same length
+    "x_full": Ratio("full", None, on_baseline=True, key="prefill_s"),
+    "pct_full": Ratio("full", None, on_baseline=True, key="decode_ms_per_token", invert=True),
+}
+STATIC_COLUMNS = (
+    Column("seq_len", "context", 8, "d", align=">"),
+    Column("variant", "variant", 8),
+    Column("batch", "batch", 5, "d", align=">"),
+    Column("eager_ms", "eager ms", 9, ".2f", align=">"),
+    Column("graph_ms", "graph ms", 9, ".2f", align=">"),
+    Column("tokens_per_s", "tokens/s", 9, ".0f", align=">"),
+    Column("graph_error", "", 0, lambda e: f"(graph capture failed: {e})"),
+    Column("error", "", 0),
+)
 
 
-def _static_row(r: dict[str, Any]) -> str:
-    head = f"{r['seq_len']:>8}  {r['variant']:<8} {r['batch']:>5}"
-    if "eager_ms" not in r:
-        return f"{head} {r.get('error', '')}"
-    graph = f"{r['graph_ms']:>9.2f}" if "graph_ms" in r else f"{'failed':>9}"
-    tail = f"  ({r['graph_error']})" if "graph_error" in r else ""
-    return f"{head} {r['eager_ms']:>9.2f} {graph} {r['tokens_per_s']:>9.0f}{tail}"
-
-
-def _header() -> str:
-    return (
-        f"{'prompt':>8}  {'variant':<15} {'TTFT s':>8} {'x full':>7} {'decode ms/tok':>13} "
-        f"{'% full':>7} {'peak GiB':>9}"
-    )
-
-
-def _row(r: dict[str, Any], full: dict[str, Any] | None = None) -> str:
-    if "prefill_s" not in r:
-        return f"{r['seq_len']:>8}  {r['variant']:<15} {r.get('error', '')}"
-    sp = dr = ""
-    if full and "prefill_s" in full:
-        sp = f"{full['prefill_s'] / r['prefill_s']:.2f}x"
-        dr = f"{r['decode_ms_per_token'] / full['decode_ms_per_token']:.0%}"
-    return (
-        f"{r['seq_len']:>8}  {r['variant']:<15} {r['prefill_s']:>8.3f} {sp:>7} "
-        f"{r['decode_ms_per_token']:>13.2f} {dr:>7} {r['peak_gib']:>9.1f}"
-    )
+def result_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The DynamicCache rows by length then variant, with the printed ratios to full."""
+    rows = sorted(doc["results"], key=lambda r: (r["seq_len"], VARIANTS.index(r["variant"])))
+    rows = [dict(r) for r in rows]
+    runner.add_ratios(rows, RATIOS, ["seq_len"], provider_key="variant", value_key="prefill_s")
+    return rows
 
 
 def print_table(doc: dict[str, Any]) -> None:
@@ -117,10 +119,7 @@ def print_table(doc: dict[str, Any]) -> None:
     )
     for v, desc in doc["variants"].items():
         print(f"  {v}: {desc}")
-    print(_header())
-    full = {r["seq_len"]: r for r in doc["results"] if r["variant"] == "full"}
-    for r in sorted(doc["results"], key=lambda r: (r["seq_len"], VARIANTS.index(r["variant"]))):
-        print(_row(r, full.get(r["seq_len"])))
+    runner.print_table(result_rows(doc), COLUMNS)
     t = doc.get("summary", {}).get("targets")
     if t and t.get("prefill_speedup") is not None:
         print(
@@ -129,9 +128,7 @@ def print_table(doc: dict[str, Any]) -> None:
         )
     if doc.get("static_decode"):
         print("\nStaticCache decode step (random context of the given length):")
-        print(_static_header())
-        for r in doc["static_decode"]:
-            print(_static_row(r))
+        runner.print_table(doc["static_decode"], STATIC_COLUMNS)
     st = doc.get("summary", {}).get("static_targets")
     if st and st.get("decode_ratio_b8") is not None:
         growth = st.get("growth_b8")
