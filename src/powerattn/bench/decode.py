@@ -23,6 +23,7 @@ are timed by ``triton.testing.do_bench`` (L2 flushed before each replay).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -294,7 +295,8 @@ def bench_kernel_configs(
     s: int,
     B: int,
     configs: Sequence[tuple[int, int, int]] = ((64, 4, 2), (128, 4, 2), (64, 8, 2), (128, 8, 3)),
-    splits: Sequence[int | None] = (None, 8, 16, 32),
+    splits: Sequence[int | None] = (None, 8, 16, 32, 64),
+    fused: Sequence[bool] = (True, False),
     q_heads: int = 28,
     kv_heads: int = 4,
     head_dim: int = 128,
@@ -302,15 +304,23 @@ def bench_kernel_configs(
     pattern: Pattern | str = "power",
     log: Callable[[str], object] = print,
 ) -> list[dict]:
-    """The kernel's GPU time (graph replay) per (``BLOCK_N_MAX``, ``NUM_WARPS``,
-    ``NUM_STAGES``) and split count (``None``: the default choice): data for the constants of
-    :mod:`powerattn.ops.decode`. Case ``decode_config_b{B}``; the constants are restored."""
+    """The kernel's GPU time per (``BLOCK_N_MAX``, ``NUM_WARPS``, ``NUM_STAGES``), split
+    count (``None``: the default choice) and ``fused`` (one launch, or a second combine
+    kernel): data for the constants of :mod:`powerattn.ops.decode`. Timed per call of 32 calls
+    in one CUDA graph over rotating KV copies (:func:`_in_graph_ms`: a one-call graph's
+    launch would hide differences of a few microseconds). Case ``decode_config_b{B}``; the
+    constants are restored."""
     from ..ops import decode as ops_decode
 
     pattern = get_pattern(pattern)
     g = torch.Generator(device=DEVICE).manual_seed(1)
     q = _rand(B, q_heads, 1, head_dim, dtype=dtype, g=g)
-    k, v = (_rand(B, kv_heads, s, head_dim, dtype=dtype, g=g) for _ in range(2))
+    cache_bytes = 2 * B * kv_heads * s * head_dim * dtype.itemsize
+    n_copies = _copies(_read_frac(pattern, s) * cache_bytes, cache_bytes)
+    kvs = [
+        tuple(_rand(B, kv_heads, s, head_dim, dtype=dtype, g=g) for _ in range(2))
+        for _ in range(n_copies)
+    ]
     lens = torch.full((B,), s, dtype=torch.int32, device=DEVICE) if B > 1 else None
     scale = head_dim**-0.5
     nb = 1 << max(0, math.ceil(s / pattern.block_size) - 1).bit_length()
@@ -325,22 +335,29 @@ def bench_kernel_configs(
                     stages,
                 )
                 ops_decode._plan.cache_clear()
-                for n in splits:
-                    ms = _graph_ms(
-                        lambda n=n: ops_decode.decode_attention(
-                            q, k, v, pattern, scale, splits=n, cache_seqlens=lens, need_lse=False
+                for fuse, n in itertools.product(fused, splits):
+                    fns = [
+                        lambda n=n, k=k, v=v, fuse=fuse: ops_decode.decode_attention(
+                            q, k, v, pattern, scale, splits=n, fused=fuse, cache_seqlens=lens,
+                            need_lse=False,
                         )
-                    )
+                        for k, v in kvs
+                    ]  # fmt: skip
+                    for f in fns[:1]:
+                        f()  # the plan and the compile, outside the capture
+                    ms = _in_graph_ms(fns)
                     plan = ops_decode._plan(pattern, B, q_heads, kv_heads, 1, head_dim, dtype,
-                                            nb, q.device, n, True, False, B > 1)  # fmt: skip
-                    method = f"ours_n{block_n}_w{warps}_st{stages}_" + (
-                        "default" if n is None else f"splits{n}"
+                                            nb, q.device, n, fuse, False, B > 1)  # fmt: skip
+                    method = (
+                        f"ours_n{block_n}_w{warps}_st{stages}_"
+                        + ("default" if n is None else f"splits{n}")
+                        + ("" if fuse else "_unfused")
                     )
                     rows.append({"case": f"decode_config_b{B}", "seq_len": s, "method": method,
                                  "backend": "decode", "ms": ms, "splits": plan.splits,
                                  "block_n": block_n, "num_warps": warps,
-                                 "num_stages": stages})  # fmt: skip
-                    log(f"  config B={B} S={s}: {method:32s} ({plan.splits:2d}) {ms:.4f} ms")
+                                 "num_stages": stages, "fused": fuse})  # fmt: skip
+                    log(f"  config B={B} S={s}: {method:40s} ({plan.splits:2d}) {ms:.4f} ms")
     finally:
         ops_decode.BLOCK_N_MAX, ops_decode.NUM_WARPS, ops_decode.NUM_STAGES = saved
         ops_decode._plan.cache_clear()
