@@ -44,7 +44,13 @@ import torch.nn.functional as F
 from ..training.config import TrainConfig
 from ..training.data import batch_for_step, stage_at
 from ..training.model import SDPA_MASK, build_model
-from ..training.trainer import CONFIG, METRICS, NOT_IN_IDENTITY, lr_lambda, resolve_device
+from ..training.trainer import (
+    CONFIG,
+    METRICS,
+    NOT_IN_IDENTITY,
+    build_optimizer,
+    resolve_device,
+)
 from .hf import shard_batch
 from .train import CPMesh, load_checkpoint, prepare_model, save_checkpoint
 
@@ -202,20 +208,7 @@ class CPTrainer:
             activation_checkpointing=activation_checkpointing,
             param_dtype=param_dtype,
         )
-        o = cfg.optim
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": o.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=o.lr,
-            betas=(o.beta1, o.beta2),
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_lambda(s, cfg)
-        )
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
         self.step = 0
         self.interrupted: str | None = None
         self._signals: list[int] = []
