@@ -43,12 +43,13 @@ import torch.nn.functional as F
 
 from ..training.config import TrainConfig
 from ..training.data import batch_for_step, stage_at
-from ..training.model import SDPA_MASK, build_model
+from ..training.model import SDPA_MASK
 from ..training.trainer import (
     CONFIG,
     METRICS,
     NOT_IN_IDENTITY,
     build_optimizer,
+    build_run_model,
     resolve_device,
 )
 from .hf import shard_batch
@@ -193,14 +194,7 @@ class CPTrainer:
         self.activation_checkpointing = activation_checkpointing
         self.mesh = CPMesh.build(cp, device_type=self.device.type)
         self.pattern = cfg.build_pattern()
-        model = build_model(
-            cfg.model,
-            self.pattern,
-            max_seq_len=max(s.seq_len for s in cfg.stages),
-            full_layers=cfg.pattern.full_layers,
-            backend=cfg.backend,
-            seed=cfg.seed,
-        ).to(self.device)
+        model = build_run_model(cfg, self.pattern).to(self.device)
         param_dtype = torch.bfloat16 if mixed_precision == "bf16" else None
         self.model = prepare_model(
             model,

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..patterns import Pattern
 from .config import Stage, TrainConfig
 from .data import batch_for_step, stage_at
 from .model import build_model
@@ -82,6 +83,20 @@ def lr_lambda(step: int, cfg: TrainConfig) -> float:
     span = max(cfg.total_steps - o.warmup_steps, 1)
     t = min((step - o.warmup_steps) / span, 1.0)
     return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def build_run_model(cfg: TrainConfig, pattern: Pattern, tokenizer=None) -> torch.nn.Module:
+    """The model of a run: ``cfg.model`` with ``pattern``, sized for its longest stage (the
+    single-process and the distributed trainers build it the same way)."""
+    return build_model(
+        cfg.model,
+        pattern,
+        max_seq_len=max(s.seq_len for s in cfg.stages),
+        full_layers=cfg.pattern.full_layers,
+        backend=cfg.backend,
+        seed=cfg.seed,
+        tokenizer=tokenizer,
+    )
 
 
 def build_optimizer(
@@ -187,15 +202,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.pattern = cfg.build_pattern()
         torch.manual_seed(cfg.seed)
-        self.model = build_model(
-            cfg.model,
-            self.pattern,
-            max_seq_len=max(s.seq_len for s in cfg.stages),
-            full_layers=cfg.pattern.full_layers,
-            backend=cfg.backend,
-            seed=cfg.seed,
-            tokenizer=tokenizer,
-        ).to(self.device)
+        self.model = build_run_model(cfg, self.pattern, tokenizer).to(self.device)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
         self.step = 0
         self.interrupted: str | None = None  # the signal that stopped the last train()
