@@ -295,7 +295,7 @@ def bench_kernel_configs(
     s: int,
     B: int,
     configs: Sequence[tuple[int, int, int]] = ((64, 4, 2), (128, 4, 2), (64, 8, 2), (128, 8, 3)),
-    splits: Sequence[int | None] = (None, 8, 16, 32, 64),
+    splits: Sequence[int | None] = (None, 1, 4, 8, 16, 32, 64),
     fused: Sequence[bool] = (True, False),
     q_heads: int = 28,
     kv_heads: int = 4,
