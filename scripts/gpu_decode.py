@@ -1,6 +1,6 @@
 """GPU job of the decode path (issue 9, item 3): correctness on CUDA first, then timings.
 
-Run from the repository root on the GPU machine (nvidia-h200, about 3-4 minutes):
+Run from the repository root on the GPU machine (nvidia-h200, about 4-6 minutes):
 
     OUT=/tmp/out PYTHONPATH=src python3 scripts/gpu_decode.py
 
