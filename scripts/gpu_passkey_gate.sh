@@ -2,7 +2,7 @@
 # The recipe gate of the passkey experiments (docs/experiments.md, "The gate"), one call on
 # one H200, from the repository root:
 #
-#   OUT=$OUT bash scripts/gpu_passkey_gate.sh [BUDGET_S]       # default 440
+#   OUT=$OUT bash scripts/gpu_passkey_gate.sh [BUDGET_S]       # default 530
 #
 # Trains full attention in preset gpu-mix with seeds 0, 1, 2 at once (3 processes on one GPU;
 # each checks its attention against the float64 oracle before training and at every length
@@ -13,10 +13,10 @@
 # train_by_len.txt (training exact match per length over the last 200 steps), curves.png,
 # summary.json (cells per seed, length and depth bin; the gate),
 # runs.tgz (every run's config, metrics.jsonl, eval.json, stage_eval.json and log; no
-# checkpoints). A hard `timeout` at BUDGET_S + 60 s is the last resort. PRESET=smoke-mix
+# checkpoints). A hard `timeout` at BUDGET_S + 40 s is the last resort. PRESET=smoke-mix
 # runs the same plumbing on a CPU in about a minute.
 set -uo pipefail
-BUDGET=${1:-440}
+BUDGET=${1:-530}
 RESERVE=${RESERVE_S:-70}
 OUT=${OUT:-/tmp/passkey_gate_out}
 WORK=/tmp/passkey_gate
@@ -27,7 +27,7 @@ python3 -c "import torch, transformers, triton; print('torch', torch.__version__
 'transformers', transformers.__version__, 'triton', triton.__version__)" >>"$OUT/gpu.txt"
 git rev-parse HEAD >>"$OUT/gpu.txt" 2>/dev/null
 echo "budget ${BUDGET}s, training stops at $((BUDGET - RESERVE))s" | tee "$OUT/log.txt"
-timeout $((BUDGET + 60)) python3 -m powerattn.cli experiment passkey --preset "${PRESET:-gpu-mix}" \
+timeout $((BUDGET + 40)) python3 -m powerattn.cli experiment passkey --preset "${PRESET:-gpu-mix}" \
     --parts main --patterns full --seeds 0,1,2 --jobs 3 --out "$WORK" --no-progress \
     --deadline $((BUDGET - RESERVE)) 2>&1 | tee -a "$OUT/log.txt"
 python3 -m powerattn.cli experiment passkey --out "$WORK/tables" \

@@ -21,7 +21,7 @@ presets (without --config):
            constant LR; minutes on a laptop CPU (with the default power pattern it learned
            the task in our check: 1.00 exact match at 320 tokens, 0.00 at 448)
   gpu-mix  the passkey experiments' recipe (6 layers, hidden 256, 320 -> 4096 tokens mixed
-           per step, 4500 steps, lr 3e-4): a GPU run
+           per step, 5500 steps, lr 3e-4): a GPU run
 Ctrl-C (or SIGTERM) stops after the current step with a checkpoint; rerunning the same
 command resumes from it.
 
@@ -61,7 +61,7 @@ presets:
   smoke       2-layer models, 4-6 steps, 320-448 tokens: checks every code path on a CPU
   smoke-mix   the same for the levers of gpu-mix (mixed lengths, LM loss, constant LR)
   gpu-mix     the recipe of the gate: 6 layers, hidden 256 (~5M parameters), a 250-step
-              warm-up at 320/512 tokens, then 4250 steps each drawing its length from
+              warm-up at 320/512 tokens, then 5250 steps each drawing its length from
               512..4096 (long: ..8192), batch 16, constant LR 3e-4, 10 depth bins x 64
               documents on held-out keys; layers part: power, sliding window and stride
               slash with 1..8 layers
