@@ -81,6 +81,9 @@ def sparse_attention_with_kvcache(
         out, lse = _per_sequence(q, k_cache, v_cache, pattern, scale, cache_seqlens)
     else:
         _decode.check_supported(q, k_cache)  # e.g. Sq > 16: raises, naming the limit
+        # The interpreter (CPU tensors): checking costs no synchronisation. Not in a trace.
+        if cache_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():
+            _check_range(cache_seqlens.tolist(), k_cache.shape[2])
         out, lse = _decode.decode_forward(
             q, k_cache, v_cache, pattern, scale, cache_seqlens=cache_seqlens, need_lse=return_lse
         )
@@ -106,14 +109,18 @@ def _check_seqlens(cache_seqlens: torch.Tensor, q: torch.Tensor) -> None:
         )
 
 
+def _check_range(lens: list[int], s_max: int) -> None:
+    bad = [n for n in lens if not 0 <= n <= s_max]
+    if bad:
+        raise ValueError(f"cache_seqlens must lie in 0..S_max = 0..{s_max}, got {bad}")
+
+
 def _per_sequence(q, k, v, pattern, scale, cache_seqlens):
     """The CPU / float64 path: each sequence through :func:`sparse_attention` (the same
     semantics as the kernel, with lengths checked on the host)."""
     B, Hq, Sq, _ = q.shape
     lens = cache_seqlens.tolist()
-    bad = [n for n in lens if not 0 <= n <= k.shape[2]]
-    if bad:
-        raise ValueError(f"cache_seqlens must lie in 0..S_max = 0..{k.shape[2]}, got {bad}")
+    _check_range(lens, k.shape[2])
     out = q.new_zeros(q.shape)
     lse = torch.full((B, Hq, Sq), float("-inf"), dtype=torch.float32, device=q.device)
     for b, n in enumerate(lens):
