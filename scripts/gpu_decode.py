@@ -243,6 +243,14 @@ def main() -> int:
         if m := fn("cuda"):
             fails.append(m)
     log(f"  {len(runs) + 2 - len(fails)}/{len(runs) + 2} cases passed ({time.time() - t0:.0f} s)")
+    # The kernel variant the sweep also times (EARLY_V_LOAD): the same cases, before timing it.
+    ops_decode.EARLY_V_LOAD = True
+    ops_decode._plan.cache_clear()
+    early = [f"EARLY_V_LOAD: {m}" for fn, c in runs if (m := fn(*c, device="cuda"))]
+    ops_decode.EARLY_V_LOAD = False
+    ops_decode._plan.cache_clear()
+    log(f"  EARLY_V_LOAD: {len(runs) - len(early)}/{len(runs)} cases passed")
+    fails += early
     log("== correctness: Qwen2-7B shapes")
     fails += qwen_checks()
     log("== correctness: torch.compile (Inductor, reduce-overhead)")

@@ -12,6 +12,7 @@ dense SDPA with the pattern's mask, plus a small floor.
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 
 import torch
@@ -202,6 +203,8 @@ def check_compiled(device) -> str | None:
 
 
 def main(device: str = "cpu") -> int:
+    if os.environ.get("POWERATTN_DECODE_EARLY_V") == "1":  # the kernel variant of the sweep
+        decode.EARLY_V_LOAD = True
     runs = [(check, c) for c in cases()] + [(check_batched, c) for c in batched_cases()]
     failures = [m for fn, c in runs if (m := fn(*c, device=device))]
     for fn in (check_public, check_compiled):

@@ -52,8 +52,9 @@ def test_decode_public_and_compiled_cuda(fn):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA runs the cases in-process")
-def test_decode_kernel_interpreted():
-    env = dict(os.environ, TRITON_INTERPRET="1")
+@pytest.mark.parametrize("early_v", ["0", "1"])
+def test_decode_kernel_interpreted(early_v):
+    env = dict(os.environ, TRITON_INTERPRET="1", POWERATTN_DECODE_EARLY_V=early_v)
     src = str(Path(__file__).resolve().parents[2] / "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
     proc = subprocess.run(

@@ -294,8 +294,15 @@ def bench_full_pattern(
 def bench_kernel_configs(
     s: int,
     B: int,
-    configs: Sequence[tuple[int, int, int]] = ((64, 4, 2), (128, 4, 2), (64, 8, 2), (128, 8, 3)),
-    splits: Sequence[int | None] = (None, 1, 4, 8, 16, 32, 64),
+    configs: Sequence[tuple[int, int, int, bool]] = (
+        (64, 4, 2, False),
+        (128, 4, 2, False),
+        (64, 8, 2, False),
+        (128, 8, 3, False),
+        (64, 4, 2, True),
+        (64, 4, 3, True),
+    ),  # fmt: skip
+    splits: Sequence[int | None] = (None, 1, 8, 32, 64),
     fused: Sequence[bool] = (True, False),
     q_heads: int = 28,
     kv_heads: int = 4,
@@ -304,7 +311,8 @@ def bench_kernel_configs(
     pattern: Pattern | str = "power",
     log: Callable[[str], object] = print,
 ) -> list[dict]:
-    """The kernel's GPU time per (``BLOCK_N_MAX``, ``NUM_WARPS``, ``NUM_STAGES``), split
+    """The kernel's GPU time per (``BLOCK_N_MAX``, ``NUM_WARPS``, ``NUM_STAGES``,
+    ``EARLY_V_LOAD``), split
     count (``None``: the default choice) and ``fused`` (one launch, or a second combine
     kernel): data for the constants of :mod:`powerattn.ops.decode`. Timed per call of 32 calls
     in one CUDA graph over rotating KV copies (:func:`_in_graph_ms`: a one-call graph's
@@ -324,16 +332,14 @@ def bench_kernel_configs(
     lens = torch.full((B,), s, dtype=torch.int32, device=DEVICE) if B > 1 else None
     scale = head_dim**-0.5
     nb = 1 << max(0, math.ceil(s / pattern.block_size) - 1).bit_length()
-    saved = (ops_decode.BLOCK_N_MAX, ops_decode.NUM_WARPS, ops_decode.NUM_STAGES)
+    saved = (ops_decode.BLOCK_N_MAX, ops_decode.NUM_WARPS, ops_decode.NUM_STAGES,
+             ops_decode.EARLY_V_LOAD)  # fmt: skip
     rows = []
     try:
         with torch.no_grad():
-            for block_n, warps, stages in configs:
-                ops_decode.BLOCK_N_MAX, ops_decode.NUM_WARPS, ops_decode.NUM_STAGES = (
-                    block_n,
-                    warps,
-                    stages,
-                )
+            for block_n, warps, stages, early_v in configs:
+                (ops_decode.BLOCK_N_MAX, ops_decode.NUM_WARPS, ops_decode.NUM_STAGES,
+                 ops_decode.EARLY_V_LOAD) = (block_n, warps, stages, early_v)  # fmt: skip
                 ops_decode._plan.cache_clear()
                 for fuse, n in itertools.product(fused, splits):
                     fns = [
@@ -349,17 +355,19 @@ def bench_kernel_configs(
                     plan = ops_decode._plan(pattern, B, q_heads, kv_heads, 1, head_dim, dtype,
                                             nb, q.device, n, fuse, False, B > 1)  # fmt: skip
                     method = (
-                        f"ours_n{block_n}_w{warps}_st{stages}_"
+                        f"ours_n{block_n}_w{warps}_st{stages}{'_earlyv' * early_v}_"
                         + ("default" if n is None else f"splits{n}")
                         + ("" if fuse else "_unfused")
                     )
                     rows.append({"case": f"decode_config_b{B}", "seq_len": s, "method": method,
                                  "backend": "decode", "ms": ms, "splits": plan.splits,
                                  "block_n": block_n, "num_warps": warps,
-                                 "num_stages": stages, "fused": fuse})  # fmt: skip
+                                 "num_stages": stages, "fused": fuse,
+                                 "early_v": early_v})  # fmt: skip
                     log(f"  config B={B} S={s}: {method:40s} ({plan.splits:2d}) {ms:.4f} ms")
     finally:
-        ops_decode.BLOCK_N_MAX, ops_decode.NUM_WARPS, ops_decode.NUM_STAGES = saved
+        (ops_decode.BLOCK_N_MAX, ops_decode.NUM_WARPS, ops_decode.NUM_STAGES,
+         ops_decode.EARLY_V_LOAD) = saved  # fmt: skip
         ops_decode._plan.cache_clear()
     return rows
 

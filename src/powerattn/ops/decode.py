@@ -79,6 +79,10 @@ BLOCK_N_MAX = 64
 NUM_WARPS = 4
 NUM_STAGES = 2
 FUSED = True  # single launch (split-K with an in-kernel semaphore)
+# Issue each unit's V load together with its K load (before the QK dot) rather than after the
+# softmax: one HBM round trip less per unit on the critical path, for more live registers.
+# Off until the GPU sweep (`scripts/gpu_decode.py`) says it is faster.
+EARLY_V_LOAD = False
 # Launch through the compiled kernel's launcher after the first call (see _launch_fast).
 FAST_LAUNCH = True
 
@@ -90,7 +94,7 @@ _RUNNERS_PER_PLAN = 16
 _CONSTEXPRS = (
     "SQ", "G", "HKV", "BS", "SINK", "WINDOW", "WSLOTS", "E0", "MODE", "HAS_POW", "HAS_SEQLENS",
     "NEED_LSE", "CHUNKS", "N_MB", "BLOCK_M", "BLOCK_N", "BLOCK_D", "HEAD_D", "BLOCK_MC", "SPC",
-    "SPLITS_CAP", "PREC", "DOT_F32", "FUSED",
+    "SPLITS_CAP", "PREC", "DOT_F32", "FUSED", "EARLY_V",
 )  # fmt: skip
 _PLAN_CACHE_SIZE = 128
 _WORKSPACE_STREAMS = 8
@@ -180,7 +184,7 @@ if triton is not None:
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         HEAD_D: tl.constexpr, BLOCK_MC: tl.constexpr, SPC: tl.constexpr,
         SPLITS_CAP: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr,
-        FUSED: tl.constexpr,
+        FUSED: tl.constexpr, EARLY_V: tl.constexpr,
     ):  # fmt: skip
         i_bh = tl.program_id(0)
         i_s = tl.program_id(1)
@@ -253,6 +257,9 @@ if triton is not None:
             m_n = tl.where(valid, (c * BLOCK_N + o_c < BS) & (o_n < sk), False)
             p_k = k_base + o_n[None, :] * stride_ks + o_d[:, None] * stride_kd
             b_kt = tl.load(p_k, mask=m_n[None, :] & m_d[:, None], other=0.0)  # [BD, BN]
+            p_v = v_base + o_n[:, None] * stride_vs + o_d[None, :] * stride_vd
+            if EARLY_V:
+                b_v = tl.load(p_v, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
             if DOT_F32:
                 b_kt = b_kt.to(tl.float32)
             b_s = tl.dot(b_q, b_kt, input_precision=PREC) * qk_scale  # [BM, BN], log2
@@ -265,8 +272,8 @@ if triton is not None:
             alpha = tl.exp2(b_m - m_safe)
             b_p = tl.exp2(b_s - m_safe[:, None])
             b_l = b_l * alpha + tl.sum(b_p, 1)
-            p_v = v_base + o_n[:, None] * stride_vs + o_d[None, :] * stride_vd
-            b_v = tl.load(p_v, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
+            if not EARLY_V:
+                b_v = tl.load(p_v, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
             # P stays float32 (V is exact in tf32): decode is memory-bound, and rounding P
             # to bf16 as flash attention does would cost accuracy for no speed.
             b_acc = b_acc * alpha[:, None] + tl.dot(b_p, b_v.to(tl.float32), input_precision=PREC)
@@ -460,7 +467,7 @@ def _plan(
         common, BS=bs, SINK=sink, WINDOW=window or 0, WSLOTS=wslots, E0=e0, MODE=mode,
         HAS_POW=has_pow, HAS_SEQLENS=has_seqlens, CHUNKS=chunks, BLOCK_N=BLOCK_N,
         PREC="ieee" if interp_f32 else "tf32",
-        DOT_F32=_INTERPRET and dtype == torch.bfloat16, FUSED=fused,
+        DOT_F32=_INTERPRET and dtype == torch.bfloat16, FUSED=fused, EARLY_V=EARLY_V_LOAD,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )  # fmt: skip
     return _Plan(
