@@ -312,9 +312,8 @@ def bench_kernel_configs(
     log: Callable[[str], object] = print,
 ) -> list[dict]:
     """The kernel's GPU time per (``BLOCK_N_MAX``, ``NUM_WARPS``, ``NUM_STAGES``,
-    ``EARLY_V_LOAD``), split
-    count (``None``: the default choice) and ``fused`` (one launch, or a second combine
-    kernel): data for the constants of :mod:`powerattn.ops.decode`. Timed per call of 32 calls
+    ``EARLY_V_LOAD``), split count (``None``: the default choice) and ``fused`` (one launch,
+    or a second combine kernel): data for the constants of :mod:`powerattn.ops.decode`. Timed per call of 32 calls
     in one CUDA graph over rotating KV copies (:func:`_in_graph_ms`: a one-call graph's
     launch would hide differences of a few microseconds). Case ``decode_config_b{B}``; the
     constants are restored."""
