@@ -56,7 +56,7 @@ from ..testing import (
     reduction_terms,
     rounding_floor,
 )
-from ..validate import positive_int
+from ..validate import add_list_argument, positive_int
 from . import runner
 
 HQ, HKV, D = 28, 4, 128
@@ -465,19 +465,13 @@ def run(args: argparse.Namespace) -> int:
     return rc
 
 
-def _lens(text: str) -> list[int]:
-    return [positive_int(x) for x in text.split(",") if x]
-
-
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check-len", type=positive_int, default=131072, help="default 128K")
-    p.add_argument("--seq-lens", type=_lens, default=[262144, 524288, 1048576])
-    p.add_argument(
-        "--torch-cp-lens",
-        type=_lens,
-        default=[262144],
+    add_list_argument(p, "--seq-lens", positive_int, default=[262144, 524288, 1048576])
+    add_list_argument(
+        p, "--torch-cp-lens", positive_int, default=[262144],
         help="lengths at which PyTorch's ring CP (dense causal) is timed",
-    )
+    )  # fmt: skip
     p.add_argument("--iters", type=positive_int, default=5)
     p.add_argument(
         "--budget-s", type=float, default=200.0, help="start no measurement after this many seconds"

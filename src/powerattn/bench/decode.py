@@ -313,10 +313,10 @@ def bench_kernel_configs(
 ) -> list[dict]:
     """The kernel's GPU time per (``BLOCK_N_MAX``, ``NUM_WARPS``, ``NUM_STAGES``,
     ``EARLY_V_LOAD``), split count (``None``: the default choice) and ``fused`` (one launch,
-    or a second combine kernel): data for the constants of :mod:`powerattn.ops.decode`. Timed per call of 32 calls
-    in one CUDA graph over rotating KV copies (:func:`_in_graph_ms`: a one-call graph's
-    launch would hide differences of a few microseconds). Case ``decode_config_b{B}``; the
-    constants are restored."""
+    or a second combine kernel): data for the constants of :mod:`powerattn.ops.decode`.
+    Timed per call of 32 calls in one CUDA graph over rotating KV copies
+    (:func:`_in_graph_ms`: a one-call graph's launch would hide differences of a few
+    microseconds). Case ``decode_config_b{B}``; the constants are restored."""
     from ..ops import decode as ops_decode
 
     pattern = get_pattern(pattern)

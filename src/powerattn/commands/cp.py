@@ -13,20 +13,8 @@ from pathlib import Path
 
 from ..distributed import cp_plan
 from ..distributed.scaling import Hardware, LayerShape, format_table, plot_scaling, scaling_table
-from ..validate import positive_int
+from ..validate import add_list_argument, positive_int
 from .analysis import _add_pattern_args, pattern_from_args
-
-
-def _world_list(text: str) -> list[int]:
-    try:
-        out = [int(x) for x in text.split(",") if x]
-    except ValueError:
-        out = []
-    if not out or any(p <= 0 for p in out):
-        raise argparse.ArgumentTypeError(
-            f"world sizes must look like '2,4,8,16,32,64' (positive integers), got {text!r}"
-        )
-    return out
 
 
 def _add_shape(p: argparse.ArgumentParser) -> None:
@@ -120,12 +108,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_pattern_args(s)
     s.add_argument("--seq-len", type=positive_int, default=1 << 20, help="tokens (default 1M)")
-    s.add_argument(
-        "--worlds",
-        type=_world_list,
-        default=[2, 4, 8, 16, 32, 64],
-        help="comma-separated world sizes (default 2,4,8,16,32,64)",
-    )
+    add_list_argument(
+        s, "--worlds", positive_int, default=[2, 4, 8, 16, 32, 64],
+        help="world sizes (default 2,4,8,16,32,64)",
+    )  # fmt: skip
     s.add_argument("--block-size", type=positive_int, help="tokens per block (default 256)")
     s.add_argument("--json", metavar="PATH", help="also write every number as JSON")
     s.add_argument("--plot", metavar="PATH", help="write the figure (.png/.pdf/.svg)")

@@ -9,16 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..validate import nonnegative_int, positive_int
-
-
-def _csv(text: str) -> list[str]:
-    return [x for x in text.split(",") if x]
-
-
-def _ints(text: str) -> list[int]:
-    return [nonnegative_int(x) for x in _csv(text)]
-
+from ..validate import add_list_argument, nonnegative_int, positive_int
 
 _EPILOG = """\
 a campaign, end to end (CPU smoke: --preset tiny; the H200: scripts/gpu_eval.sh):
@@ -89,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--model", help="a run directory of eval ppl, or a local HF checkpoint")
     r.add_argument("--pattern", help="with an HF --model: switch it to this pattern")
     r.add_argument("--length", type=positive_int, default=4096, help="tokens per sample")
-    r.add_argument("--tasks", type=_csv, help="comma list (default: all seven)")
+    add_list_argument(r, "--tasks", help="task names (default: all seven)")
     r.add_argument("--samples", type=positive_int, default=20, help="samples per task (20)")
     r.add_argument("--train", action="store_true", help="the campaign (see description)")
     r.add_argument("--lm-runs", help="runs of eval ppl to continue (--train)")
@@ -114,13 +105,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--out", help="run directory")
     b.add_argument("--preset", default="tiny", help="tiny (CPU smoke) or gpu")
-    b.add_argument(
-        "--patterns",
-        type=_csv,
-        default=["sliding_window", "power", "full"],
-        help="comma list (sliding_window,power,full)",
-    )
-    b.add_argument("--seeds", type=_ints, default=[0])
+    add_list_argument(
+        b, "--patterns", default=["sliding_window", "power", "full"],
+        help="pattern names (sliding_window,power,full)",
+    )  # fmt: skip
+    add_list_argument(b, "--seeds", nonnegative_int, default=[0])
     b.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps")
     b.add_argument("--engine", default="torch", help="torch (batched L-BFGS) or sklearn")
     b.add_argument("--jobs", type=positive_int, default=1)
@@ -149,8 +138,8 @@ def _campaign_args(p: argparse.ArgumentParser, need_corpus: bool) -> None:
         p.add_argument("--corpus", help="corpus directory (eval corpus)")
     p.add_argument("--out", help="run directory (ruler --model: the result JSON file)")
     p.add_argument("--preset", default="tiny", help="tiny (CPU smoke) or gpu")
-    p.add_argument("--patterns", type=_csv, help="comma list (default: every pattern, full first)")
-    p.add_argument("--seeds", type=_ints, default=[0], help="comma list (0)")
+    add_list_argument(p, "--patterns", help="pattern names (default: every pattern, full first)")
+    add_list_argument(p, "--seeds", nonnegative_int, default=[0], help="seeds (0)")
     p.add_argument("--steps", type=positive_int, help="steps per run (default: the preset's)")
     p.add_argument("--jobs", type=positive_int, default=1, help="runs at once (subprocesses)")
     p.add_argument(

@@ -8,12 +8,8 @@ import json
 import os
 import sys
 
+from ..validate import add_list_argument
 from .argtypes import nonnegative_int, positive_int
-
-
-def _csv(text: str) -> list[str]:
-    return [x for x in text.split(",") if x]
-
 
 _TRAIN_EPILOG = """\
 presets (without --config):
@@ -167,13 +163,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="smoke (default), smoke-mix, gpu-mix, gpu or gpu-replay; see below",
     )
     k.add_argument("--out", required=True, help="output directory")
-    k.add_argument("--parts", type=_csv, help="comma list of main,layers,long (default all)")
-    k.add_argument("--patterns", type=_csv, help="comma list of patterns (default all)")
-    k.add_argument(
-        "--layer-sweep",
-        type=lambda t: [int(x) for x in _csv(t)],
-        help="layer counts of the 'layers' part (comma list; default: the preset's)",
-    )
+    add_list_argument(k, "--parts", help="of main, layers, long (default all)")
+    add_list_argument(k, "--patterns", help="registered pattern names (default all)")
+    add_list_argument(
+        k, "--layer-sweep", positive_int,
+        help="layer counts of the 'layers' part (default: the preset's)",
+    )  # fmt: skip
     k.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps")
     k.add_argument(
         "--seed",
@@ -181,11 +176,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="seed of initialisation and data (default: the preset's, 0); a replicate's run "
         "names end in -sSEED, so its results.json merges with the first one's (--replot)",
     )
-    k.add_argument(
-        "--seeds",
-        type=lambda t: [nonnegative_int(x) for x in _csv(t)],
-        help="comma list: the campaign of each seed in one call (run names as with --seed)",
-    )
+    add_list_argument(
+        k, "--seeds", nonnegative_int,
+        help="the campaign of each seed in one call (run names as with --seed)",
+    )  # fmt: skip
     k.add_argument(
         "--jobs",
         type=positive_int,
@@ -204,13 +198,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="seconds from now after which every run stops training and is evaluated as is",
     )
-    k.add_argument(
-        "--replot",
-        type=_csv,
-        metavar="RESULTS",
-        help="no training: merge these results.json files (comma list) into OUT, redraw, "
-        "print the tables and the verdicts, and write OUT/summary.json",
-    )
+    add_list_argument(
+        k, "--replot", metavar="RESULTS",
+        help="no training: merge these results.json files into OUT, redraw, print the "
+        "tables and the verdicts, and write OUT/summary.json",
+    )  # fmt: skip
     k.add_argument("--no-progress", action="store_true", help="no progress bars")
     k.set_defaults(func=_passkey)
 
