@@ -53,6 +53,18 @@ def test_recompile_limit_fails_loudly(monkeypatch):
             flex.flex_sparse_attention(q, k, v, pattern, 0.125, need_lse=False)
 
 
+def test_recompile_guard_restores_the_users_settings():
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    before = getattr(cfg, name), cfg.fail_on_recompile_limit_hit
+    with flex.recompile_guard(3):
+        assert getattr(cfg, name) == 3 and cfg.fail_on_recompile_limit_hit
+    assert (getattr(cfg, name), cfg.fail_on_recompile_limit_hit) == before
+    with pytest.raises(KeyError), flex.recompile_guard(5):
+        raise KeyError("any error on the way out")
+    assert (getattr(cfg, name), cfg.fail_on_recompile_limit_hit) == before
+
+
 # --------------------------------------------------------------- FlashAttention-4 selection
 # The selection logic runs on the CPU with the GPU's properties given explicitly; the kernel
 # itself is exercised by the CUDA suite (scripts/gpu_kernel.sh) wherever it is installed.
