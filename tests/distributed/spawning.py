@@ -3,7 +3,9 @@ that a hang fails the test instead of blocking CI."""
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 import time
 
 import pytest
@@ -18,10 +20,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _run_and_exit(rank: int, fn, *args) -> None:
+    """``fn(rank, *args)``, then leave at once: a finished rank skips the interpreter's and
+    C++'s teardown, where gloo's threads can abort the process ("terminate called without an
+    active exception", seen once in a full CPU suite) after every result was written. An
+    exception still propagates (the spawn wrapper reports it and exits non-zero)."""
+    fn(rank, *args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def spawn(fn, world: int, args: tuple, timeout_s: float = TIMEOUT_S) -> None:
     """``fn(rank, *args)`` in ``world`` spawned processes; an error in one is raised here,
     and after ``timeout_s`` every process still alive is killed and the test fails."""
-    ctx = mp.start_processes(fn, args=args, nprocs=world, join=False, start_method="spawn")
+    ctx = mp.start_processes(
+        _run_and_exit, args=(fn, *args), nprocs=world, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + timeout_s
     while not ctx.join(timeout=max(deadline - time.monotonic(), 0.1)):
         if time.monotonic() > deadline:
