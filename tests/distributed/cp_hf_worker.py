@@ -4,13 +4,13 @@ parallelism against the same model on the whole sequence in one process."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from spawning import init_gloo
 
 BLOCK = 8
 
@@ -37,12 +37,7 @@ def _model():
 
 
 def main(rank: int, world: int, port: int, outdir: str) -> None:
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group(
-        "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
-    )
+    init_gloo(rank, world, port)
     from powerattn.distributed.hf import causal_lm_loss, enable_context_parallel, shard_batch
 
     try:

@@ -6,13 +6,13 @@ steps 3-4. Losses go to OUTDIR/{phase}{rank}.json."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 
 import torch
 import torch.distributed as dist
 from cp_hf_worker import BLOCK, _model
+from spawning import init_gloo
 
 CP = 2
 ROWS = 2  # sequences per global batch
@@ -27,12 +27,7 @@ def _global_batch(step: int) -> torch.Tensor:
 
 
 def main(rank: int, world: int, port: int, outdir: str, phase: str) -> None:
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group(
-        "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
-    )
+    init_gloo(rank, world, port)
     from powerattn.distributed.train import (
         CPMesh,
         load_checkpoint,

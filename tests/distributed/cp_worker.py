@@ -10,13 +10,13 @@ rows. Then the bad calls, recording what each rank raised. Results go to
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import sys
 
 import torch
 import torch.distributed as dist
+from spawning import init_gloo
 
 from powerattn import get_pattern, pattern_names, reference_attention, sparse_attention
 from powerattn.bench.cp import allgather_attention
@@ -142,12 +142,7 @@ def _backward_order(rank, world, recompute):
 
 
 def main(rank: int, world: int, port: int, outdir: str) -> None:
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group(
-        "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
-    )
+    init_gloo(rank, world, port)
     try:
         res = {"cases": {}, "bad": None}
         for name, pat, dtype, local in _cases():

@@ -3,12 +3,15 @@ that a hang fails the test instead of blocking CI."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import sys
 import time
 
 import pytest
+import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 TIMEOUT_S = 300
@@ -18,6 +21,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def init_gloo(rank: int, world: int, port: int) -> None:
+    """A spawned rank's start: one CPU thread (the ranks share the cores) and a gloo group on
+    ``port`` whose collectives time out after 60 s instead of hanging."""
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
+    )
 
 
 def _run_and_exit(rank: int, fn, *args) -> None:
