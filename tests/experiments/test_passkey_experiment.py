@@ -1,3 +1,4 @@
+import gzip
 import json
 import multiprocessing
 
@@ -349,6 +350,10 @@ def test_merging_campaigns_with_the_same_run_names_is_refused(tmp_path):
     res = out / "results.json"
     with pytest.raises(ValueError, match="in both"):
         merge_results([res, res])
+    # A gzipped results.json (how history campaigns are committed) reads the same.
+    gz = tmp_path / "results.json.gz"
+    gz.write_bytes(gzip.compress(res.read_bytes()))
+    assert merge_results([gz])["runs"] == merge_results([res])["runs"]
 
 
 def test_seed_table_groups_only_runs_that_differ_in_seed():

@@ -3,6 +3,7 @@ tables and the recipe gate with Wilson intervals (pure functions of ``results.js
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,14 @@ import numpy as np
 
 
 def merge_results(paths: list[str | Path]) -> dict[str, Any]:
-    """One results dict from several ``results.json`` (campaigns run in separate calls): the
-    runs of all, and each file's metadata under ``meta["parts"]``."""
+    """One results dict from several ``results.json`` or ``results.json.gz`` (campaigns run
+    in separate calls): the runs of all, and each file's metadata under ``meta["parts"]``."""
     merged: dict[str, Any] = {"meta": {"parts": []}, "runs": {}}
     source: dict[str, str] = {}
     for path in paths:
-        res = json.loads(Path(path).read_text())
+        raw = Path(path).read_bytes()
+        # History campaigns are committed gzipped (results.json.gz) to keep the tree small.
+        res = json.loads(gzip.decompress(raw) if str(path).endswith(".gz") else raw)
         merged["meta"]["parts"].append(res["meta"])
         for name, run in res["runs"].items():
             if name in merged["runs"]:
