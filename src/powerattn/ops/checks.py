@@ -25,23 +25,22 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     # Every decode step passes through here: accept valid inputs with one expression (a few
     # microseconds less per call), and let the step-by-step checks below name any problem.
     # This only ever accepts what they accept.
-    if (
-        isinstance(q, torch.Tensor)
-        and isinstance(k, torch.Tensor)
-        and isinstance(v, torch.Tensor)
-        and q.dim() == 4
-        and k.dim() == 4
-        and k.shape == v.shape
-        and q.dtype in SUPPORTED_DTYPES
-        and q.dtype == k.dtype == v.dtype
-        and q.shape[0] == k.shape[0]
-        and q.shape[3] == k.shape[3] > 0
-        and k.shape[1] > 0
-        and q.shape[1] % k.shape[1] == 0
-        and 0 < q.shape[2] <= k.shape[2]
-        and q.device == k.device == v.device
-    ):
-        return
+    if isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor):
+        qs, ks, dt = q.shape, k.shape, q.dtype  # each read once: a decode step is host-bound
+        if (
+            len(qs) == 4
+            and len(ks) == 4
+            and ks == v.shape
+            and dt in SUPPORTED_DTYPES
+            and dt == k.dtype == v.dtype
+            and qs[0] == ks[0]
+            and qs[3] == ks[3] > 0
+            and ks[1] > 0
+            and qs[1] % ks[1] == 0
+            and 0 < qs[2] <= ks[2]
+            and q.device == k.device == v.device
+        ):
+            return
     _explain_qkv(q, k, v)
 
 

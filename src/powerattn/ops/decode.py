@@ -64,18 +64,23 @@ except ImportError:  # pragma: no cover - triton is an optional dependency
 DECODE_MAX_Q = 16
 MAX_HEAD_DIM = 256
 # Dense SDPA (no mask, enable_gqa) answers a one-query call when the pattern attends every
-# key at that length (then it is exact) and Sk is at most this many keys; above it the
-# kernel, reading the same keys, is expected to win. Provisional, from the H200 numbers known
-# so far (Qwen2-7B shapes, bf16: dense SDPA 0.034 ms at 32K and 0.080 ms at 128K; the kernel
-# 0.055 ms at 128K on power, where it reads 2% of the keys): `scripts/gpu_decode.py` times
-# the kernel on `full` against dense SDPA and prints the value the data implies.
-DENSE_DECODE_MAX_KEYS = 32768
+# key at that length (then it is exact) and Sk is at most this many keys. On the H200 dense
+# SDPA beat the kernel on `full` at every length measured, 4K..128K (0.072 against 0.111 ms at
+# 128K: the kernel streams at ~2.4 TB/s where SDPA reaches ~3.7; results/kernel/decode-session5),
+# so there is no limit in practice; a GPU where the kernel wins would lower it
+# (`scripts/gpu_decode.py` times both and prints the value its data implies).
+DENSE_DECODE_MAX_KEYS = 1 << 40
 # Work split: enough programs for this many per SM, each with at least this many units.
 TARGET_PROGRAMS_PER_SM = 2
 MIN_UNITS_PER_SPLIT = 2
 SPLITS_MAX = 64  # also the width of the combine's (m, l) load
 # Tile and launch settings (a unit is BLOCK_N_MAX tokens of a block, or the whole block).
-BLOCK_N_MAX = 64
+# H200 sweep (results/kernel/decode-session5, in-graph GPU time, Qwen2-7B shapes, power):
+# 128-token tiles are 4-5 % faster when the grid is small (B=1: 0.0183 vs 0.0192 ms at 128K,
+# 0.0150 vs 0.0157 at 8K), 64-token tiles 17 % faster when (batch x KV heads) alone fills
+# the GPU (B=32: 0.063 vs 0.076 ms): 64 from half as many (batch, head) rows as SMs.
+BLOCK_N_MAX = 128
+BLOCK_N_MAX_WIDE = 64
 NUM_WARPS = 4
 NUM_STAGES = 2
 FUSED = True  # single launch (split-K with an in-kernel semaphore)
@@ -423,7 +428,8 @@ def _plan(
     BLOCK_D = max(16, _next_pow2(D))
     BLOCK_M = min(64, max(16, _next_pow2(G * Sq)))
     n_mb = -(-G * Sq // BLOCK_M)
-    BLOCK_N = min(BLOCK_N_MAX, max(16, _next_pow2(bs)))
+    wide = B * Hkv * n_mb >= _num_sms(device) // 2
+    BLOCK_N = min(BLOCK_N_MAX_WIDE if wide else BLOCK_N_MAX, max(16, _next_pow2(bs)))
     chunks = -(-bs // BLOCK_N)
     n_qb = min((Sq + bs - 2) // bs + 1, n_kb)  # query blocks a call can span
     closed = pattern.decode_closed_form()
@@ -521,24 +527,27 @@ def _workspace(
     return hit
 
 
-def _int_class(x: int) -> int:
-    """Triton's specialisation of an int argument: == 1, a multiple of 16, other; 64-bit."""
-    return (x == 1) + 2 * (x % 16 == 0) + 4 * (x > _I32_MAX)
+_N_PTRS = (
+    10  # the kernel's pointer arguments come first: Q, K, V, Out, LSE, WS, CNT, SEQLENS, TBL, TCNT
+)
 
 
 def _launch_fast(plan: _Plan, args: tuple, device_index: int) -> None:
     """Launch through the compiled kernel's own launcher, skipping Triton's per-call argument
-    binding (most of a decode step's host time). The launcher is cached in the plan per
-    specialisation key -- the same key that Triton derives: 16-byte alignment of each pointer
-    a caller may pass, the lengths' dtype, and the class of each stride -- so a call only
-    reuses a kernel compiled for identical specialisations. The first call of a key, and
-    every call if this Triton's launcher takes other arguments, goes the usual way."""
+    binding (most of a decode step's host time). Pointers go to the launcher as integers:
+    given a tensor, it calls ``data_ptr()`` and then asks the CUDA driver about the pointer
+    (``cuPointerGetAttribute``), once per pointer per call. The launcher is cached in the
+    plan per specialisation key -- the same key that Triton derives: 16-byte alignment of
+    each pointer a caller may pass, the lengths' dtype, and the class of each stride (== 1,
+    a multiple of 16, 64-bit) -- so a call only reuses a kernel compiled for identical
+    specialisations. The first call of a key, and every call if this Triton's launcher takes
+    other arguments, goes the usual way."""
     global FAST_LAUNCH
-    q, k, v, out, _, _, _, seqlens = args[:8]
+    ptrs = [t.data_ptr() for t in args[:_N_PTRS]]
     key = (
-        q.data_ptr() % 16 == 0, k.data_ptr() % 16 == 0, v.data_ptr() % 16 == 0,
-        out.data_ptr() % 16 == 0, seqlens.data_ptr() % 16 == 0, seqlens.dtype,
-        args[22] > _I32_MAX, *map(_int_class, args[10:22]),
+        ptrs[0] % 16 == 0, ptrs[1] % 16 == 0, ptrs[2] % 16 == 0, ptrs[3] % 16 == 0,
+        ptrs[7] % 16 == 0, args[7].dtype, args[22] > _I32_MAX,
+        *[(x == 1) + 2 * (x % 16 == 0) + 4 * (x > _I32_MAX) for x in args[10:22]],
     )  # fmt: skip
     runner = plan.runners.get(key)
     if runner is None:
@@ -551,7 +560,10 @@ def _launch_fast(plan: _Plan, args: tuple, device_index: int) -> None:
             FAST_LAUNCH = False
         return
     try:
-        runner(*args, *plan.const_values, stream=torch._C._cuda_getCurrentRawStream(device_index))
+        runner(
+            *ptrs, *args[_N_PTRS:], *plan.const_values,
+            stream=torch._C._cuda_getCurrentRawStream(device_index),
+        )  # fmt: skip
     except (TypeError, ValueError) as exc:  # another launcher signature: the usual path
         FAST_LAUNCH = False
         warnings.warn(
@@ -611,8 +623,12 @@ def decode_attention(
         pattern, B, Hq, Hkv, Sq, D, q.dtype, n_kb, q.device, splits, fused, need_lse, has_seqlens
     )
     ws, cnt = _workspace(q.device, plan, fresh=not reuse_buffers)
-    if out is None:
-        out = torch.empty((B, Hq, Sq, D), dtype=q.dtype, device=q.device)
+    if out is None:  # empty_like: about half of torch.empty's host time
+        out = (
+            torch.empty_like(q)
+            if q.is_contiguous()
+            else torch.empty((B, Hq, Sq, D), dtype=q.dtype, device=q.device)
+        )
     elif not out.is_contiguous() or out.shape != q.shape or out.dtype != q.dtype:
         raise ValueError("out must be a contiguous tensor of q's shape and dtype")
     lse = torch.empty((B, Hq, Sq), dtype=torch.float32, device=q.device) if need_lse else None
