@@ -385,8 +385,9 @@ def test_a_run_refused_as_bad_input_is_not_retried_from_scratch(tmp_path, capsys
 
 
 def test_recipe_campaign_of_several_seeds_through_the_cli(tmp_path, capsys):
-    """smoke-mix: the levers of gpu-mix (a mixed-length stage, next-token loss, constant LR,
-    held-out keys, depth bins, layer runs of several patterns) and --seeds, in one call."""
+    """smoke-mix: the levers of gpu-mix (a mixed-length stage, next-token loss, the wsd
+    schedule, held-out keys, depth bins, layer runs of several patterns) and --seeds, in one
+    call."""
     out = tmp_path / "out"
     rc = main(["experiment", "passkey", "--preset", "smoke-mix", "--out", str(out), "--parts",
                "main", "--patterns", "full", "--seeds", "0,2", "--no-progress"])  # fmt: skip
@@ -397,11 +398,12 @@ def test_recipe_campaign_of_several_seeds_through_the_cli(tmp_path, capsys):
     run = res["runs"]["main-full-s2"]
     cfg = run["config"]
     assert cfg["seed"] == 2 and cfg["lm_weight"] == 1.0 and cfg["task"]["heldout_keys"]
-    assert cfg["optim"]["schedule"] == "constant" and cfg["stages"][1]["mix"] == [320]
+    assert cfg["optim"]["schedule"] == "wsd" and cfg["stages"][1]["mix"] == [320]
     assert list(run["eval"]) == ["320", "384", "448"]  # the preset's evaluation lengths
     assert sorted(set(run["eval"]["384"]["depth_target"])) == pytest.approx([1 / 6, 0.5, 5 / 6])
     lines = (out / "runs" / "main-full-s2" / "metrics.jsonl").read_text().splitlines()
     assert "lm_loss" in json.loads(lines[-1]) and "exact_match_by_len" in json.loads(lines[-1])
+    assert json.loads(lines[-1])["lr"] == 0.0  # decayed to min_lr_ratio 0 at the last step
     printed = capsys.readouterr().out
     assert "FAILED: 2 seed(s), the gate needs 3" in printed
 
@@ -444,6 +446,7 @@ def test_wilson_interval():
 def test_plan_of_the_recipe_preset():
     from powerattn.experiments.passkey import PRESETS
     from powerattn.training.model import build_model
+    from powerattn.training.trainer import lr_lambda
 
     model = build_model(PRESETS["gpu-mix"].model, get_pattern("full", block_size=32), 4096)
     assert 4.5e6 < sum(p.numel() for p in model.parameters()) < 5.5e6  # the issue's ~5M
@@ -451,13 +454,18 @@ def test_plan_of_the_recipe_preset():
     assert [r.name for r in runs] == ["main-full", "main-full-s1", "main-full-s2"]
     cfg = runs[0].config
     assert cfg.final_seq_len == 4096 and cfg.stages[-1].lengths == [4096, 512, 1024, 2048, 4096]
-    assert cfg.optim.schedule == "constant" and cfg.lm_weight == 0 and cfg.task.heldout_keys
+    assert cfg.optim.schedule == "wsd" and cfg.lm_weight == 0 and cfg.task.heldout_keys
+    # The cool-down: flat 3e-4 to step 4400, linear to 0 over the last 1100 of 5500 steps.
+    assert cfg.total_steps == 5500 and cfg.decay_steps == 1100 and cfg.optim.min_lr_ratio == 0
+    assert lr_lambda(4400, cfg) == 1.0 and lr_lambda(4950, cfg) == pytest.approx(0.5)
     assert runs[0].eval_lengths == [512, 1024, 2048, 4096, 8192]
     layers = plan("gpu-mix", ["layers"])
     assert len(layers) == 3 * 7 and "layers8-stride_slash" in {r.name for r in layers}
     assert all(r.eval_lengths == [4096] for r in layers)
     long = plan("gpu-mix", ["long"])[0].config
     assert long.build_pattern() == equal_budget(8192, 32)["power"]
+    for c in (long, layers[0].config, *(r.config for r in plan("smoke-mix", ["main", "long"]))):
+        c.validate()  # the warm-up ends before every part's decay starts
 
 
 def test_parallel_runs_go_round_robin_over_the_visible_gpus(tmp_path, monkeypatch):

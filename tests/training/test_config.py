@@ -124,7 +124,12 @@ def test_recipe_fields_round_trip_and_are_validated(tmp_path):
         ({"stages": [{"seq_len": 512, "steps": 1, "mix": [100]}]}, r"stages\[0\].mix"),
         ({"lm_weight": -1.0}, "lm_weight"),
         ({"lm_weight": 1.0, "loss_on": "all"}, "lm_weight"),
-        ({"optim": {"schedule": "linear"}}, "optim.schedule"),
+        ({"optim": {"schedule": "linear"}}, r"optim.schedule must be one of .*'wsd'"),
+        ({"optim": {"decay_frac": 0.0}}, "optim.decay_frac"),
+        ({"optim": {"decay_frac": 1.5}}, "optim.decay_frac"),
+        ({"optim": {"min_lr_ratio": -0.1}}, "optim.min_lr_ratio"),
+        # 300 default steps, the last 60 decaying: a 250-step warm-up runs into them
+        ({"optim": {"schedule": "wsd", "warmup_steps": 250}}, "optim.warmup_steps"),
     ]:
         with pytest.raises(ValueError, match=match):
             TrainConfig.from_dict(change).validate()

@@ -145,6 +145,71 @@ def test_constant_schedule_after_warmup():
     assert lrs[0] == pytest.approx(0.1) and lrs[9:] == [1.0] * 41
 
 
+def test_wsd_schedule_exact_values_over_every_stage():
+    """Warm-up, flat, then linear to min_lr_ratio over the last decay_frac of the steps of
+    all stages (30 + 70 = 100: a decay of 20 steps from step 80), for two floors."""
+    cfg = tiny_config(stages=[Stage(320, 30), Stage(384, 70)])
+    cfg.optim = OptimConfig(warmup_steps=10, schedule="wsd", decay_frac=0.2, min_lr_ratio=0.1)
+    cfg.validate()
+    assert cfg.decay_steps == 20
+    lam = functools.partial(lr_lambda, cfg=cfg)
+    assert lam(0) == pytest.approx(0.1) and lam(9) == pytest.approx(1.0)
+    assert [lam(s) for s in (10, 29, 30, 31, 79, 80)] == [1.0] * 6  # across the stage switch
+    assert lam(81) == pytest.approx(0.1 + 0.9 * 19 / 20)
+    assert lam(90) == pytest.approx(0.55)
+    assert lam(99) == pytest.approx(0.1 + 0.9 / 20)  # the last update
+    assert lam(100) == pytest.approx(0.1) and lam(150) == pytest.approx(0.1)
+    decay = [lam(s) for s in range(80, 101)]
+    assert all(a > b for a, b in zip(decay, decay[1:], strict=False))
+    cfg.optim.min_lr_ratio = 0.0
+    assert lam(90) == pytest.approx(0.5) and lam(99) == pytest.approx(0.05) and lam(100) == 0.0
+
+
+def test_wsd_learning_rate_of_each_update_in_the_optimizer():
+    """What AdamW actually uses: update t runs at lr * lr_lambda(t) (the scheduler is stepped
+    after each update), so the first decaying update is the one after the flat part."""
+    from powerattn.training.trainer import build_optimizer
+
+    cfg = tiny_config(stages=[Stage(320, 4), Stage(384, 6)])
+    cfg.optim = OptimConfig(lr=1e-3, warmup_steps=2, schedule="wsd", decay_frac=0.4)
+    cfg.optim.min_lr_ratio = 0.0
+    model = torch.nn.Linear(2, 2)
+    opt, sched = build_optimizer(model, cfg)
+    used = []
+    for _ in range(cfg.total_steps):
+        used.append(opt.param_groups[0]["lr"])
+        model(torch.ones(1, 2)).sum().backward()
+        opt.step()
+        sched.step()
+    want = [0.5, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25]  # the last 4 updates: 1, 3/4, 1/2, 1/4
+    assert used == pytest.approx([1e-3 * w for w in want])
+    assert opt.param_groups[0]["lr"] == 0.0  # after the last update
+
+
+def test_wsd_schedule_survives_a_resume(tmp_path):
+    """A run killed in its flat part and resumed logs the same learning rate at every step
+    as a run trained straight, across the stage switch and the decay."""
+    cfg = tiny_config(stages=[Stage(320, 4), Stage(384, 6, mix=[320])], checkpoint_every=3)
+    cfg.optim = OptimConfig(lr=1e-3, warmup_steps=2, schedule="wsd", decay_frac=0.4)
+    Trainer(cfg, tmp_path / "a", progress=False).train()
+    Trainer(cfg, tmp_path / "b", progress=False).train(stop_at=5)  # checkpoint at step 3
+    resumed = Trainer(cfg, tmp_path / "b", progress=False)
+    assert resumed.load_checkpoint() and resumed.step == 3
+    resumed.train()
+
+    def lrs(d):
+        lines = (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+        return [(m["step"], m["lr"]) for m in map(json.loads, lines)]
+
+    # The logged lr is the next update's: lr * lr_lambda(step).
+    assert lrs("a") == lrs("b")
+    assert [s for s, _ in lrs("a")] == list(range(1, 11))
+    assert [x for _, x in lrs("a")] == pytest.approx(
+        [1e-3 * lr_lambda(s, cfg) for s in range(1, 11)]
+    )
+    assert lrs("a")[-1][1] == pytest.approx(1e-4)  # min_lr_ratio 0.1 at the end
+
+
 def test_lm_loss_is_the_next_token_loss_of_the_other_positions():
     """With lm: the answer loss and correctness are those of the answer-only loss, and the
     LM loss is the mean cross-entropy of every next token before the answer."""

@@ -8,7 +8,7 @@ A config file mirrors the dataclasses::
     pattern: {name: power}                  # equal budget at the final length by default
     task: {block_size: 32, digits: 5}
     stages: [{seq_len: 512, steps: 200}, {seq_len: 4096, steps: 2000, mix: [1024, 2048]}]
-    optim: {lr: 1.0e-3, warmup_steps: 50, schedule: constant}
+    optim: {lr: 1.0e-3, warmup_steps: 50, schedule: wsd, decay_frac: 0.2, min_lr_ratio: 0.0}
     lm_weight: 1.0                          # also learn the haystack (next-token loss)
 """
 
@@ -84,11 +84,20 @@ class Stage:
         return [self.seq_len, *self.mix]
 
 
+SCHEDULES = ("cosine", "constant", "wsd")
+
+
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up, then (``schedule``) cosine decay to ``min_lr_ratio * lr``
-    at the last step, or a constant ``lr`` (a run stopped early by wall time is then not
-    left half-way down a schedule planned for more steps)."""
+    """AdamW with a linear warm-up over ``warmup_steps``, then, by ``schedule``:
+
+    * ``"cosine"``: cosine decay to ``min_lr_ratio * lr`` at the last step;
+    * ``"constant"``: ``lr`` to the end (a run stopped early by wall time is then not left
+      half-way down a schedule planned for more steps);
+    * ``"wsd"`` (warm-up, stable, decay): ``lr`` until the last ``decay_frac`` of all steps
+      (every stage counted), then a linear decay to ``min_lr_ratio * lr`` at the last step.
+      A run stopped by wall time before the decay starts gets none of it.
+    """
 
     lr: float = 1e-3
     weight_decay: float = 0.1
@@ -97,7 +106,8 @@ class OptimConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
-    schedule: str = "cosine"  # or "constant"
+    schedule: str = "cosine"  # one of SCHEDULES
+    decay_frac: float = 0.2  # "wsd" only: the fraction of the total steps spent decaying
 
 
 @dataclass
@@ -133,6 +143,12 @@ class TrainConfig:
     @property
     def final_seq_len(self) -> int:
         return self.stages[-1].seq_len
+
+    @property
+    def decay_steps(self) -> int:
+        """The steps of the ``"wsd"`` schedule's final linear decay: ``decay_frac`` of
+        :attr:`total_steps`, rounded, at least 1."""
+        return max(1, round(self.optim.decay_frac * self.total_steps))
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -172,9 +188,18 @@ class TrainConfig:
                 f"lm_weight must be >= 0, and 0 with loss_on='all' (which already trains on "
                 f"every token), got {self.lm_weight} with loss_on={self.loss_on!r}"
             )
-        if self.optim.schedule not in ("cosine", "constant"):
+        o = self.optim
+        if o.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {o.schedule!r}")
+        if not 0.0 <= o.min_lr_ratio <= 1.0:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+        if not 0.0 < o.decay_frac <= 1.0:
+            raise ValueError(f"optim.decay_frac must be in (0, 1], got {o.decay_frac}")
+        if o.schedule == "wsd" and o.warmup_steps > self.total_steps - self.decay_steps:
             raise ValueError(
-                f"optim.schedule must be 'cosine' or 'constant', got {self.optim.schedule!r}"
+                f"optim.warmup_steps ({o.warmup_steps}) runs into the wsd decay (the last "
+                f"{self.decay_steps} of {self.total_steps} steps, decay_frac {o.decay_frac}): "
+                "use fewer warmup_steps, a smaller decay_frac or more steps"
             )
         if self.pattern.name not in pattern_names():
             raise ValueError(

@@ -72,14 +72,23 @@ def resolve_device(name: str) -> torch.device:
 
 
 def lr_lambda(step: int, cfg: TrainConfig) -> float:
-    """Multiplier of the base learning rate at ``step``: linear warm-up over
-    ``warmup_steps``, then cosine decay to ``min_lr_ratio`` at the last step, or 1 with
-    ``optim.schedule="constant"``."""
+    """Multiplier of the base learning rate for the update of ``step`` (0-based; the
+    scheduler is stepped after each update, so update ``t`` uses ``lr_lambda(t)``): linear
+    warm-up over ``warmup_steps``, then by ``optim.schedule``: cosine decay reaching
+    ``min_lr_ratio`` at ``step = total_steps``; 1 (``"constant"``); or 1 until the last
+    ``cfg.decay_steps`` updates, which decay linearly (``"wsd"``: the first of them at 1, the
+    last at ``min_lr_ratio + (1 - min_lr_ratio) / decay_steps``, reaching ``min_lr_ratio`` at
+    ``step = total_steps``). ``step`` counts every stage's steps (``cfg.total_steps``)."""
     o = cfg.optim
     if step < o.warmup_steps:
         return (step + 1) / o.warmup_steps
     if o.schedule == "constant":
         return 1.0
+    if o.schedule == "wsd":
+        left = max(cfg.total_steps - step, 0)  # updates still to come, this one included
+        if left >= cfg.decay_steps:
+            return 1.0
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * left / cfg.decay_steps
     span = max(cfg.total_steps - o.warmup_steps, 1)
     t = min((step - o.warmup_steps) / span, 1.0)
     return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
