@@ -55,10 +55,11 @@ parts (each a list of runs; every run trains one model, then evaluates it):
 
 presets:
   smoke       2-layer models, 4-6 steps, 320-448 tokens: checks every code path on a CPU
-  smoke-mix   the same for the levers of gpu-mix (mixed lengths, LM loss, constant LR)
+  smoke-mix   the same for the levers of gpu-mix (mixed lengths, LM loss, wsd schedule)
   gpu-mix     the recipe of the gate: 6 layers, hidden 256 (~5M parameters), a 250-step
               warm-up at 320/512 tokens, then 5250 steps each drawing its length from
-              512..4096 (long: ..8192), batch 16, constant LR 3e-4, 10 depth bins x 64
+              512..4096 (long: ..8192), batch 16, lr 3e-4 decayed to 0 over the last
+              20 % of the steps (wsd), 10 depth bins x 64
               documents on held-out keys; layers part: power, sliding window and stride
               slash with 1..8 layers
   gpu         the second campaign: 6-layer hidden-128 models, 320 -> 4096 tokens (long:
