@@ -59,9 +59,8 @@ presets:
   gpu-mix     the recipe of the gate: 6 layers, hidden 256 (~5M parameters), a 250-step
               warm-up at 320/512 tokens, then 5250 steps each drawing its length from
               512..4096 (long: ..8192), batch 16, lr 3e-4 decayed to 0 over the last
-              20 % of the steps (wsd), 10 depth bins x 64
-              documents on held-out keys; layers part: power, sliding window and stride
-              slash with 1..8 layers
+              20 % of the steps (wsd), 10 depth bins x 64 documents on held-out keys;
+              layers part: power, sliding window and stride slash with 1..8 layers
   gpu         the second campaign: 6-layer hidden-128 models, 320 -> 4096 tokens (long:
               8192), 300 steps per length after a 200-step warm-up
   gpu-replay  the first campaign: shorter stages, 25 % of steps replay earlier lengths
