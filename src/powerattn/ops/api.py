@@ -26,7 +26,7 @@ import torch
 
 from ..patterns import Pattern, get_pattern
 from . import decode as _decode
-from .checks import check_qkv, resolve_scale
+from .checks import check_qkv, needs_grad, resolve_scale
 from .dense import dense_scores_count, dense_sparse_attention
 from .flex import flex_sparse_attention, pick_kernel
 from .reference import reference_attention
@@ -38,21 +38,17 @@ CPU_DENSE_AUTO_MAX = 1 << 26
 DECODE_MAX_Q = _decode.DECODE_MAX_Q
 
 
-def _needs_grad(*ts: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
-
-
 def _pick_backend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, return_lse: bool
 ) -> str:
     if q.dtype == torch.float64:  # checks and references: the fused kernels are 16/32-bit
         return "dense"
     if q.device.type == "cuda":
-        if q.shape[2] <= DECODE_MAX_Q and not _needs_grad(q, k, v) and _decode.supports(q, k):
+        if q.shape[2] <= DECODE_MAX_Q and not needs_grad(q, k, v) and _decode.supports(q, k):
             return "decode_auto"  # the kernel, or dense SDPA where that is exact and faster
-        return pick_kernel(q, pattern, lse_with_grad=return_lse and _needs_grad(q, k, v))
+        return pick_kernel(q, pattern, lse_with_grad=return_lse and needs_grad(q, k, v))
     # FlexAttention's CPU kernel has no backward and no lse: those go dense (chunked: any length).
-    if dense_scores_count(q, k) <= CPU_DENSE_AUTO_MAX or _needs_grad(q, k, v) or return_lse:
+    if dense_scores_count(q, k) <= CPU_DENSE_AUTO_MAX or needs_grad(q, k, v) or return_lse:
         return "dense"
     return "flex"
 
@@ -113,7 +109,7 @@ def sparse_attention(
         out, lse = dense_sparse_attention(q, k, v, pattern, scale)
     elif backend in ("decode", "decode_auto"):
         if backend == "decode":  # auto checked both already (a decode step is host-bound)
-            if _needs_grad(q, k, v):
+            if needs_grad(q, k, v):
                 raise ValueError(
                     "backend='decode' has no backward; inputs require grad (use 'flex' or 'auto')"
                 )
@@ -122,7 +118,7 @@ def sparse_attention(
             q, k, v, pattern, scale, need_lse=return_lse, allow_dense=backend == "decode_auto"
         )
     else:
-        if q.device.type != "cuda" and _needs_grad(q, k, v):
+        if q.device.type != "cuda" and needs_grad(q, k, v):
             raise ValueError(
                 f"backend='flex' has no backward on {q.device.type} (FlexAttention limitation); "
                 "inputs require grad: use backend='dense' (or 'auto')"

@@ -89,6 +89,11 @@ def _explain_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         )
 
 
+def needs_grad(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether autograd will want gradients of this call (no generator: decode is host-bound)."""
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+
+
 def resolve_scale(scale: Any, head_dim: int) -> float:
     """The softmax scale: ``1 / sqrt(head_dim)`` for ``None``, else ``scale`` as a float
     (``ValueError`` unless it is a finite real number; bools and strings refused)."""

@@ -53,6 +53,7 @@ except ImportError:  # pragma: no cover - older torch
     AuxRequest = None
 
 from ..patterns import Pattern
+from .checks import needs_grad
 from .layout import tile_entries
 
 # FlexAttention tile (its BlockMask BLOCK_SIZE). 128 is what its GPU kernels are tuned for;
@@ -363,10 +364,6 @@ def _flash_lse_scale(index: int | None) -> float:
     )
 
 
-def _needs_grad(*ts: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
-
-
 def pick_kernel(q: torch.Tensor, pattern: Pattern, lse_with_grad: bool = False) -> str:
     """``"flash"`` (FlashAttention-4) where it can serve the input, else ``"flex"``. An lse
     that takes part in a backward (``lse_with_grad``: e.g. merging partial attentions in
@@ -403,7 +400,7 @@ def flex_sparse_attention(
         reason = flash_unsupported(q, pattern)
         if reason:
             raise ValueError(f"backend='flash' cannot run: {reason}. Use backend='flex'")
-    if kernel == "flash" and need_lse and _needs_grad(q, k, v):
+    if kernel == "flash" and need_lse and needs_grad(q, k, v):
         raise ValueError(
             "backend='flash' cannot differentiate through the lse (FlashAttention-4's backward "
             "has no dLSE in FlexAttention, torch 2.11): use backend='flex' (auto does)"
@@ -427,7 +424,7 @@ def flex_sparse_attention(
         kernel = "flex"
     static = True
     if not compiling and not on_cpu:
-        grad = _needs_grad(q, k, v)
+        grad = needs_grad(q, k, v)
         sig = (q.dtype, q.shape, k.shape, q.device, pattern, kernel, need_lse, grad)
         static = sig in _static_signatures or len(_static_signatures) < STATIC_VARIANTS
         if static:
