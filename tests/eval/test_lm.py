@@ -130,17 +130,23 @@ def test_steady_tokens_per_s(tmp_path):
     assert lm.steady_tokens_per_s(path) is None
 
 
-def _verdict_runs(tmp_path, scales, seeds=(0, 1), **override):
-    """Runs whose NLL is one shared base times a per-pattern scale, plus a small seed offset
-    (seed noise ~1e-3 in ln ppl)."""
-    base = np.random.default_rng(0).uniform(1, 2, size=(6, 5))
+# Per-token NLL by position bucket: falling with position, as in a model that uses its context
+# (full attention's gain from bucket 1 to the last quarter ~0.5 > lm.CEILING_GAIN), or not.
+USES_CONTEXT = (1.6, 1.4, 1.2, 1.0, 0.8)
+NO_GAIN = (1.2, 1.0, 1.0, 1.0, 1.0)
+
+
+def _verdict_runs(tmp_path, scales, seeds=(0, 1), profile=USES_CONTEXT, **override):
+    """Runs whose NLL is one shared base (per-token NLL ~0.75-1.5 times ``profile`` by bucket)
+    times a per-pattern scale, plus a small seed offset (seed noise ~1e-3 in ln ppl)."""
+    base = np.random.default_rng(0).uniform(1, 2, size=(6, 5)) * np.asarray(profile) * 48
     for p, scale in scales.items():
         for s in seeds:
             run = {
                 "name": lm.run_name(p, s), "pattern": p, "full_layers": [], "seed": s,
                 "context": 320, "bucket": 64, "steps": 3, "steps_planned": 3, "complete": True,
                 "check_pass": True, "tokens_trained": 1920, "window_docs": [0, 1, 2, 0, 1, 2],
-                "window_nll": (base * scale + 1e-3 * s).tolist(),
+                "window_nll": (base * scale + 64e-3 * s).tolist(),
                 "bucket_tokens": lm.bucket_counts(320, 64).tolist(),
             }  # fmt: skip
             run.update(override.get(run["name"], {}))
@@ -183,3 +189,45 @@ def test_table1_verdicts_refuted_and_inconclusive(tmp_path):
     v = lm.table1_verdicts(_verdict_runs(tmp_path / "d", PAPER_LIKE, **cut))
     assert v["excluded_runs"] == ["full-s0", "power-s1"]
     assert set(v["claims"].values()) == {"inconclusive"}
+
+
+def test_context_gain_and_ceiling(tmp_path):
+    """Claims 1-2 are tested only when full attention gains from long context: with no gain
+    beyond the first bucket the same gaps give "inconclusive (ceiling not
+    reached)", also where they would refute (a sparse pattern better than full)."""
+    runs = _verdict_runs(tmp_path / "a", PAPER_LIKE)
+    full = next(r for r in runs if r["name"] == "full-s0")
+    nll = np.asarray(full["window_nll"]).sum(0) / (np.asarray(full["bucket_tokens"]) * 6)
+    assert lm.context_gain(full) == pytest.approx(nll[1] - nll[4])  # last quarter: >= 240
+    v = lm.table1_verdicts(runs)
+    assert v["ceiling"]["reached"] and min(v["ceiling"]["context_gain_full"]) > 0.3
+    for name, scales in (("b", PAPER_LIKE), ("c", {**PAPER_LIKE, "power": 0.97})):
+        v = lm.table1_verdicts(_verdict_runs(tmp_path / name, scales, profile=NO_GAIN))
+        assert not v["ceiling"]["reached"] and max(v["ceiling"]["context_gain_full"]) < 0
+        assert set(v["claims"].values()) == {"inconclusive (ceiling not reached)"}
+        assert v["pairs"]["full - power"]["distinguishable"]  # the pairs are still reported
+    # Without full attention claim 2's gaps would decide it; with no ceiling to measure, not.
+    no_full = {k: v for k, v in PAPER_LIKE.items() if k != "full"}
+    v = lm.table1_verdicts(_verdict_runs(tmp_path / "d", no_full))
+    assert v["claims"]["power_sliding_stride_close_longnet_dilated_worse"] == (
+        "inconclusive (ceiling unknown)"
+    )
+    assert v["claims"]["sparse_worse_than_full_small_margin"] == "inconclusive"
+    # Three buckets or fewer leave no last quarter apart from the second bucket.
+    assert lm.context_gain({**full, "context": 192, "window_nll": [[1, 1, 1]],
+                            "bucket_tokens": [63, 64, 64]}) is None  # fmt: skip
+
+
+def test_throughput_makespan(tmp_path):
+    """The planning figure: all runs' tokens over the longest run's time; the sum of per-run
+    rates overstates it when one run ends early."""
+    runs = [
+        {"name": "a", "tokens_per_s": 200.0, "train_s_this_call": 50.0},  # fast, ends early
+        {"name": "b", "tokens_per_s": 100.0, "train_s_this_call": 100.0},
+    ]
+    t = lm.throughput(tmp_path, runs)
+    assert t["makespan_s"] == 100.0
+    assert t["makespan_tokens_per_s"] == pytest.approx((200 * 50 + 100 * 100) / 100)
+    assert t["aggregate_steady_tokens_per_s"] is None  # no metrics.jsonl here
+    t = lm.throughput(tmp_path, [*runs, {"name": "c", "tokens_per_s": None}])
+    assert t["makespan_tokens_per_s"] is None

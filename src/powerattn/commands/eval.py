@@ -221,12 +221,15 @@ def write_lm_results(runs: str | Path, results: str | Path) -> str:
     _write_results(results, "summary.json", summary)
     _write_results(results, "details.json", details)
     agg = details["throughput"]["aggregate_steady_tokens_per_s"]
+    span = details["throughput"].get("makespan_tokens_per_s")
     text = (
         lm.summary_table(summary, details)
         + "\n\n"
         + lm.verdict_text(details)
         + "\n\naggregate steady-state training tokens/s (sum over runs): "
         + ("n/a" if agg is None else f"{agg:.4g}")
+        + "\ntraining tokens/s of all runs over the longest run's training time (plan with this): "
+        + ("n/a" if span is None else f"{span:.4g}")
         + "\n"
     )
     (Path(results) / "table.txt").write_text(text)
