@@ -3,6 +3,7 @@
 Run from the repository root on the GPU machine (nvidia-h200, about 4-6 minutes):
 
     OUT=/tmp/out PYTHONPATH=src python3 scripts/gpu_decode.py
+    QUICK=1 OUT=/tmp/out PYTHONPATH=src python3 scripts/gpu_decode.py   # no settings sweep
 
 1. correctness: the kernel cases of tests/ops/decode_cases.py (every pattern, GQA, odd
    lengths, Sq in 1..16, per-sequence lengths, the public operator, the custom op under
@@ -272,7 +273,8 @@ def main() -> int:
         ("full pattern: kernel vs dense (DENSE_DECODE_MAX_KEYS)",
          lambda: bench.bench_full_pattern([4096, 16384, 32768, 65536, 131072], log=log)),
     ]  # fmt: skip
-    for s, B in ((8192, 1), (131072, 1), (131072, 32)):
+    # QUICK=1: correctness and the eager/graph/batched timings only (no settings sweep).
+    for s, B in () if os.environ.get("QUICK") == "1" else ((8192, 1), (131072, 1), (131072, 32)):
         sections.append(
             (f"kernel settings, split counts, fused or not (in-graph per call), S={s} B={B}",
              lambda s=s, B=B: bench.bench_kernel_configs(s, B, log=log))
