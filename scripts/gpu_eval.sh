@@ -4,22 +4,31 @@
 #
 #   OUT=$OUT bash scripts/gpu_eval.sh [PARTS [BUDGET_S]]
 #
-#   OUT=$OUT bash scripts/gpu_eval.sh                  # = plan 420: the one-call plan below
-#   OUT=$OUT bash scripts/gpu_eval.sh lm,ruler 560     # a later call: RULER needs lm's runs
+#   OUT=$OUT bash scripts/gpu_eval.sh                  # = plan 560: the one-call plan below
+#   OUT=$OUT bash scripts/gpu_eval.sh ruler 560        # next call, machine still warm: RULER
+#                                                      # continues the lm runs in $WORK/lm
 #   OUT=$OUT bash scripts/gpu_eval.sh probe 560
 #
-# The one-call plan (PARTS=plan, the default; nvidia-h200, call timeout 480 s): Table 1 only.
+# The one-call plan (PARTS=plan, the default; nvidia-h200, call timeout 600 s): Table 1 only.
 # 12 runs at once on the one GPU (6 patterns x seeds 0,1), the `gpu` preset of
 # powerattn.eval.lm: a 28M-parameter Llama (7 layers, hidden 512, BPE vocabulary 8192),
-# 4096 tokens = 128 blocks of 32, 4 windows per step, 300 steps = 4.9M tokens per run, 59M in
-# all. Planning figure: 0.3M training tokens/s aggregate over the 12 runs (conservative: the
-# passkey campaign measured 1.6M/s for a 16x cheaper model that was not compute-bound) ->
-# ~200 s of training, plus ~40 s corpus, ~60 s start-up/compilation/checks, ~30 s evaluation,
-# ~20 s packing: ~350 s, and the training deadline (60 s before the part's end) leaves ~40 s
-# of margin for a slower GPU before runs stop incomplete.
-# RULER and probing need trained models (a few hundred steps teach them nothing at 4096
-# tokens; docs/evaluation.md's floor rule would call them inconclusive), so they wait for a
-# later call planned from this one's measured tokens/s.
+# 4096 tokens = 128 blocks of 32, 4 windows per step, 900 steps = 14.7M tokens per run, 177M
+# in all. Planning figure, measured by session 5's call (300 steps, 192 s): 12 runs sharing
+# the H200 train 5.0e5 tokens/s in all (5.2e5 over the longest run's time; the 6.6e5 that
+# call's log printed summed per-run rates over unequal times and overstates it) -> ~355 s of
+# training + ~10 s compilation; plus 25 s corpus, ~50 s start-up/checks/evaluation, ~5 s
+# packing: ~445 s. The training deadline (60 s before the part's end: 455 s into the lm part,
+# ~440 s of training) leaves ~20 % margin before runs stop incomplete. Longer runs do not fit
+# one call: 1000 steps leaves 8 %, 1500 (12 x 450 s at 6.6e5) would need ~600 s of training.
+# Session 5's 300 steps (4.9M tokens) left every model far from converged: full attention was
+# the worst model and no model used context beyond ~1K tokens (results/lm/README.md).
+# With lm and ruler in one call (lm,ruler 560: lm gets 2/3, ~270 s of training) the lm runs
+# must be shortened to LM_STEPS=560; better: lm alone, then `ruler 560` while the machine is
+# warm (RULER resumes from the checkpoints in $WORK/lm, which never leave the machine).
+# A scout of how many tokens full attention needs to overtake the local patterns (4 runs,
+# 8x the plan's tokens; the rate of 4 runs sharing the GPU is not measured yet):
+#   CORPUS=/tmp/eval/corpus WORK=/tmp/scout PATTERNS=full,sliding_window LM_STEPS=2400 \
+#       OUT=$OUT bash scripts/gpu_eval.sh lm 560
 #
 # BUDGET_S bounds the whole call: training stops at its part's deadline (the run is evaluated
 # and marked incomplete, never compared at unequal budgets; it resumes from $WORK while the
@@ -32,7 +41,7 @@
 # "check"; the log prints CHECK FAILED; a failing run is excluded by the decision rules but
 # still trains, so that a false alarm costs no data).
 #
-# Knobs (environment): SEEDS (0,1), LM_STEPS (the preset's 300), PATTERNS (all six), JOBS
+# Knobs (environment): SEEDS (0,1), LM_STEPS (the preset's 900), PATTERNS (all six), JOBS
 # (12), RULER_STEPS, RULER_SAMPLES (5), RULER_TASKS, PROBE_SCALE (0.3), CORPUS_MB (60),
 # PRESET (gpu), DEVICE (cuda). CPU dry run of every part (a stub nvidia-smi on the PATH):
 #   PRESET=tiny DEVICE=cpu JOBS=2 CORPUS_MB=5 OUT=/tmp/o WORK=/tmp/w bash scripts/gpu_eval.sh all 900
@@ -46,7 +55,7 @@
 # results/{lm,ruler,probing} from runs.tgz alone.
 set -uo pipefail
 PARTS=${1:-plan}
-BUDGET=${2:-420}
+BUDGET=${2:-560}
 [ "$PARTS" = all ] && PARTS=lm,ruler,probe
 [ "$PARTS" = plan ] && PARTS=lm
 OUT=${OUT:-/tmp/eval_out}
@@ -150,7 +159,9 @@ fi
 
 if has ruler; then
     S=$(share ruler)
-    RSTEPS=${RULER_STEPS:-$(python3 -c "print(max(5, int($S * 0.4 * 0.3e6 / $STEP_TOKENS / 11)))")}
+    # 11 runs (6 patterns + 5 hybrids) training 40 % of the part at the 5.0e5 tokens/s that 12
+    # lm runs measured together (session 5): ~600 steps in `ruler 560`, ~190 in `lm,ruler 560`.
+    RSTEPS=${RULER_STEPS:-$(python3 -c "print(max(5, int($S * 0.4 * 0.5e6 / $STEP_TOKENS / 11)))")}
     # The tiny preset's 320 tokens cannot hold cwe/fwe/multi-value samples; its dry run
     # needs only a few steps.
     [ "$PRESET" = tiny ] && RULER_TASKS=${RULER_TASKS:-niah_single,vt} && RSTEPS=${RULER_STEPS:-3}
