@@ -3,7 +3,13 @@ import itertools
 import numpy as np
 import pytest
 
-from powerattn.experiments.verdicts import beyond_guessing, bootstrap, summary, verdicts
+from powerattn.experiments.verdicts import (
+    beyond_guessing,
+    bootstrap,
+    summary,
+    verdict_table,
+    verdicts,
+)
 
 N_BINS, PER_BIN = 10, 64
 
@@ -178,3 +184,29 @@ def test_fewer_than_three_seeds_are_never_more_than_inconclusive():
     got = {v["claim"]: v for v in verdicts({"runs": {r["name"]: r for r in runs}}, 4096)}
     v = got["power and stride slash solve the training length (4096)"]
     assert v["status"] == "inconclusive" and "else: reproduced" in v["evidence"]
+
+
+def test_runs_stopped_early_are_left_out_and_other_documents_refused():
+    runs = []
+    for s in range(3):
+        runs += [_run("power", s, {4096: 0.99}), _run("stride_slash", s, {4096: 0.98})]
+    results = {"runs": {r["name"]: r for r in runs}}
+    claim = "power and stride slash solve the training length (4096)"
+    assert {v["claim"]: v["status"] for v in verdicts(results, 4096)}[claim] == "reproduced"
+    cut = results["runs"]["main-power-s2-L6"]
+    cut["steps_done"], cut["steps_planned"] = 900, 1000  # stopped by the deadline
+    s = summary(results)
+    assert s["incomplete"] == ["main-power-s2-L6"]
+    assert {(c["pattern"], c["seed"]) for c in s["cells"]} == {
+        (p, i) for p in ("power", "stride_slash") for i in range(3)
+    } - {("power", 2)}
+    v = {v["claim"]: v for v in s["verdicts"]}[claim]
+    assert v["status"] == "inconclusive" and "only 2 seed(s)" in v["evidence"]
+    assert "left out (stopped before their last step): main-power-s2-L6" in verdict_table(s)
+    # The same documents everywhere, or no summary.
+    for r in results["runs"].values():
+        r["eval"]["4096"]["depth"] = [0.5] * N_BINS * PER_BIN
+    summary(results)
+    results["runs"]["main-stride_slash-s1-L6"]["eval"]["4096"]["depth"][7] = 0.51
+    with pytest.raises(ValueError, match="different documents at 4096"):
+        summary(results)

@@ -10,8 +10,10 @@ in ``docs/experiments.md`` ("The gate and the decision rules") before the ``gpu-
   says cannot arrive exceed the chance of guessing their unreachable digits.
 * :func:`summary` -- the machine-readable summary (cells + gate + verdicts).
 
-Only final models are used (``eval``, not ``stage_eval``); runs of another preset or steps
-than the others of their group are the caller's business (``summary`` takes one campaign).
+Only final models are used (``eval``, not ``stage_eval``), only of runs that trained every
+planned step; ``summary`` refuses runs scored on different documents (e.g. merged campaigns of
+two presets). Runs of other steps or models than the others of their group are the caller's
+business (``summary`` takes one campaign, possibly merged from several calls).
 """
 
 from __future__ import annotations
@@ -194,10 +196,39 @@ def _difference(results, part, p, q, lengths, layers=None) -> dict[str, Any] | N
     return bootstrap([a, b], [1.0, -1.0])
 
 
+def incomplete_runs(results: dict[str, Any]) -> list[str]:
+    """Runs that stopped before their last planned step (``--deadline``): their final model
+    missed the end of the schedule (with ``wsd``, some or all of the cool-down), so no
+    verdict counts them."""
+    return [n for n, r in results["runs"].items() if r["steps_done"] < r["steps_planned"]]
+
+
+def check_same_documents(results: dict[str, Any]) -> None:
+    """Raise ``ValueError`` unless every run evaluated at a length was scored on the same
+    documents there (same needle depth per document), as the paired comparisons assume: the
+    documents are a function of the preset's evaluation seed and the length, so a merge of
+    campaigns of different presets (or of code that draws other documents) fails here."""
+    first: dict[str, tuple[str, list[float]]] = {}
+    for name, r in results["runs"].items():
+        for n, ev in r["eval"].items():
+            if "depth" not in ev:
+                continue
+            if n not in first:
+                first[n] = (name, ev["depth"])
+            elif ev["depth"] != first[n][1]:
+                raise ValueError(
+                    f"{name} and {first[n][0]} were scored on different documents at {n} "
+                    "tokens: merge only campaigns of one preset, run with the same evaluation code"
+                )
+
+
 def verdicts(results: dict[str, Any], train_len: int) -> list[dict[str, str]]:
     """Each claim of the paper's Figure 3 and Figure 1b: reproduced / refuted /
     inconclusive (or "not tested" where the campaign lacks the runs), by the rules of
-    ``docs/experiments.md``."""
+    ``docs/experiments.md``. Runs stopped before their last step are left out
+    (:func:`incomplete_runs`)."""
+    cut = set(incomplete_runs(results))
+    results = {**results, "runs": {n: r for n, r in results["runs"].items() if n not in cut}}
     out = []
     twice = 2 * train_len
     lengths_sw = [n for n in (train_len, twice) if _has(results, "main", "sliding_window", n)]
@@ -399,8 +430,12 @@ def _difference_mixed(results, part, q, length, layers) -> dict[str, Any] | None
 def summary(results: dict[str, Any]) -> dict[str, Any]:
     """The machine-readable summary of a campaign (issue 10's schema): one cell per
     pattern / seed / layers / length / depth bin of the final models (correct, total,
-    reachable_total, reachable_correct), the gate, and the verdicts."""
-    runs = list(results["runs"].values())
+    reachable_total, reachable_correct), the gate, and the verdicts. Runs stopped before their
+    last step are listed under ``incomplete`` and left out of the cells and the verdicts;
+    runs scored on different documents are refused (:func:`check_same_documents`)."""
+    check_same_documents(results)
+    cut = incomplete_runs(results)
+    runs = [r for n, r in results["runs"].items() if n not in cut]
     main = [r for r in runs if r["part"] == "main"] or runs
     train_len = max(r["config"]["stages"][-1]["seq_len"] for r in main) if main else 0
     cells = []
@@ -425,6 +460,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         "block_size": block,
         "seeds": sorted({r["config"]["seed"] for r in runs}),
         "gate": {k: v for k, v in gate(results).items() if k != "runs"},
+        "incomplete": cut,
         "cells": cells,
         "verdicts": verdicts(results, train_len) if runs else [],
     }
@@ -436,9 +472,19 @@ def verdict_table(s: dict[str, Any]) -> str:
     lines = [f"gate: {'PASSED' if g['passed'] else 'FAILED'} ({g['reason']})"]
     if not g["passed"]:
         lines.append("  (the gate failed: no verdict below is a test of the paper)")
+    if s.get("incomplete"):
+        lines.append("left out (stopped before their last step): " + ", ".join(s["incomplete"]))
     for v in s["verdicts"]:
         lines.append(f"{v['status']:<13} {v['claim']}: {v['evidence']}")
     return "\n".join(lines)
 
 
-__all__ = ["beyond_guessing", "bootstrap", "summary", "verdict_table", "verdicts"]
+__all__ = [
+    "beyond_guessing",
+    "bootstrap",
+    "check_same_documents",
+    "incomplete_runs",
+    "summary",
+    "verdict_table",
+    "verdicts",
+]
