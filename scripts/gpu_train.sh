@@ -1,29 +1,86 @@
 #!/usr/bin/env bash
-# The passkey experiments on the GPU machine (run from the repository root there).
+# The passkey experiments on the GPU machine, one call (run from the repository root there).
 #
-#   scripts/gpu_train.sh PARTS TIME_LIMIT_S [more `powerattn experiment passkey` args]
-#   e.g. scripts/gpu_train.sh main 300 --jobs 10
-#   PRESET=gpu-mix scripts/gpu_train.sh main 590 --seeds 0,1,2 --jobs 18 --deadline 500
-#     (Figure 3's main part once the gate, scripts/gpu_passkey_gate.sh, has passed; on
-#     nvidia-h200-x2; rerun the same command on the same machine to resume; PRESET
-#     defaults to gpu)
+#   [PRESET=gpu-mix] [RESERVE_S=90] OUT=$OUT bash scripts/gpu_train.sh PARTS BUDGET_S [args]
 #
-# Trains into /tmp/passkey (checkpoints stay there) and copies what should come back into
-# $OUT: results.json, the figures, the log, the GPU name and a tarball of every run's
-# config/metrics/eval (no checkpoints). PARTS is a comma list of main,layers,long.
+# PARTS: a comma list of main,layers,long; args: more `powerattn experiment passkey` flags.
+# Training stops BUDGET_S - RESERVE_S seconds after the start whatever the step (a --deadline
+# in args overrides that), then every run is evaluated; the trainer is killed at BUDGET_S at
+# the latest (call with timeout_s >= BUDGET_S + 30). Figure 3 and Figure 1b
+# (results/passkey/README.md, "The comparison: plan" has every call), e.g.
+#
+#   OUT=$OUT bash scripts/gpu_train.sh main 570 --patterns power --seeds 0,1,2 --jobs 3
+#
+# which trains as the gate did (3 runs of 5500 steps on one H200, training stops at 480 s).
+# Rerunning the same command on the same, still warm machine resumes the runs from their
+# checkpoints in /tmp/passkey (a fresh machine starts them over). Writes into $OUT (8 files):
+# gpu.txt (GPU, versions, a hash of the src/ that ran: the machine's .git is a stale snapshot),
+# log.txt, results.json (this call's runs only), tables.txt (tables, the gate, the verdicts of
+# this call alone), summary.json, train_by_len.txt (steps done, steps/s, training exact match
+# per length over the last 200 steps), curves.png and runs.tgz (each run's config, metrics,
+# eval and log; no checkpoints). Merge calls here with
+# `powerattn experiment passkey --out DIR --replot a/results.json,b/results.json,...`.
+# PRESET=smoke-mix runs the same plumbing on a CPU in about a minute.
 set -uo pipefail
 PARTS=${1:?PARTS}
-LIMIT=${2:?TIME_LIMIT_S}
+BUDGET=${2:?BUDGET_S}
 shift 2
+RESERVE=${RESERVE_S:-90}
 OUT=${OUT:-/tmp/passkey_out}
-WORK=/tmp/passkey
+WORK=${WORK:-/tmp/passkey}
 mkdir -p "$OUT" "$WORK"
-export PYTHONPATH=src PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$OUT/gpu.txt"
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$OUT/gpu.txt" 2>&1
 python3 -c "import torch, transformers, triton; print('torch', torch.__version__, \
-'transformers', transformers.__version__, 'triton', triton.__version__)" >>"$OUT/gpu.txt"
-timeout "$LIMIT" python3 -m powerattn.cli experiment passkey --preset "${PRESET:-gpu}" --parts "$PARTS" \
-    --out "$WORK" --no-progress "$@" 2>&1 | tee "$OUT/log.txt"
-cp "$WORK"/results.json "$WORK"/*.png "$OUT"/ 2>/dev/null
-tar czf "$OUT/runs.tgz" --exclude=checkpoint.pt -C "$WORK" runs
+'transformers', transformers.__version__, 'triton', triton.__version__)" >>"$OUT/gpu.txt" 2>&1
+# The code that ran, as git blob hashes of src/**/*.py (the machine's .git is a stale
+# snapshot, its HEAD is not this tree). Check against a commit here with
+#   git ls-tree -r COMMIT -- src | awk '$4 ~ /[.]py$/ {print $3, $4}' | LC_ALL=C sort -k2 | sha1sum
+find src -name '*.py' | LC_ALL=C sort >"$WORK/src_files.txt"
+echo "src $(paste -d' ' <(xargs git hash-object <"$WORK/src_files.txt") "$WORK/src_files.txt" \
+    | sha1sum | cut -c1-40) (sha1 of 'blob path' lines of src/**/*.py)" >>"$OUT/gpu.txt"
+rm -f "$WORK/results.json" "$WORK/this_call.txt"  # a killed call must not report the last one's
+echo "budget ${BUDGET}s, training stops at $((BUDGET - RESERVE))s unless args say otherwise" \
+    | tee "$OUT/log.txt"
+timeout "$BUDGET" python3 -m powerattn.cli experiment passkey --preset "${PRESET:-gpu-mix}" \
+    --parts "$PARTS" --out "$WORK" --no-progress --deadline $((BUDGET - RESERVE)) "$@" 2>&1 \
+    | tee -a "$OUT/log.txt"
+python3 -m powerattn.cli experiment passkey --out "$WORK/tables" \
+    --replot "$WORK/results.json" >"$OUT/tables.txt" 2>&1
+# Training per run of this call (runs of earlier calls stay in WORK/runs for resuming).
+python3 - "$WORK" >"$OUT/train_by_len.txt" 2>&1 <<'EOF'
+import json, sys
+from pathlib import Path
+
+work = Path(sys.argv[1])
+results = json.loads((work / "results.json").read_text())
+names = list(results["runs"]) + results["meta"].get("failed", [])
+for name in names:
+    log = work / "runs" / name / "metrics.jsonl"
+    lines = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+    if not lines:
+        print(name, "no metrics")
+        continue
+    last = lines[-1]["step"]
+    sums: dict[str, list[float]] = {}
+    for m in lines:
+        if m["step"] > last - 200:
+            for n, v in m.get("exact_match_by_len", {}).items():
+                sums.setdefault(n, []).append(v)
+    by_len = "  ".join(
+        f"{n}: {sum(v) / len(v):.3f}" for n, v in sorted(sums.items(), key=lambda t: int(t[0]))
+    )
+    run = results["runs"].get(name, {})
+    planned = run.get("steps_planned", "?")
+    rate = last / lines[-1]["time_s"]
+    print(f"{name:<22} step {last}/{planned} ({rate:.2f} steps/s)  train exact match, "
+          f"last 200 steps: {by_len}")
+EOF
+cp "$WORK"/results.json "$WORK"/curves.png "$WORK"/tables/summary.json "$OUT"/ 2>/dev/null
+python3 -c "import json, sys; print('\n'.join('runs/' + n for n in json.load(open(sys.argv[1]))['runs']))" \
+    "$WORK/results.json" >"$WORK/this_call.txt" 2>/dev/null
+[ -s "$WORK/this_call.txt" ] || echo runs >"$WORK/this_call.txt"  # no results: every run
+tar czf "$OUT/runs.tgz" --exclude=checkpoint.pt -C "$WORK" -T "$WORK/this_call.txt"
+tail -n 25 "$OUT/tables.txt"
+cat "$OUT/train_by_len.txt"
 ls -la "$OUT"

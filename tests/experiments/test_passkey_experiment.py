@@ -66,6 +66,16 @@ def test_smoke_campaign_through_the_cli(tmp_path, capsys):
     assert rc == 0 and (tmp_path / "re" / "heatmaps.png").exists()
     merged = json.loads((tmp_path / "re" / "results.json").read_text())
     assert len(merged["runs"]) == 8
+    # The summary and verdicts come from the merge: cells of both campaigns, one gate.
+    summ = json.loads((tmp_path / "re" / "summary.json").read_text())
+    assert summ["seeds"] == [0, 3] and summ["incomplete"] == []
+    assert {(c["pattern"], c["seed"]) for c in summ["cells"] if c["part"] == "main"} == {
+        ("power", 0),
+        ("stride_slash", 0),
+        ("full", 0),
+        ("power", 3),
+    }
+    assert "1 seed(s), the gate needs 3" in summ["gate"]["reason"]
 
 
 def test_a_run_that_dies_is_retried_on_the_fallback(tmp_path, capsys):
