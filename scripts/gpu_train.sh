@@ -72,9 +72,19 @@ for name in names:
     )
     run = results["runs"].get(name, {})
     planned = run.get("steps_planned", "?")
-    rate = last / lines[-1]["time_s"]
-    print(f"{name:<22} step {last}/{planned} ({rate:.2f} steps/s)  train exact match, "
-          f"last 200 steps: {by_len}")
+    # time_s restarts at 0 when a run resumes: rates from this call's segment only. The
+    # steady rate is over the segment's second half (no compilation or warm-up in it): what
+    # a longer call of the same runs would train at.
+    start = max([0] + [i for i in range(1, len(lines))
+                       if lines[i]["time_s"] < lines[i - 1]["time_s"]])
+    seg = lines[start:]
+    rate = (last - seg[0]["step"] + 10) / seg[-1]["time_s"] if seg[-1]["time_s"] > 0 else 0.0
+    mid = seg[len(seg) // 2]
+    dt = seg[-1]["time_s"] - mid["time_s"]
+    steady = (last - mid["step"]) / dt if dt > 0 else float("nan")
+    resumed = f", resumed: first step logged here {seg[0]['step']}" if start else ""
+    print(f"{name:<22} step {last}/{planned} ({rate:.2f} steps/s, steady {steady:.2f}{resumed})"
+          f"  train exact match, last 200 steps: {by_len}")
 EOF
 cp "$WORK"/results.json "$WORK"/curves.png "$WORK"/tables/summary.json "$OUT"/ 2>/dev/null
 python3 -c "import json, sys; print('\n'.join('runs/' + n for n in json.load(open(sys.argv[1]))['runs']))" \
