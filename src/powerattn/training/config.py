@@ -85,6 +85,8 @@ class Stage:
 
 
 SCHEDULES = ("cosine", "constant", "wsd")
+# TrainConfig's opt-in speed options (booleans, default off).
+SPEED_OPTIONS = ("fused_optim", "compile", "pin_memory")
 
 
 @dataclass
@@ -135,6 +137,16 @@ class TrainConfig:
     log_every: int = 10
     device: str = "auto"  # "auto" = cuda if available, else cpu
     backend: str = "auto"  # a sparse_attention backend, or "sdpa_mask" (see training.model)
+    # Speed options (opt-in; they change how a step is computed, not which model is trained,
+    # so a checkpoint resumes with them on or off -- see trainer.NOT_IN_IDENTITY):
+    # fused_optim: AdamW's fused kernel (one launch for every parameter) instead of foreach.
+    # compile: torch.compile of the step's forward and loss (backward compiled with it), one
+    #   static-shape graph per document length; float32 logits are then fused into the loss.
+    # pin_memory: batches copied from pinned host memory, so that the host-to-device copy
+    #   does not wait for the GPU (a pageable copy synchronises every step). CUDA only.
+    fused_optim: bool = False
+    compile: bool = False
+    pin_memory: bool = False
 
     @property
     def total_steps(self) -> int:
@@ -217,6 +229,9 @@ class TrainConfig:
         bad = [i for i in self.pattern.full_layers if not 0 <= i < m.layers]
         if bad:
             raise ValueError(f"pattern.full_layers {bad} outside 0..{m.layers - 1}")
+        for name in SPEED_OPTIONS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.checkpoint_every_s < 0:
             raise ValueError(f"checkpoint_every_s must be >= 0, got {self.checkpoint_every_s}")
         for name in ("batch_size", "checkpoint_every", "log_every"):

@@ -13,6 +13,7 @@ non-determinism of the kernels).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..patterns import Pattern
-from .config import Stage, TrainConfig
+from .config import SPEED_OPTIONS, Stage, TrainConfig
 from .data import batch_for_step, stage_at
 from .model import build_model
 
@@ -43,7 +44,11 @@ RUN_FILES = (CHECKPOINT, Path(CHECKPOINT).with_suffix(".tmp").name, METRICS, CON
 # Config fields that choose how the model is computed, not which model is trained: every
 # attention backend computes the same model, so a checkpoint resumes under any of them (a run
 # that fell back to "sdpa_mask" resumes on a kernel and back).
-NOT_IN_IDENTITY = ("backend", "checkpoint_every_s")
+# The speed options (fused optimizer, compile, pinned batches) likewise.
+NOT_IN_IDENTITY = ("backend", "checkpoint_every_s", *SPEED_OPTIONS)
+# What ``compile=True`` hands to torch.compile (the tests swap in "aot_eager": the same
+# tracing and autograd graphs without generating code, seconds instead of minutes on a CPU).
+COMPILE_BACKEND = "inductor"
 
 
 class CheckpointMismatchError(ValueError):
@@ -109,10 +114,12 @@ def build_run_model(cfg: TrainConfig, pattern: Pattern, tokenizer=None) -> torch
 
 
 def build_optimizer(
-    model: torch.nn.Module, cfg: TrainConfig
+    model: torch.nn.Module, cfg: TrainConfig, fused: bool = False
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW (weight decay on matrices only) and the schedule of ``cfg.optim``: the one
-    optimiser of the single-process and the distributed trainers."""
+    optimiser of the single-process and the distributed trainers. ``fused``: AdamW's fused
+    kernel (:attr:`TrainConfig.fused_optim`; the same update up to float rounding), else
+    PyTorch's default (foreach on CUDA)."""
     o = cfg.optim
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -123,6 +130,7 @@ def build_optimizer(
         ],
         lr=o.lr,
         betas=(o.beta1, o.beta2),
+        fused=True if fused else None,
     )
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg))
 
@@ -159,6 +167,45 @@ def passkey_loss(
         logits = logits[:, -digits - 1 : -1]
     correct = logits.argmax(-1) == input_ids[:, -digits:]  # (B, digits)
     return loss, correct, None
+
+
+def compile_loss(cfg: TrainConfig) -> Callable[..., Any]:
+    """:func:`passkey_loss` under ``torch.compile`` (:attr:`TrainConfig.compile`): the model's
+    forward and the loss in one graph per document length (static shapes: a run mixes a few
+    lengths, each compiled once), the backward compiled by AOTAutograd. Inductor fuses the
+    float32 cast of the logits into the cross-entropy. The attention runs inside the graph:
+    FlexAttention is traced as the op itself (``powerattn.ops.flex`` skips its own compile
+    when ``torch.compiler.is_compiling()``); full attention is SDPA. Call it under
+    :func:`compile_limits`."""
+    return torch.compile(passkey_loss, backend=COMPILE_BACKEND, dynamic=False)
+
+
+def _distinct_lengths(cfg: TrainConfig) -> int:
+    return len({n for s in cfg.stages for n in s.lengths})
+
+
+@contextlib.contextmanager
+def compile_limits(cfg: TrainConfig):
+    """Let the compiled loss hold one graph per length of ``cfg`` (and a margin for other
+    models compiled in the same process), and make running past that an error: dynamo
+    would otherwise fall back to running eagerly without a word. Settings restored after
+    (set directly: ``config.patch`` costs more host time, paid every step)."""
+    dyn = torch._dynamo.config
+    name = "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit"
+    saved = getattr(dyn, name), dyn.fail_on_recompile_limit_hit
+    setattr(dyn, name, max(saved[0], 2 * _distinct_lengths(cfg) + 8))
+    dyn.fail_on_recompile_limit_hit = True
+    try:
+        yield
+    except torch._dynamo.exc.FailOnRecompileLimitHit as exc:
+        raise RuntimeError(
+            f"compile=True: the compiled loss reached {getattr(dyn, name)} graphs (one per "
+            "document length and model); train with compile=False, or call "
+            "torch._dynamo.reset() between the runs of one process"
+        ) from exc
+    finally:
+        setattr(dyn, name, saved[0])
+        dyn.fail_on_recompile_limit_hit = saved[1]
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -212,7 +259,9 @@ class Trainer:
         self.pattern = cfg.build_pattern()
         torch.manual_seed(cfg.seed)
         self.model = build_run_model(cfg, self.pattern, tokenizer).to(self.device)
-        self.optimizer, self.scheduler = build_optimizer(self.model, cfg)
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg, fused=cfg.fused_optim)
+        self._loss = compile_loss(cfg) if cfg.compile else passkey_loss
+        self._pin = cfg.pin_memory and self.device.type == "cuda"
         self.step = 0
         self.interrupted: str | None = None  # the signal that stopped the last train()
         self._signals: list[int] = []
@@ -220,6 +269,19 @@ class Trainer:
         # Sums stay on the device and are read at log time only (a read per step would make
         # the host wait for the GPU every step); checkpoints carry them.
         self._window = _Window(self.device)
+
+    def _warm_block_mask(self, ids: torch.Tensor) -> None:
+        """Compile: have FlexAttention's BlockMask for this length in its cache before the
+        compiled loss runs. Traced on a cache miss, building it (NumPy on the host) breaks
+        the graph ~20 times per layer; on a hit the attention traces as one op. A dict
+        look-up per step once built."""
+        if ids.device.type != "cuda" or self.pattern.name == "full":
+            return  # the CPU trains on the dense backend; full attention is SDPA
+        if self.cfg.backend not in ("auto", "flex", "flash"):
+            return
+        from ..ops.flex import block_mask_for
+
+        block_mask_for(self.pattern, ids.shape[1], ids.shape[1], ids.device)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -352,10 +414,18 @@ class Trainer:
                 self.save_checkpoint()
                 break
             stage_idx, stage = stage_at(cfg.stages, self.step)
-            ids = self._batch_fn(cfg, self.step).to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, correct, lm_loss = passkey_loss(
-                    self.model, ids, cfg.task.digits, cfg.loss_on, lm=cfg.lm_weight > 0
+            ids = self._batch_fn(cfg, self.step)
+            if self._pin:  # a copy from pageable memory would wait for the GPU
+                ids = ids.pin_memory()
+            ids = ids.to(self.device, non_blocking=True)
+            if cfg.compile:
+                self._warm_block_mask(ids)
+            with (
+                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp),
+                compile_limits(cfg) if cfg.compile else contextlib.nullcontext(),
+            ):
+                loss, correct, lm_loss = self._loss(
+                    self.model, ids, cfg.task.digits, cfg.loss_on, cfg.lm_weight > 0
                 )
             objective = loss if lm_loss is None else loss + cfg.lm_weight * lm_loss
             self.optimizer.zero_grad(set_to_none=True)
