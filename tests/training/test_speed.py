@@ -8,12 +8,11 @@ import os
 
 import pytest
 import torch
+from test_trainer import tiny_config
 
 from powerattn.training import Stage, TrainConfig, Trainer
 from powerattn.training import trainer as trainer_mod
 from powerattn.training.config import SPEED_OPTIONS
-
-from test_trainer import tiny_config
 
 STEPS = 6
 
