@@ -9,6 +9,10 @@ state, and the partial sums of the metrics window being averaged. A run killed a
 and restarted from its last checkpoint therefore takes the same steps and logs the same
 metrics as one that was never interrupted (bit for bit on CPU; on GPU up to the
 non-determinism of the kernels).
+
+Speed options (:class:`~.config.TrainConfig` ``fused_optim``, ``compile``, ``pin_memory``;
+off by default): the same training up to float rounding (tests/training/test_speed.py),
+measured on the GPU by ``scripts/gpu_train_speed.py``. Single-process trainer only.
 """
 
 from __future__ import annotations
