@@ -186,7 +186,8 @@ def syncs_per_step(tr, steps: int = 4) -> float:
 
 
 def run_setting(model: str, name: str, seconds: float, ref: dict | None) -> dict:
-    torch._dynamo.reset()
+    if SETTINGS[name].get("compile"):  # fresh dynamo caches (the eager settings run first,
+        torch._dynamo.reset()  # reusing FlexAttention's compiled kernels)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -207,7 +208,6 @@ def run_setting(model: str, name: str, seconds: float, ref: dict | None) -> dict
 def reference(model: str) -> dict:
     """The default's first losses in float32: the tolerance of the checks is twice the bf16
     default's distance from them."""
-    torch._dynamo.reset()
     with tempfile.TemporaryDirectory() as d, autocast_off():
         tr = make_trainer(model, {}, Path(d))
         losses, _ = first_losses(tr, CHECK_STEPS)
@@ -252,29 +252,16 @@ def shared(model: str, setting: str, procs: int, seconds: float, timeout: float)
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "src")}
+        logs = [d / f"w{i}.log" for i in range(procs)]  # a full pipe would stall a worker
+        cmd = [sys.executable, __file__, "--worker", model, "--setting", setting]
+        cmd += ["--seconds", str(seconds), "--barrier", str(d)]
         ps = [
             subprocess.Popen(
-                [
-                    sys.executable,
-                    __file__,
-                    "--worker",
-                    model,
-                    "--setting",
-                    setting,
-                    "--seconds",
-                    str(seconds),
-                    "--barrier",
-                    str(d),
-                    "--rank",
-                    str(i),
-                    "--result",
-                    str(d / f"r{i}.json"),
-                ],
+                [*cmd, "--rank", str(i), "--result", str(d / f"r{i}.json")],
                 env=env,
-                stdout=subprocess.PIPE,
+                stdout=open(logs[i], "w"),  # noqa: SIM115 - closed with the process
                 stderr=subprocess.STDOUT,
-                text=True,
-            )  # fmt: skip
+            )
             for i in range(procs)
         ]
         t0 = time.time()
@@ -282,15 +269,15 @@ def shared(model: str, setting: str, procs: int, seconds: float, timeout: float)
             if time.time() - t0 > timeout or any(p.poll() not in (None, 0) for p in ps):
                 for p in ps:
                     p.kill()
-                outs = [p.communicate()[0][-2000:] for p in ps]
+                    p.wait()
+                outs = [f.read_text()[-2000:] for f in logs]
                 raise RuntimeError(f"workers not ready after {time.time() - t0:.0f} s: {outs}")
             time.sleep(0.05)
         ready_s = time.time() - t0
         (d / "go").write_text(str(time.time() + 0.5))
-        for p in ps:
-            out = p.communicate(timeout=seconds + 120)[0]
-            if p.returncode:
-                raise RuntimeError(f"worker failed: {out[-3000:]}")
+        for p, f in zip(ps, logs, strict=True):
+            if p.wait(timeout=seconds + 120):
+                raise RuntimeError(f"worker failed: {f.read_text()[-3000:]}")
         rows = [json.loads((d / f"r{i}.json").read_text()) for i in range(procs)]
     return {
         "setting": setting,
