@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Training speed of the Trainer's opt-in speed options on one GPU (nvidia-h200, ~4 min).
+"""Training speed of the Trainer's opt-in speed options on one GPU (nvidia-h200, ~4-5 min;
+phases started after --budget seconds are skipped and listed).
 
     PYTHONPATH=src python3 scripts/gpu_train_speed.py            # writes $OUT/train_speed.json
 
