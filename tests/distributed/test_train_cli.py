@@ -130,6 +130,10 @@ def test_lengths_that_do_not_split_are_refused(tmp_path, capsys):
     bad = TrainConfig.from_dict({**CONFIG, "backend": "sdpa_mask"})
     with pytest.raises(ValueError, match="sdpa_mask"):
         check_config(bad, world_size=1, cp=1)
+    # The single-process trainer's speed options are refused, not silently ignored.
+    fast = TrainConfig.from_dict({**CONFIG, "compile": True, "fused_optim": True})
+    with pytest.raises(ValueError, match="fused_optim, compile: speed options"):
+        check_config(fast, world_size=1, cp=1)
 
 
 def test_cli_constants_match_the_trainer():

@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..training.config import TrainConfig
+from ..training.config import SPEED_OPTIONS, TrainConfig
 from ..training.data import batch_for_step, stage_at
 from ..training.model import SDPA_MASK
 from ..training.trainer import (
@@ -104,6 +104,12 @@ def process_group(device: str = "auto", timeout_s: float = 600.0) -> Iterator[to
 def check_config(cfg: TrainConfig, world_size: int, cp: int) -> None:
     """``ValueError`` naming the fix when ``cfg`` cannot run on a ``(world / cp, cp)`` grid."""
     cfg.validate()
+    speed = [name for name in SPEED_OPTIONS if getattr(cfg, name)]
+    if speed:
+        raise ValueError(
+            f"{', '.join(speed)}: speed options of the single-process trainer, not supported "
+            "with --cp / torchrun; set them to false for distributed runs"
+        )
     if cp <= 0 or world_size % cp:
         raise ValueError(
             f"--cp {cp} must divide the number of processes ({world_size}): data parallel = "
