@@ -69,9 +69,7 @@ def main() -> int:
     runner = next(iter(plan.runners.values()), None)
     stream = torch._C._cuda_getCurrentRawStream(0)
     parts = {
-        "dense SDPA (enable_gqa)": lambda: F.scaled_dot_product_attention(
-            q, k, v, enable_gqa=True
-        ),
+        "dense SDPA (enable_gqa)": lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
         "sparse_attention (whole public call)": lambda: sparse_attention(q, k, v, p),
         "decode_forward": lambda: dec.decode_forward(q, k, v, p, scale),
         "decode_attention": lambda: dec.decode_attention(q, k, v, p, scale, need_lse=False),
@@ -86,8 +84,14 @@ def main() -> int:
         "is_current_stream_capturing": torch.cuda.is_current_stream_capturing,
         "_cuda_getCurrentRawStream": lambda: torch._C._cuda_getCurrentRawStream(0),
         "q.stride() x3 + data_ptr x5": lambda: (
-            q.stride(), k.stride(), v.stride(), q.data_ptr(), k.data_ptr(), v.data_ptr(),
-            out.data_ptr(), cnt.data_ptr(),
+            q.stride(),
+            k.stride(),
+            v.stride(),
+            q.data_ptr(),
+            k.data_ptr(),
+            v.data_ptr(),
+            out.data_ptr(),
+            cnt.data_ptr(),
         ),  # fmt: skip
         "torch.compiler.is_compiling": torch.compiler.is_compiling,
         "dense_is_exact": lambda: dec.dense_is_exact(p, 1, s),
