@@ -41,6 +41,7 @@ import contextlib
 import functools
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -306,12 +307,21 @@ def block_mask_for(
     return bm
 
 
+def _limit_name(cfg) -> str:
+    return "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+
+
+def dynamo_recompile_limit() -> int:
+    """Dynamo's current recompile limit (``cache_size_limit`` in older torch)."""
+    return getattr(torch._dynamo.config, _limit_name(torch._dynamo.config))
+
+
 @contextlib.contextmanager
-def recompile_guard(limit: int | None = None):
-    """Turn dynamo's silent eager fallback of the compiled ``flex_attention`` into an error."""
-    limit = RECOMPILE_LIMIT if limit is None else limit
+def recompile_limit(limit: int, error: Callable[[int], Exception]):
+    """Run with dynamo's recompile limit at ``limit`` and its silent eager fallback past it
+    turned into ``error(limit)``; both settings are restored after, error or not."""
     cfg = torch._dynamo.config
-    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    name = _limit_name(cfg)
     # Set and restore the two settings directly: what cfg.patch does, at a third of its host
     # time (it is paid on every prefill and training call).
     saved = getattr(cfg, name), cfg.fail_on_recompile_limit_hit
@@ -320,15 +330,24 @@ def recompile_guard(limit: int | None = None):
     try:
         yield
     except torch._dynamo.exc.FailOnRecompileLimitHit as exc:
-        raise FlexRecompileError(
-            f"FlexAttention reached {limit} compiled variants; running on would use its "
-            "unfused fallback, which materialises the full score matrix. Use fewer distinct "
-            "dtypes/head layouts/patterns per process, or raise "
-            "powerattn.ops.flex.RECOMPILE_LIMIT."
-        ) from exc
+        raise error(limit) from exc
     finally:
         setattr(cfg, name, saved[0])
         cfg.fail_on_recompile_limit_hit = saved[1]
+
+
+def _flex_recompile_error(limit: int) -> FlexRecompileError:
+    return FlexRecompileError(
+        f"FlexAttention reached {limit} compiled variants; running on would use its "
+        "unfused fallback, which materialises the full score matrix. Use fewer distinct "
+        "dtypes/head layouts/patterns per process, or raise "
+        "powerattn.ops.flex.RECOMPILE_LIMIT."
+    )
+
+
+def recompile_guard(limit: int | None = None) -> contextlib.AbstractContextManager:
+    """Turn dynamo's silent eager fallback of the compiled ``flex_attention`` into an error."""
+    return recompile_limit(RECOMPILE_LIMIT if limit is None else limit, _flex_recompile_error)
 
 
 _LN2 = math.log(2.0)

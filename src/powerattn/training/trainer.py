@@ -188,28 +188,20 @@ def _distinct_lengths(cfg: TrainConfig) -> int:
     return len({n for s in cfg.stages for n in s.lengths})
 
 
-@contextlib.contextmanager
-def compile_limits(cfg: TrainConfig):
+def compile_limits(cfg: TrainConfig) -> contextlib.AbstractContextManager:
     """Let the compiled loss hold one graph per length of ``cfg`` (and a margin for other
     models compiled in the same process), and make running past that an error: dynamo
-    would otherwise fall back to running eagerly without a word. Settings restored after
-    (set directly: ``config.patch`` costs more host time, paid every step)."""
-    dyn = torch._dynamo.config
-    name = "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit"
-    saved = getattr(dyn, name), dyn.fail_on_recompile_limit_hit
-    setattr(dyn, name, max(saved[0], 2 * _distinct_lengths(cfg) + 8))
-    dyn.fail_on_recompile_limit_hit = True
-    try:
-        yield
-    except torch._dynamo.exc.FailOnRecompileLimitHit as exc:
-        raise RuntimeError(
-            f"compile=True: the compiled loss reached {getattr(dyn, name)} graphs (one per "
-            "document length and model); train with compile=False, or call "
-            "torch._dynamo.reset() between the runs of one process"
-        ) from exc
-    finally:
-        setattr(dyn, name, saved[0])
-        dyn.fail_on_recompile_limit_hit = saved[1]
+    would otherwise fall back to running eagerly without a word."""
+    from ..ops.flex import dynamo_recompile_limit, recompile_limit
+
+    def error(limit: int) -> RuntimeError:
+        return RuntimeError(
+            f"compile=True: the compiled loss reached {limit} graphs (one per document length "
+            "and model); train with compile=False, or call torch._dynamo.reset() between the "
+            "runs of one process"
+        )
+
+    return recompile_limit(max(dynamo_recompile_limit(), 2 * _distinct_lengths(cfg) + 8), error)
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
