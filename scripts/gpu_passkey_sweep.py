@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from powerattn.experiments.passkey import plan
+from powerattn.experiments.tables import train_exact_match_by_len
 from powerattn.training.config import Stage
 
 MIX = [512, 1024, 2048, 4096]
@@ -67,18 +68,11 @@ def summarize(run: Path) -> dict:
     if not lines:
         return {"steps": 0}
     last = lines[-1]["step"]
-    acc: dict[str, list[float]] = {}
-    for m in lines:
-        if m["step"] > last - 200:
-            for n, x in m.get("exact_match_by_len", {}).items():
-                acc.setdefault(n, []).append(x)
     return {
         "steps": last,
         "steps_per_s": last / lines[-1]["time_s"],
         "loss_last": lines[-1]["loss"],
-        "exact_match_last200": {
-            n: sum(x) / len(x) for n, x in sorted(acc.items(), key=lambda t: int(t[0]))
-        },
+        "exact_match_last200": train_exact_match_by_len(lines, 200),
     }
 
 

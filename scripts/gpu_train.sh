@@ -52,6 +52,8 @@ python3 - "$WORK" >"$OUT/train_by_len.txt" 2>&1 <<'EOF'
 import json, sys
 from pathlib import Path
 
+from powerattn.experiments.tables import train_exact_match_by_len
+
 work = Path(sys.argv[1])
 results = json.loads((work / "results.json").read_text())
 names = list(results["runs"]) + results["meta"].get("failed", [])
@@ -62,14 +64,7 @@ for name in names:
         print(name, "no metrics")
         continue
     last = lines[-1]["step"]
-    sums: dict[str, list[float]] = {}
-    for m in lines:
-        if m["step"] > last - 200:
-            for n, v in m.get("exact_match_by_len", {}).items():
-                sums.setdefault(n, []).append(v)
-    by_len = "  ".join(
-        f"{n}: {sum(v) / len(v):.3f}" for n, v in sorted(sums.items(), key=lambda t: int(t[0]))
-    )
+    by_len = "  ".join(f"{n}: {v:.3f}" for n, v in train_exact_match_by_len(lines, 200).items())
     run = results["runs"].get(name, {})
     planned = run.get("steps_planned", "?")
     # time_s restarts at 0 when a run resumes: rates from this call's segment only. The

@@ -17,6 +17,7 @@ from powerattn.experiments.passkey import (
     seed_table,
     wilson_interval,
 )
+from powerattn.experiments.tables import train_exact_match_by_len
 from powerattn.tasks import passkey_batch
 from powerattn.training.evaluate import needle_hops
 
@@ -364,6 +365,17 @@ def test_merging_campaigns_with_the_same_run_names_is_refused(tmp_path):
     gz = tmp_path / "results.json.gz"
     gz.write_bytes(gzip.compress(res.read_bytes()))
     assert merge_results([gz])["runs"] == merge_results([res])["runs"]
+
+
+def test_train_exact_match_by_len_averages_the_last_steps_per_length():
+    rows = [
+        {"step": 100, "exact_match_by_len": {"512": 0.0}},  # before the last 200 steps
+        {"step": 250, "exact_match_by_len": {"4096": 0.5, "512": 1.0}},
+        {"step": 300, "exact_match_by_len": {"4096": 1.0}},
+    ]
+    got = train_exact_match_by_len(rows, last=200)
+    assert list(got) == ["512", "4096"] and got == {"512": 1.0, "4096": 0.75}
+    assert train_exact_match_by_len([]) == {}
 
 
 def test_seed_table_groups_only_runs_that_differ_in_seed():

@@ -32,6 +32,21 @@ def merge_results(paths: list[str | Path]) -> dict[str, Any]:
     return merged
 
 
+def train_exact_match_by_len(metrics: list[dict[str, Any]], last: int = 200) -> dict[str, float]:
+    """Training exact match per document length (``{"4096": 0.98, ...}``, shortest first),
+    averaged over the logged windows of the final ``last`` steps of ``metrics`` (the rows of
+    a run's ``metrics.jsonl``): what a mixed-length run has learned at each length."""
+    if not metrics:
+        return {}
+    end = metrics[-1]["step"]
+    sums: dict[str, list[float]] = {}
+    for m in metrics:
+        if m["step"] > end - last:
+            for n, v in m.get("exact_match_by_len", {}).items():
+                sums.setdefault(n, []).append(v)
+    return {n: sum(v) / len(v) for n, v in sorted(sums.items(), key=lambda t: int(t[0]))}
+
+
 def _evaluations(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """A run's evaluations as ``(label, eval)``: the final model at each evaluated length
     (label: the length), then the model at the end of each stage (label: ``LEN@stage``),
