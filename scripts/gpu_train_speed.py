@@ -73,7 +73,7 @@ def log(*args) -> None:
 
 def sync() -> None:
     if torch.cuda.is_available():
-        sync()
+        torch.cuda.synchronize()
 
 
 def peak_gib() -> float:
