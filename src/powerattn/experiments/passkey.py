@@ -35,6 +35,7 @@ from ..patterns import Pattern, main_pattern_names
 from ..receptive import coverage
 from ..testing import compare_attention
 from ..training.config import (
+    SPEED_OPTIONS,
     PatternConfig,
     Stage,
     TaskConfig,
@@ -89,11 +90,14 @@ def plan(
     backend: str = "auto",
     seed: int | None = None,
     seeds: list[int] | None = None,
+    speed: list[str] | None = None,
 ) -> list[RunSpec]:
     """The training runs of an experiment campaign (``layer_sweep`` overrides the preset's
     layer counts of the ``layers`` part; ``seed`` its seed of initialisation and data, and
     run names then end in ``-sSEED`` so that replicates merge with the preset's runs;
-    ``seeds``: the runs of each of these seeds, one campaign)."""
+    ``seeds``: the runs of each of these seeds, one campaign; ``speed``: TrainConfig speed
+    options to switch on, e.g. ``["compile"]``: the same training up to float rounding, not
+    part of a run's identity, so runs with and without them resume and merge)."""
     if seeds is not None:
         if seed is not None:
             raise ValueError("give seed or seeds, not both")
@@ -102,7 +106,9 @@ def plan(
         return [
             spec
             for s in seeds
-            for spec in plan(preset, parts, patterns, steps_scale, layer_sweep, backend, s)
+            for spec in plan(
+                preset, parts, patterns, steps_scale, layer_sweep, backend, s, speed=speed
+            )
         ]
     if isinstance(preset, str):
         if preset not in PRESETS:
@@ -128,6 +134,10 @@ def plan(
         raise ValueError(f"patterns {bad} unknown; valid: {MAIN_PATTERNS}")
     if steps_scale <= 0:
         raise ValueError(f"steps_scale must be positive, got {steps_scale}")
+    speed = list(speed or [])
+    bad = sorted(set(speed) - set(SPEED_OPTIONS))
+    if bad:
+        raise ValueError(f"speed options {bad} unknown; valid: {list(SPEED_OPTIONS)}")
 
     def scaled(stages: list[Stage]) -> list[Stage]:
         return [Stage(s.seq_len, max(1, round(s.steps * steps_scale)), list(s.mix)) for s in stages]
@@ -150,6 +160,7 @@ def plan(
             backend=backend,
             checkpoint_every=100,
             log_every=10,
+            **{name: True for name in speed},
         )
 
     lengths = preset.eval_lengths or [s.seq_len for s in preset.stages]
@@ -416,14 +427,17 @@ def run_experiment(
     backend: str = "auto",
     seed: int | None = None,
     seeds: list[int] | None = None,
+    speed: list[str] | None = None,
 ) -> dict[str, Any] | None:
     """Run a campaign (or the single run ``only``) and write ``results.json`` + plots
-    (``seeds``: the campaign of each of these seeds, as one).
+    (``seeds``: the campaign of each of these seeds, as one; ``speed``: see :func:`plan`).
 
     ``stop_time`` (wall clock, ``time.time()``): every run stops training then and is
     evaluated as it stands (marked by ``steps_done < steps_planned``)."""
     out = Path(out_dir)
-    specs = plan(preset_name, parts, patterns, steps_scale, layer_sweep, backend, seed, seeds)
+    specs = plan(
+        preset_name, parts, patterns, steps_scale, layer_sweep, backend, seed, seeds, speed
+    )
     preset = PRESETS[preset_name]
     if only is not None:
         match = [s for s in specs if s.name == only]
@@ -444,6 +458,7 @@ def run_experiment(
             "steps_scale": steps_scale,
             "seed": PRESETS[preset_name].seed if seed is None else seed,
             "seeds": seeds,
+            "speed": list(speed or []),
             "jobs": jobs,
             "wall_s": time.perf_counter() - t0,
             "command": " ".join(sys.argv),
