@@ -20,6 +20,7 @@ from powerattn.experiments.passkey import (
 from powerattn.experiments.tables import train_exact_match_by_len
 from powerattn.tasks import passkey_batch
 from powerattn.training.evaluate import needle_hops
+from powerattn.training.trainer import _identity
 
 
 def test_smoke_campaign_through_the_cli(tmp_path, capsys):
@@ -209,6 +210,11 @@ def test_plan():
     assert [r.name for r in rep] == [f"{n}-s1" for n in names]
     assert all(r.config.seed == 1 for r in rep) and main_power.seed == 0
     assert [r.name for r in plan("gpu", seed=0)] == names
+    # Speed options: switched on in every run, outside the run's identity (resume, merges).
+    fast = plan("gpu", ["main"], ["power"], seeds=[0, 1], speed=["compile", "fused_optim"])
+    assert all(r.config.compile and r.config.fused_optim for r in fast)
+    assert not main_power.compile and not fast[0].config.pin_memory
+    assert _identity(fast[0].config.to_dict()) == _identity(main_power.to_dict())
 
 
 @pytest.mark.parametrize(
@@ -222,6 +228,7 @@ def test_plan():
         ({"seed": -1}, "seed"),
         ({"seeds": [0, 0]}, "distinct"),
         ({"seeds": [0], "seed": 1}, "seed or seeds"),
+        ({"speed": ["turbo"]}, "speed options .*turbo.* valid"),
     ],
 )
 def test_plan_bad_input(kwargs, match):

@@ -143,6 +143,23 @@ def test_verdicts_refute_and_stay_inconclusive_by_the_rules():
     assert got["power is the best sparse pattern at 4096"] == "refuted"
 
 
+def test_best_sparse_pattern_needs_every_sparse_pattern():
+    """Power far ahead of the one other pattern run so far: not yet "reproduced", since the
+    claim is about every sparse pattern; the evidence names the ones missing."""
+    runs = []
+    for s in range(3):
+        runs += [_run("power", s, {4096: 0.99}), _run("stride_slash", s, {4096: 0.6})]
+    results = {"runs": {r["name"]: r for r in runs}}
+    v = {v["claim"]: v for v in verdicts(results, 4096)}["power is the best sparse pattern at 4096"]
+    assert v["status"] == "inconclusive"
+    assert "not run yet: sliding_window, dilated, longnet" in v["evidence"]
+    runs += [_run(p, s, {4096: 0.5}) for p in ("sliding_window", "dilated", "longnet")
+             for s in range(3)]  # fmt: skip
+    results = {"runs": {r["name"]: r for r in runs}}
+    v = {v["claim"]: v for v in verdicts(results, 4096)}["power is the best sparse pattern at 4096"]
+    assert v["status"] == "reproduced" and "not run yet" not in v["evidence"]
+
+
 def test_figure_1b_verdicts():
     """Hard limit: reachable needles retrieved, unreachable not -> tracks. Full reach (L >= 6
     for both power and stride slash): power ahead at every such L -> power still wins;

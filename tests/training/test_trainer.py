@@ -71,6 +71,25 @@ def test_resume_is_exact(tmp_path, recipe):
         assert {n for m in losses("a") for n in m[3]} == {"320", "384"}
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_resume_on_cuda_restores_the_generators(tmp_path):
+    """torch.load(map_location="cuda") brings the saved generator states back on the GPU;
+    resuming must still restore them (it raised "RNG state must be a torch.ByteTensor" on an
+    H200 in session 6, and the passkey runs started over)."""
+    cfg = tiny_config(device="cuda")
+    t = Trainer(cfg, tmp_path, progress=False)
+    t.train(stop_at=5)  # checkpoint at step 4
+    saved = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)
+    del t
+    r = Trainer(cfg, tmp_path, progress=False)
+    assert r.load_checkpoint() and r.step == 4
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(torch.cuda.get_rng_state_all(), saved["rng"]["cuda"], strict=True)
+    )
+
+
 def test_on_stage_end_is_called_after_each_stage_in_training_mode_again(tmp_path):
     """The callback sees each stage once, right after its last step; a run resumed in the
     middle of stage 1 calls it for stage 1 only; training mode is restored after it."""
