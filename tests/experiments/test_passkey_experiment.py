@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import json
 import multiprocessing
@@ -20,7 +21,7 @@ from powerattn.experiments.passkey import (
 from powerattn.experiments.tables import train_exact_match_by_len
 from powerattn.tasks import passkey_batch
 from powerattn.training.evaluate import needle_hops
-from powerattn.training.trainer import _identity
+from powerattn.training.trainer import Trainer, _identity
 
 
 def test_smoke_campaign_through_the_cli(tmp_path, capsys):
@@ -91,6 +92,24 @@ def test_a_run_that_dies_is_retried_on_the_fallback(tmp_path, capsys):
     assert run["backend"] == "sdpa_mask" and run["backend_ok"]
     assert (out / "runs" / "main-power" / "log_failed.txt").exists()
     assert "retrying main-power" in capsys.readouterr().out
+
+
+def test_a_run_that_dies_resumes_its_checkpoint_on_the_fallback(tmp_path, capsys):
+    """A run with a checkpoint whose process dies is retried on sdpa_mask from that
+    checkpoint, not from scratch: its steps are kept."""
+    out = tmp_path / "out"
+    spec = plan("smoke", ["main"], ["power"], backend="decode")[0]
+    warm = dataclasses.replace(spec.config, backend="auto")
+    t = Trainer(warm, out / "runs" / spec.name, progress=False)
+    t.train(stop_at=2)
+    t.save_checkpoint()
+    rc = main(["experiment", "passkey", "--preset", "smoke", "--out", str(out), "--parts",
+               "main", "--patterns", "power", "--backend", "decode", "--jobs", "2"])  # fmt: skip
+    assert rc == 0
+    run = json.loads((out / "results.json").read_text())["runs"]["main-power"]
+    assert run["backend"] == "sdpa_mask" and run["steps_done"] == run["steps_planned"]
+    assert "retrying main-power" in capsys.readouterr().out
+    assert run["resumed_from"] == 2
 
 
 def _token_hops(pattern, seq_len: int, query: int) -> np.ndarray:

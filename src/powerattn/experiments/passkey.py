@@ -338,6 +338,7 @@ def run_one(
         "name": spec.name,
         "steps_done": trainer.step,
         "steps_planned": cfg.total_steps,
+        "resumed_from": trainer.resumed_from,
         "backend": cfg.backend,
         "backend_fallback": fallback,
         "backend_check": checks,
@@ -508,8 +509,12 @@ def _run_parallel(
     """One process per run (:func:`_train_one`), ``jobs`` at a time, sharing the GPU (or one
     GPU each, round robin, when several are visible); each logs to ``runs/NAME/log.txt``.
 
-    A run whose process dies (e.g. a kernel fault on the GPU) is started once more, from
-    scratch, on the ``sdpa_mask`` fallback; its first log is kept as ``log_failed.txt``. A
+    A run whose process dies (e.g. a kernel fault on the GPU) is started once more on the
+    ``sdpa_mask`` fallback: from its last checkpoint if it has one (written before the
+    failure, after the backend's checks passed: the same model on any backend), else from
+    scratch; its first log is kept as ``log_failed.txt``. A second failure is reported and the
+    checkpoint stays for a later call (an error while resuming, say, must not throw away the
+    run's steps: it did once, session 6). A
     run whose directory holds a checkpoint of another configuration
     (:data:`EXIT_CHECKPOINT_MISMATCH`) is reported as failed, not retried."""
     failed = []
@@ -531,7 +536,8 @@ def _run_parallel(
         # silently throw that run away.
         if code and code != EXIT_CHECKPOINT_MISMATCH and spec.config.backend != SDPA_MASK:
             (run_dir / "log.txt").rename(run_dir / "log_failed.txt")
-            clear_run(run_dir)
+            if not (run_dir / CHECKPOINT).exists():
+                clear_run(run_dir)  # no metrics or config of the failed attempt to append to
             print(f"== retrying {spec.name} on the {SDPA_MASK} fallback", flush=True)
             cfg = dataclasses.replace(spec.config, backend=SDPA_MASK)
             return job(dataclasses.replace(spec, config=cfg))

@@ -261,6 +261,7 @@ class Trainer:
         self._loss = compile_loss(cfg) if cfg.compile else passkey_loss
         self._pin = cfg.pin_memory and self.device.type == "cuda"
         self.step = 0
+        self.resumed_from: int | None = None  # the checkpoint's step of the last train()
         self.interrupted: str | None = None  # the signal that stopped the last train()
         self._signals: list[int] = []
         # The metrics window since the last logged step: loss sum, exact-match sum, steps.
@@ -384,6 +385,7 @@ class Trainer:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         resumed = resume and self.load_checkpoint()
+        self.resumed_from = self.step if resumed else None
         if resumed:
             self._trim_metrics()
         else:
