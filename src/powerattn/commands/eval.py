@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..training.config import SPEED_OPTIONS
 from ..validate import add_list_argument, nonnegative_int, positive_int
 
 _EPILOG = """\
@@ -115,6 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--jobs", type=positive_int, default=1)
     b.add_argument("--deadline", type=float, help="seconds from now to stop training")
     b.add_argument("--device", default="auto")
+    _speed_arg(b)
     b.add_argument("--summarize", metavar="RUNS", help="no training: summarize RUNS/*/probe.json")
     b.add_argument("--results", default="results/probing")
     b.set_defaults(func=_probe)
@@ -147,6 +149,24 @@ def _campaign_args(p: argparse.ArgumentParser, need_corpus: bool) -> None:
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--tokenizer", help="tokenizer JSON (default: the committed one)")
+    _speed_arg(p)
+
+
+def _speed_arg(p: argparse.ArgumentParser) -> None:
+    add_list_argument(
+        p, "--speed", default=[],
+        help=f"trainer speed options to switch on, of {', '.join(SPEED_OPTIONS)} (the same "
+        "training up to float rounding; recorded in each run's config.json, no part of its "
+        "identity: a run resumes with them on or off; compile: 2.4x steps/s for the passkey "
+        "model alone on an H200, unmeasured on these: scripts/gpu_eval.sh SPEED=auto)",
+    )  # fmt: skip
+
+
+def _speed(args: argparse.Namespace) -> list[str]:
+    """--speed, validated before any run starts (a worker would fail once per run)."""
+    from ..eval.lm import speed_options
+
+    return speed_options(args.speed)
 
 
 def _stop(args: argparse.Namespace) -> float | None:
@@ -203,7 +223,7 @@ def _ppl(args: argparse.Namespace) -> int:
             raise ValueError("give --corpus and --out (or --summarize RUNS)")
         specs = campaign.lm_specs(
             args.corpus, args.out, args.preset, args.patterns or lm.PATTERNS, args.seeds,
-            args.steps, args.device, _stop(args), _tok(args),
+            args.steps, args.device, _stop(args), _tok(args), _speed(args),
         )  # fmt: skip
         failed = campaign.run_pool("lm", specs, args.out, args.jobs)
         if failed:
@@ -252,6 +272,8 @@ def _ruler(args: argparse.Namespace) -> int:
     from ..eval import campaign, lm
 
     if args.model:
+        if args.speed:
+            raise ValueError("--speed applies to training (--train), not to scoring --model")
         return _ruler_one(args)
     runs = args.summarize or args.out
     if not args.summarize:
@@ -259,6 +281,7 @@ def _ruler(args: argparse.Namespace) -> int:
             raise ValueError("give --model, or --train with --out (and --lm-runs), or --summarize")
         patterns = args.patterns or lm.PATTERNS
         campaign._check(args.preset, patterns)
+        speed = _speed(args)
         steps = args.steps or lm.PRESETS[args.preset].steps
         variants = [[]] + ([campaign.hybrid_layers(args.preset)] if args.hybrid else [])
         specs = [
@@ -275,6 +298,7 @@ def _ruler(args: argparse.Namespace) -> int:
                 tasks=args.tasks,
                 stop_time=_stop(args),
                 tokenizer=_tok(args),
+                speed=speed,
             )  # fmt: skip
             for s in args.seeds
             for fl in variants
@@ -359,6 +383,7 @@ def _probe(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"preset must be one of {sorted(campaign.PROBE_PRESETS)}, got {args.preset!r}"
             )
+        speed = _speed(args)
         specs = [
             dict(
                 out=str(args.out),
@@ -369,6 +394,7 @@ def _probe(args: argparse.Namespace) -> int:
                 stop_time=_stop(args),
                 steps_scale=args.steps_scale,
                 engine=args.engine,
+                speed=speed,
             )  # fmt: skip
             for s in args.seeds
             for p in args.patterns

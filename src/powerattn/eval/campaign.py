@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..training.config import (
+    SPEED_OPTIONS,
     ModelConfig,
     OptimConfig,
     PatternConfig,
@@ -113,6 +114,8 @@ def run_pool(kind: str, specs: list[dict[str, Any]], out: str | Path, jobs: int)
     Path(out).mkdir(parents=True, exist_ok=True)
     if jobs <= 1:
         for spec in specs:
+            if "compile" in spec.get("speed", ()):
+                _fresh_compile_caches()
             WORKERS[kind](**spec)
         return []
     failed, running, queue = [], [], list(specs)
@@ -134,6 +137,14 @@ def run_pool(kind: str, specs: list[dict[str, Any]], out: str | Path, jobs: int)
     return failed
 
 
+def _fresh_compile_caches() -> None:
+    """Forget the graphs compiled for the previous run of this process: each run's model is
+    another graph, and the trainer makes running past its compile limit an error."""
+    import torch
+
+    torch._dynamo.reset()
+
+
 def lm_specs(
     corpus: str,
     out: str,
@@ -144,9 +155,11 @@ def lm_specs(
     device: str,
     stop_time: float | None,
     tokenizer: str = str(DEFAULT_PATH),
+    speed: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The specs of :func:`powerattn.eval.lm.run_one` for every (seed, pattern)."""
     _check(preset, patterns)
+    speed = lm.speed_options(speed)
     lm.tokenize_corpus(corpus, tokenizer)  # once, before the workers read it
     return [
         dict(
@@ -159,6 +172,7 @@ def lm_specs(
             device=device,
             stop_time=stop_time,
             tokenizer=str(tokenizer),
+            speed=speed,
         )  # fmt: skip
         for s in seeds
         for p in patterns
@@ -171,6 +185,56 @@ def _check(preset: str, patterns: list[str]) -> None:
     unknown = sorted(set(patterns) - set(lm.PATTERNS))
     if unknown:
         raise ValueError(f"unknown patterns {unknown}; choose from {lm.PATTERNS}")
+
+
+# ---------------------------------------------------------------------------- speed
+
+# SPEED=auto of scripts/gpu_eval.sh: a speed setting must train at least this much faster than
+# the default, alone on the GPU, to be used. Alone is an optimistic guide for 12 runs sharing
+# the GPU (sharing already hides some of the host time compile saves), and each run pays its
+# own compilation (~1-2 min while 12 compile at once, not measured): with the plan's ~355 s of
+# eager training, a shared speed-up of 1.2 at 60 s of compilation only breaks even.
+MIN_SPEEDUP = 1.3
+
+
+def choose_speed(
+    train_speed: str | Path, model: str = "lm", min_speedup: float = MIN_SPEEDUP
+) -> tuple[list[str], str]:
+    """``(speed options, reason)`` from a ``train_speed.json`` of scripts/gpu_train_speed.py:
+    the measured setting of ``model`` with the largest speed-up over the default among those
+    whose loss check passed and whose speed-up is at least ``min_speedup`` (a setting named
+    after one option switches it on, ``all`` every option), else none (the default). A
+    missing, partial or failed measurement chooses the default; ``reason`` says why, in one
+    line for the campaign's log."""
+    path = Path(train_speed)
+    try:
+        res = json.loads(path.read_text())["models"][model]["settings"]
+        base = res["default"]["steps_per_s"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return [], f"default: no usable measurement of {model} in {path} ({type(exc).__name__})"
+    if not isinstance(base, (int, float)) or base <= 0:
+        return [], f"default: the default's steps/s of {model} in {path} is {base!r}"
+    rows = []
+    for name, row in res.items():
+        if name == "default":
+            continue
+        check = row.get("check", {})
+        gain = row.get("steps_per_s", 0.0) / base
+        ok = bool(check.get("pass")) and gain >= min_speedup
+        rows.append((ok, gain, name, check.get("max_abs_diff"), check.get("tol")))
+    seen = "; ".join(
+        f"{name} {gain:.2f}x, loss check {'passed' if d is not None and d <= t else 'FAILED'}"
+        for _, gain, name, d, t in rows
+    )
+    good = sorted((r for r in rows if r[0]), key=lambda r: r[1])
+    if not good:
+        return [], (
+            f"default: no setting passed its loss check at >= {min_speedup}x the default's "
+            f"{base:.2f} steps/s ({seen or 'none measured'})"
+        )
+    _, gain, name, _, _ = good[-1]
+    options = list(SPEED_OPTIONS) if name == "all" else lm.speed_options([name])
+    return options, f"{','.join(options)}: {gain:.2f}x the default's {base:.2f} steps/s ({seen})"
 
 
 # ---------------------------------------------------------------------------- RULER
@@ -189,11 +253,18 @@ def hybrid_layers(preset: str) -> list[int]:
 
 
 def ruler_config(
-    preset: str, pattern: str, seed: int, steps: int, device: str, full_layers: list[int]
+    preset: str,
+    pattern: str,
+    seed: int,
+    steps: int,
+    device: str,
+    full_layers: list[int],
+    speed: list[str] | None = None,
 ) -> TrainConfig:
     """The continued training on the RULER mixture: the language model's config with the
-    answer-only loss over :data:`ANSWER_TOKENS` tokens and a lower learning rate."""
-    cfg = lm.train_config(lm.PRESETS[preset], pattern, seed, steps, device, full_layers)
+    answer-only loss over :data:`ANSWER_TOKENS` tokens and a lower learning rate (``speed``:
+    :func:`powerattn.eval.lm.speed_options`)."""
+    cfg = lm.train_config(lm.PRESETS[preset], pattern, seed, steps, device, full_layers, speed)
     cfg.loss_on = "answer"
     cfg.task = TaskConfig(block_size=cfg.task.block_size, digits=ANSWER_TOKENS)
     cfg.optim = dataclasses.replace(cfg.optim, lr=cfg.optim.lr / 3)
@@ -213,10 +284,12 @@ def ruler_run_one(
     tasks: list[str] | None = None,
     stop_time: float | None = None,
     tokenizer: str = str(DEFAULT_PATH),
+    speed: list[str] = (),
 ) -> dict[str, Any]:
     """Continue ``lm_runs/<pattern>-s<seed>`` (weights only; from scratch if it has no
     checkpoint) on the RULER mixture into ``out/NAME``, then score the suite at the preset's
-    context on ``samples`` samples per task (the same samples for every run)."""
+    context on ``samples`` samples per task (the same samples for every run). ``speed``: the
+    trainer speed options (:func:`powerattn.eval.lm.speed_options`)."""
     import torch
 
     from ..training.trainer import CHECKPOINT, Trainer
@@ -224,7 +297,7 @@ def ruler_run_one(
     p = lm.PRESETS[preset]
     tok = BPETokenizer(tokenizer)
     full_layers = list(full_layers)
-    cfg = ruler_config(preset, pattern, seed, steps, device, full_layers)
+    cfg = ruler_config(preset, pattern, seed, steps, device, full_layers, speed)
     run_dir = Path(out) / lm.run_name(pattern, seed, full_layers)
     batch_fn = ruler.training_batch_fn(tok, tasks)
     trainer = Trainer(cfg, run_dir, progress=False, tokenizer=tok, batch_fn=batch_fn)
@@ -247,6 +320,7 @@ def ruler_run_one(
         "steps_planned": cfg.total_steps,
         "started_from": started_from,
         "train_s_this_call": time.time() - t0,
+        "speed": lm.speed_options(speed),
         **res,
     }
     _write_json(run_dir / RULER_FILE, result)
@@ -361,9 +435,11 @@ def probe_run_one(
     stop_time: float | None = None,
     steps_scale: float = 1.0,
     engine: str = "torch",
+    speed: list[str] = (),
 ) -> dict[str, Any]:
     """Probe the model of ``pattern`` at initialisation, train it on the passkey curriculum
-    (resuming), probe it again; writes ``out/NAME/probe.json``."""
+    (resuming, with the trainer speed options ``speed``:
+    :func:`powerattn.eval.lm.speed_options`), probe it again; writes ``out/NAME/probe.json``."""
     from ..training.model import build_model
     from ..training.trainer import Trainer
 
@@ -380,6 +456,7 @@ def probe_run_one(
         lm_weight=pp.lm_weight,
         checkpoint_every=100,
         device=device,
+        **{name: True for name in lm.speed_options(speed)},
     )
     run_dir = Path(out) / lm.run_name(pattern, seed)
     trainer = Trainer(cfg, run_dir, progress=False)
@@ -398,6 +475,7 @@ def probe_run_one(
         "block_size": pp.block_size,
         "steps": trainer.step,
         "steps_planned": cfg.total_steps,
+        "speed": lm.speed_options(speed),
         "needle_block": after["needle_block"],
         "key_blocks": after["key_blocks"],
         "earliest_key_block": after["earliest_key_block"],

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import torch
 
 from ..testing import FORWARD_FACTOR, check_close
 from ..training.config import (
+    SPEED_OPTIONS,
     ModelConfig,
     OptimConfig,
     PatternConfig,
@@ -96,6 +98,19 @@ def run_name(pattern: str, seed: int, full_layers: list[int] = ()) -> str:
     return f"{pattern}{hybrid}-s{seed}"
 
 
+def speed_options(names: Iterable[str] | None) -> list[str]:
+    """The trainer speed options ``names`` (:data:`powerattn.training.config.SPEED_OPTIONS`,
+    e.g. ``["compile"]``), sorted and without repeats; ``ValueError`` naming the valid ones for
+    an unknown name. They change how a step is computed, not the model trained, so they are
+    recorded in each run's ``config.json`` but are no part of its identity: a run resumes with
+    them switched on or off (``powerattn.training.trainer.NOT_IN_IDENTITY``)."""
+    names = sorted(set(names or ()))
+    bad = [n for n in names if n not in SPEED_OPTIONS]
+    if bad:
+        raise ValueError(f"speed options {bad} unknown; valid: {list(SPEED_OPTIONS)}")
+    return names
+
+
 def train_config(
     preset: LMPreset,
     pattern: str,
@@ -103,8 +118,10 @@ def train_config(
     steps: int | None = None,
     device: str = "auto",
     full_layers: list[int] = (),
+    speed: Iterable[str] | None = None,
 ) -> TrainConfig:
-    """The :class:`TrainConfig` of one run (language modelling at ``preset.context``)."""
+    """The :class:`TrainConfig` of one run (language modelling at ``preset.context``), with
+    the trainer speed options ``speed`` switched on (:func:`speed_options`)."""
     steps = preset.steps if steps is None else steps
     return TrainConfig(
         model=dataclasses.replace(preset.model),
@@ -122,6 +139,7 @@ def train_config(
         checkpoint_every=max(min(200, steps), 1),
         log_every=max(min(10, steps), 1),
         device=device,
+        **{name: True for name in speed_options(speed)},
     )
 
 
@@ -293,13 +311,15 @@ def run_one(
     stop_time: float | None = None,
     progress: bool = False,
     tokenizer: str = str(DEFAULT_PATH),
+    speed: list[str] = (),
 ) -> dict[str, Any]:
-    """Train (resuming) and evaluate one run into ``out/NAME``; returns its ``ppl.json``."""
+    """Train (resuming) and evaluate one run into ``out/NAME``, with the trainer speed
+    options ``speed`` (:func:`speed_options`); returns its ``ppl.json``."""
     from ..training.lm_data import lm_batch_fn
     from ..training.trainer import CHECKPOINT, Trainer
 
     p = PRESETS[preset]
-    cfg = train_config(p, pattern, seed, steps, device, list(full_layers))
+    cfg = train_config(p, pattern, seed, steps, device, list(full_layers), speed)
     run_dir = Path(out) / run_name(pattern, seed, list(full_layers))
     tokens_dir = tokenize_corpus(corpus, tokenizer)
     train_tokens = np.load(tokens_dir / "train.npy", mmap_mode="r")
@@ -342,6 +362,7 @@ def run_one(
         "parameters": sum(x.numel() for x in trainer.model.parameters()),
         "train_s_this_call": train_s,
         "tokens_per_s": last.get("tokens_per_s"),  # this call's, at its last logged step
+        "speed": speed_options(speed),  # this call's (also in the trainer's config.json)
         "tokenizer": tok.path.name,
         "tokenizer_sha": _file_hash(tok.path),
         "corpus_test_docs": int(len(np.load(tokens_dir / "test_offsets.npy")) - 1),
@@ -512,6 +533,7 @@ def throughput(runs_dir: str | Path, runs: list[dict[str, Any]]) -> dict[str, An
                 Path(runs_dir) / r["name"] / "metrics.jsonl"
             ),
             "train_s_this_call": r.get("train_s_this_call"),
+            "speed": r.get("speed", []),  # the last call's trainer speed options
         }
         for r in runs
     }
