@@ -240,10 +240,10 @@ def main() -> int:
     runs = [(decode_cases.check, c) for c in decode_cases.cases()]
     runs += [(decode_cases.check_batched, c) for c in decode_cases.batched_cases()]
     fails = [m for fn, c in runs if (m := fn(*c, device="cuda"))]
-    for fn in (decode_cases.check_public, decode_cases.check_compiled):
+    for fn in (decode_cases.check_public, decode_cases.check_compiled, decode_cases.check_steps):
         if m := fn("cuda"):
             fails.append(m)
-    log(f"  {len(runs) + 2 - len(fails)}/{len(runs) + 2} cases passed ({time.time() - t0:.0f} s)")
+    log(f"  {len(runs) + 3 - len(fails)}/{len(runs) + 3} cases passed ({time.time() - t0:.0f} s)")
     # The kernel variant the sweep also times (EARLY_V_LOAD): the same cases, before timing it.
     ops_decode.EARLY_V_LOAD = True
     ops_decode._plan.cache_clear()

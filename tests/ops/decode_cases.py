@@ -202,15 +202,63 @@ def check_compiled(device) -> str | None:
     return None
 
 
+def check_steps(device) -> str | None:
+    """The public operator's cached decode steps (``ops/decode.py``, ``cached_step``): each
+    call, made twice (the second served by its cached step), gives bitwise the result of the
+    uncached path, across changes of length (within and across buckets), pattern, dtype,
+    scale, ``return_lse``, layout and query count; on CUDA through ``auto`` too (the dense
+    route where exact, the direct launcher)."""
+    from powerattn import sparse_attention
+
+    g = torch.Generator().manual_seed(11)
+    power, sw = _pattern("power", 16), _pattern("sliding_window", 16)
+    q = torch.randn(1, 4, 1, 16, generator=g).to(device)
+    q3 = torch.randn(1, 4, 3, 16, generator=g).to(device)
+    k = torch.randn(1, 2, 100, 16, generator=g).to(device)
+    v = torch.randn(1, 2, 100, 16, generator=g).to(device)
+    kt = torch.randn(1, 100, 2, 16, generator=g).to(device).transpose(1, 2)
+    qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    calls = [  # (q, keys, values, pattern, scale, return_lse)
+        (q, k[:, :, :70], v[:, :, :70], power, None, False),
+        (q, k[:, :, :66], v[:, :, :66], power, None, False),  # same bucket
+        (q, k[:, :, :40], v[:, :, :40], power, None, False),  # another bucket
+        (q, k[:, :, :9], v[:, :, :9], power, None, False),  # one block (auto: dense)
+        (q, k[:, :, :70], v[:, :, :70], sw, None, False),
+        (q, k[:, :, :70], v[:, :, :70], "power", None, False),  # by name: block 256
+        (qb, kb[:, :, :70], vb[:, :, :70], power, None, False),
+        (q, k[:, :, :70], v[:, :, :70], power, 0.3, False),
+        (q, k[:, :, :70], v[:, :, :70], power, None, True),
+        (q, kt[:, :, :70], kt[:, :, :70], power, None, False),  # a strided cache
+        (q3, k[:, :, :70], v[:, :, :70], power, None, True),
+    ]
+    backends = ["decode", "auto"] if device == "cuda" else ["decode"]
+    for backend in backends:
+        for i, (q_, k_, v_, pat, scale, lse) in enumerate(calls):
+            s = q_.shape[-1] ** -0.5 if scale is None else scale
+            allow_dense = backend == "auto"
+            want = decode._decode_impl(q_, k_, v_, None, get_pattern(pat), s, lse, allow_dense)
+            for attempt in range(2):
+                got = sparse_attention(
+                    q_, k_, v_, pat, scale=scale, return_lse=lse, backend=backend
+                )
+                got = got if lse else (got, None)
+                same = torch.equal(got[0], want[0]) and (not lse or torch.equal(got[1], want[1]))
+                if not same:
+                    return f"cached step {backend} call {i} attempt {attempt}: differs"
+            if decode.cached_step(q_, k_, v_, pat, scale, lse, backend) is None:
+                return f"cached step {backend} call {i}: the repeat was not served from the cache"
+    return None
+
+
 def main(device: str = "cpu") -> int:
     if os.environ.get("POWERATTN_DECODE_EARLY_V") == "1":  # the kernel variant of the sweep
         decode.EARLY_V_LOAD = True
     runs = [(check, c) for c in cases()] + [(check_batched, c) for c in batched_cases()]
     failures = [m for fn, c in runs if (m := fn(*c, device=device))]
-    for fn in (check_public, check_compiled):
+    for fn in (check_public, check_compiled, check_steps):
         if m := fn(device):
             failures.append(m)
-    total = len(runs) + 2
+    total = len(runs) + 3
     for m in failures:
         print("FAIL", m)
     print(f"{total - len(failures)}/{total} decode cases passed on {device}")

@@ -22,6 +22,8 @@ Backends (``backend=``):
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..patterns import Pattern, get_pattern
@@ -91,6 +93,12 @@ def sparse_attention(
         ``out (B, Hq, Sq, D)`` in the input dtype; with ``return_lse`` also
         ``lse (B, Hq, Sq)`` float32.
     """
+    # A decode call like an earlier validated one (pattern, shapes, dtype, device, length
+    # bucket): answered from what that call decided, without redoing the work below.
+    hit = _decode.cached_step(q, k, v, pattern, scale, return_lse, backend)
+    if hit is not None:
+        return hit
+    call = (pattern, scale, backend)  # as given: the key of a decode step to remember
     check_qkv(q, k, v)
     pattern = get_pattern(pattern)
     if backend not in BACKENDS:
@@ -114,9 +122,11 @@ def sparse_attention(
                     "backend='decode' has no backward; inputs require grad (use 'flex' or 'auto')"
                 )
             _decode.check_supported(q, k)
+        allow_dense = backend == "decode_auto"
         out, lse = _decode.decode_forward(
-            q, k, v, pattern, scale, need_lse=return_lse, allow_dense=backend == "decode_auto"
+            q, k, v, pattern, scale, need_lse=return_lse, allow_dense=allow_dense
         )
+        _decode.remember_step(q, k, v, call, return_lse, pattern, scale, allow_dense)
     else:
         if q.device.type != "cuda" and needs_grad(q, k, v):
             raise ValueError(
@@ -149,5 +159,13 @@ def power_attention(
     k/v ``(B, Hkv, Sk, D)``, queries the last ``Sq`` positions; ``out (B, Hq, Sq, D)`` in
     the input dtype, ``lse (B, Hq, Sq)`` float32 with ``return_lse``.
     """
-    pattern = get_pattern("power", block_size=block_size, window=window, sink=sink)
+    try:  # one object per setting: building a pattern takes ~20 us (a decode step's budget)
+        pattern = _power_pattern(block_size, window, sink)
+    except TypeError:  # an unhashable setting: let get_pattern name the problem
+        pattern = get_pattern("power", block_size=block_size, window=window, sink=sink)
     return sparse_attention(q, k, v, pattern, scale=scale, return_lse=return_lse, backend=backend)
+
+
+@functools.lru_cache(maxsize=64, typed=True)
+def _power_pattern(block_size: int, window: int, sink: int) -> Pattern:
+    return get_pattern("power", block_size=block_size, window=window, sink=sink)
