@@ -1,12 +1,25 @@
 """Where does an eager decode call's host time go? (issue 9: eager decode is host-bound)
 
-Session 5's `scripts/gpu_decode.py` run: one eager `sparse_attention` decode call at 8K-128K
-costs ~33 us of host time against ~24 us for dense SDPA, while the kernel itself takes
-~16-19 us of GPU time, so the eager call is bounded by the host. This script times each
-layer of the call on its own (perf_counter over many calls; the GPU queue absorbs the
-kernels), then prints a cProfile of the whole call. Qwen2-7B shapes, bf16, power, 32K keys.
+Session 5: one eager `sparse_attention` decode call cost ~33 us of host time (Triton's
+launcher ~13.5 of them) against ~26 us for dense SDPA, while the kernel takes ~15-19 us of
+GPU time. Session 6 added cached decode steps (`ops/decode.py`, `cached_step`): a repeat
+call skips the checks and dispatch. This job, on one GPU (Qwen2-7B shapes, bf16, `power`):
 
-    OUT=$OUT PYTHONPATH=src python3 scripts/gpu_decode_host.py      # ~30 s, nvidia-h200
+1. correctness first: `decode_cases.check_steps` (cached == uncached, bitwise, across
+   changes of length, pattern, dtype, scale, lse, layout; `auto` and `decode`), then at
+   8K/32K/128K the cached call == the uncached path bitwise and within bf16 error of a
+   float32 masked reference. Timings run only if all pass (`FORCE=1`: anyway);
+2. host time per layer of the call at each length (perf_counter over many calls; the GPU
+   queue absorbs the kernels): dense SDPA, the public call (cached step), the public call
+   with the cache cleared before each call (the full path), `cached_step`, `_run_step`,
+   the old wrapper `decode_attention`, Triton's launcher alone, and -- where this Triton's
+   `CompiledKernel.__getitem__` has the expected shape -- `CompiledKernel.run` called
+   directly (what the launcher does without launch hooks; checked bitwise first);
+3. `powerattn.bench.decode.bench_decode` at the same lengths, B=1 (eager ms against dense,
+   graph replay, in-graph);
+4. a cProfile of 3000 public calls at 32K.
+
+    OUT=$OUT PYTHONPATH=src python3 scripts/gpu_decode_host.py     # ~40 s, nvidia-h200
 
 Writes $OUT/decode_host.json and $OUT/decode_host.txt.
 """
@@ -14,6 +27,7 @@ Writes $OUT/decode_host.json and $OUT/decode_host.txt.
 from __future__ import annotations
 
 import cProfile
+import inspect
 import io
 import json
 import os
@@ -25,99 +39,204 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from powerattn import get_pattern, sparse_attention
-from powerattn.ops import decode as dec
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests" / "ops")]
+
+from powerattn import get_pattern, sparse_attention  # noqa: E402
+from powerattn.bench.decode import bench_decode  # noqa: E402
+from powerattn.ops import decode as dec  # noqa: E402
 
 OUT = Path(os.environ.get("OUT", "/tmp/decode-host"))
+LENGTHS = (8192, 32768, 131072)
+_lines: list[str] = []
 
 
-def host_us(fn, iters: int = 2000) -> float:
-    """Median over 5 rounds of the mean host time per call."""
+def log(msg: str) -> None:
+    print(msg, flush=True)
+    _lines.append(msg)
+
+
+def host_us(fn, iters: int = 1000, rounds: int = 5) -> float:
+    """Median over rounds of the mean host time per call."""
     fn()
     torch.cuda.synchronize()
-    rounds = []
-    for _ in range(5):
+    per = []
+    for _ in range(rounds):
         t = time.perf_counter()
         for _ in range(iters):
             fn()
-        rounds.append((time.perf_counter() - t) / iters * 1e6)
+        per.append((time.perf_counter() - t) / iters * 1e6)
         torch.cuda.synchronize()
-    return sorted(rounds)[2]
+    return sorted(per)[rounds // 2]
 
 
-def main() -> int:
-    OUT.mkdir(parents=True, exist_ok=True)
-    p = get_pattern("power", block_size=256)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    s = int(sys.argv[1]) if len(sys.argv) > 1 else 32768
+def _inputs(s: int):
+    g = torch.Generator(device="cuda").manual_seed(s)
     q = torch.randn(1, 28, 1, 128, device="cuda", dtype=torch.bfloat16, generator=g)
     k = torch.randn(1, 4, s, 128, device="cuda", dtype=torch.bfloat16, generator=g)
-    v = torch.randn_like(k)
+    v = torch.randn(1, 4, s, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    return q, k, v
+
+
+def checks(p) -> list[str]:
+    import decode_cases
+
+    fails = []
+    if m := decode_cases.check_steps("cuda"):
+        fails.append(m)
+    for s in LENGTHS:
+        q, k, v = _inputs(s)
+        want, _ = dec._decode_impl(q, k, v, None, p, 128**-0.5, False, True)
+        for attempt in range(3):  # miss, plan's launcher, step's launcher
+            got = sparse_attention(q, k, v, p)
+            if not torch.equal(got, want):
+                fails.append(f"S={s} call {attempt}: cached call != uncached path")
+        # Against the float64 reference, tolerance relative to same-precision dense SDPA.
+        for _ in range(2):
+            out, lse = sparse_attention(q, k, v, p, return_lse=True)
+        msg = decode_cases._compare(out, lse, q, k, v, p, torch.bfloat16, f"S={s}")
+        log(f"  S={s}: cached == uncached {torch.equal(got, want)}; reference: {msg or 'ok'}")
+        if msg:
+            fails.append(msg)
+    return fails
+
+
+def _compiled_of(runner):
+    """The CompiledKernel behind a launcher closure (``compiled[grid]``), else None."""
+    for cell in runner.__closure__ or ():
+        obj = cell.cell_contents
+        if hasattr(obj, "packed_metadata") and hasattr(obj, "function"):
+            return obj
+    return None
+
+
+def breakdown(p, s: int) -> dict:
+    q, k, v = _inputs(s)
     scale = 128**-0.5
+    for _ in range(3):
+        sparse_attention(q, k, v, p)
+    step = dec._steps[(p, q.shape, q.dtype, q.device, None, False, "auto")]
+    plan = step.plan
+    runner = next(iter(step.runners.values()), None)
     dev = q.device
-    sparse_attention(q, k, v, p)
-    sparse_attention(q, k, v, p)  # the second call takes the direct launch
-    n_kb = dec._next_pow2(-(-s // 256))
-    args = (p, 1, 28, 4, 1, 128, q.dtype, n_kb, dev, None, dec.FUSED, False, False)
-    plan = dec._plan(*args)
-    ws, cnt = dec._workspace(dev, plan)
-    out = torch.empty_like(q)
-    largs = (
-        q, k, v, out, ws, ws, cnt, cnt, plan.tbl, plan.tcnt, *q.stride(), *k.stride(),
-        *v.stride(), s, s, scale * dec._LOG2E, plan.n_slots, plan.splits,
-    )  # fmt: skip
-    runner = next(iter(plan.runners.values()), None)
     stream = torch._C._cuda_getCurrentRawStream(0)
+    ws, cnt = dec._workspace_at((dev, stream), plan)
+    out = torch.empty_like(q)
+    st = q.stride() + k.stride() + v.stride()
+    ptrs = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), ws.data_ptr(),
+            ws.data_ptr(), cnt.data_ptr(), cnt.data_ptr(), step.ptbl, step.ptcnt)  # fmt: skip
+    largs = (*ptrs, *st, s, s, step.qk_scale, plan.n_slots, plan.splits, *plan.const_values)
+
+    def full_path():
+        dec._steps.clear()
+        return sparse_attention(q, k, v, p)
+
     parts = {
         "dense SDPA (enable_gqa)": lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
-        "sparse_attention (whole public call)": lambda: sparse_attention(q, k, v, p),
-        "decode_forward": lambda: dec.decode_forward(q, k, v, p, scale),
-        "decode_attention": lambda: dec.decode_attention(q, k, v, p, scale, need_lse=False),
-        "_plan (cached)": lambda: dec._plan(*args),
-        "_workspace": lambda: dec._workspace(dev, plan),
-        "torch.empty (B,Hq,1,D)": lambda: torch.empty((1, 28, 1, 128), dtype=q.dtype, device=dev),
-        "torch.empty_like(q)": lambda: torch.empty_like(q),
-        "_launch_fast": lambda: dec._launch_fast(plan, largs, 0),
-        "runner(...) alone": (
-            (lambda: runner(*largs, *plan.const_values, stream=stream)) if runner else None
+        "sparse_attention (cached step)": lambda: sparse_attention(q, k, v, p),
+        "sparse_attention (full path, cache cleared)": full_path,
+        "cached_step": lambda: dec.cached_step(q, k, v, p, None, False, "auto"),
+        "_run_step": lambda: dec._run_step(step, q, k, v, s),
+        "decode_attention (uncached wrapper)": lambda: dec.decode_attention(
+            q, k, v, p, scale, need_lse=False
         ),
-        "is_current_stream_capturing": torch.cuda.is_current_stream_capturing,
-        "_cuda_getCurrentRawStream": lambda: torch._C._cuda_getCurrentRawStream(0),
-        "q.stride() x3 + data_ptr x5": lambda: (
-            q.stride(),
-            k.stride(),
-            v.stride(),
+        "Triton launcher alone": (
+            (lambda: runner(*largs, stream=stream)) if runner is not None else None
+        ),
+        "torch.empty_like(q)": lambda: torch.empty_like(q),
+        "_workspace_at": lambda: dec._workspace_at((dev, stream), plan),
+        "_cuda_isCurrentStreamCapturing": torch._C._cuda_isCurrentStreamCapturing,
+        "strides + 6 data_ptr": lambda: (
+            q.stride() + k.stride() + v.stride(),
             q.data_ptr(),
             k.data_ptr(),
             v.data_ptr(),
             out.data_ptr(),
+            ws.data_ptr(),
             cnt.data_ptr(),
         ),  # fmt: skip
-        "torch.compiler.is_compiling": torch.compiler.is_compiling,
-        "dense_is_exact": lambda: dec.dense_is_exact(p, 1, s),
-        "hash(pattern)": lambda: hash(p),
     }
+    # CompiledKernel.run directly (the launcher's own work without Triton's runner closure and
+    # launch-metadata/hook lookups), only where __getitem__ has the expected shape.
+    ck = _compiled_of(runner) if runner is not None else None
+    direct_note = "no compiled kernel found"
+    if ck is not None:
+        src = inspect.getsource(type(ck).__getitem__)
+        expected = (
+            "self.run(grid[0], grid[1], grid[2], stream, self.function, self.packed_metadata, "
+            "launch_metadata, knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, "
+            "*args)"
+        )
+        if expected in " ".join(src.split()):
+            gx, gy, gz = plan.grid
+
+            def direct():
+                ck.run(gx, gy, gz, stream, ck.function, ck.packed_metadata, None, None, None,
+                       *largs)  # fmt: skip
+
+            want = dec._run_step(step, q, k, v, s)[0]
+            out.fill_(float("nan"))
+            direct()
+            if torch.equal(out, want):
+                parts["CompiledKernel.run directly"] = direct
+                direct_note = "timed (bitwise equal to the launcher's output)"
+            else:
+                direct_note = "differs from the launcher's output: not timed"
+        else:
+            direct_note = "this Triton's __getitem__ differs: not timed"
+    log(f"S={s}: CompiledKernel.run directly: {direct_note}")
     res = {}
-    lines = [f"S={s} torch {torch.__version__} {torch.cuda.get_device_name()}"]
     for name, fn in parts.items():
         if fn is None:
             continue
-        res[name] = round(host_us(fn), 2)
-        lines.append(f"{name:<40} {res[name]:8.2f} us")
-        print(lines[-1], flush=True)
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(3000):
+        res[name] = round(host_us(fn, iters=300 if "full path" in name else 1000), 2)
+        log(f"  S={s:>6} {name:<45} {res[name]:8.2f} us")
+    return res
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    import triton
+
+    t0 = time.time()
+    p = get_pattern("power", block_size=256)
+    env = f"torch {torch.__version__}, triton {triton.__version__}, {torch.cuda.get_device_name()}"
+    log(env)
+    doc: dict = {"env": env, "fast_launch": dec.FAST_LAUNCH}
+    log("== correctness")
+    with torch.no_grad():
+        fails = checks(p)
+    doc["failures"] = fails
+    for m in fails:
+        log(f"FAIL {m}")
+    if fails and os.environ.get("FORCE") != "1":
+        (OUT / "decode_host.json").write_text(json.dumps(doc, indent=1))
+        (OUT / "decode_host.txt").write_text("\n".join(_lines))
+        return 1
+    log(f"== host time per call ({time.time() - t0:.0f} s)")
+    with torch.no_grad():
+        doc["host_us"] = {str(s): breakdown(p, s) for s in LENGTHS}
+    log(f"== bench_decode, B=1 ({time.time() - t0:.0f} s)")
+    doc["bench_rows"] = bench_decode(LENGTHS, [1], pattern=p, log=log)
+    log(f"== cProfile, 3000 public calls at 32K ({time.time() - t0:.0f} s)")
+    q, k, v = _inputs(32768)
+    with torch.no_grad():
         sparse_attention(q, k, v, p)
-    prof.disable()
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(3000):
+            sparse_attention(q, k, v, p)
+        prof.disable()
     torch.cuda.synchronize()
     buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
-    lines.append(buf.getvalue())
-    print(buf.getvalue())
-    (OUT / "decode_host.txt").write_text("\n".join(lines))
-    (OUT / "decode_host.json").write_text(json.dumps({"seq_len": s, "host_us": res}, indent=1))
-    return 0
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+    log(buf.getvalue())
+    doc["fast_launch"] = dec.FAST_LAUNCH
+    doc["seconds"] = round(time.time() - t0)
+    log(f"total {doc['seconds']} s")
+    (OUT / "decode_host.json").write_text(json.dumps(doc, indent=1))
+    (OUT / "decode_host.txt").write_text("\n".join(_lines))
+    return 1 if fails else 0
 
 
 if __name__ == "__main__":
