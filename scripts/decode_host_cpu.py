@@ -69,10 +69,14 @@ class _FakeCompiled:
 
 
 class _FakeKernel:
-    """``kernel[grid](*args, **consts)`` returns a compiled kernel whose launcher is a no-op."""
+    """``kernel[grid](*args, **consts)`` returns a compiled kernel whose launcher is a no-op;
+    counts these (Triton's slow path: compiling or binding arguments)."""
+
+    usual = 0
 
     def __getitem__(self, grid):
         def launch(*args, **consts):
+            _FakeKernel.usual += 1
             return _FakeCompiled()
 
         return launch
@@ -80,12 +84,23 @@ class _FakeKernel:
 
 def _cases(powerattn, q, k, v, p) -> dict:
     sa = powerattn.sparse_attention
+    # A dynamic cache: each step a contiguous K/V one token longer (strides change per call),
+    # as views of one buffer: 256 lengths in one bucket (more than a step keeps launchers for).
+    s = k.shape[2] - 256
+    buf = torch.empty(4 * k.shape[2] * 128, dtype=k.dtype)
+    grow = [
+        buf.as_strided((1, 4, n, 128), (4 * n * 128, n * 128, 128, 1)) for n in range(s, s + 256)
+    ]
+    it = iter(range(1 << 62))
     return {
         "sparse_attention(q, k, v, pattern)": lambda: sa(q, k, v, p),
         'sparse_attention(q, k, v, "power")': lambda: sa(q, k, v, "power"),
         "sparse_attention(..., backend='decode')": lambda: sa(q, k, v, p, backend="decode"),
         "sparse_attention(..., return_lse=True)": lambda: sa(q, k, v, p, return_lse=True),
         "power_attention(q, k, v)": lambda: powerattn.power_attention(q, k, v),
+        "growing Sk (new strides each call)": lambda: (lambda kv: sa(q, kv, kv, p))(
+            grow[next(it) % 256]
+        ),
     }
 
 
@@ -141,7 +156,10 @@ def main() -> int:
         cases = _cases(powerattn, q, k, v, p)
         rows[str(s)] = {}
         for name, fn in cases.items():
+            fn()  # the direct launcher is cached by the second call
+            usual = _FakeKernel.usual
             rows[str(s)][name] = round(host_us(fn, args.calls, args.rounds), 2)
+            assert _FakeKernel.usual == usual, f"{name}: Triton's slow launch while timing"
         lines.append(f"Sk={s:>6}: " + ", ".join(f"{n} {t:.2f}" for n, t in rows[str(s)].items()))
         print(lines[-1], flush=True)
     print("\n".join(lines[:2]))
