@@ -35,6 +35,11 @@ Build the plan before capturing (one eager call: it also compiles the kernel).
 the public operators call; it is also the ``powerattn::decode`` custom op (with a fake
 implementation) so that it works inside ``torch.compile(fullgraph=True)``.
 
+An eager decode step is host-bound, so :func:`~powerattn.sparse_attention` caches what a
+validated decode call decided (a *step*: route, plan, scale, the key lengths it holds for,
+direct launchers) and answers repeat calls from it after a few comparisons
+(:func:`cached_step`); first calls, gradients, tracing and bad input take the full path.
+
 No backward: the dispatcher routes inputs that require grad to FlexAttention.
 """
 
