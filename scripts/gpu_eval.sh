@@ -5,6 +5,7 @@
 #   OUT=$OUT bash scripts/gpu_eval.sh [PARTS [BUDGET_S]]
 #
 #   OUT=$OUT bash scripts/gpu_eval.sh                  # = plan 560: the one-call plan below
+#   SPEED=auto OUT=$OUT bash scripts/gpu_eval.sh       # the same, compile if measured faster
 #   OUT=$OUT bash scripts/gpu_eval.sh ruler 560        # next call, machine still warm: RULER
 #                                                      # continues the lm runs in $WORK/lm
 #   OUT=$OUT bash scripts/gpu_eval.sh probe 560
@@ -20,6 +21,35 @@
 # packing: ~445 s. The training deadline (60 s before the part's end: 455 s into the lm part,
 # ~440 s of training) leaves ~20 % margin before runs stop incomplete. Longer runs do not fit
 # one call: 1000 steps leaves 8 %, 1500 (12 x 450 s at 6.6e5) would need ~600 s of training.
+# All of this is eager (no speed options): the lm model has never been timed with compile.
+#
+# Speed options (SPEED, environment; empty by default = none, as in every call so far):
+# * SPEED=compile (any comma list of fused_optim, compile, pin_memory): `--speed` of every
+#   training part (lm, ruler, probe). The options change how a step is computed, not the
+#   model: each run records them (config.json; ppl.json / ruler.json / probe.json "speed")
+#   and resumes with them on or off.
+# * SPEED=auto: first time the lm model alone on the GPU, default vs compile
+#   (scripts/gpu_train_speed.py --models lm --settings default,compile --no-shared
+#   --seconds 3: the first 5 losses of each checked against a float32 run, then 3 s of
+#   steps/s), in the background while the corpus is built; then lm and ruler train with
+#   compile only if its check passed and it ran >= SPEED_MIN (1.3, campaign.MIN_SPEEDUP)
+#   times the default's steps/s; probe trains without options (another model, unmeasured).
+#   log.txt prints the decision with its numbers; $OUT gets train_speed.json (7 files in
+#   all); a later call on the warm machine reuses $WORK/speed/train_speed.json. A failed,
+#   killed (SPEED_TIMEOUT, 150 s) or partial measurement means no options.
+#   Budget with SPEED=auto (unmeasured: estimates): the measurement ~40-70 s (a cold
+#   Inductor compile of the lm model; passkey's took 23 s), half of it hidden behind the
+#   corpus, so the lm part's deadline falls from ~455 s to ~420 s. Default chosen: ~375 s of
+#   start-up + training needed, ~10 % margin. Compile chosen: each of the 12 runs compiles
+#   first (12 at once on 16 cores, TORCHINDUCTOR_COMPILE_THREADS = cores / JOBS; est. 1-2
+#   min), then trains at a shared rate nobody has measured (1.3x is measured alone; passkey:
+#   2.43x alone; 3 compiled processes sharing the GPU made 0.94x the steps/s of one alone,
+#   i.e. compiled, one run already fills the GPU). It gains only
+#   if 12 runs sharing the GPU train >= ~1.3-1.5x the eager 5.0e5 tokens/s. If they are
+#   slower, the deadline stops every run short of its 900 steps: each is evaluated, marked
+#   incomplete and excluded from the verdicts (never compared at unequal budgets), and the
+#   same command sent again at once on the warm machine resumes it from $WORK/lm
+#   (details.json's makespan tokens/s then gives the compiled rate to plan LM_STEPS with).
 # Session 5's 300 steps (4.9M tokens) left every model far from converged: full attention was
 # the worst model and no model used context beyond ~1K tokens (results/lm/README.md).
 # With lm and ruler in one call (lm,ruler 560: lm gets 2/3, ~270 s of training) the lm runs
@@ -43,12 +73,15 @@
 #
 # Knobs (environment): SEEDS (0,1), LM_STEPS (the preset's 900), PATTERNS (all six), JOBS
 # (12), RULER_STEPS, RULER_SAMPLES (5), RULER_TASKS, PROBE_SCALE (0.3), CORPUS_MB (60),
-# PRESET (gpu), DEVICE (cuda). CPU dry run of every part (a stub nvidia-smi on the PATH):
+# PRESET (gpu), DEVICE (cuda), SPEED (none; see above), SPEED_MIN, SPEED_TIMEOUT.
+# CPU dry run of every part (a stub nvidia-smi on the PATH; SPEED=fused_optim or none there:
+# compile runs Inductor on the CPU, minutes; SPEED=auto times tiny models, meaningless):
 #   PRESET=tiny DEVICE=cpu JOBS=2 CORPUS_MB=5 OUT=/tmp/o WORK=/tmp/w bash scripts/gpu_eval.sh all 900
 #
 # Corpus: built on the machine from its own Python sources (--source python; ~10-40 s), or
-# $CORPUS if set. Writes into $OUT (6 files): gpu.txt, log.txt (everything printed, with the
-# tables, the decision rules' verdicts and the measured tokens/s), runs.tgz (every run's
+# $CORPUS if set. Writes into $OUT (6 files; 7 with SPEED=auto's train_speed.json): gpu.txt,
+# log.txt (everything printed, with the tables, the decision rules' verdicts, the measured
+# tokens/s and SPEED=auto's decision), runs.tgz (every run's
 # config, metrics, logs and ppl.json / ruler.json / probe.json; no checkpoints), results.tgz
 # (results/{lm,ruler,probing} as `powerattn eval results` writes them), ppl_by_position.png,
 # heatmaps.png. Back home: `powerattn eval results --from <the call's files>` rebuilds
@@ -64,6 +97,8 @@ SEEDS=${SEEDS:-0,1}
 JOBS=${JOBS:-12}
 PRESET=${PRESET:-gpu}
 DEVICE=${DEVICE:-cuda}
+SPEED=${SPEED:-}
+SPEED_MIN=${SPEED_MIN:-}  # SPEED=auto's threshold (default: powerattn.eval.campaign.MIN_SPEEDUP)
 mkdir -p "$OUT" "$WORK"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 # Many processes share the GPU: fewer CPU threads each, and an allocator that fragments less.
@@ -73,8 +108,13 @@ T0=$(date +%s)
 left() { echo $((BUDGET - ($(date +%s) - T0))); }
 has() { [[ ",$PARTS," == *",$1,"* ]]; }
 exec > >(tee -a "$OUT/log.txt") 2>&1
+if [ -n "$SPEED" ] && [ "$SPEED" != auto ]; then  # a typo fails now, not in every run
+    python3 -c "import sys; from powerattn.eval.lm import speed_options as s; s(sys.argv[1:])" \
+        ${SPEED//,/ } || { echo "SPEED=$SPEED: give speed options or auto"; exit 2; }
+fi
 echo "gpu_eval.sh PARTS=$PARTS BUDGET=$BUDGET SEEDS=$SEEDS JOBS=$JOBS PRESET=$PRESET" \
-    "DEVICE=$DEVICE LM_STEPS=${LM_STEPS:-preset} PATTERNS=${PATTERNS:-all} $(date -u)"
+    "DEVICE=$DEVICE LM_STEPS=${LM_STEPS:-preset} PATTERNS=${PATTERNS:-all}" \
+    "SPEED=${SPEED:-none} $(date -u)"
 
 # Everything that should come back, rewritten after each part (a later failure keeps it).
 pack() {
@@ -96,6 +136,23 @@ python3 -c "import torch, transformers, tokenizers, triton; print('torch', torch
 python3 -c "import sklearn; print('sklearn', sklearn.__version__)" >>"$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
 
+# SPEED=auto: measure the lm model's training speed, default vs compile, alone on the GPU
+# (scripts/gpu_train_speed.py: the first 5 steps' losses checked against float32 first, then
+# 3 s of steps/s each), in the background while the corpus is built; the decision follows it.
+# Kept in $WORK/speed: a later call on the warm machine (e.g. `ruler 560`) reuses it.
+SPEED_JSON=$WORK/speed/train_speed.json
+SPEED_PID=
+if [ "$SPEED" = auto ] && { has lm || has ruler; } && [ ! -f "$SPEED_JSON" ]; then
+    mkdir -p "$WORK/speed"
+    echo "SPEED=auto: measuring default vs compile on the lm model (background)"
+    SMOKE=0
+    [ "$DEVICE" = cpu ] && SMOKE=1  # the dry run: tiny models, numbers meaningless
+    OUT=$WORK/speed GPU_TRAIN_SPEED_SMOKE=$SMOKE timeout "${SPEED_TIMEOUT:-150}" \
+        python3 scripts/gpu_train_speed.py --models lm --settings default,compile --no-shared \
+        --seconds 3 --budget 90 >"$WORK/speed/stdout.txt" 2>&1 &
+    SPEED_PID=$!
+fi
+
 if [ -n "${CORPUS:-}" ]; then
     echo "corpus $CORPUS (given)"
 else
@@ -110,7 +167,35 @@ else
     fi
 fi
 echo "corpus $CORPUS, $(left) s left"
+
+# The speed options of the training parts: SPEED as given (every part), or SPEED=auto's
+# decision for lm and ruler (the measured model) and none for probe (another model, unmeasured).
+TRAIN_SPEED=$SPEED PROBE_SPEED=$SPEED
+if [ "$SPEED" = auto ]; then
+    t=$(date +%s)
+    [ -n "$SPEED_PID" ] && { wait "$SPEED_PID" || echo "speed measurement: exit status $?"; }
+    grep -hE "ERROR|SKIP|best setting|done in" "$WORK/speed/train_speed.log" 2>/dev/null
+    [ -n "$SPEED_PID" ] || echo "speed measurement: reusing $SPEED_JSON"
+    [ -f "$SPEED_JSON" ] || tail -5 "$WORK/speed/stdout.txt" 2>/dev/null
+    mkdir -p "$WORK/speed"
+    TRAIN_SPEED=$(python3 -c "import sys; from powerattn.eval import campaign as c
+m = float(sys.argv[2]) if sys.argv[2] else c.MIN_SPEEDUP
+s, why = c.choose_speed(sys.argv[1], 'lm', m); print(f'{why} [threshold {m}x]', file=sys.stderr)
+print(','.join(s))" "$SPEED_JSON" "$SPEED_MIN" 2>"$WORK/speed/decision.txt")
+    echo "SPEED=auto decision (waited $(( $(date +%s) - t )) s for the measurement):" \
+        "lm/ruler --speed '${TRAIN_SPEED}' <- $(cat "$WORK/speed/decision.txt")"
+    echo "SPEED=auto: probe trains without speed options (its model was not measured)"
+    PROBE_SPEED=
+    cp "$SPEED_JSON" "$OUT/" 2>/dev/null
+fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+# Compile in JOBS processes at once: Inductor's default pool (one worker process per core, in
+# every process) would start JOBS x cores workers; share the cores instead.
+if [[ ",$TRAIN_SPEED,$PROBE_SPEED," == *",compile,"* ]] && [ "$JOBS" -gt 1 ]; then
+    n=$(( $(nproc) / JOBS ))
+    export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-$(( n > 0 ? n : 1 ))}
+    echo "compile in up to $JOBS processes: TORCHINDUCTOR_COMPILE_THREADS=$TORCHINDUCTOR_COMPILE_THREADS"
+fi
 
 # Seconds for a part: lm 2 shares, ruler and probe 1 each, of what is left now but the last
 # packing's 20 s.
@@ -130,10 +215,11 @@ if has lm; then
     t=$(date +%s)
     # Training stops 60 s before the part's end: evaluation (256 windows of 4096 tokens per
     # run, all runs at once), the trained-model check and the summary take ~30 s of them.
-    echo "== lm: ${LM_STEPS:-preset} steps per run, ${S}s, training deadline $((S - 60))s"
+    echo "== lm: ${LM_STEPS:-preset} steps per run, ${S}s, training deadline $((S - 60))s," \
+        "speed options: ${TRAIN_SPEED:-none}"
     timeout "$S" $E ppl --corpus "$CORPUS" --out "$WORK/lm" --preset "$PRESET" --seeds "$SEEDS" \
         ${LM_STEPS:+--steps $LM_STEPS} ${PATTERNS:+--patterns $PATTERNS} --jobs "$JOBS" \
-        --device "$DEVICE" --deadline $((S - 60)) --results "$WORK/results/lm" >/dev/null ||
+        ${TRAIN_SPEED:+--speed $TRAIN_SPEED} --device "$DEVICE" --deadline $((S - 60)) --results "$WORK/results/lm" >/dev/null ||
         echo "LM PART: exit status $? (failed runs are listed above; see $WORK/lm/lm-NAME.log)"
     for f in "$WORK"/lm/lm-*.log; do
         grep -q Traceback "$f" 2>/dev/null && { echo "--- $f"; tail -5 "$f"; }
@@ -152,7 +238,8 @@ print(f"lm part: {len(runs)} runs evaluated, {tokens / 1e6:.1f}M tokens trained,
       "(start-up, compilation and evaluation included)")
 for r in runs:
     print(f"  {r['name']:<22} steps {r['steps']}/{r['steps_planned']} call tokens/s "
-          f"{r.get('tokens_per_s') or 0:.4g} check {r.get('check_pass')}")
+          f"{r.get('tokens_per_s') or 0:.4g} check {r.get('check_pass')} "
+          f"speed {','.join(r.get('speed', [])) or 'none'}")
 EOF
     pack
 fi
@@ -165,10 +252,11 @@ if has ruler; then
     # The tiny preset's 320 tokens cannot hold cwe/fwe/multi-value samples; its dry run
     # needs only a few steps.
     [ "$PRESET" = tiny ] && RULER_TASKS=${RULER_TASKS:-niah_single,vt} && RSTEPS=${RULER_STEPS:-3}
-    echo "== ruler: $RSTEPS steps per run, ${S}s"
+    echo "== ruler: $RSTEPS steps per run, ${S}s, speed options: ${TRAIN_SPEED:-none}"
     timeout "$S" $E ruler --train --lm-runs "$WORK/lm" --out "$WORK/ruler" --preset "$PRESET" \
         --seeds 0 --hybrid --steps "$RSTEPS" --samples "${RULER_SAMPLES:-5}" --jobs "$JOBS" \
-        ${RULER_TASKS:+--tasks $RULER_TASKS} --device "$DEVICE" --deadline $((S * 55 / 100)) \
+        ${RULER_TASKS:+--tasks $RULER_TASKS} ${TRAIN_SPEED:+--speed $TRAIN_SPEED} \
+        --device "$DEVICE" --deadline $((S * 55 / 100)) \
         --results "$WORK/results/ruler" || echo "RULER PART: exit status $?"
     $E ruler --summarize "$WORK/ruler" --results "$WORK/results/ruler" >/dev/null
     pack
@@ -176,10 +264,11 @@ fi
 
 if has probe; then
     S=$(share probe)
-    echo "== probe: ${S}s"
+    echo "== probe: ${S}s, speed options: ${PROBE_SPEED:-none}"
     timeout "$S" $E probe --out "$WORK/probe" --preset "$PRESET" \
         --patterns sliding_window,power,full --seeds 0 --steps-scale "${PROBE_SCALE:-0.3}" \
         --jobs 3 --deadline $((S * 60 / 100)) --device "$DEVICE" \
+        ${PROBE_SPEED:+--speed $PROBE_SPEED} \
         --results "$WORK/results/probing" || echo "PROBE PART: exit status $?"
     $E probe --summarize "$WORK/probe" --results "$WORK/results/probing" >/dev/null
     pack

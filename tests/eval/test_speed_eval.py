@@ -152,3 +152,27 @@ def test_choose_speed(tmp_path):
     f.write_text(json.dumps({"models": {"lm": {"settings": {}}}}))
     speed, why = campaign.choose_speed(f)
     assert speed == [] and "no usable measurement" in why
+
+
+def test_choose_speed_reads_what_gpu_train_speed_writes(tmp_path):
+    """The contract between scripts/gpu_train_speed.py and SPEED=auto: the script's smoke mode
+    (tiny model, CPU; fused_optim instead of compile, which would run Inductor) writes a
+    train_speed.json that choose_speed decides from, naming the setting it measured."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OUT": str(tmp_path), "GPU_TRAIN_SPEED_SMOKE": "1",
+           "PYTHONPATH": str(root / "src"), "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
+    cmd = [sys.executable, str(root / "scripts" / "gpu_train_speed.py"), "--models", "lm",
+           "--settings", "default,fused_optim", "--no-shared", "--seconds", "0.3"]  # fmt: skip
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    speed, why = campaign.choose_speed(tmp_path / "train_speed.json", min_speedup=0.0)
+    assert "fused_optim" in why and "no usable measurement" not in why
+    measured = json.loads((tmp_path / "train_speed.json").read_text())["models"]["lm"]
+    assert speed == (
+        ["fused_optim"] if measured["settings"]["fused_optim"]["check"]["pass"] else []
+    )
