@@ -16,6 +16,7 @@ _EPILOG = """\
 a campaign, end to end (CPU smoke: --preset tiny; the H200: scripts/gpu_eval.sh):
   powerattn eval corpus --out runs/corpus --source python
   powerattn eval ppl --corpus runs/corpus --out runs/lm --preset gpu --seeds 0,1 --jobs 12
+      [--speed compile]     # trainer speed options (the same training; measure first)
   powerattn eval ppl --summarize runs/lm --results results/lm
   powerattn eval ruler --train --lm-runs runs/lm --out runs/ruler --preset gpu --steps 300
   powerattn eval ruler --model runs/lm/power-s0 --length 4096     # any one model
