@@ -115,7 +115,8 @@ def breakdown(p, s: int) -> dict:
     scale = 128**-0.5
     for _ in range(3):
         sparse_attention(q, k, v, p)
-    step = dec._steps[(p, q.shape, q.dtype, q.device, None, False, "auto")]
+    steps = dec._steps[(p, q.shape, q.dtype, q.device, None, False, "auto")]
+    step = next(st for st in steps if st.lo <= s <= st.hi)
     plan = step.plan
     runner = next(iter(step.runners.values()), None)
     dev = q.device

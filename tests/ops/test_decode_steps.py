@@ -192,6 +192,32 @@ def test_gradients_and_tracing_skip_the_cache(rec, auto_decodes):
         sparse_attention(q, kg, v, "power", backend="decode")
 
 
+def test_alternating_lengths_keep_their_steps(rec):
+    """Layers alternating between a short and a long cache (one key, two length buckets)
+    are both served from the cache; a key keeps at most _STEPS_PER_KEY ranges."""
+    q, k, v = _qkv(sk=4096)
+    for _ in range(2):
+        for n in (40, 3000):
+            sparse_attention(q, k[:, :, :n], v[:, :, :n], "power", backend="decode")
+    (steps,) = decode._steps.values()
+    assert len(steps) == 2
+    for n in (40, 3000):
+        hit = decode.cached_step(q, k[:, :, :n], v[:, :, :n], "power", None, False, "decode")
+        assert hit is not None
+    p16 = get_pattern("power", block_size=16)
+    lengths = [16 << i for i in range(9)]  # 9 buckets: 16 .. 4096 keys
+    for n in lengths:
+        sparse_attention(q, k[:, :, :n], v[:, :, :n], p16, backend="decode")
+    steps = [s for key, s in decode._steps.items() if key[0] is p16]
+    assert [len(s) for s in steps] == [decode._STEPS_PER_KEY] == [8]
+    last, first = lengths[-1], lengths[0]
+    hit = decode.cached_step(q, k[:, :, :last], v[:, :, :last], p16, None, False, "decode")
+    assert hit is not None  # the newest range is kept, the oldest dropped
+    assert (
+        decode.cached_step(q, k[:, :, :first], v[:, :, :first], p16, None, False, "decode") is None
+    )
+
+
 def test_plan_cache_clear_forgets_steps(rec):
     q, k, v = _qkv()
     sparse_attention(q, k, v, "power", backend="decode")
@@ -293,7 +319,7 @@ def test_cached_direct_launches(monkeypatch):
     q, k, v = _qkv(sk=70)
     pattern = get_pattern("power", block_size=16)
     decode.remember_step(q, k, v, (pattern, None, "decode"), False, pattern, 0.25, False)
-    (step,) = decode._steps.values()
+    ((step,),) = decode._steps.values()
     step = dataclasses.replace(step, cuda=True, index=0, runners={})
     for _ in range(3):  # compile, then the plan's launcher (stored), then the step's
         decode._run_step(step, q, k, v, 70)

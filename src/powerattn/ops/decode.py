@@ -762,7 +762,8 @@ def _(q, k, v, cache_seqlens, pattern, scale, need_lse, allow_dense):
 # launchers -- after comparing only what proves that verdict for the new tensors; anything
 # else (first calls, gradients, other lengths, tracing) takes the full path, which checks and
 # refuses as before. Keys hold the call's arguments as given (a pattern by value or by name).
-_STEPS_MAX = 256
+_STEPS_MAX = 256  # keys
+_STEPS_PER_KEY = 8  # e.g. layers alternating between a short and a long cache
 _STEP_RUNNERS_MAX = 64
 _Tensor = torch.Tensor
 
@@ -799,7 +800,7 @@ class _Step:
     runners: dict
 
 
-_steps: dict[tuple, _Step] = {}
+_steps: dict[tuple, list[_Step]] = {}
 _plan_cache_clear = _plan.cache_clear
 
 
@@ -874,16 +875,21 @@ def remember_step(
             pattern, B, Hq, Hkv, Sq, D, q.dtype, _bucket(Sk, bs), q.device, None, FUSED,
             return_lse, False,
         )  # fmt: skip
-    if len(_steps) >= _STEPS_MAX:
-        _steps.clear()
     key = (pattern_arg, q.shape, q.dtype, q.device, scale_arg, return_lse, backend_arg)
-    _steps[key] = _Step(
+    steps = _steps.get(key)
+    if steps is None:
+        if len(_steps) >= _STEPS_MAX:
+            _steps.clear()
+        steps = _steps[key] = []
+    elif len(steps) >= _STEPS_PER_KEY:
+        del steps[0]  # the oldest
+    steps.append(_Step(
         pattern_cls=cls, B=B, Hkv=Hkv, D=D, lo=lo, hi=hi, dtype=q.dtype, device=q.device,
         dense=dense, scale=scale, gqa=Hq != Hkv, plan=plan, need_lse=bool(return_lse),
         lse_shape=(B, Hq, Sq), cuda=q.device.type == "cuda", index=q.device.index,
         qk_scale=scale * _LOG2E, ptbl=0 if plan is None else plan.tbl.data_ptr(),
         ptcnt=0 if plan is None else plan.tcnt.data_ptr(), runners={},
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def cached_step(
@@ -900,19 +906,23 @@ def cached_step(
     if torch.compiler.is_compiling() or not (scale is None or type(scale) is float):
         return None
     try:
-        step = _steps.get((pattern, q.shape, q.dtype, q.device, scale, return_lse, backend))
+        steps = _steps.get((pattern, q.shape, q.dtype, q.device, scale, return_lse, backend))
     except (AttributeError, TypeError):  # not a tensor, or an unhashable argument
         return None
-    if step is None or not (type(q) is _Tensor and type(k) is _Tensor and type(v) is _Tensor):
+    if steps is None or not (type(q) is _Tensor and type(k) is _Tensor and type(v) is _Tensor):
         return None
     ks = k.shape
+    hkv, sk = ks[1], ks[2]
+    for step in steps:  # one per KV head count and length range seen with this key
+        if step.lo <= sk <= step.hi and hkv == step.Hkv:
+            break
+    else:
+        return None
     dt, dev = step.dtype, step.device
     if not (
         ks == v.shape
         and ks[0] == step.B
-        and ks[1] == step.Hkv
         and ks[3] == step.D
-        and step.lo <= ks[2] <= step.hi
         and k.dtype is dt
         and v.dtype is dt
         and k.device == dev
@@ -925,7 +935,7 @@ def cached_step(
         return None
     if step.dense:
         return F.scaled_dot_product_attention(q, k, v, scale=step.scale, enable_gqa=step.gqa)
-    out, lse = _run_step(step, q, k, v, ks[2])
+    out, lse = _run_step(step, q, k, v, sk)
     return (out, lse) if return_lse else out
 
 
