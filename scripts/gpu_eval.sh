@@ -36,17 +36,19 @@
 #   times the default's steps/s; probe trains without options (another model, unmeasured).
 #   log.txt prints the decision with its numbers; $OUT gets train_speed.json (7 files in
 #   all); a later call on the warm machine reuses $WORK/speed/train_speed.json. A failed,
-#   killed (SPEED_TIMEOUT, 150 s) or partial measurement means no options.
+#   killed (SPEED_TIMEOUT, 90 s) or partial measurement means no options.
 #   Budget with SPEED=auto (unmeasured: estimates): the measurement ~40-70 s (a cold
-#   Inductor compile of the lm model; passkey's took 23 s), half of it hidden behind the
-#   corpus, so the lm part's deadline falls from ~455 s to ~420 s. Default chosen: ~375 s of
-#   start-up + training needed, ~10 % margin. Compile chosen: each of the 12 runs compiles
-#   first (12 at once on 16 cores, TORCHINDUCTOR_COMPILE_THREADS = cores / JOBS; est. 1-2
-#   min), then trains at a shared rate nobody has measured (1.3x is measured alone; passkey:
-#   2.43x alone; 3 compiled processes sharing the GPU made 0.94x the steps/s of one alone,
-#   i.e. compiled, one run already fills the GPU). It gains only
-#   if 12 runs sharing the GPU train >= ~1.3-1.5x the eager 5.0e5 tokens/s. If they are
-#   slower, the deadline stops every run short of its 900 steps: each is evaluated, marked
+#   Inductor compile of the lm model; passkey's took 23 s), 25 s of it hidden behind the
+#   corpus, so the lm part's deadline falls from ~455 s to ~405-435 s (~390 s if the
+#   measurement is killed at 90 s). Default chosen: ~385 s of start-up + eager training
+#   needed, 5-12 % margin (none after a kill: the runs may then stop a few % short, see
+#   below). Compile chosen: each of the 12 runs compiles first (12 at once on 16 cores,
+#   TORCHINDUCTOR_COMPILE_THREADS = cores / JOBS; est. 1-2 min), then trains at a shared
+#   rate nobody has measured (the 1.3x is measured alone; passkey: 2.43x alone, and 3
+#   compiled processes sharing the GPU made 0.94x the steps/s of one alone: compiled, one
+#   run already fills the GPU). It gains only if 12 runs sharing the GPU train >= ~1.3-1.5x
+#   the eager 5.0e5 tokens/s. If they are slower, the deadline stops every run short of its
+#   900 steps: each is evaluated, marked
 #   incomplete and excluded from the verdicts (never compared at unequal budgets), and the
 #   same command sent again at once on the warm machine resumes it from $WORK/lm
 #   (details.json's makespan tokens/s then gives the compiled rate to plan LM_STEPS with).
@@ -147,9 +149,11 @@ if [ "$SPEED" = auto ] && { has lm || has ruler; } && [ ! -f "$SPEED_JSON" ]; th
     echo "SPEED=auto: measuring default vs compile on the lm model (background)"
     SMOKE=0
     [ "$DEVICE" = cpu ] && SMOKE=1  # the dry run: tiny models, numbers meaningless
-    OUT=$WORK/speed GPU_TRAIN_SPEED_SMOKE=$SMOKE timeout "${SPEED_TIMEOUT:-150}" \
+    # --budget 45: compile's phase starts ~20 s in, or never; the timeout bounds a hang (every
+    # second waited here comes off the lm part's deadline).
+    OUT=$WORK/speed GPU_TRAIN_SPEED_SMOKE=$SMOKE timeout "${SPEED_TIMEOUT:-90}" \
         python3 scripts/gpu_train_speed.py --models lm --settings default,compile --no-shared \
-        --seconds 3 --budget 90 >"$WORK/speed/stdout.txt" 2>&1 &
+        --seconds 3 --budget 45 >"$WORK/speed/stdout.txt" 2>&1 &
     SPEED_PID=$!
 fi
 
