@@ -19,7 +19,8 @@ call skips the checks and dispatch. This job, on one GPU (Qwen2-7B shapes, bf16,
    graph replay, in-graph);
 4. a cProfile of 3000 public calls at 32K.
 
-    OUT=$OUT PYTHONPATH=src python3 scripts/gpu_decode_host.py     # ~40 s, nvidia-h200
+    OUT=$OUT PYTHONPATH=src python3 scripts/gpu_decode_host.py   # ~1 min, nvidia-h200 (cold
+                                                                 # Triton cache: ~10 compiles)
 
 Writes $OUT/decode_host.json and $OUT/decode_host.txt.
 """
