@@ -138,8 +138,10 @@ def run_pool(kind: str, specs: list[dict[str, Any]], out: str | Path, jobs: int)
 
 
 def _fresh_compile_caches() -> None:
-    """Forget the graphs compiled for the previous run of this process: each run's model is
-    another graph, and the trainer makes running past its compile limit an error."""
+    """Forget the graphs compiled for the previous run of this process: runs trained one after
+    another in one process (``jobs == 1``) would otherwise pile up their graphs (on the GPU one
+    per pattern and hybrid at least: FlexAttention's mask is traced into it) towards the
+    trainer's compile limit, an error past it."""
     import torch
 
     torch._dynamo.reset()
