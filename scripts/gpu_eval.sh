@@ -198,7 +198,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 if [[ ",$TRAIN_SPEED,$PROBE_SPEED," == *",compile,"* ]] && [ "$JOBS" -gt 1 ]; then
     n=$(( $(nproc) / JOBS ))
     export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-$(( n > 0 ? n : 1 ))}
-    echo "compile in up to $JOBS processes: TORCHINDUCTOR_COMPILE_THREADS=$TORCHINDUCTOR_COMPILE_THREADS"
+    echo "compile in up to $JOBS processes at once:" \
+        "TORCHINDUCTOR_COMPILE_THREADS=$TORCHINDUCTOR_COMPILE_THREADS"
 fi
 
 # Seconds for a part: lm 2 shares, ruler and probe 1 each, of what is left now but the last
@@ -223,7 +224,8 @@ if has lm; then
         "speed options: ${TRAIN_SPEED:-none}"
     timeout "$S" $E ppl --corpus "$CORPUS" --out "$WORK/lm" --preset "$PRESET" --seeds "$SEEDS" \
         ${LM_STEPS:+--steps $LM_STEPS} ${PATTERNS:+--patterns $PATTERNS} --jobs "$JOBS" \
-        ${TRAIN_SPEED:+--speed $TRAIN_SPEED} --device "$DEVICE" --deadline $((S - 60)) --results "$WORK/results/lm" >/dev/null ||
+        ${TRAIN_SPEED:+--speed $TRAIN_SPEED} --device "$DEVICE" --deadline $((S - 60)) \
+        --results "$WORK/results/lm" >/dev/null ||
         echo "LM PART: exit status $? (failed runs are listed above; see $WORK/lm/lm-NAME.log)"
     for f in "$WORK"/lm/lm-*.log; do
         grep -q Traceback "$f" 2>/dev/null && { echo "--- $f"; tail -5 "$f"; }
