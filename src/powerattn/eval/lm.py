@@ -32,13 +32,13 @@ import torch
 
 from ..testing import FORWARD_FACTOR, check_close
 from ..training.config import (
-    SPEED_OPTIONS,
     ModelConfig,
     OptimConfig,
     PatternConfig,
     Stage,
     TaskConfig,
     TrainConfig,
+    speed_options,
 )
 from .bpe import DEFAULT_PATH, BPETokenizer
 from .corpus import read_documents
@@ -96,19 +96,6 @@ PRESETS: dict[str, LMPreset] = {
 def run_name(pattern: str, seed: int, full_layers: list[int] = ()) -> str:
     hybrid = "-full" + "_".join(map(str, full_layers)) if full_layers else ""
     return f"{pattern}{hybrid}-s{seed}"
-
-
-def speed_options(names: Iterable[str] | None) -> list[str]:
-    """The trainer speed options ``names`` (:data:`powerattn.training.config.SPEED_OPTIONS`,
-    e.g. ``["compile"]``), sorted and without repeats; ``ValueError`` naming the valid ones for
-    an unknown name. They change how a step is computed, not the model trained, so they are
-    recorded in each run's ``config.json`` but are no part of its identity: a run resumes with
-    them switched on or off (``powerattn.training.trainer.NOT_IN_IDENTITY``)."""
-    names = sorted(set(names or ()))
-    bad = [n for n in names if n not in SPEED_OPTIONS]
-    if bad:
-        raise ValueError(f"speed options {bad} unknown; valid: {list(SPEED_OPTIONS)}")
-    return names
 
 
 def train_config(

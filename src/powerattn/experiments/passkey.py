@@ -35,11 +35,11 @@ from ..patterns import Pattern, main_pattern_names
 from ..receptive import coverage
 from ..testing import compare_attention
 from ..training.config import (
-    SPEED_OPTIONS,
     PatternConfig,
     Stage,
     TaskConfig,
     TrainConfig,
+    speed_options,
 )
 from ..training.evaluate import depth_bins, digit_hops, evaluate_passkey, guess_probability
 from ..training.model import SDPA_MASK, attention
@@ -134,10 +134,7 @@ def plan(
         raise ValueError(f"patterns {bad} unknown; valid: {MAIN_PATTERNS}")
     if steps_scale <= 0:
         raise ValueError(f"steps_scale must be positive, got {steps_scale}")
-    speed = list(speed or [])
-    bad = sorted(set(speed) - set(SPEED_OPTIONS))
-    if bad:
-        raise ValueError(f"speed options {bad} unknown; valid: {list(SPEED_OPTIONS)}")
+    speed = speed_options(speed)
 
     def scaled(stages: list[Stage]) -> list[Stage]:
         return [Stage(s.seq_len, max(1, round(s.steps * steps_scale)), list(s.mix)) for s in stages]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,19 @@ class Stage:
 SCHEDULES = ("cosine", "constant", "wsd")
 # TrainConfig's opt-in speed options (booleans, default off).
 SPEED_OPTIONS = ("fused_optim", "compile", "pin_memory")
+
+
+def speed_options(names: Iterable[str] | None) -> list[str]:
+    """The trainer speed options ``names`` (:data:`SPEED_OPTIONS`,
+    e.g. ``["compile"]``), sorted and without repeats; ``ValueError`` naming the valid ones for
+    an unknown name. They change how a step is computed, not the model trained, so they are
+    recorded in each run's ``config.json`` but are no part of its identity: a run resumes with
+    them switched on or off (``powerattn.training.trainer.NOT_IN_IDENTITY``)."""
+    names = sorted(set(names or ()))
+    bad = [n for n in names if n not in SPEED_OPTIONS]
+    if bad:
+        raise ValueError(f"speed options {bad} unknown; valid: {list(SPEED_OPTIONS)}")
+    return names
 
 
 @dataclass
