@@ -132,10 +132,14 @@ def test_too_many_compiled_graphs_is_an_error_not_a_silent_eager_fallback(tmp_pa
     monkeypatch.setattr(trainer_mod, "COMPILE_BACKEND", "aot_eager")
     monkeypatch.setattr(trainer_mod, "_distinct_lengths", lambda cfg: -3)  # limit 2
     limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else None
-    monkeypatch.setattr(torch._dynamo.config, limit or "cache_size_limit", 1)
+    # config.patch, not monkeypatch: monkeypatch's undo deletes the attribute of torch's
+    # config module, which hides the setting for every later test.
     torch._dynamo.reset()
     cfg = tiny_config(stages=[Stage(384, 4, mix=[320, 352])], compile=True)
-    with pytest.raises(RuntimeError, match="compile=False"):
+    with (
+        torch._dynamo.config.patch(**{limit or "cache_size_limit": 1}),
+        pytest.raises(RuntimeError, match="compile=False"),
+    ):
         # three lengths, so a third graph is needed within the first steps (seed 0)
         Trainer(cfg, tmp_path, progress=False).train()
     torch._dynamo.reset()
