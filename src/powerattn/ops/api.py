@@ -26,7 +26,7 @@ import functools
 
 import torch
 
-from ..patterns import Pattern, get_pattern
+from ..patterns import PATTERNS, Pattern, get_pattern
 from . import decode as _decode
 from .checks import check_qkv, needs_grad, resolve_scale
 from .dense import dense_scores_count, dense_sparse_attention
@@ -100,7 +100,7 @@ def sparse_attention(
         return hit
     call = (pattern, scale, backend)  # as given: the key of a decode step to remember
     check_qkv(q, k, v)
-    pattern = get_pattern(pattern)
+    pattern = _named_pattern(pattern) if type(pattern) is str else get_pattern(pattern)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     D = q.shape[-1]
@@ -169,3 +169,20 @@ def power_attention(
 @functools.lru_cache(maxsize=64, typed=True)
 def _power_pattern(block_size: int, window: int, sink: int) -> Pattern:
     return get_pattern("power", block_size=block_size, window=window, sink=sink)
+
+
+def _named_pattern(name: str) -> Pattern:
+    """The pattern registered as ``name`` with its default parameters, one object per name
+    (building one takes ~20 us, paid on every call that names its pattern); rebuilt when the
+    registry no longer holds its class (a name registered again, or removed: then
+    :func:`~powerattn.patterns.get_pattern`'s error)."""
+    pattern = _default_pattern(name)
+    if PATTERNS.get(name) is not type(pattern):
+        _default_pattern.cache_clear()
+        pattern = _default_pattern(name)
+    return pattern
+
+
+@functools.lru_cache(maxsize=64)
+def _default_pattern(name: str) -> Pattern:
+    return get_pattern(name)

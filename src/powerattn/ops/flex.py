@@ -307,33 +307,43 @@ def block_mask_for(
     return bm
 
 
-def _limit_name(cfg) -> str:
+@functools.cache
+def _limit_name() -> str:
+    """Dynamo's name for the recompile limit on this torch (fixed per process)."""
+    cfg = torch._dynamo.config
     return "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
 
 
 def dynamo_recompile_limit() -> int:
     """Dynamo's current recompile limit (``cache_size_limit`` in older torch)."""
-    return getattr(torch._dynamo.config, _limit_name(torch._dynamo.config))
+    return getattr(torch._dynamo.config, _limit_name())
 
 
-@contextlib.contextmanager
-def recompile_limit(limit: int, error: Callable[[int], Exception]):
+class recompile_limit(contextlib.AbstractContextManager):  # noqa: N801 - used as a function
     """Run with dynamo's recompile limit at ``limit`` and its silent eager fallback past it
-    turned into ``error(limit)``; both settings are restored after, error or not."""
-    cfg = torch._dynamo.config
-    name = _limit_name(cfg)
-    # Set and restore the two settings directly: what cfg.patch does, at a third of its host
-    # time (it is paid on every prefill and training call).
-    saved = getattr(cfg, name), cfg.fail_on_recompile_limit_hit
-    setattr(cfg, name, limit)
-    cfg.fail_on_recompile_limit_hit = True
-    try:
-        yield
-    except torch._dynamo.exc.FailOnRecompileLimitHit as exc:
-        raise error(limit) from exc
-    finally:
-        setattr(cfg, name, saved[0])
-        cfg.fail_on_recompile_limit_hit = saved[1]
+    turned into ``error(limit)``; both settings are restored after, error or not.
+
+    A class rather than a ``contextmanager`` generator, and the two settings set and restored
+    directly rather than through ``cfg.patch``: it is entered on every prefill and training
+    call (host time; scripts/prefill_host_cpu.py)."""
+
+    __slots__ = ("error", "limit", "saved")
+
+    def __init__(self, limit: int, error: Callable[[int], Exception]) -> None:
+        self.limit, self.error = limit, error
+
+    def __enter__(self) -> None:
+        cfg, name = torch._dynamo.config, _limit_name()
+        self.saved = getattr(cfg, name), cfg.fail_on_recompile_limit_hit
+        setattr(cfg, name, self.limit)
+        cfg.fail_on_recompile_limit_hit = True
+
+    def __exit__(self, kind, exc, tb) -> None:
+        cfg = torch._dynamo.config
+        setattr(cfg, _limit_name(), self.saved[0])
+        cfg.fail_on_recompile_limit_hit = self.saved[1]
+        if kind is not None and issubclass(kind, torch._dynamo.exc.FailOnRecompileLimitHit):
+            raise self.error(self.limit) from exc
 
 
 def _flex_recompile_error(limit: int) -> FlexRecompileError:
@@ -467,7 +477,9 @@ def flex_sparse_attention(
     else:
         out, lse = res[0], res[1].lse if AuxRequest is not None else res[1]
         if kernel == "flash" and not _raw:
-            lse = lse * _flash_lse_scale(q.device.index)
+            factor = _flash_lse_scale(q.device.index)
+            if factor != 1.0:  # torch 2.11's FLASH lse is in base 2; later torches' is not
+                lse = lse * factor
     if pad:
         out = out[:, :, pad:].contiguous()
         lse = None if lse is None else lse[:, :, pad:].contiguous()
