@@ -44,6 +44,7 @@ from torch.nn.attention.flex_attention import create_block_mask
 
 from powerattn import get_pattern, sparse_attention
 from powerattn.ops import flex as ops_flex
+from powerattn.ops.checks import resolve_scale
 
 
 def host_ms_per_step(step, steps: int = 10, rounds: int = 5) -> float:
@@ -157,7 +158,7 @@ def profile_length(s: int, pattern, flex_c, report: dict) -> None:
         for kr in row["kernels"][:15]:
             print(f"   {kr['count']:3d} x {kr['cuda_us']:9.1f} us  {kr['name']}")
     if s == 8192:  # where the host could matter: each layer of our call, and where it goes
-        scale = q.shape[-1] ** -0.5
+        scale = resolve_scale(None, q.shape[-1])  # the very float of our call: no recompile
         layers = {
             "ours, Pattern object, backend='flash'": lambda: sparse_attention(
                 q, k, v, pattern, backend="flash"

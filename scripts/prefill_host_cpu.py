@@ -18,9 +18,10 @@ FlexAttention's compiled one. The fwd+bwd case therefore adds only the autograd 
 work on the stub, the same for every tree; the "stub alone" rows are what the plain
 compiled ``flex_attention`` call would cost here, so ``ours - stub`` is our overhead.
 
-Qwen2-7B attention shapes (B=1, Hq=28, Hkv=4, D=128, bf16, pattern ``power``). Per case:
-the median over ``--rounds`` rounds of the mean host time of ``--calls`` calls. CPU numbers:
-compare before/after on one machine, not with GPU-host numbers.
+Qwen2-7B attention heads and lengths (B=1, Hq=28, Hkv=4, bf16, pattern ``power``), head dim
+8 (``--head-dim``; see there why). Per case: the median over ``--rounds`` rounds of the mean
+host time of ``--calls`` calls, every round running every case in turn. CPU numbers: compare
+before/after on one machine, not with GPU-host numbers.
 
     .venv/bin/python scripts/prefill_host_cpu.py                     # this tree
     git archive <commit> src | tar -x -C /tmp/before && \\
@@ -100,13 +101,13 @@ def _stub(q, k, v, block_mask, scale, enable_gqa, kernel_options, return_aux):
     return (out, _Aux(lse)) if "return_aux" in return_aux else (out, lse)
 
 
-def _cases(sa, p, s: int) -> dict:
+def _cases(sa, p, s: int, d: int) -> dict:
     """The calls to time at ``s`` tokens (Qwen2-7B heads), each a no-argument function."""
-    q = torch.empty(1, 28, s, 128, dtype=torch.bfloat16, requires_grad=True)
-    k = torch.empty(1, 4, s, 128, dtype=torch.bfloat16, requires_grad=True)
-    v = torch.empty(1, 4, s, 128, dtype=torch.bfloat16, requires_grad=True)
+    q = torch.empty(1, 28, s, d, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.empty(1, 4, s, d, dtype=torch.bfloat16, requires_grad=True)
+    v = torch.empty(1, 4, s, d, dtype=torch.bfloat16, requires_grad=True)
     qn, kn, vn = (t.detach() for t in (q, k, v))
-    dout = torch.empty(1, 28, s, 128, dtype=torch.bfloat16)
+    dout = torch.empty(1, 28, s, d, dtype=torch.bfloat16)
 
     def fwd_bwd(fn):
         def step():
@@ -131,16 +132,20 @@ def _cases(sa, p, s: int) -> dict:
     }
 
 
-def host_us(fn, calls: int, rounds: int) -> float:
-    for _ in range(20):
-        fn()
-    per = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(calls):
+def host_us(cases: dict, calls: int, rounds: int) -> dict[str, float]:
+    """Median over rounds of the mean time per call (us) of each case; every round runs every
+    case in turn, so that the machine's drift (other processes) falls on all of them alike."""
+    for fn in cases.values():
+        for _ in range(20):
             fn()
-        per.append((time.perf_counter() - t) / calls * 1e6)
-    return statistics.median(per)
+    per: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            t = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            per[name].append((time.perf_counter() - t) / calls * 1e6)
+    return {name: round(statistics.median(ts), 2) for name, ts in per.items()}
 
 
 def main() -> int:
@@ -149,6 +154,10 @@ def main() -> int:
     ap.add_argument("--lengths", default="8192,32768")
     ap.add_argument("--calls", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=15)
+    # The host path never reads the head dim; at 128 the stub's (1, 28, S, 128) buffers go
+    # through mmap/munmap on every call (glibc: above 32 MB), whose cost drifted by 4 us
+    # between processes and hid the wrapper's; at 8 they come from the heap.
+    ap.add_argument("--head-dim", type=int, default=8)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--profile", action="store_true", help="cProfile the first case instead")
     args = ap.parse_args()
@@ -174,7 +183,7 @@ def main() -> int:
         f"{args.calls} calls; compiled flex_attention stubbed"
     ]
     for s in map(int, args.lengths.split(",")):
-        cases = _cases(sa, p, s)
+        cases = _cases(sa, p, s, args.head_dim)
         for fn in cases.values():  # builds and caches the BlockMasks, checks the stub path
             fn()
         if args.profile:
@@ -187,12 +196,17 @@ def main() -> int:
                     fn()
             pstats.Stats(prof).sort_stats("tottime").print_stats(25)
             return 0
-        rows[str(s)] = {
-            n: round(host_us(fn, args.calls, args.rounds), 2) for n, fn in cases.items()
-        }
+        rows[str(s)] = host_us(cases, args.calls, args.rounds)
+        r = rows[str(s)]
+        r["ours - stub, fwd (by name)"] = round(
+            r['sparse_attention(q, k, v, "power") fwd, grad'] - r["stub alone (fwd, grad)"], 2
+        )
+        r["ours - stub, fwd+bwd (by name)"] = round(
+            r['sparse_attention(q, k, v, "power") fwd+bwd'] - r["stub alone fwd+bwd"], 2
+        )
         lines.append(f"S={s}:")
-        lines += [f"  {t:8.2f}  {n}" for n, t in rows[str(s)].items()]
-        print("\n".join(lines[-len(cases) - 1 :]), flush=True)
+        lines += [f"  {t:8.2f}  {n}" for n, t in r.items()]
+        print("\n".join(lines[-len(r) - 1 :]), flush=True)
     print(lines[0])
     if args.json:
         args.json.write_text(json.dumps({"header": lines[0], "host_us": rows}, indent=1))

@@ -478,7 +478,7 @@ def flex_sparse_attention(
         out, lse = res[0], res[1].lse if AuxRequest is not None else res[1]
         if kernel == "flash" and not _raw:
             factor = _flash_lse_scale(q.device.index)
-            if factor != 1.0:  # torch 2.11's FLASH lse is in base 2; later torches' is not
+            if factor != 1.0:  # 1/ln 2 on torch 2.11 (see there); 1: no launch, same lse
                 lse = lse * factor
     if pad:
         out = out[:, :, pad:].contiguous()
