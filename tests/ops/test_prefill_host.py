@@ -56,7 +56,7 @@ def test_calls_by_name_match_calls_with_a_fresh_pattern(grad):
                 assert not torch.equal(outs[a], outs[b]), (a, b)
 
 
-def test_named_pattern_follows_the_registry(monkeypatch):
+def test_named_pattern_follows_the_registry():
     """A name registered again (tests do it) gives the new class; a removed name gives the
     registry's unknown-name error, as without the cache."""
     q, k, v = _qkv()
@@ -66,13 +66,17 @@ def test_named_pattern_follows_the_registry(monkeypatch):
     class Other(PATTERNS["sliding_window"]):
         name = "power"
 
-    monkeypatch.setitem(PATTERNS, "power", Other)
-    assert type(api._named_pattern("power")) is Other
-    assert torch.equal(sparse_attention(q, k, v, "power"), sparse_attention(q, k, v, Other()))
-    monkeypatch.delitem(PATTERNS, "power")
-    with pytest.raises(ValueError, match="unknown pattern 'power'"):
-        sparse_attention(q, k, v, "power")
-    monkeypatch.undo()
+    saved = dict(PATTERNS)  # restored in its order: tables and plots list patterns in it
+    try:
+        PATTERNS["power"] = Other
+        assert type(api._named_pattern("power")) is Other
+        assert torch.equal(sparse_attention(q, k, v, "power"), sparse_attention(q, k, v, Other()))
+        del PATTERNS["power"]
+        with pytest.raises(ValueError, match="unknown pattern 'power'"):
+            sparse_attention(q, k, v, "power")
+    finally:
+        PATTERNS.clear()
+        PATTERNS.update(saved)
     assert type(api._named_pattern("power")) is PATTERNS["power"]
     assert torch.equal(sparse_attention(q, k, v, "power"), base)
 
