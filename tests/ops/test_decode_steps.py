@@ -276,7 +276,7 @@ def test_refusals_are_the_same_with_a_warm_cache(rec, auto_decodes, backend):
 def test_power_attention_reuses_its_pattern_and_still_checks():
     q, k, v = _qkv(sk=40, d=16)
     a = power_attention(q, k, v, block_size=16)
-    assert api._power_pattern(16, 5, 1) is api._power_pattern(16, 5, 1)
+    assert get_pattern("power", block_size=16) is get_pattern("power", block_size=16)
     assert torch.equal(a, power_attention(q, k, v, block_size=16))
     for bad in (16.0, True, [16]):
         with pytest.raises(ValueError, match="block_size"):

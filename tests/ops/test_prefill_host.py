@@ -1,5 +1,5 @@
 """The prefill/training call's host-time savings keep results and refusals: the pattern
-object reused per registered name, and the recompile guard as a class
+object reused per registered name (``get_pattern``'s cache), and the recompile guard as a class
 (scripts/prefill_host_cpu.py measures what they save)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from powerattn import get_pattern, pattern_names, sparse_attention
-from powerattn.ops import api, flex
+from powerattn.ops import flex
 from powerattn.patterns import PATTERNS
 
 S = 1100  # five 256-token blocks and a partial one: the default patterns differ here
@@ -23,9 +23,9 @@ def _qkv(dtype=torch.float32, s=S, grad=False, seed=0):
 
 def test_named_pattern_one_object_per_name():
     for name in pattern_names():
-        p = api._named_pattern(name)
-        assert p is api._named_pattern(name)
-        assert p == get_pattern(name) and type(p) is PATTERNS[name]
+        p = get_pattern(name)
+        assert p is get_pattern(name)
+        assert p == PATTERNS[name]() and type(p) is PATTERNS[name]
 
 
 @pytest.mark.parametrize("grad", [False, True])
@@ -40,7 +40,7 @@ def test_calls_by_name_match_calls_with_a_fresh_pattern(grad):
                 q, k, v = _qkv(dtype, s, grad, seed=s)
                 by_name = sparse_attention(q, k, v, name)
                 q2, k2, v2 = (t.detach().clone().requires_grad_(grad) for t in (q, k, v))
-                fresh = sparse_attention(q2, k2, v2, get_pattern(name))
+                fresh = sparse_attention(q2, k2, v2, PATTERNS[name]())
                 assert torch.equal(by_name, fresh), (name, dtype, s)
                 if grad:
                     by_name.sum().backward()
@@ -69,7 +69,7 @@ def test_named_pattern_follows_the_registry():
     saved = dict(PATTERNS)  # restored in its order: tables and plots list patterns in it
     try:
         PATTERNS["power"] = Other
-        assert type(api._named_pattern("power")) is Other
+        assert type(get_pattern("power")) is Other
         assert torch.equal(sparse_attention(q, k, v, "power"), sparse_attention(q, k, v, Other()))
         del PATTERNS["power"]
         with pytest.raises(ValueError, match="unknown pattern 'power'"):
@@ -77,7 +77,7 @@ def test_named_pattern_follows_the_registry():
     finally:
         PATTERNS.clear()
         PATTERNS.update(saved)
-    assert type(api._named_pattern("power")) is PATTERNS["power"]
+    assert type(get_pattern("power")) is PATTERNS["power"]
     assert torch.equal(sparse_attention(q, k, v, "power"), base)
 
 

@@ -22,11 +22,9 @@ Backends (``backend=``):
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from ..patterns import PATTERNS, Pattern, get_pattern
+from ..patterns import Pattern, get_pattern
 from . import decode as _decode
 from .checks import check_qkv, needs_grad, resolve_scale
 from .dense import dense_scores_count, dense_sparse_attention
@@ -100,7 +98,7 @@ def sparse_attention(
         return hit
     call = (pattern, scale, backend)  # as given: the key of a decode step to remember
     check_qkv(q, k, v)
-    pattern = _named_pattern(pattern) if type(pattern) is str else get_pattern(pattern)
+    pattern = get_pattern(pattern)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     D = q.shape[-1]
@@ -159,30 +157,5 @@ def power_attention(
     k/v ``(B, Hkv, Sk, D)``, queries the last ``Sq`` positions; ``out (B, Hq, Sq, D)`` in
     the input dtype, ``lse (B, Hq, Sq)`` float32 with ``return_lse``.
     """
-    try:  # one object per setting: building a pattern takes ~20 us (a decode step's budget)
-        pattern = _power_pattern(block_size, window, sink)
-    except TypeError:  # an unhashable setting: let get_pattern name the problem
-        pattern = get_pattern("power", block_size=block_size, window=window, sink=sink)
+    pattern = get_pattern("power", block_size=block_size, window=window, sink=sink)
     return sparse_attention(q, k, v, pattern, scale=scale, return_lse=return_lse, backend=backend)
-
-
-@functools.lru_cache(maxsize=64, typed=True)
-def _power_pattern(block_size: int, window: int, sink: int) -> Pattern:
-    return get_pattern("power", block_size=block_size, window=window, sink=sink)
-
-
-def _named_pattern(name: str) -> Pattern:
-    """The pattern registered as ``name`` with its default parameters, one object per name
-    (building one takes ~20 us, paid on every call that names its pattern); rebuilt when the
-    registry no longer holds its class (a name registered again, or removed: then
-    :func:`~powerattn.patterns.get_pattern`'s error)."""
-    pattern = _default_pattern(name)
-    if PATTERNS.get(name) is not type(pattern):
-        _default_pattern.cache_clear()
-        pattern = _default_pattern(name)
-    return pattern
-
-
-@functools.lru_cache(maxsize=64)
-def _default_pattern(name: str) -> Pattern:
-    return get_pattern(name)

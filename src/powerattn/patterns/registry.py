@@ -80,9 +80,29 @@ def get_pattern(name: str | Pattern, **params: Any) -> Pattern:
             return name
         _check_params(name.name, {f.name: f.default for f in dataclasses.fields(name)}, params)
         return dataclasses.replace(name, **params)
+    # One object per (name, parameters): patterns are frozen, and building one (its checks
+    # and probe) takes ~20 us, paid on every operator call that names its pattern. Values are
+    # keyed with their types (5 and 5.0 are different requests), and a hit counts only while
+    # the name still registers the class it was built from.
+    try:
+        key = (name, tuple((k, type(v), v) for k, v in sorted(params.items()))) if params else name
+        hit = _built.get(key)
+    except TypeError:  # an unhashable value: built (and refused or accepted) uncached
+        key, hit = None, None
+    if hit is not None and PATTERNS.get(name) is type(hit):
+        return hit
     cls = pattern_class(name)
     _check_params(name, pattern_params(name), params)
-    return cls(**params)
+    pattern = cls(**params)
+    if key is not None:
+        if len(_built) >= _BUILT_MAX:
+            _built.clear()
+        _built[key] = pattern
+    return pattern
+
+
+_built: dict[Any, Pattern] = {}
+_BUILT_MAX = 256
 
 
 def _check_params(name: str, valid: dict[str, Any], params: dict[str, Any]) -> None:
