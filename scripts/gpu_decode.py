@@ -246,10 +246,10 @@ def main() -> int:
     log(f"  {len(runs) + 3 - len(fails)}/{len(runs) + 3} cases passed ({time.time() - t0:.0f} s)")
     # The kernel variant the sweep also times (EARLY_V_LOAD): the same cases, before timing it.
     ops_decode.EARLY_V_LOAD = True
-    ops_decode._plan.cache_clear()
+    ops_decode.clear_plans()
     early = [f"EARLY_V_LOAD: {m}" for fn, c in runs if (m := fn(*c, device="cuda"))]
     ops_decode.EARLY_V_LOAD = False
-    ops_decode._plan.cache_clear()
+    ops_decode.clear_plans()
     log(f"  EARLY_V_LOAD: {len(runs) - len(early)}/{len(runs)} cases passed")
     fails += early
     log("== correctness: Qwen2-7B shapes")

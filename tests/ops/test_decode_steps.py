@@ -43,9 +43,9 @@ def rec(monkeypatch):
     monkeypatch.setattr(decode, "_INTERPRET", True)  # CPU tensors are kernel tensors
     kernel = _Recorder()
     monkeypatch.setattr(decode, "_decode_kernel", kernel)
-    decode._plan.cache_clear()  # plans built with another _INTERPRET stay out
+    decode.clear_plans()  # plans built with another _INTERPRET stay out
     yield kernel
-    decode._plan.cache_clear()
+    decode.clear_plans()
 
 
 @pytest.fixture
@@ -218,11 +218,11 @@ def test_alternating_lengths_keep_their_steps(rec):
     )
 
 
-def test_plan_cache_clear_forgets_steps(rec):
+def test_clear_plans_forgets_steps(rec):
     q, k, v = _qkv()
     sparse_attention(q, k, v, "power", backend="decode")
     assert decode._steps
-    decode._plan.cache_clear()  # what the kernel benchmarks call after changing constants
+    decode.clear_plans()  # what the kernel benchmarks call after changing constants
     assert not decode._steps and decode._plan.cache_info().currsize == 0
 
 
@@ -315,7 +315,7 @@ def test_cached_direct_launches(monkeypatch):
     monkeypatch.setattr(decode, "FAST_LAUNCH", True)
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda i: 7, raising=False)
     monkeypatch.setattr(torch._C, "_cuda_isCurrentStreamCapturing", lambda: False, raising=False)
-    decode._plan.cache_clear()
+    decode.clear_plans()
     q, k, v = _qkv(sk=70)
     pattern = get_pattern("power", block_size=16)
     decode.remember_step(q, k, v, (pattern, None, "decode"), False, pattern, 0.25, False)
@@ -338,4 +338,4 @@ def test_cached_direct_launches(monkeypatch):
     k17 = torch.randn(1, 2, 70, 17)[..., :16]
     decode._run_step(step, q, k17, v, 70)
     assert len(fake.usual) == 3
-    decode._plan.cache_clear()
+    decode.clear_plans()

@@ -340,7 +340,7 @@ def bench_kernel_configs(
                 (ops_decode.BLOCK_N_MAX, ops_decode.BLOCK_N_MAX_WIDE, ops_decode.NUM_WARPS,
                  ops_decode.NUM_STAGES, ops_decode.EARLY_V_LOAD) = (
                     block_n, block_n, warps, stages, early_v)  # fmt: skip
-                ops_decode._plan.cache_clear()
+                ops_decode.clear_plans()
                 for fuse, n in itertools.product(fused, splits):
                     fns = [
                         lambda n=n, k=k, v=v, fuse=fuse: ops_decode.decode_attention(
@@ -368,7 +368,7 @@ def bench_kernel_configs(
     finally:
         (ops_decode.BLOCK_N_MAX, ops_decode.BLOCK_N_MAX_WIDE, ops_decode.NUM_WARPS,
          ops_decode.NUM_STAGES, ops_decode.EARLY_V_LOAD) = saved  # fmt: skip
-        ops_decode._plan.cache_clear()
+        ops_decode.clear_plans()
     return rows
 
 

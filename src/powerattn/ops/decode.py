@@ -801,17 +801,13 @@ class _Step:
 
 
 _steps: dict[tuple, list[_Step]] = {}
-_plan_cache_clear = _plan.cache_clear
 
 
-def _clear_plans() -> None:
-    """``_plan.cache_clear()``: forget the plans and the steps that hold them (the kernel
-    benchmarks change module constants, then clear)."""
-    _plan_cache_clear()
+def clear_plans() -> None:
+    """Forget the launch plans and the cached steps that hold them: call it after changing
+    this module's constants (the kernel benchmarks do)."""
+    _plan.cache_clear()
     _steps.clear()
-
-
-_plan.cache_clear = _clear_plans
 
 
 def step_range(pattern: Pattern, sq: int, sk: int, dense_ok: bool) -> tuple[int, int, bool]:
