@@ -31,6 +31,7 @@ from ..training.config import (
     Stage,
     TaskConfig,
     TrainConfig,
+    speed_options,
 )
 from . import lm, probe, ruler
 from .bpe import DEFAULT_PATH, BPETokenizer
@@ -161,7 +162,7 @@ def lm_specs(
 ) -> list[dict[str, Any]]:
     """The specs of :func:`powerattn.eval.lm.run_one` for every (seed, pattern)."""
     _check(preset, patterns)
-    speed = lm.speed_options(speed)
+    speed = speed_options(speed)
     lm.tokenize_corpus(corpus, tokenizer)  # once, before the workers read it
     return [
         dict(
@@ -235,7 +236,7 @@ def choose_speed(
             f"{base:.2f} steps/s ({seen or 'none measured'})"
         )
     _, gain, name, _, _ = good[-1]
-    options = list(SPEED_OPTIONS) if name == "all" else lm.speed_options([name])
+    options = list(SPEED_OPTIONS) if name == "all" else speed_options([name])
     return options, f"{','.join(options)}: {gain:.2f}x the default's {base:.2f} steps/s ({seen})"
 
 
@@ -265,7 +266,7 @@ def ruler_config(
 ) -> TrainConfig:
     """The continued training on the RULER mixture: the language model's config with the
     answer-only loss over :data:`ANSWER_TOKENS` tokens and a lower learning rate (``speed``:
-    :func:`powerattn.eval.lm.speed_options`)."""
+    :func:`powerattn.training.config.speed_options`)."""
     cfg = lm.train_config(lm.PRESETS[preset], pattern, seed, steps, device, full_layers, speed)
     cfg.loss_on = "answer"
     cfg.task = TaskConfig(block_size=cfg.task.block_size, digits=ANSWER_TOKENS)
@@ -291,7 +292,7 @@ def ruler_run_one(
     """Continue ``lm_runs/<pattern>-s<seed>`` (weights only; from scratch if it has no
     checkpoint) on the RULER mixture into ``out/NAME``, then score the suite at the preset's
     context on ``samples`` samples per task (the same samples for every run). ``speed``: the
-    trainer speed options (:func:`powerattn.eval.lm.speed_options`)."""
+    trainer speed options (:func:`powerattn.training.config.speed_options`)."""
     import torch
 
     from ..training.trainer import CHECKPOINT, Trainer
@@ -322,7 +323,7 @@ def ruler_run_one(
         "steps_planned": cfg.total_steps,
         "started_from": started_from,
         "train_s_this_call": time.time() - t0,
-        "speed": lm.speed_options(speed),
+        "speed": speed_options(speed),
         **res,
     }
     _write_json(run_dir / RULER_FILE, result)
@@ -441,7 +442,8 @@ def probe_run_one(
 ) -> dict[str, Any]:
     """Probe the model of ``pattern`` at initialisation, train it on the passkey curriculum
     (resuming, with the trainer speed options ``speed``:
-    :func:`powerattn.eval.lm.speed_options`), probe it again; writes ``out/NAME/probe.json``."""
+    :func:`powerattn.training.config.speed_options`), probe it again; writes
+    ``out/NAME/probe.json``."""
     from ..training.model import build_model
     from ..training.trainer import Trainer
 
@@ -458,7 +460,7 @@ def probe_run_one(
         lm_weight=pp.lm_weight,
         checkpoint_every=100,
         device=device,
-        **{name: True for name in lm.speed_options(speed)},
+        **{name: True for name in speed_options(speed)},
     )
     run_dir = Path(out) / lm.run_name(pattern, seed)
     trainer = Trainer(cfg, run_dir, progress=False)
@@ -477,7 +479,7 @@ def probe_run_one(
         "block_size": pp.block_size,
         "steps": trainer.step,
         "steps_planned": cfg.total_steps,
-        "speed": lm.speed_options(speed),
+        "speed": speed_options(speed),
         "needle_block": after["needle_block"],
         "key_blocks": after["key_blocks"],
         "earliest_key_block": after["earliest_key_block"],
