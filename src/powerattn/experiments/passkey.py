@@ -456,7 +456,7 @@ def run_experiment(
             "steps_scale": steps_scale,
             "seed": PRESETS[preset_name].seed if seed is None else seed,
             "seeds": seeds,
-            "speed": list(speed or []),
+            "speed": speed_options(speed),
             "jobs": jobs,
             "wall_s": time.perf_counter() - t0,
             "command": " ".join(sys.argv),
@@ -511,7 +511,7 @@ def _run_parallel(
     failure, after the backend's checks passed: the same model on any backend), else from
     scratch; its first log is kept as ``log_failed.txt``. A second failure is reported and the
     checkpoint stays for a later call (an error while resuming, say, must not throw away the
-    run's steps: it did once, session 6). A
+    run's steps). A
     run whose directory holds a checkpoint of another configuration
     (:data:`EXIT_CHECKPOINT_MISMATCH`) is reported as failed, not retried."""
     failed = []
