@@ -61,12 +61,19 @@ def test_end_to_end_tiny(tmp_path, make_docs, capsys):
     run = json.loads((runs / "ruler" / "power-s0" / "ruler.json").read_text())
     assert run["started_from"].endswith("power-s0/checkpoint.pt")  # continued the LM
 
-    assert _run("probe", "--out", str(runs / "probe"), "--preset", "tiny", "--device", "cpu",
-                "--patterns", "power", "--results", str(res / "probing")) == 0  # fmt: skip
+    assert _run("probe", "--out", str(runs / "probe"), "--preset", "smoke-mix",
+                "--device", "cpu", "--patterns", "power", "--per-key", "4",
+                "--train-out", str(tmp_path / "passkey"),
+                "--results", str(res / "probing")) == 0  # fmt: skip
     rows = json.loads((res / "probing" / "summary.json").read_text())["runs"]
     assert {r["trained"] for r in rows} == {False, True}
     assert set(rows[0]) == {"pattern", "seed", "trained", "layer", "block", "accuracy"}
-    assert len(rows) == 2 * 3 * 10  # before/after x (embeddings + 2 layers) x 10 blocks
+    assert len(rows) == 2 * 3 * 12  # before/after x (embeddings + 2 layers) x 12 blocks
+    # The trained runs again, as --from-runs: the same checkpoint, the same probes.
+    assert _run("probe", "--out", str(tmp_path / "again"), "--from-runs",
+                str(tmp_path / "passkey"), "--device", "cpu", "--patterns", "power",
+                "--per-key", "4", "--results", str(tmp_path / "again_res")) == 0  # fmt: skip
+    assert json.loads((tmp_path / "again_res" / "summary.json").read_text())["runs"] == rows
     assert (res / "probing" / "heatmaps.png").stat().st_size > 0
     details = json.loads((res / "probing" / "details.json").read_text())
     assert details["power-s0"]["after"]["max_before_needle"] <= 0.5  # causality
@@ -106,6 +113,11 @@ def test_refusals(tmp_path):
     with pytest.raises(ValueError, match="neither a run directory"):
         _run("ruler", "--model", str(tmp_path / "missing"))
     assert eval_cmd.main(["probe", "--summarize", str(tmp_path)]) == 2
+    with pytest.raises(ValueError, match="--preset, --jobs: training options, not for --from"):
+        _run("probe", "--out", str(tmp_path), "--from-runs", str(tmp_path), "--preset",
+             "gpu-mix", "--jobs", "3")  # fmt: skip
+    with pytest.raises(ValueError, match="preset must be one of"):
+        _run("probe", "--out", str(tmp_path / "p"), "--preset", "gpu")
     with pytest.raises(ValueError, match="no .*per_run; give --from"):
         _run("results", "--root", str(tmp_path))
     with pytest.raises(ValueError, match="neither a folder nor a runs.tgz"):

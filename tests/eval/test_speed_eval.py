@@ -52,7 +52,7 @@ def test_cli_refuses_unknown_speed_before_any_run(tmp_path, tiny_corpus):
     with pytest.raises(ValueError, match="valid: .*compile"):
         _run("ruler", "--train", "--out", str(out), "--preset", "tiny", "--speed", "nope")
     with pytest.raises(ValueError, match="valid: .*compile"):
-        _run("probe", "--out", str(out), "--preset", "tiny", "--speed", "nope")
+        _run("probe", "--out", str(out), "--preset", "smoke-mix", "--speed", "nope")
     with pytest.raises(ValueError, match="--speed applies to training"):
         _run("ruler", "--model", str(out), "--speed", "compile")
     assert not out.exists() or not any(out.iterdir())  # nothing started
@@ -101,9 +101,11 @@ def test_speed_reaches_every_training_run_and_is_not_identity(tmp_path, tiny_cor
         "fused_optim"
     ]
 
-    assert _run("probe", "--out", str(runs / "probe"), *common, "--patterns", "power",
+    assert _run("probe", "--out", str(runs / "probe"), "--preset", "smoke-mix",
+                "--device", "cpu", "--patterns", "power", "--per-key", "4",
                 "--speed", "compile", "--results", str(res / "probing")) == 0  # fmt: skip
-    assert compiled[-1] == "power" and _config(runs / "probe" / "power-s0")["compile"] is True
+    trained = runs / "probe" / "passkey" / "runs" / "main-power"  # the passkey experiment's
+    assert compiled[-1] == "power" and _config(trained)["compile"] is True
     assert json.loads((runs / "probe" / "power-s0" / "probe.json").read_text())["speed"] == [
         "compile"
     ]

@@ -20,7 +20,8 @@ a campaign, end to end (CPU smoke: --preset tiny; the H200: scripts/gpu_eval.sh)
   powerattn eval ppl --summarize runs/lm --results results/lm
   powerattn eval ruler --train --lm-runs runs/lm --out runs/ruler --preset gpu --steps 300
   powerattn eval ruler --model runs/lm/power-s0 --length 4096     # any one model
-  powerattn eval probe --out runs/probe --preset gpu --jobs 3
+  powerattn eval probe --out runs/probe --preset gpu-mix --jobs 3 --speed compile
+  powerattn eval probe --out runs/probe --from-runs pk    # runs of experiment passkey --out pk
   powerattn eval results --from OUT     # results/{lm,ruler,probing} from a GPU call's runs.tgz
 """
 
@@ -100,23 +101,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = esub.add_parser(
         "probe",
         help="linear probes per layer and block, before and after passkey training",
-        description="Train a byte-level model per pattern on the passkey curriculum and fit "
-        "one logistic-regression probe per (layer, block) on block-mean-pooled hidden states "
-        "(6 candidate keys, needle at 10%% depth) before and after training; writes "
+        description="Probe passkey models: train the passkey experiment's main runs of "
+        "--patterns x --seeds (preset gpu-mix, the recipe that passed its gate; resuming) "
+        "into --train-out, or take the runs of --from-runs, and fit one logistic-regression "
+        "probe per (layer, block) on block-mean-pooled hidden states (6 candidate keys, "
+        "needle at 10%% depth, the run's length and blocks) of the run's model at "
+        "initialisation and of its checkpoint; writes OUT/PATTERN-sSEED/probe.json, "
         "RESULTS/summary.json and heatmaps.png.",
     )
-    b.add_argument("--out", help="run directory")
-    b.add_argument("--preset", default="tiny", help="tiny (CPU smoke) or gpu")
+    b.add_argument("--out", help="probe outputs: OUT/PATTERN-sSEED/probe.json")
+    b.add_argument(
+        "--from-runs", metavar="DIR",
+        help="no training: probe these runs of `powerattn experiment passkey` (its --out)",
+    )  # fmt: skip
+    b.add_argument("--train-out", metavar="DIR", help="where to train the runs (OUT/passkey)")
+    b.add_argument("--preset", help="gpu-mix (default) or smoke-mix (its CPU twin)")
     add_list_argument(
         b, "--patterns", default=["sliding_window", "power", "full"],
         help="pattern names (sliding_window,power,full)",
     )  # fmt: skip
     add_list_argument(b, "--seeds", nonnegative_int, default=[0])
-    b.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps")
+    b.add_argument("--steps-scale", type=float, help="multiply every stage's steps (1)")
+    b.add_argument(
+        "--per-key", type=positive_int, default=32, help="probe documents per key (32; 6 keys)"
+    )
     b.add_argument("--engine", default="torch", help="torch (batched L-BFGS) or sklearn")
-    b.add_argument("--jobs", type=positive_int, default=1)
+    b.add_argument("--jobs", type=positive_int, help="runs trained at once, one process each")
     b.add_argument("--deadline", type=float, help="seconds from now to stop training")
-    b.add_argument("--device", default="auto")
+    b.add_argument("--device", default="auto", help="where the probes run (training: cuda if any)")
     _speed_arg(b)
     b.add_argument("--summarize", metavar="RUNS", help="no training: summarize RUNS/*/probe.json")
     b.add_argument("--results", default="results/probing")
@@ -374,35 +386,30 @@ def _load_model(args: argparse.Namespace):
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from ..eval import campaign
+    from ..eval import probe_runs
 
     runs = args.summarize or args.out
     if not args.summarize:
         if not args.out:
             raise ValueError("give --out (or --summarize RUNS)")
-        if args.preset not in campaign.PROBE_PRESETS:
-            raise ValueError(
-                f"preset must be one of {sorted(campaign.PROBE_PRESETS)}, got {args.preset!r}"
-            )
         speed = _speed(args)
-        specs = [
-            dict(
-                out=str(args.out),
-                preset=args.preset,
-                pattern=p,
-                seed=s,
-                device=args.device,
-                stop_time=_stop(args),
-                steps_scale=args.steps_scale,
-                engine=args.engine,
-                speed=speed,
+        if args.from_runs:
+            training = ("preset", "train_out", "steps_scale", "jobs", "deadline", "speed")
+            given = [f for f in training if getattr(args, f) not in (None, [])]
+            if given:
+                flags = ", ".join("--" + f.replace("_", "-") for f in given)
+                raise ValueError(f"{flags}: training options, not for --from-runs")
+            source = args.from_runs
+        else:
+            source = args.train_out or str(Path(args.out) / "passkey")
+            probe_runs.train_runs(
+                source, args.preset or probe_runs.DEFAULT_PRESET, args.patterns, args.seeds,
+                args.jobs or 1, _stop(args), speed,
+                1.0 if args.steps_scale is None else args.steps_scale,
             )  # fmt: skip
-            for s in args.seeds
-            for p in args.patterns
-        ]
-        failed = campaign.run_pool("probe", specs, args.out, args.jobs)
-        if failed:
-            print(f"failed runs (see {args.out}/probe-NAME.log): {failed}", file=sys.stderr)
+        found = [probe_runs.find_run(source, p, s) for s in args.seeds for p in args.patterns]
+        for run_dir in found:  # every run found before the first is probed
+            probe_runs.probe_run(run_dir, args.out, args.per_key, args.engine, args.device)
     print(write_probe_results(runs, args.results))
     return 0
 
@@ -416,12 +423,17 @@ def write_probe_results(runs: str | Path, results: str | Path) -> str:
     _write_results(results, "summary.json", summary)
     _write_results(results, "details.json", campaign.probe_details(full))
     _plot(campaign.plot_probe, full, Path(results) / "heatmaps.png")
-    lines = [
-        f"{r['name']:<24} last layer, last block: before {r['before'][-1][-1]:.2f}, "
-        f"after {r['after'][-1][-1]:.2f} (chance {r['chance']:.2f}; "
-        f"{r['steps']}/{r['steps_planned']} steps)"
-        for r in full
-    ]
+    lines = []
+    for r in full:
+        exact = (r.get("passkey") or {}).get("exact_match", {}).get(str(r["seq_len"]))
+        lines.append(
+            f"{r['name']:<24} last layer, last block: before {r['before'][-1][-1]:.2f}, "
+            f"after {r['after'][-1][-1]:.2f} (chance {r['chance']:.2f}; "
+            f"{r['steps']}/{r['steps_planned']} steps"
+            + (", INCOMPLETE" if r["steps"] < r["steps_planned"] else "")
+            + ("" if exact is None else f"; passkey exact match at {r['seq_len']}: {exact:.3f}")
+            + ")"
+        )
     text = "\n".join(lines)
     (Path(results) / "table.txt").write_text(text + "\n")
     return text
