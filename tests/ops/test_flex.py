@@ -65,6 +65,31 @@ def test_recompile_guard_restores_the_users_settings():
     assert (getattr(cfg, name), cfg.fail_on_recompile_limit_hit) == before
 
 
+def test_inside_a_users_compile_the_mask_cache_is_not_guarded_on():
+    """A compiled training step (mixed lengths) with eager calls in between (evaluations),
+    as `experiment passkey --speed compile` runs it. Dynamo used to trace the mask cache
+    (an LRU dict) and guard on its entries by position: each eager lookup reordered it and
+    recompiled the caller (61 graphs for these 3 lengths; on the H200 the guards failed
+    outright). The mask is now looked up outside the trace: a few graphs per length."""
+    from torch._dynamo.utils import counters
+
+    pattern = get_pattern("power", block_size=16)
+
+    def f(q):
+        return api.sparse_attention(q, q, q, pattern, backend="flex")
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, backend="aot_eager", dynamic=False)
+    graphs_before = counters["stats"]["unique_graphs"]
+    lengths = (64, 128, 256)
+    for i, S in enumerate(lengths * 3):
+        f(torch.randn(1, 2, 32 * (1 + i % 4), 16))  # eager: reorders / grows the cache
+        q = torch.randn(1, 2, S, 16)
+        torch.testing.assert_close(compiled(q), f(q))
+    graphs = counters["stats"]["unique_graphs"] - graphs_before
+    assert graphs <= 4 * len(lengths), f"{graphs} graphs for {len(lengths)} lengths"
+
+
 # --------------------------------------------------------------- FlashAttention-4 selection
 # The selection logic runs on the CPU with the GPU's properties given explicitly; the kernel
 # itself is exercised by the CUDA suite (scripts/gpu_kernel.sh) wherever it is installed.

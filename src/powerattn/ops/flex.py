@@ -238,6 +238,14 @@ def block_mask_for(
     lists on the host, one host-to-device copy, scattered into full width on the device.
     ``int_offset``: the ``mask_mod`` holds the query offset as a Python int (static-shape
     compiles, FlashAttention-4), else as a 0-dim device tensor (dynamic-shape compiles)."""
+    if torch.compiler.is_compiling():
+        # Looked up outside the trace (one graph break): Dynamo guarded on this LRU dict's
+        # entries by position, so every eager lookup in between (an evaluation) recompiled the
+        # caller, and on the H200 (torch 2.11) its guards failed outright ("Guard failed on the
+        # same frame it was created"). The BlockMask enters the graph as an input instead.
+        return _block_mask_outside_trace(
+            pattern, q_len, kv_len, device, tile, int_offset=int_offset
+        )
     device = torch.device(device)
     key = (pattern, q_len, kv_len, device, tile, int_offset)
     bm = _mask_cache.get(key)
@@ -305,6 +313,9 @@ def block_mask_for(
     if len(_mask_cache) > _MASK_CACHE_SIZE:
         _mask_cache.popitem(last=False)
     return bm
+
+
+_block_mask_outside_trace = torch.compiler.disable(block_mask_for)
 
 
 @functools.cache
