@@ -8,7 +8,8 @@
 #   SPEED=auto OUT=$OUT bash scripts/gpu_eval.sh       # the same, compile if measured faster
 #   OUT=$OUT bash scripts/gpu_eval.sh ruler 560        # next call, machine still warm: RULER
 #                                                      # continues the lm runs in $WORK/lm
-#   OUT=$OUT bash scripts/gpu_eval.sh probe 560
+#   OUT=$OUT bash scripts/gpu_eval.sh probe 560        # = scripts/gpu_probe.sh after the
+#                                                      # corpus; better: gpu_probe.sh alone
 #
 # The one-call plan (PARTS=plan, the default; nvidia-h200, call timeout 600 s): Table 1 only.
 # 12 runs at once on the one GPU (6 patterns x seeds 0,1), the `gpu` preset of
@@ -33,7 +34,7 @@
 #   --seconds 3: the first 5 losses of each checked against a float32 run, then 3 s of
 #   steps/s), in the background while the corpus is built; then lm and ruler train with
 #   compile only if its check passed and it ran >= SPEED_MIN (1.3, campaign.MIN_SPEEDUP)
-#   times the default's steps/s; probe trains without options (another model, unmeasured).
+#   times the default's steps/s; probe compiles (its passkey model was measured: 2.43x).
 #   log.txt prints the decision with its numbers; $OUT gets train_speed.json (7 files in
 #   all); a later call on the warm machine reuses $WORK/speed/train_speed.json. A failed,
 #   killed (SPEED_TIMEOUT, 90 s) or partial measurement means no options.
@@ -74,7 +75,7 @@
 # still trains, so that a false alarm costs no data).
 #
 # Knobs (environment): SEEDS (0,1), LM_STEPS (the preset's 900), PATTERNS (all six), JOBS
-# (12), RULER_STEPS, RULER_SAMPLES (5), RULER_TASKS, PROBE_SCALE (0.3), CORPUS_MB (60),
+# (12), RULER_STEPS, RULER_SAMPLES (5), RULER_TASKS, CORPUS_MB (60),
 # PRESET (gpu), DEVICE (cuda), SPEED (none; see above), SPEED_MIN, SPEED_TIMEOUT.
 # CPU dry run of every part (a stub nvidia-smi on the PATH; SPEED=fused_optim or none there:
 # compile runs Inductor on the CPU, minutes; SPEED=auto times tiny models, meaningless):
@@ -173,7 +174,7 @@ fi
 echo "corpus $CORPUS, $(left) s left"
 
 # The speed options of the training parts: SPEED as given (every part), or SPEED=auto's
-# decision for lm and ruler (the measured model) and none for probe (another model, unmeasured).
+# decision for lm and ruler (the measured model) and compile for probe (the probe part).
 TRAIN_SPEED=$SPEED PROBE_SPEED=$SPEED
 if [ "$SPEED" = auto ]; then
     t=$(date +%s)
@@ -188,7 +189,7 @@ s, why = c.choose_speed(sys.argv[1], 'lm', m); print(f'{why} [threshold {m}x]', 
 print(','.join(s))" "$SPEED_JSON" "$SPEED_MIN" 2>"$WORK/speed/decision.txt")
     echo "SPEED=auto decision (waited $(( $(date +%s) - t )) s for the measurement):" \
         "lm/ruler --speed '${TRAIN_SPEED}' <- $(cat "$WORK/speed/decision.txt")"
-    echo "SPEED=auto: probe trains without speed options (its model was not measured)"
+    echo "SPEED=auto: probe compiles (its passkey model: 2.43x alone, results/train_speed)"
     PROBE_SPEED=
     cp "$SPEED_JSON" "$OUT/" 2>/dev/null
 fi
@@ -270,13 +271,16 @@ fi
 
 if has probe; then
     S=$(share probe)
-    echo "== probe: ${S}s, speed options: ${PROBE_SPEED:-none}"
-    timeout "$S" $E probe --out "$WORK/probe" --preset "$PRESET" \
-        --patterns sliding_window,power,full --seeds 0 --steps-scale "${PROBE_SCALE:-0.3}" \
-        --jobs 3 --deadline $((S * 60 / 100)) --device "$DEVICE" \
-        ${PROBE_SPEED:+--speed $PROBE_SPEED} \
-        --results "$WORK/results/probing" || echo "PROBE PART: exit status $?"
-    $E probe --summarize "$WORK/probe" --results "$WORK/results/probing" >/dev/null
+    # scripts/gpu_probe.sh: the passkey experiment's gpu-mix runs of 3 patterns, probed; its
+    # runs resume from $WORK/passkey in a later call. Compile unless SPEED names options (the
+    # CPU dry run, PRESET=tiny: smoke-mix and none); its own Inductor threads (3 processes).
+    PP=gpu-mix PS=${PROBE_SPEED:-compile}
+    [ "$PRESET" = tiny ] && PP=smoke-mix PS=${PROBE_SPEED:-none}
+    echo "== probe: ${S}s, scripts/gpu_probe.sh, preset $PP, speed options: $PS"
+    env -u TORCHINDUCTOR_COMPILE_THREADS OUT="$OUT/probe" WORK="$WORK" PROBE_PRESET=$PP \
+        PROBE_SPEED=$PS PROBE_PATTERNS=sliding_window,power,full PROBE_SEEDS=0 \
+        PROBE_DEVICE="$DEVICE" bash "$(dirname "$0")/gpu_probe.sh" "$S" ||
+        echo "PROBE PART: exit status $?"
     pack
 fi
 
