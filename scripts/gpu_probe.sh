@@ -5,9 +5,10 @@
 #
 # 1. Trains the passkey experiment's main runs of sliding_window, power and full, seed 0, in
 #    the recipe that passed its gate (preset gpu-mix, 5500 steps) with --speed compile on the
-#    sdpa_mask backend (the pattern's exact mask; FlexAttention under compile failed every
-#    sparse run in Figure 3's session-7 call 1, which then fell back to sdpa_mask), three
-#    processes sharing the GPU: scripts/gpu_train.sh, Figure 3's tool, with
+#    sdpa_mask backend (the pattern's exact mask: the path Figure 3's compiled runs trained on
+#    at ~54 steps/s in all; FlexAttention under compile failed every sparse run of its
+#    session-7 call 1, fixed in 68b81c6 but not yet run on a GPU), three processes sharing
+#    the GPU: scripts/gpu_train.sh, Figure 3's tool, with
 #    WORK=$PROBE_RUNS (default $WORK/passkey; checkpoints stay there) and OUT=$OUT/passkey
 #    (its 8 files: train_by_len.txt, tables.txt, ...). Training stops RESERVE_S (60) s before
 #    the trainer's bound, BUDGET_S - 30 s: at 480 s in a 570-s call, as in Figure 3's calls;
@@ -17,9 +18,10 @@
 #    run's initial model and its checkpoint (load-checked) on 192 documents of 4096 tokens.
 # 3. Packs what `powerattn eval results --from <the call's files>` needs.
 #
-# The plan (results/probing/README.md) needs two calls in most cases: the same command sent
-# again at once, while the machine is warm, resumes the runs from their checkpoints or, when
-# they are complete, only probes. Repeat until the last line says "STATUS: done".
+# The plan (results/probing/README.md): two calls, the first trains and evaluates, the
+# second probes. The same command, sent again at once while the machine is warm, resumes the
+# runs from their checkpoints or, when they are complete, only probes. Repeat until the last
+# line says "STATUS: done".
 #
 # Writes into $OUT: gpu.txt, log.txt, runs.tgz (probe/NAME/probe.json; passkey/: each run's
 # config, metrics, eval, log and results.json; no checkpoints), results.tgz (results/probing:
