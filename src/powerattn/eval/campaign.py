@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +24,11 @@ import numpy as np
 
 from ..training.config import (
     SPEED_OPTIONS,
-    ModelConfig,
-    OptimConfig,
-    PatternConfig,
-    Stage,
     TaskConfig,
     TrainConfig,
     speed_options,
 )
-from . import lm, probe, ruler
+from . import lm, ruler
 from .bpe import DEFAULT_PATH, BPETokenizer
 
 ANSWER_TOKENS = 18  # RULER training documents end in this many answer (+ EOS) tokens
@@ -392,107 +387,6 @@ def summarize_ruler(runs_dir: str | Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- probing
 
 
-@dataclass
-class ProbePreset:
-    """Passkey training of the probed models and the probe set."""
-
-    model: ModelConfig
-    stages: list[Stage]
-    block_size: int
-    batch_size: int
-    per_key: int
-    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    lm_weight: float = 0.0  # the trainer's next-token loss on the rest of the document
-
-
-PROBE_PRESETS = {
-    "tiny": ProbePreset(
-        model=ModelConfig(layers=2, hidden=32, heads=2, kv_heads=2, intermediate=64),
-        stages=[Stage(320, 2)],
-        block_size=32,
-        batch_size=2,
-        per_key=4,
-        optim=OptimConfig(warmup_steps=1),
-    ),
-    # 4096 byte tokens = 128 blocks of 32 (power covers them in 7 hops, the model has 6
-    # layers as in the passkey experiment), a short curriculum, and the haystack's next-token
-    # loss next to the answer's (the passkey experiment found it needed at 4096 tokens).
-    "gpu": ProbePreset(
-        model=ModelConfig(layers=6, hidden=128, heads=4, kv_heads=4, intermediate=512),
-        stages=[Stage(320, 200), Stage(1024, 300), Stage(4096, 500)],
-        block_size=32,
-        batch_size=32,
-        per_key=32,
-        optim=OptimConfig(lr=1e-3, warmup_steps=100),
-        lm_weight=1.0,
-    ),
-}
-
-
-def probe_run_one(
-    out: str,
-    preset: str,
-    pattern: str,
-    seed: int,
-    device: str = "auto",
-    stop_time: float | None = None,
-    steps_scale: float = 1.0,
-    engine: str = "torch",
-    speed: list[str] = (),
-) -> dict[str, Any]:
-    """Probe the model of ``pattern`` at initialisation, train it on the passkey curriculum
-    (resuming, with the trainer speed options ``speed``:
-    :func:`powerattn.training.config.speed_options`), probe it again; writes
-    ``out/NAME/probe.json``."""
-    from ..training.model import build_model
-    from ..training.trainer import Trainer
-
-    pp = PROBE_PRESETS[preset]
-    stages = [Stage(s.seq_len, max(1, round(s.steps * steps_scale))) for s in pp.stages]
-    cfg = TrainConfig(
-        model=dataclasses.replace(pp.model),
-        pattern=PatternConfig(name=pattern),
-        task=TaskConfig(block_size=pp.block_size, digits=5),
-        optim=dataclasses.replace(pp.optim),
-        stages=stages,
-        batch_size=pp.batch_size,
-        seed=seed,
-        lm_weight=pp.lm_weight,
-        checkpoint_every=100,
-        device=device,
-        **{name: True for name in speed_options(speed)},
-    )
-    run_dir = Path(out) / lm.run_name(pattern, seed)
-    trainer = Trainer(cfg, run_dir, progress=False)
-    seq_len = cfg.final_seq_len
-    init = build_model(cfg.model, trainer.pattern, seq_len, seed=seed).to(trainer.device)
-    before = probe.probe_model(init, trainer.pattern, seq_len, pp.per_key, engine=engine)
-    del init
-    trainer.train(stop_time=stop_time)
-    after = probe.probe_model(trainer.model, trainer.pattern, seq_len, pp.per_key, engine=engine)
-    result = {
-        "name": run_dir.name,
-        "pattern": pattern,
-        "pattern_desc": trainer.pattern.describe(),
-        "seed": seed,
-        "seq_len": seq_len,
-        "block_size": pp.block_size,
-        "steps": trainer.step,
-        "steps_planned": cfg.total_steps,
-        "speed": speed_options(speed),
-        "needle_block": after["needle_block"],
-        "key_blocks": after["key_blocks"],
-        "earliest_key_block": after["earliest_key_block"],
-        "chance": after["chance"],
-        "documents": after["documents"],
-        "before": before["accuracy"].tolist(),
-        "after": after["accuracy"].tolist(),
-        "reached": after["reached"].astype(int).tolist(),
-    }
-    _write_json(run_dir / PROBE_FILE, result)
-    return result
-
-
 def summarize_probe(runs_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``({"runs": [{"pattern", "trained", "layer", "block", "accuracy"}]}, the runs)``."""
     runs = [json.loads(p.read_text()) for p in sorted(Path(runs_dir).glob(f"*/{PROBE_FILE}"))]
@@ -578,7 +472,7 @@ def plot_probe(runs: list[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
-WORKERS = {"lm": lm.run_one, "ruler": ruler_run_one, "probe": probe_run_one}
+WORKERS = {"lm": lm.run_one, "ruler": ruler_run_one}
 
 
 if __name__ == "__main__":  # a worker of run_pool(jobs > 1)
