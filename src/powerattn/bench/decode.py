@@ -7,6 +7,8 @@
   no mask); case ``decode_graph``: the same calls captured in a CUDA graph and replayed
   (``ms``: a graph of one call, bounded below by the graph launch; ``in_graph_ms``: per call
   of 32 calls captured in one graph, the cost inside a captured decode step of a model);
+  case ``decode_masked``: dense SDPA with the pattern's exact mask row, a candidate route
+  for short caches (measured, not used by ``auto``);
 * every other ``B`` -- case ``decode_b{B}``: ``B`` sequences of a KV cache of ``s`` slots with
   lengths spread evenly over ``s/2 .. s`` (``sparse_attention_with_kvcache`` with
   ``cache_seqlens``) against two dense baselines: ``dense_sdpa``, a loop of SDPA calls, one
@@ -185,6 +187,11 @@ def _single(add, s, Hq, Hkv, D, dtype, pattern):
     )
     ours[0]()  # the second call takes the direct launch: check that one
     err = (ours[0]().float() - ref).abs().max().item()
+    # A candidate route for short caches, measured only (auto does not take it): dense SDPA
+    # with the pattern's exact mask row, which a route would cache per length.
+    mask = pattern.dense_mask(1, s).to(DEVICE)
+    masked = [lambda k=k, v=v: sdpa(q, k, v, attn_mask=mask, enable_gqa=True) for k, v in kvs]
+    masked_err = (masked[0]().float() - ref).abs().max().item()
     del ref
     dense_ms = _eager_ms(dense)
     add(
@@ -204,6 +211,11 @@ def _single(add, s, Hq, Hkv, D, dtype, pattern):
     add(
         "decode_graph", s, "ours", routed, ms, vs_dense=round(dense_g / ms, 2),
         in_graph_ms=round(ours_in, 5), in_graph_vs_dense=round(dense_in / ours_in, 2),
+    )  # fmt: skip
+    add(
+        "decode_masked", s, "dense_sdpa_masked", "dense+mask", _eager_ms(masked),
+        in_graph_ms=round(_in_graph_ms(masked), 5), max_err=f"{masked_err:.2e}",
+        ours_in_graph_ms=round(ours_in, 5),
     )  # fmt: skip
 
 
