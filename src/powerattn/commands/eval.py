@@ -415,13 +415,16 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def write_probe_results(runs: str | Path, results: str | Path) -> str:
-    """``summary.json``, ``details.json``, ``table.txt`` and ``heatmaps.png`` of the runs of
-    ``eval probe`` under ``runs``, into ``results``; returns the table."""
+    """``summary.json``, ``details.json`` (per run, and ``verdicts``: Figure 5's decision
+    rules), ``table.txt`` and ``heatmaps.png`` of the runs of ``eval probe`` under ``runs``,
+    into ``results``; returns the table."""
     from ..eval import campaign
 
     summary, full = campaign.summarize_probe(runs)
     _write_results(results, "summary.json", summary)
-    _write_results(results, "details.json", campaign.probe_details(full))
+    details = campaign.probe_details(full)  # per run, by name
+    details["verdicts"] = campaign.probe_verdicts(full)  # Figure 5's decision rules
+    _write_results(results, "details.json", details)
     _plot(campaign.plot_probe, full, Path(results) / "heatmaps.png")
     lines = []
     for r in full:
@@ -434,7 +437,7 @@ def write_probe_results(runs: str | Path, results: str | Path) -> str:
             + ("" if exact is None else f"; passkey exact match at {r['seq_len']}: {exact:.3f}")
             + ")"
         )
-    text = "\n".join(lines)
+    text = "\n".join(lines) + "\n\n" + campaign.probe_verdict_text(details["verdicts"])
     (Path(results) / "table.txt").write_text(text + "\n")
     return text
 

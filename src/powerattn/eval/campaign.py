@@ -420,13 +420,20 @@ def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return float(centre - half), float(centre + half)
 
 
+def _test_documents(run: dict[str, Any]) -> int:
+    """Held-out documents of a probe: the larger half of each key's ``per_key`` documents
+    (:func:`powerattn.eval.probe._split`)."""
+    keys = run["documents"] // run["per_key"]
+    return keys * (run["per_key"] - run["per_key"] // 2)
+
+
 def probe_details(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per run: last layer / last block accuracy before and after training with Wilson
     intervals (over the held-out half of the documents), and the structural check's worst
     cells: the best accuracy before the needle's block and outside the theory's reach."""
     out = {}
     for r in runs:
-        n_test = r["documents"] - r["documents"] // 2
+        n_test = _test_documents(r)
         row = {"steps": [r["steps"], r["steps_planned"]], "test_documents": n_test}
         reach = np.asarray(r["reached"], dtype=bool)
         for key in ("before", "after"):
@@ -440,6 +447,207 @@ def probe_details(runs: list[dict[str, Any]]) -> dict[str, Any]:
             }
         out[r["name"]] = row
     return out
+
+
+# Figure 5's decision rules (docs/evaluation.md, "Decision rules", fixed before any run).
+FINDS_LOWER = 0.8  # claim 1 reproduced: the Wilson interval's lower bound at least this
+FAILS_UPPER = 0.5  # claim 1 refuted and claim 2 reproduced: the upper bound below this
+ABOVE_CHANCE = 0.5  # the structural check: "not above chance (accuracy <= 0.5)"
+# Claim 1's exception: "a trained power model that cannot do the passkey task itself (its exact
+# match at 4096 ...)". The rule states no threshold; this is the passkey gate's (exact match
+# >= 0.95, docs/experiments.md): below it the model cannot do the task.
+PASSKEY_CAN = 0.95
+PASSKEY_LENGTH = "4096"  # the rule's key of probe.json's passkey.exact_match, as written
+NOT_TESTED = "not tested"
+# Several seeds: the rules speak of one run's interval. Each seed's run is judged alone and a
+# claim takes a status only when every seed gives it (as Table 1 asks every seed's interval to
+# agree); seeds that disagree make it inconclusive. No pooling over seeds.
+SEEDS_RULE = "per seed; a status holds only if every seed's run gives it, else inconclusive"
+
+
+def _last_cell(run: dict[str, Any]) -> dict[str, Any]:
+    """The trained model's last block of the last layer: accuracy, correct / held-out
+    documents and the 95 % Wilson interval."""
+    n = _test_documents(run)
+    acc = float(np.asarray(run["after"])[-1, -1])
+    k = round(acc * n)
+    lo, hi = wilson(k, n)
+    return {"seed": run["seed"], "accuracy": acc, "correct": k, "n": n, "wilson95": [lo, hi]}
+
+
+def _cell_text(c: dict[str, Any], run: dict[str, Any]) -> str:
+    lo, hi = c["wilson95"]
+    text = f"s{c['seed']} {c['accuracy']:.3f} ({c['correct']}/{c['n']}) [{lo:.3f}, {hi:.3f}]"
+    if run["steps"] < run["steps_planned"]:  # the rules say nothing of it: shown, not judged
+        text += f" INCOMPLETE ({run['steps']}/{run['steps_planned']} steps)"
+    return text
+
+
+def _all_seeds(statuses: list[str]) -> str:
+    if not statuses:
+        return NOT_TESTED
+    return statuses[0] if len(set(statuses)) == 1 else "inconclusive"
+
+
+def _claim(
+    pattern: str, rule: str, per_seed: list[dict[str, Any]], parts: list[str]
+) -> dict[str, Any]:
+    """A claim about the trained ``pattern``'s last cell: seeds combined, and the evidence."""
+    return {
+        "status": _all_seeds([s["status"] for s in per_seed]),
+        "evidence": (
+            f"{pattern} after training, last layer, last block (Wilson 95 %; {rule}): "
+            + "; ".join(parts)
+            if parts
+            else f"no {pattern} run"
+        ),
+        "per_seed": per_seed,
+    }
+
+
+def _of(runs: list[dict[str, Any]], pattern: str) -> list[dict[str, Any]]:
+    return sorted((r for r in runs if r["pattern"] == pattern), key=lambda r: r["seed"])
+
+
+def _power_finds_key(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Claim 1: after training, power's last block of the last layer finds the key."""
+    per_seed, parts = [], []
+    for r in _of(runs, "power"):
+        c = _last_cell(r)
+        lo, hi = c["wilson95"]
+        status = (
+            "reproduced" if lo >= FINDS_LOWER else "refuted" if hi < FAILS_UPPER else "inconclusive"
+        )
+        exact = ((r.get("passkey") or {}).get("exact_match") or {}).get(PASSKEY_LENGTH)
+        text = _cell_text(c, r) + f", passkey exact match at {PASSKEY_LENGTH} "
+        if exact is None:  # the exception cannot be checked; read literally, it does not apply
+            text += "unknown (the passkey exception not checked)"
+        elif exact < PASSKEY_CAN:  # whatever the probe says (the rule: inconclusive)
+            status = "inconclusive"
+            text += f"{exact:.3f} < {PASSKEY_CAN}: cannot do the task"
+        else:
+            text += f"{exact:.3f}"
+        per_seed.append({**c, "passkey_exact_match": exact, "status": status})
+        parts.append(f"{text} -> {status}")
+    rule = f"reproduced: lower >= {FINDS_LOWER}, refuted: upper < {FAILS_UPPER}"
+    return _claim("power", rule, per_seed, parts)
+
+
+def _sliding_cannot(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Claim 2: after training, sliding window's last block of the last layer is at chance.
+
+    The rule gives only the reproduced outcome (interval contains 1/6, upper bound below 0.5)
+    and no refuted one: otherwise inconclusive. In the runs' geometry (6 layers, 128 blocks)
+    the last block is outside the window's reach, so one above 0.5 is the structural check's
+    bug, not a refutation."""
+    per_seed, parts = [], []
+    for r in _of(runs, "sliding_window"):
+        c = _last_cell(r)
+        lo, hi = c["wilson95"]
+        ok = lo <= r["chance"] <= hi and hi < FAILS_UPPER
+        status = "reproduced" if ok else "inconclusive"
+        per_seed.append({**c, "status": status})
+        parts.append(f"{_cell_text(c, r)} -> {status}")
+    rule = f"reproduced: contains 1/6 and upper < {FAILS_UPPER}"
+    return _claim("sliding_window", rule, per_seed, parts)
+
+
+def _worst(acc: np.ndarray, cells: np.ndarray) -> dict[str, Any] | None:
+    """The highest accuracy among ``cells`` (bool, the shape of ``acc``) and where it is."""
+    if not cells.any():
+        return None
+    at = np.unravel_index(np.argmax(np.where(cells, acc, -np.inf)), acc.shape)
+    return {"accuracy": float(acc[at]), "layer": int(at[0]), "block": int(at[1])}
+
+
+def _structural(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Check 3 (not a paper claim; a failure is a bug): in every run, before and after
+    training, the blocks before the needle and the blocks outside the theory's reach are at
+    most :data:`ABOVE_CHANCE` in every layer.
+
+    "At chance" before the needle is read with the rule's only threshold, accuracy <= 0.5
+    (its "not above chance"): a per-cell interval containing 1/6, over the ~80 cells before
+    the needle of each map, would fail by chance alone (several cells at 95 % each)."""
+    cells, bad = [], []
+    for r in sorted(runs, key=lambda r: (r["pattern"], r["seed"])):
+        reach = np.asarray(r["reached"], dtype=bool)
+        before_needle = np.zeros_like(reach)
+        before_needle[:, : r["earliest_key_block"]] = True
+        for key in ("before", "after"):
+            acc = np.asarray(r[key], dtype=float)
+            for where, mask in (("before the needle", before_needle), ("outside reach", ~reach)):
+                w = _worst(acc, mask)
+                if w is None:
+                    continue
+                cell = {"run": r["name"], "model": key, "where": where, **w}
+                cells.append(cell)
+                if w["accuracy"] > ABOVE_CHANCE:
+                    bad.append(cell)
+
+    def say(c: dict[str, Any]) -> str:
+        return (
+            f"{c['run']} {c['model']} training, {c['where']}: {c['accuracy']:.3f} at layer "
+            f"{c['layer']}, block {c['block']}"
+        )
+
+    if not cells:
+        return {"status": NOT_TESTED, "bug": False, "evidence": "no probed run", "worst": []}
+    if bad:
+        evidence = f"BUG: above {ABOVE_CHANCE}: " + "; ".join(say(c) for c in bad)
+    else:
+        worst: dict[str, dict[str, Any]] = {}
+        for c in cells:
+            if c["accuracy"] > worst.get(c["where"], {"accuracy": -1.0})["accuracy"]:
+                worst[c["where"]] = c
+        evidence = (
+            f"every cell at most {ABOVE_CHANCE} in {len(runs)} runs, before and after training; "
+            "highest " + "; ".join(say(c) for c in worst.values())
+        )
+    return {
+        "status": "refuted" if bad else "reproduced",
+        "bug": bool(bad),
+        "evidence": evidence,
+        "worst": cells,
+    }
+
+
+def probe_verdicts(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Figure 5's decision rules of docs/evaluation.md (fixed before any run) applied to the
+    runs' ``probe.json`` contents: ``{"seeds", "claims": {name: {"status", "evidence", ...}}}``,
+    each status "reproduced", "refuted", "inconclusive" or "not tested" (no run of the
+    pattern).
+
+    1. ``power_last_block_finds_key``: power after training, last layer, last block: reproduced
+       if the Wilson 95 % interval's lower bound is >= :data:`FINDS_LOWER`, refuted if its
+       upper bound is < :data:`FAILS_UPPER`, else inconclusive; inconclusive whatever the
+       interval if the run's passkey exact match at 4096 is below :data:`PASSKEY_CAN`.
+    2. ``sliding_window_cannot``: sliding window after training, last layer, last block:
+       reproduced if the interval contains the chance rate 1/6 and its upper bound is below
+       :data:`FAILS_UPPER`, else inconclusive (the rule states no refuted outcome).
+    3. ``structural_check`` (not a paper claim): "refuted" with ``bug`` set if any run, trained
+       or not, has a block before the needle or outside the theory's reach above
+       :data:`ABOVE_CHANCE` in any layer.
+
+    Several seeds: :data:`SEEDS_RULE`."""
+    return {
+        "seeds": sorted({r["seed"] for r in runs}),
+        "seeds_rule": SEEDS_RULE,
+        "passkey_threshold": PASSKEY_CAN,
+        "claims": {
+            "power_last_block_finds_key": _power_finds_key(runs),
+            "sliding_window_cannot": _sliding_cannot(runs),
+            "structural_check": _structural(runs),
+        },
+    }
+
+
+def probe_verdict_text(verdicts: dict[str, Any]) -> str:
+    """The Figure 5 rules' outcome (:func:`probe_verdicts`) in a few lines."""
+    lines = [f"Figure 5 decision rules (seeds {verdicts['seeds']}; {verdicts['seeds_rule']}):"]
+    for name, c in verdicts["claims"].items():
+        tag = " -- a BUG, not a claim" if c.get("bug") else ""
+        lines.append(f"  {name}: {c['status']}{tag}\n    {c['evidence']}")
+    return "\n".join(lines)
 
 
 def plot_probe(runs: list[dict[str, Any]], path: str | Path) -> Path:
