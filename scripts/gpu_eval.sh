@@ -63,6 +63,12 @@
 #   CORPUS=/tmp/eval/corpus WORK=/tmp/scout PATTERNS=full,sliding_window LM_STEPS=2400 \
 #       OUT=$OUT bash scripts/gpu_eval.sh lm 560
 #
+# Continued pretraining (the paper's protocol: its sparse patterns continue a pretrained
+# full-attention model), two stages on one warm machine: a full-attention base, then every
+# pattern from it (the full continuation is the ceiling), e.g.
+#   PATTERNS=full LM_DIR=base LM_STEPS=N OUT=$OUT bash scripts/gpu_eval.sh lm 560   # until done
+#   INIT_FROM=base LM_STEPS=M OUT=$OUT bash scripts/gpu_eval.sh lm 560              # then
+#
 # BUDGET_S bounds the whole call: training stops at its part's deadline (the run is evaluated
 # and marked incomplete, never compared at unequal budgets; it resumes from $WORK while the
 # machine stays warm) and every part runs under `timeout`. With several parts, BUDGET_S is
@@ -75,7 +81,7 @@
 # still trains, so that a false alarm costs no data).
 #
 # Knobs (environment): SEEDS (0,1), LM_STEPS (the preset's 900), PATTERNS (all six), JOBS
-# (12), RULER_STEPS, RULER_SAMPLES (5), RULER_TASKS, CORPUS_MB (60),
+# (12), RULER_STEPS, RULER_SAMPLES (5), RULER_TASKS, CORPUS_MB (60), LM_DIR (lm), INIT_FROM,
 # PRESET (gpu), DEVICE (cuda), SPEED (none; see above), SPEED_MIN, SPEED_TIMEOUT.
 # CPU dry run of every part (a stub nvidia-smi on the PATH; SPEED=fused_optim or none there:
 # compile runs Inductor on the CPU, minutes; SPEED=auto times tiny models, meaningless):
@@ -101,6 +107,8 @@ JOBS=${JOBS:-12}
 PRESET=${PRESET:-gpu}
 DEVICE=${DEVICE:-cuda}
 SPEED=${SPEED:-}
+LM_DIR=${LM_DIR:-lm}  # the lm part's runs: $WORK/$LM_DIR (base: a continued-pretraining base)
+INIT_FROM=${INIT_FROM:-}  # continued pretraining from $WORK/$INIT_FROM/full-s<seed>
 SPEED_MIN=${SPEED_MIN:-}  # SPEED=auto's threshold (default: powerattn.eval.campaign.MIN_SPEEDUP)
 mkdir -p "$OUT" "$WORK"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -122,7 +130,7 @@ echo "gpu_eval.sh PARTS=$PARTS BUDGET=$BUDGET SEEDS=$SEEDS JOBS=$JOBS PRESET=$PR
 # Everything that should come back, rewritten after each part (a later failure keeps it).
 pack() {
     local dirs
-    dirs=$(cd "$WORK" && ls -d lm ruler probe 2>/dev/null)
+    dirs=$(cd "$WORK" && ls -d base lm ruler probe 2>/dev/null)
     [ -n "$dirs" ] && tar czf "$OUT/runs.tgz.tmp" --exclude='checkpoint.*' -C "$WORK" $dirs &&
         mv "$OUT/runs.tgz.tmp" "$OUT/runs.tgz"
     [ -d "$WORK/results" ] && tar czf "$OUT/results.tgz.tmp" -C "$WORK" results &&
@@ -223,19 +231,20 @@ if has lm; then
     # run, all runs at once), the trained-model check and the summary take ~30 s of them.
     echo "== lm: ${LM_STEPS:-preset} steps per run, ${S}s, training deadline $((S - 60))s," \
         "speed options: ${TRAIN_SPEED:-none}"
-    timeout "$S" $E ppl --corpus "$CORPUS" --out "$WORK/lm" --preset "$PRESET" --seeds "$SEEDS" \
+    timeout "$S" $E ppl --corpus "$CORPUS" --out "$WORK/$LM_DIR" --preset "$PRESET" --seeds "$SEEDS" \
+        ${INIT_FROM:+--init-from "$WORK/$INIT_FROM"} \
         ${LM_STEPS:+--steps $LM_STEPS} ${PATTERNS:+--patterns $PATTERNS} --jobs "$JOBS" \
         ${TRAIN_SPEED:+--speed $TRAIN_SPEED} --device "$DEVICE" --deadline $((S - 60)) \
-        --results "$WORK/results/lm" >/dev/null ||
-        echo "LM PART: exit status $? (failed runs are listed above; see $WORK/lm/lm-NAME.log)"
-    for f in "$WORK"/lm/lm-*.log; do
+        --results "$WORK/results/$LM_DIR" >/dev/null ||
+        echo "LM PART: exit status $? (failed runs are listed above; see $WORK/$LM_DIR/lm-NAME.log)"
+    for f in "$WORK/$LM_DIR"/lm-*.log; do
         grep -q Traceback "$f" 2>/dev/null && { echo "--- $f"; tail -5 "$f"; }
         grep -h "CHECK FAILED" "$f" 2>/dev/null
     done
     # The summary from whatever runs wrote ppl.json (also after a timeout).
-    $E ppl --summarize "$WORK/lm" --results "$WORK/results/lm" >/dev/null
-    cat "$WORK/results/lm/table.txt" 2>/dev/null
-    python3 - "$WORK/lm" "$(( $(date +%s) - t ))" <<'EOF'
+    $E ppl --summarize "$WORK/$LM_DIR" --results "$WORK/results/$LM_DIR" >/dev/null
+    cat "$WORK/results/$LM_DIR/table.txt" 2>/dev/null
+    python3 - "$WORK/$LM_DIR" "$(( $(date +%s) - t ))" <<'EOF'
 import json, sys
 from pathlib import Path
 runs = [json.loads(p.read_text()) for p in Path(sys.argv[1]).glob("*/ppl.json")]

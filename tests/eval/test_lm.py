@@ -231,3 +231,33 @@ def test_throughput_makespan(tmp_path):
     assert t["aggregate_steady_tokens_per_s"] is None  # no metrics.jsonl here
     t = lm.throughput(tmp_path, [*runs, {"name": "c", "tokens_per_s": None}])
     assert t["makespan_tokens_per_s"] is None
+
+
+def test_continued_pretraining_starts_from_the_base_weights(tiny_corpus, tmp_path, monkeypatch):
+    """--init-from: a run starts from BASE/full-s<seed> (weights only), says so in ppl.json,
+    and keeps saying so when it resumes; a missing base is a clear error."""
+    from powerattn.training.trainer import CHECKPOINT, Trainer
+
+    base = lm.run_one(str(tiny_corpus), str(tmp_path / "base"), "tiny", "full", 0)
+    base_ckpt = tmp_path / "base" / "full-s0" / CHECKPOINT
+    base_weights = torch.load(base_ckpt, weights_only=False)["model"]
+    seen = {}
+    train = Trainer.train
+
+    def spy(self, *a, **k):  # the weights the continued run starts training from
+        state = self.model.state_dict()
+        seen.setdefault("start", {n: t.detach().clone() for n, t in state.items()})
+        return train(self, *a, **k)
+
+    monkeypatch.setattr(Trainer, "train", spy)
+    out = str(tmp_path / "cont")
+    res = lm.run_one(str(tiny_corpus), out, "tiny", "power", 0, init_from=str(tmp_path / "base"))
+    assert res["init_from"]["step"] == base["steps"] and res["init_from"]["tokens"] > 0
+    for name, t in base_weights.items():
+        assert torch.equal(seen["start"][name].cpu(), t.cpu()), name
+    fresh = lm.run_one(str(tiny_corpus), str(tmp_path / "fresh"), "tiny", "power", 0)
+    assert "init_from" not in fresh
+    again = lm.run_one(str(tiny_corpus), out, "tiny", "power", 0, init_from=str(tmp_path / "base"))
+    assert again["init_from"] == res["init_from"]  # resumed: the record, not a reload
+    with pytest.raises(FileNotFoundError, match="train the base first"):
+        lm.run_one(str(tiny_corpus), str(tmp_path / "x"), "tiny", "power", 1, init_from=out)

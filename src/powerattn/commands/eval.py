@@ -70,6 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     _campaign_args(p, need_corpus=True)
     p.add_argument("--summarize", metavar="RUNS", help="no training: summarize RUNS/*/ppl.json")
     p.add_argument("--results", default="results/lm", help="summary directory (results/lm)")
+    p.add_argument(
+        "--init-from",
+        metavar="BASE",
+        help="continued pretraining: every run starts from the weights of BASE/full-s<seed> "
+        "(an earlier eval ppl run of full attention), with a fresh optimizer and schedule",
+    )
     p.set_defaults(func=_ppl)
 
     r = esub.add_parser(
@@ -236,7 +242,7 @@ def _ppl(args: argparse.Namespace) -> int:
             raise ValueError("give --corpus and --out (or --summarize RUNS)")
         specs = campaign.lm_specs(
             args.corpus, args.out, args.preset, args.patterns or lm.PATTERNS, args.seeds,
-            args.steps, args.device, _stop(args), _tok(args), _speed(args),
+            args.steps, args.device, _stop(args), _tok(args), _speed(args), args.init_from,
         )  # fmt: skip
         failed = campaign.run_pool("lm", specs, args.out, args.jobs)
         if failed:

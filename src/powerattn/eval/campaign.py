@@ -154,6 +154,7 @@ def lm_specs(
     stop_time: float | None,
     tokenizer: str = str(DEFAULT_PATH),
     speed: list[str] | None = None,
+    init_from: str | None = None,
 ) -> list[dict[str, Any]]:
     """The specs of :func:`powerattn.eval.lm.run_one` for every (seed, pattern)."""
     _check(preset, patterns)
@@ -171,6 +172,7 @@ def lm_specs(
             stop_time=stop_time,
             tokenizer=str(tokenizer),
             speed=speed,
+            init_from=None if init_from is None else str(init_from),
         )  # fmt: skip
         for s in seeds
         for p in patterns

@@ -299,9 +299,14 @@ def run_one(
     progress: bool = False,
     tokenizer: str = str(DEFAULT_PATH),
     speed: list[str] = (),
+    init_from: str | None = None,
 ) -> dict[str, Any]:
     """Train (resuming) and evaluate one run into ``out/NAME``, with the trainer speed
-    options ``speed`` (:func:`speed_options`); returns its ``ppl.json``."""
+    options ``speed`` (:func:`speed_options`); returns its ``ppl.json``.
+
+    ``init_from``: a directory of ``eval ppl`` runs whose ``full-s<seed>`` run is this run's
+    starting point (weights only; a fresh optimizer and schedule), as the paper's sparse
+    patterns continue the pretraining of a full-attention model."""
     from ..training.lm_data import lm_batch_fn
     from ..training.trainer import CHECKPOINT, Trainer
 
@@ -317,6 +322,7 @@ def run_one(
     windows, docs = eval_windows(tokens_dir, p.context, p.eval_windows)
     check_windows = windows[:CHECK_WINDOWS]
     checks = {}
+    base = _continue_from(trainer, run_dir, init_from, seed) if init_from else None
     if not (run_dir / CHECKPOINT).exists():
         # Correctness first, at initialisation. A failure is reported and the run excluded
         # from every comparison (check_pass), but it still trains: the GPU time of a campaign
@@ -359,10 +365,49 @@ def run_one(
         "check": checks,
         "check_pass": all(c["pass"] for c in checks.values()),
     }
+    if base is not None:
+        result["init_from"] = base
     tmp = run_dir / (PPL_FILE + ".tmp")
     tmp.write_text(json.dumps(result) + "\n")
     os.replace(tmp, run_dir / PPL_FILE)
     return result
+
+
+INIT_FILE = "init_from.json"
+
+
+def _continue_from(trainer: Any, run_dir: Path, init_from: str, seed: int) -> dict[str, Any]:
+    """Start ``trainer`` (a run without a checkpoint) from the weights of the base run
+    ``init_from/full-s<seed>``; returns what was loaded (also kept in ``run_dir/init_from.json``
+    so that a resumed run reports it)."""
+    from ..training.trainer import CHECKPOINT
+
+    record = run_dir / INIT_FILE
+    if (run_dir / CHECKPOINT).exists():
+        if not record.exists():
+            raise ValueError(
+                f"{run_dir} has a checkpoint that did not start from a base run; give it "
+                "another --out, or drop --init-from"
+            )
+        return json.loads(record.read_text())
+    path = Path(init_from) / run_name("full", seed) / CHECKPOINT
+    if not path.exists():
+        raise FileNotFoundError(
+            f"--init-from {init_from}: no base checkpoint {path} (train the base first: "
+            f"powerattn eval ppl --patterns full --seeds {seed} --out {init_from} ...)"
+        )
+    state = torch.load(path, map_location=trainer.device, weights_only=False)
+    trainer.model.load_state_dict(state["model"])  # strict: the same model or an error
+    base_ppl = path.parent / PPL_FILE
+    base = {
+        "path": str(path),
+        "sha256": _file_hash(path),
+        "step": int(state["step"]),
+        "tokens": json.loads(base_ppl.read_text())["tokens_trained"] if base_ppl.exists() else None,
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(base) + "\n")
+    return base
 
 
 # ---------------------------------------------------------------------------- summary
