@@ -264,7 +264,7 @@ def run(
     name: str, out: Path, corpus: Path, tokens: float, evals: int, backend: str
 ) -> dict[str, Any]:
     """Train one scout run, evaluating ``evals`` times (and at initialisation); writes
-    ``out/runs/NAME.json`` after every evaluation (a killed run keeps what it measured)."""
+    ``out/per_run/NAME.json`` after every evaluation (a killed run keeps what it measured)."""
     model, pattern, lr, seed, batch = parse_name(name)
     steps = int(round(tokens / (batch * CONTEXT) / evals)) * evals
     cfg = scout_config(model, pattern, lr, seed, steps, evals, backend, batch)
@@ -278,7 +278,7 @@ def run(
         batch_fn=lm_batch_fn(np.load(tdir / "train.npy", mmap_mode="r")),
     )
     windows = scout_windows(tdir)
-    path = out / "runs" / f"{name}.json"
+    path = out / "per_run" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "name": name,
@@ -343,8 +343,8 @@ def _gap_ci(a: dict, b: dict, n: int = 2000) -> list[float]:
 
 
 def summarize(out: Path) -> dict[str, Any]:
-    """``summary.json``, ``table.txt`` and ``scout.png`` from ``out/runs/*.json``."""
-    runs = {p.stem: json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))}
+    """``summary.json``, ``table.txt`` and ``scout.png`` from ``out/per_run/*.json``."""
+    runs = {p.stem: json.loads(p.read_text()) for p in sorted((out / "per_run").glob("*.json"))}
     lines, pairs = [], {}
     for name, r in runs.items():
         last = r["evals"][-1]
