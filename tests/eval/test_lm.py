@@ -15,7 +15,7 @@ from powerattn.training.config import ModelConfig
 from powerattn.training.model import build_model
 
 
-def _model(vocab=8192):
+def _model(vocab=8192, pattern=None):
     from powerattn.eval.bpe import BPETokenizer
 
     pat = lm.PRESETS["tiny"]
@@ -23,10 +23,33 @@ def _model(vocab=8192):
 
     return build_model(
         ModelConfig(layers=2, hidden=32, heads=2, kv_heads=2, intermediate=64),
-        equal_budget(pat.context, pat.block_size)["power"],
+        pattern or equal_budget(pat.context, pat.block_size)["power"],
         pat.context,
         tokenizer=BPETokenizer(),
     )
+
+
+def test_truncated_late_nll_isolates_long_context():
+    """The ceiling's measure: a model that cannot see beyond 2 blocks (32 tokens) predicts
+    the last quarter the same with only the quarter before it as input (gain 0 up to
+    rounding); full attention does not; and the whole-window part matches window_nll."""
+    from powerattn import get_pattern
+
+    windows = np.random.default_rng(1).integers(0, 8192, size=(3, 320))
+    local = get_pattern("sliding_window", block_size=16, window=1, sink=0)
+    gains = {}
+    for name, pattern in (("local", local), ("full", get_pattern("full", block_size=16))):
+        torch.manual_seed(0)
+        model = _model(pattern=pattern)
+        nll = lm.window_nll(model, windows, bucket=64, batch_size=2)
+        start = lm.late_start(320, 64)  # 256: the first bucket boundary at or after 240
+        trunc = lm.late_nll_truncated(model, windows, start, 80, batch_size=2)
+        run = {"window_nll": nll.tolist(), "late_nll_truncated": trunc.tolist(),
+               "context": 320, "bucket": 64, "late_start": start}  # fmt: skip
+        gains[name] = lm.context_gain(run)
+        assert trunc.shape == (3,)
+    assert abs(gains["local"]) < 1e-6
+    assert abs(gains["full"]) > 1e-4
 
 
 def test_bucketed_nll_matches_the_models_loss():
@@ -198,7 +221,8 @@ def test_context_gain_and_ceiling(tmp_path):
     runs = _verdict_runs(tmp_path / "a", PAPER_LIKE)
     full = next(r for r in runs if r["name"] == "full-s0")
     nll = np.asarray(full["window_nll"]).sum(0) / (np.asarray(full["bucket_tokens"]) * 6)
-    assert lm.context_gain(full) == pytest.approx(nll[1] - nll[4])  # last quarter: >= 240
+    assert lm.context_gain_by_position(full) == pytest.approx(nll[1] - nll[4])  # >= 240
+    assert lm.context_gain(full) is None  # no truncated measure in these runs
     v = lm.table1_verdicts(runs)
     assert v["ceiling"]["reached"] and min(v["ceiling"]["context_gain_full"]) > 0.3
     for name, scales in (("b", PAPER_LIKE), ("c", {**PAPER_LIKE, "power": 0.97})):
@@ -214,8 +238,22 @@ def test_context_gain_and_ceiling(tmp_path):
     )
     assert v["claims"]["sparse_worse_than_full_small_margin"] == "inconclusive"
     # Three buckets or fewer leave no last quarter apart from the second bucket.
-    assert lm.context_gain({**full, "context": 192, "window_nll": [[1, 1, 1]],
-                            "bucket_tokens": [63, 64, 64]}) is None  # fmt: skip
+    assert lm.context_gain_by_position({**full, "context": 192, "window_nll": [[1, 1, 1]],
+                                        "bucket_tokens": [63, 64, 64]}) is None  # fmt: skip
+    # The measure the rule uses since session 7: the same tokens with and without the far
+    # context. A falling profile alone (text getting easier along the window) no longer
+    # passes the ceiling; a truncated input that costs 0.1 nats per token does.
+    late = np.asarray(full["window_nll"])[:, 4:].sum(1)  # buckets from 256 = 3/4 of 320
+    for gain, reached in ((0.0, False), (0.1, True)):
+        override = {  # seed s adds 64e-3 to every bucket (_verdict_runs)
+            f"full-s{s}": {"late_nll_truncated": (late + 64e-3 * s + gain * 64).tolist()}
+            for s in (0, 1)
+        }
+        runs = _verdict_runs(tmp_path / f"t{gain}", PAPER_LIKE, **override)
+        v = lm.table1_verdicts(runs)
+        assert v["ceiling"]["measure"] == ["truncated", "truncated"]
+        assert v["ceiling"]["reached"] is reached
+        assert min(v["ceiling"]["context_gain_full"]) == pytest.approx(gain, abs=1e-9)
 
 
 def test_throughput_makespan(tmp_path):
