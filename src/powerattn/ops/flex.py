@@ -315,7 +315,9 @@ def block_mask_for(
     return bm
 
 
-_block_mask_outside_trace = torch.compiler.disable(block_mask_for)
+# torch's lazy form of torch.compiler.disable: importing powerattn must not load Dynamo
+# (~2 s; tests/test_cli.py::test_import_and_cli_stay_light).
+_block_mask_outside_trace = torch._disable_dynamo(block_mask_for)
 
 
 @functools.cache
