@@ -297,5 +297,7 @@ def test_continued_pretraining_starts_from_the_base_weights(tiny_corpus, tmp_pat
     assert "init_from" not in fresh
     again = lm.run_one(str(tiny_corpus), out, "tiny", "power", 0, init_from=str(tmp_path / "base"))
     assert again["init_from"] == res["init_from"]  # resumed: the record, not a reload
+    with pytest.raises(ValueError, match="resume it with --init-from"):
+        lm.run_one(str(tiny_corpus), out, "tiny", "power", 0)
     with pytest.raises(FileNotFoundError, match="train the base first"):
         lm.run_one(str(tiny_corpus), str(tmp_path / "x"), "tiny", "power", 1, init_from=out)

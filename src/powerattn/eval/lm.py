@@ -353,6 +353,8 @@ def run_one(
     check_windows = windows[:CHECK_WINDOWS]
     checks = {}
     base = _continue_from(trainer, run_dir, init_from, seed) if init_from else None
+    if base is None and (run_dir / INIT_FILE).exists():
+        raise ValueError(f"{run_dir} continues a base run: resume it with --init-from")
     if not (run_dir / CHECKPOINT).exists():
         # Correctness first, at initialisation. A failure is reported and the run excluded
         # from every comparison (check_pass), but it still trains: the GPU time of a campaign
