@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from ..training.trainer import (
     resolve_device,
 )
 from . import probe
-from .campaign import PROBE_FILE
+from .campaign import PROBE_FILE, _write_json
 from .lm import run_name
 
 PRESETS = ("gpu-mix", "smoke-mix")  # the gated recipe and its CPU twin
@@ -185,7 +184,5 @@ def probe_run(
     }
     path = Path(out) / name / PROBE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result) + "\n")
-    os.replace(tmp, path)
+    _write_json(path, result)
     return result
