@@ -179,17 +179,17 @@ def _single(add, s, Hq, Hkv, D, dtype, pattern):
     routed = "dense" if ops_decode.dense_is_exact(pattern, 1, s) else "decode"
     # Accuracy against float32 dense attention with the pattern's mask.
     g_ = Hq // Hkv
+    mask = pattern.dense_mask(1, s).to(DEVICE)
     ref = sdpa(
         q.float(),
         k0.float().repeat_interleave(g_, 1),
         v0.float().repeat_interleave(g_, 1),
-        attn_mask=pattern.dense_mask(1, s).to(DEVICE),
+        attn_mask=mask,
     )
     ours[0]()  # the second call takes the direct launch: check that one
     err = (ours[0]().float() - ref).abs().max().item()
     # A candidate route for short caches, measured only (auto does not take it): dense SDPA
-    # with the pattern's exact mask row, which a route would cache per length.
-    mask = pattern.dense_mask(1, s).to(DEVICE)
+    # with the pattern's exact mask row (`mask`), which a route would cache per length.
     masked = [lambda k=k, v=v: sdpa(q, k, v, attn_mask=mask, enable_gqa=True) for k, v in kvs]
     masked_err = (masked[0]().float() - ref).abs().max().item()
     del ref
