@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Issue 9's remaining measurements in ONE call with FlashAttention-4 (nvidia-h200, timeout 600):
-#   1. scripts/gpu_prefill_profile.py -- host time, GPU time and kernels of one forward +
-#      backward step, ours against FlexAttention + FA4, at 8K and 32K (the 8K gap);
+#   1. with PROFILE=1 only: scripts/gpu_prefill_profile.py -- host time, GPU time and kernels
+#      of one forward + backward step, ours against FlexAttention + FA4, at 8K and 32K;
 #   2. `powerattn bench kernel` (scripts/gpu_kernel.sh bench) -- the side-by-side headline;
 #   3. scripts/gpu_e2e.sh -- end to end on the Qwen2-7B shape (prefill, DynamicCache and
 #      StaticCache decode at batch 1 and 8), with whatever time is left.
 # Each step runs under its own timeout and leaves its files even when a later one fails.
-# The first call of the pair copies the wheels (DEVELOPERS.md), then within ~30 s:
-#   source .whl/b/install.sh && OUT=$OUT bash scripts/gpu_speed.sh [TOTAL_S]   # default 560
+# Two calls copy the wheels first (DEVELOPERS.md, scripts/fa4_split.sh), then within ~30 s:
+#   source .whl/p/install.sh && OUT=$OUT bash scripts/gpu_speed.sh [TOTAL_S]   # default 560
 # Writes into $OUT: speed.log, prefill_profile.json, kernel.json, summary.json, kernel.png,
 # e2e.json, e2e.png, logs.tgz (bench.log, env.txt, e2e_log.txt, e2e_profile.txt).
 set -uo pipefail
@@ -18,10 +18,13 @@ export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 start=$(date +%s)
 left() { echo $((TOTAL - ($(date +%s) - start))); }
 {
-    echo "== prefill profile ($(left) s left)"
-    OUT="$OUT" timeout 150 python3 scripts/gpu_prefill_profile.py || echo "prefill profile: rc=$?"
+    if [ "${PROFILE:-0}" = 1 ]; then  # session 8 ran it (results/kernel/session8/)
+        echo "== prefill profile ($(left) s left)"
+        OUT="$OUT" timeout 150 python3 scripts/gpu_prefill_profile.py || echo "prefill profile: rc=$?"
+    fi
     echo "== bench kernel ($(left) s left)"
-    BENCH_TIMEOUT=200 OUT=/tmp/speed_logs bash scripts/gpu_kernel.sh bench
+    # 200 s ran out during 128K's decode rows on a fresh machine (session 8: compiles)
+    BENCH_TIMEOUT=${BENCH_TIMEOUT:-280} OUT=/tmp/speed_logs bash scripts/gpu_kernel.sh bench
     cp /tmp/speed_logs/{kernel.json,summary.json,kernel.png} "$OUT"/ 2>/dev/null
     budget=$(($(left) - 80))  # e2e's measurements stop starting here; the last one finishes
     echo "== e2e (time budget ${budget} s)"

@@ -328,8 +328,8 @@ def bench_kernel_configs(
     pattern: Pattern | str = "power",
     log: Callable[[str], object] = print,
 ) -> list[dict]:
-    """The kernel's GPU time per (``BLOCK_N_MAX`` = ``BLOCK_N_MAX_WIDE``, ``NUM_WARPS``,
-    ``NUM_STAGES``, ``EARLY_V_LOAD``), split count (``None``: the default choice) and
+    """The kernel's GPU time per (``BLOCK_N_MAX``, ``NUM_WARPS``, ``NUM_STAGES``, each for
+    narrow and wide grids alike, ``EARLY_V_LOAD``), split count (``None``: the default choice) and
     ``fused`` (one launch, or a second combine kernel): data for the constants of
     :mod:`powerattn.ops.decode`. Timed per call of 32 calls in one CUDA graph over rotating
     KV copies (:func:`_in_graph_ms`: a one-call graph's launch would hide differences of a few
@@ -348,15 +348,16 @@ def bench_kernel_configs(
     lens = torch.full((B,), s, dtype=torch.int32, device=DEVICE) if B > 1 else None
     scale = head_dim**-0.5
     nb = 1 << max(0, math.ceil(s / pattern.block_size) - 1).bit_length()
-    saved = (ops_decode.BLOCK_N_MAX, ops_decode.BLOCK_N_MAX_WIDE, ops_decode.NUM_WARPS,
-             ops_decode.NUM_STAGES, ops_decode.EARLY_V_LOAD)  # fmt: skip
+    names = ("BLOCK_N_MAX", "BLOCK_N_MAX_WIDE", "NUM_WARPS", "NUM_WARPS_WIDE", "NUM_STAGES",
+             "NUM_STAGES_WIDE", "EARLY_V_LOAD")  # fmt: skip
+    saved = {name: getattr(ops_decode, name) for name in names}
     rows = []
     try:
         with torch.no_grad():
             for block_n, warps, stages, early_v in configs:
-                (ops_decode.BLOCK_N_MAX, ops_decode.BLOCK_N_MAX_WIDE, ops_decode.NUM_WARPS,
-                 ops_decode.NUM_STAGES, ops_decode.EARLY_V_LOAD) = (
-                    block_n, block_n, warps, stages, early_v)  # fmt: skip
+                values = (block_n, block_n, warps, warps, stages, stages, early_v)
+                for name, value in zip(names, values, strict=True):
+                    setattr(ops_decode, name, value)  # narrow and wide grids alike
                 ops_decode.clear_plans()
                 for fuse, n in itertools.product(fused, splits):
                     fns = [
@@ -383,8 +384,8 @@ def bench_kernel_configs(
                                  "early_v": early_v})  # fmt: skip
                     log(f"  config B={B} S={s}: {method:40s} ({plan.splits:2d}) {ms:.4f} ms")
     finally:
-        (ops_decode.BLOCK_N_MAX, ops_decode.BLOCK_N_MAX_WIDE, ops_decode.NUM_WARPS,
-         ops_decode.NUM_STAGES, ops_decode.EARLY_V_LOAD) = saved  # fmt: skip
+        for name, value in saved.items():
+            setattr(ops_decode, name, value)
         ops_decode.clear_plans()
     return rows
 

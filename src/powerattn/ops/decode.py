@@ -79,15 +79,20 @@ DENSE_DECODE_MAX_KEYS = 1 << 40
 TARGET_PROGRAMS_PER_SM = 2
 MIN_UNITS_PER_SPLIT = 2
 SPLITS_MAX = 64  # also the width of the combine's (m, l) load
-# Tile and launch settings (a unit is BLOCK_N_MAX tokens of a block, or the whole block).
-# H200 sweep (results/kernel/decode-session5, in-graph GPU time, Qwen2-7B shapes, power):
-# 128-token tiles are 4-5 % faster when the grid is small (B=1: 0.0183 vs 0.0192 ms at 128K,
-# 0.0150 vs 0.0157 at 8K), 64-token tiles 17 % faster when (batch x KV heads) alone fills
-# the GPU (B=32: 0.063 vs 0.076 ms): 64 from half as many (batch, head) rows as SMs.
-BLOCK_N_MAX = 128
+# Tile and launch settings (a unit is BLOCK_N_MAX tokens of a block, or the whole block);
+# "wide" grids are those where (batch x KV heads) alone fills half the SMs.
+# H200 sweeps, in-graph GPU time, Qwen2-7B shapes, power: with 4 warps and 2 stages,
+# 128-token tiles were 4-5 % faster for small grids (session 5, decode-session5) and 64-token
+# tiles 17 % faster for wide ones (B=32: 0.063 vs 0.076 ms). Session 8's sweep of tile x
+# warps x stages (scripts/gpu_decode_tune.py, results/kernel/session8/): for B=1, 64-token
+# tiles with 2 warps and 3 stages took 0.0130 / 0.0132 / 0.0147 ms at 2K / 8K / 32K keys
+# against 0.0144 / 0.0147 / 0.0177 for (128, 4, 2), the best of 72 configs.
+BLOCK_N_MAX = 64
+NUM_WARPS = 2
+NUM_STAGES = 3
 BLOCK_N_MAX_WIDE = 64
-NUM_WARPS = 4
-NUM_STAGES = 2
+NUM_WARPS_WIDE = 4
+NUM_STAGES_WIDE = 2
 FUSED = True  # single launch (split-K with an in-kernel semaphore)
 # Issue each unit's V load together with its K load (before the QK dot) rather than after the
 # softmax: one HBM round trip less per unit on the critical path, for more live registers.
@@ -484,7 +489,8 @@ def _plan(
         HAS_POW=has_pow, HAS_SEQLENS=has_seqlens, CHUNKS=chunks, BLOCK_N=BLOCK_N,
         PREC="ieee" if interp_f32 else "tf32",
         DOT_F32=_INTERPRET and dtype == torch.bfloat16, FUSED=fused, EARLY_V=EARLY_V_LOAD,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        num_warps=NUM_WARPS_WIDE if wide else NUM_WARPS,
+        num_stages=NUM_STAGES_WIDE if wide else NUM_STAGES,
     )  # fmt: skip
     return _Plan(
         grid=(B * Hkv, splits, n_mb),
