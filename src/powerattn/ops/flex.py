@@ -283,15 +283,20 @@ def block_mask_for(
     for x, st in zip(segs, starts, strict=True):
         host[st : st + x.size] = x
     buf = torch.from_numpy(host).to(device)
-    offset = kv_len - q_len if int_offset else buf[0]
+    offset = kv_len - q_len if int_offset else buf[0].clone()
     n_ent = segs[-1].size
     idx_all = torch.zeros(base, dtype=torch.int32, device=device)
     idx_all[buf[starts[-2] : starts[-2] + n_ent].long()] = buf[starts[-1] : starts[-1] + n_ent]
+    # Each tensor in its own allocation (clones, once per cached mask): views into two shared
+    # buffers cost host time on every compiled call (H200, session 8, 8K forward + backward
+    # through FA4: 1.60 / 1.59 ms of host per step with views, 1.46 / 1.46 with clones;
+    # scripts/gpu_host_isolate.py, results/kernel/session8/).
     counts_d, idx_d, i0 = [], [], 0
     for st, (_, _, n_rows, n_cols) in zip(starts[1:5], sides, strict=True):
-        counts_d.append(buf[st : st + n_rows].view(1, 1, n_rows))
-        idx_d.append(idx_all[i0 : i0 + n_rows * n_cols].view(1, 1, n_rows, n_cols))
+        counts_d.append(buf[st : st + n_rows].view(1, 1, n_rows).clone())
+        idx_d.append(idx_all[i0 : i0 + n_rows * n_cols].view(1, 1, n_rows, n_cols).clone())
         i0 += n_rows * n_cols
+    del buf, idx_all
     bm = BlockMask(
         seq_lengths=(q_len, kv_len),
         kv_num_blocks=counts_d[0],
