@@ -36,3 +36,40 @@ def test_wilson():
 def test_hybrid_layers_fit_the_papers_rule():
     assert campaign.hybrid_layers("gpu") == [5, 6]  # 7 layers: exactly "2 of every 7"
     assert campaign.hybrid_layers("tiny") == [0, 1]  # a partial group keeps its last 2
+
+
+def test_results_from_a_probing_only_call_leaves_lm_alone(tmp_path):
+    """``eval results --from`` a call of scripts/gpu_probe.sh (runs.tgz with probe/ and
+    passkey/, no lm/ or ruler/): the probing area gets the runs, the summaries and the call's
+    log and machine; results/lm, runs included, stays byte for byte as it was."""
+    import shutil
+    import tarfile
+    from pathlib import Path
+
+    from powerattn.commands import eval as eval_cmd
+
+    committed = Path(__file__).resolve().parents[2] / "results"
+    out, root = tmp_path / "out", tmp_path / "results"
+    out.mkdir()
+    with tarfile.open(out / "runs.tgz", "w:gz") as tar:
+        tar.add(committed / "probing" / campaign.PER_RUN, arcname="probe")
+        tar.add(committed / "probing" / "passkey-runs" / "summary.json", "passkey/summary.json")
+    (out / "log.txt").write_text("gpu_probe.sh's log\n")
+    (out / "gpu.txt").write_text("the probing call's GPU\n")
+    lm_dir = root / "lm"
+    shutil.copytree(committed / "lm" / campaign.PER_RUN, lm_dir / campaign.PER_RUN)
+    for name in ("call_log.txt", "gpu.txt", "summary.json", "details.json", "table.txt"):
+        (lm_dir / name).write_text(f"the lm call's {name}\n")
+    before = {p: p.read_bytes() for p in lm_dir.rglob("*") if p.is_file()}
+
+    assert eval_cmd.main(["results", "--from", str(out), "--root", str(root)]) == 0
+    assert {p: p.read_bytes() for p in lm_dir.rglob("*") if p.is_file()} == before
+    assert not (root / "ruler").exists()
+    probing = root / "probing"
+    assert (probing / "call_log.txt").read_text() == "gpu_probe.sh's log\n"
+    assert (probing / "gpu.txt").read_text() == "the probing call's GPU\n"
+    runs = sorted(p.name for p in (probing / campaign.PER_RUN).iterdir())
+    assert runs == sorted(p.name for p in (committed / "probing" / campaign.PER_RUN).iterdir())
+    for name in ("summary.json", "details.json", "table.txt"):  # as committed
+        assert (probing / name).read_bytes() == (committed / "probing" / name).read_bytes()
+    assert (probing / "heatmaps.png").stat().st_size > 0

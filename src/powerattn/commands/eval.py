@@ -145,9 +145,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="rebuild results/{lm,ruler,probing} from the runs' outputs",
         description="Copy the runs' outputs of a GPU call (--from: its output folder, its "
         "runs.tgz, or a folder with lm/ ruler/ probe/ run directories; no checkpoints) into "
-        "ROOT/{lm,ruler,probing}/per_run (not git-ignored, unlike runs/), then rewrite each "
-        "area's summary.json, details.json, table.txt and figure from ROOT/*/per_run alone. "
-        "Without --from: only the rewrite.",
+        "ROOT/{lm,ruler,probing}/per_run (not git-ignored, unlike runs/) and its log.txt and "
+        "gpu.txt into those areas' call_log.txt and gpu.txt, then rewrite each of those areas' "
+        "summary.json, details.json, table.txt and figure from its per_run alone; the areas "
+        "the call holds no runs of are left as they are. Without --from: only the rewrite, of "
+        "every area with a per_run.",
     )
     g.add_argument("--from", dest="source", help="the call's $OUT folder or runs.tgz")
     g.add_argument("--root", default="results", help="results root (results)")
@@ -452,9 +454,11 @@ def _results(args: argparse.Namespace) -> int:
     from ..eval import campaign
 
     root = Path(args.root)
+    areas = None  # every area with runs; with --from, only the call's
     if args.source:
         copied = campaign.unpack_runs(args.source, root)
         print(f"copied the runs' outputs into {', '.join(map(str, copied)) or 'nothing'}")
+        areas = {d.parent.name for d in copied}
     writers = {
         "lm": write_lm_results,
         "ruler": write_ruler_results,
@@ -463,7 +467,7 @@ def _results(args: argparse.Namespace) -> int:
     done = 0
     for area, write in writers.items():
         runs = root / area / campaign.PER_RUN
-        if runs.is_dir():
+        if runs.is_dir() and (areas is None or area in areas):
             print(f"== {root / area}\n{write(runs, root / area)}")
             done += 1
     if not done:

@@ -52,10 +52,11 @@ PER_RUN = "per_run"  # results/<area>/per_run/: the runs' outputs (.gitignore ha
 def unpack_runs(source: str | Path, root: str | Path) -> list[Path]:
     """Copy the runs' outputs of a GPU call into ``root/{lm,ruler,probing}/per_run`` (each area
     present in ``source`` replaces that area's old runs) and the call's ``log.txt`` and
-    ``gpu.txt`` into ``root/lm/call_log.txt`` and ``root/lm/gpu.txt``. ``source``: the call's
-    output folder (holding ``runs.tgz``), the ``runs.tgz`` itself, or a folder holding
-    ``lm/``, ``ruler/``, ``probe/``. Only :data:`KEEP_SUFFIXES` files are copied. Returns the
-    folders written."""
+    ``gpu.txt`` into ``call_log.txt`` and ``gpu.txt`` of each of those areas; the areas the
+    call holds no runs of are left as they are. ``source``: the call's output folder (holding
+    ``runs.tgz``), the ``runs.tgz`` itself, or a folder holding ``lm/``, ``ruler/``,
+    ``probe/``. Only :data:`KEEP_SUFFIXES` files are copied. Returns the ``per_run`` folders
+    written."""
     import shutil
     import tarfile
     import tempfile
@@ -91,8 +92,9 @@ def unpack_runs(source: str | Path, root: str | Path) -> list[Path]:
                     shutil.copy2(f, target)
             written.append(dst)
     for name, target in (("log.txt", "call_log.txt"), ("gpu.txt", "gpu.txt")):
-        if (out_dir / name).is_file() and (root / "lm").is_dir():
-            shutil.copy2(out_dir / name, root / "lm" / target)
+        if (out_dir / name).is_file():
+            for dst in written:  # the call's areas only
+                shutil.copy2(out_dir / name, dst.parent / target)
     if not written:
         raise ValueError(f"{source} holds no lm/, ruler/ or probe/ runs")
     return written
