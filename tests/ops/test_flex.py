@@ -90,6 +90,38 @@ def test_inside_a_users_compile_the_mask_cache_is_not_guarded_on():
     assert graphs <= 4 * len(lengths), f"{graphs} graphs for {len(lengths)} lengths"
 
 
+def test_a_block_mask_built_outside_a_users_compile_traces_without_a_graph_break():
+    """``block_mask=``: the caller builds the mask outside its compiled region and passes it
+    in; the attention then traces as one graph per length (no look-up, no graph break),
+    within the tolerance rule of the float64 reference. A mask for other lengths is refused."""
+    from torch._dynamo.utils import counters
+
+    from powerattn.testing import compare_attention
+
+    pattern = get_pattern("power", block_size=16)
+
+    def f(q, bm):
+        return api.sparse_attention(q, q, q, pattern, backend="flex", block_mask=bm)
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(f, backend="aot_eager", dynamic=False)
+    lengths = (64, 128, 256)
+    for S in lengths * 2:
+        q = torch.randn(1, 2, S, 16)
+        bm = flex.block_mask_for(pattern, S, S, q.device)
+        report = compare_attention(
+            lambda q, k, v, bm=bm: compiled(q, bm), q, q, q, pattern, grads=False
+        )
+        assert report["ok"], report
+    assert counters["stats"]["unique_graphs"] == len(lengths)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    torch._dynamo.reset()
+    q = torch.randn(1, 2, 64, 16)
+    with pytest.raises(ValueError, match="block_mask is for"):
+        f(q, flex.block_mask_for(pattern, 128, 128, q.device))
+
+
 # --------------------------------------------------------------- FlashAttention-4 selection
 # The selection logic runs on the CPU with the GPU's properties given explicitly; the kernel
 # itself is exercised by the CUDA suite (scripts/gpu_kernel.sh) wherever it is installed.

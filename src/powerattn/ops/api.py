@@ -23,6 +23,7 @@ Backends (``backend=``):
 from __future__ import annotations
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask
 
 from ..patterns import Pattern, get_pattern
 from . import decode as _decode
@@ -62,6 +63,7 @@ def sparse_attention(
     scale: float | None = None,
     return_lse: bool = False,
     backend: str = "auto",
+    block_mask: BlockMask | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse causal attention under ``pattern`` (SDPA tensor convention).
 
@@ -75,6 +77,10 @@ def sparse_attention(
         return_lse: also return the log-sum-exp of the scaled, masked scores.
         backend: one of :data:`BACKENDS` (see the module docstring); an explicit backend
             that cannot serve the input raises ``ValueError``.
+        block_mask: for a call compiled by its caller:
+            ``powerattn.ops.flex.block_mask_for(pattern, Sq, Sk, q.device)``, built outside
+            the compiled region and used by the FlexAttention backends (``flash``, ``flex``);
+            looking it up inside the trace breaks the graph. Other backends ignore it.
 
     Alignment: ``Sq <= Sk`` and the queries are the *last* ``Sq`` positions (``Sq == Sk``:
     prefill/training; ``Sq == 1``: decode; in between: chunked prefill). Query ``i`` sits at
@@ -132,7 +138,7 @@ def sparse_attention(
                 "inputs require grad: use backend='dense' (or 'auto')"
             )
         out, lse = flex_sparse_attention(
-            q, k, v, pattern, scale, need_lse=return_lse, kernel=backend
+            q, k, v, pattern, scale, need_lse=return_lse, kernel=backend, block_mask=block_mask
         )
     return (out, lse) if return_lse else out
 

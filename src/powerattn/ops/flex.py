@@ -428,6 +428,8 @@ def flex_sparse_attention(
     need_lse: bool = True,
     kernel: str = "flex",
     _raw: bool = False,
+    *,
+    block_mask: BlockMask | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Block-sparse attention through FlexAttention (differentiable on CUDA).
 
@@ -437,6 +439,10 @@ def flex_sparse_attention(
             for training: asking for it adds an output the compiled graph must write.
         kernel: ``"flex"`` (Triton) or ``"flash"`` (FlashAttention-4; ``ValueError`` naming
             the reason when it cannot serve the input).
+        block_mask: ``block_mask_for(pattern, Sq, Sk, q.device)``, built by a caller that
+            compiles this call (:func:`block_mask_for` inside a trace breaks the graph, and
+            every attention layer becomes a frame of its own); ``None``: looked up here.
+            ``ValueError`` unless its lengths are ``(Sq, Sk)`` in tiles of :data:`TILE`.
     Returns:
         ``out (B, Hq, Sq, D)`` in q's dtype and ``lse (B, Hq, Sq)`` float32 (natural log),
         or ``None`` for the lse when not asked for.
@@ -452,10 +458,18 @@ def flex_sparse_attention(
             "backend='flash' cannot differentiate through the lse (FlashAttention-4's backward "
             "has no dLSE in FlexAttention, torch 2.11): use backend='flex' (auto does)"
         )
+    Sq, Sk = q.shape[2], k.shape[2]
+    if block_mask is not None and (
+        tuple(block_mask.seq_lengths) != (Sq, Sk) or tuple(block_mask.BLOCK_SIZE) != (TILE, TILE)
+    ):
+        raise ValueError(
+            f"block_mask is for {tuple(block_mask.seq_lengths)} tokens in tiles of "
+            f"{tuple(block_mask.BLOCK_SIZE)}; these inputs need block_mask_for(pattern, {Sq}, "
+            f"{Sk}, device) (tiles of {TILE})"
+        )
     on_cpu = q.device.type == "cpu"
     if on_cpu and need_lse:
         raise ValueError("backend='flex' cannot return the lse on the CPU")
-    Sq, Sk = q.shape[2], k.shape[2]
     # Blocks that are multiples of the tile but an offset that is not (decode-like chunks):
     # prepend zero queries so that tiles align again; their rows are dropped below.
     pad = 0
@@ -478,7 +492,11 @@ def flex_sparse_attention(
             _static_signatures.add(sig)
         elif kernel == "flash":  # FlashAttention-4 compiles static shapes only
             kernel = "flex"
-    bm = block_mask_for(pattern, Sq + pad, Sk, q.device, int_offset=static)
+    if block_mask is None or pad or not static:
+        # (a given mask has the static variant's int offset, and no padded queries)
+        bm = block_mask_for(pattern, Sq + pad, Sk, q.device, int_offset=static)
+    else:
+        bm = block_mask
     options = None if on_cpu else _FLASH_OPTIONS if kernel == "flash" else _TRITON_OPTIONS
     if not need_lse:
         aux = {}
