@@ -180,6 +180,36 @@ def test_hybrid_layers_are_dense(arch):
         torch.testing.assert_close(dense(x).logits, all_full, rtol=1e-4, atol=1e-4)
 
 
+def test_a_block_mask_as_attention_mask_is_the_patterns():
+    """The pattern's BlockMask passed as the model's ``attention_mask`` (what a compiled
+    training step passes, built outside its graph): transformers hands it to every layer as
+    it is, the sparse layers run FlexAttention on it, the layers kept full ignore it. The
+    compiled forward (dynamo, no code generation) is one graph, without a break, and within
+    the tolerance of the float64 reference; a mask for other lengths is refused."""
+    from torch._dynamo.utils import counters
+
+    from powerattn.ops.flex import block_mask_for
+
+    base = H.model("llama", layers=2)
+    model = pt.apply(copy.deepcopy(base), PATTERN, full_layers=[1], backend="flex")
+    dense = pt.apply(copy.deepcopy(base), PATTERN, full_layers=[1], backend="dense")
+    x = H.ids(2, SEQ)
+    bm = block_mask_for(PATTERN, SEQ, SEQ, H.DEVICE)
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.no_grad():
+        # use_cache=False: a DynamicCache breaks the graph itself (transformers 5.24)
+        out = torch.compile(model, backend="aot_eager")(x, attention_mask=bm, use_cache=False)
+        out = out.logits
+        ref, same = copy.deepcopy(dense).double()(x).logits, dense(x).logits
+        assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+        H.check(out, ref, same, 2.0)
+        wrong = block_mask_for(PATTERN, SEQ + 1, SEQ + 1, H.DEVICE)
+        with pytest.raises(ValueError, match="BlockMask attention_mask"):
+            model(x, attention_mask=wrong)
+    torch._dynamo.reset()
+
+
 def test_attention_forward_routes_by_layer_idx():
     model = pt.apply(H.model("qwen2", layers=2), PATTERN, full_layers=[1])
     g = torch.Generator().manual_seed(7)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask
 
 from ..ops.api import DECODE_MAX_Q, sparse_attention
 from ..ops.dense import sdpa_attention
@@ -66,11 +67,14 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, pattern: Pattern, scale:
     return probs.reshape(B, Hq, Sq, Sk).to(q.dtype)
 
 
-def _attend(route: LayerRoute, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale):
-    """Attention of queries that are the last ``Sq`` of the keys."""
+def _attend(route: LayerRoute, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale, bm=None):
+    """Attention of queries that are the last ``Sq`` of the keys (``bm``: the pattern's
+    BlockMask for these lengths, or None)."""
     if route.pattern is None:
         return dense_causal_attention(q, k, v, scale)
-    return sparse_attention(q, k, v, route.pattern, scale=scale, backend=route.backend)
+    return sparse_attention(
+        q, k, v, route.pattern, scale=scale, backend=route.backend, block_mask=bm
+    )
 
 
 def _attend_prefix(route: LayerRoute, q, k, v, used: int, scale):
@@ -200,7 +204,11 @@ def attention_forward(
         query: ``(B, Hq, Sq, D)``; key, value: ``(B, Hkv, Sk, D)`` -- the whole cache at decode
             (a static cache: all its slots).
         attention_mask: what :func:`~powerattn.hf.masks.mask_forward` returned: ``None`` or
-            the ``(B, used)`` bool mask of real key slots.
+            the ``(B, used)`` bool mask of real key slots; or, nothing padded, a
+            ``BlockMask`` passed to the model as ``attention_mask`` (transformers hands it to
+            the layers as it is): ``powerattn.ops.flex.block_mask_for(pattern, Sq, Sk,
+            device)``, built before a compiled forward so that no layer looks it up inside
+            the graph (a graph break per layer otherwise); layers kept full ignore it.
         scaling: softmax scale.
 
     Returns ``(out (B, Sq, Hq, D), weights)``: ``weights`` is ``None`` unless
@@ -232,6 +240,15 @@ def attention_forward(
             "powerattn does not support packed sequences (cu_seq_lens_q / cu_seq_lens_k)"
         )
     B, Sq = query.shape[0], query.shape[2]
+    block_mask = None
+    if isinstance(attention_mask, BlockMask):
+        if tuple(attention_mask.seq_lengths) != (Sq, key.shape[2]):
+            raise ValueError(
+                f"a BlockMask attention_mask must be the pattern's for these {Sq} queries and "
+                f"{key.shape[2]} keys (block_mask_for(pattern, {Sq}, {key.shape[2]}, device)); "
+                f"got one for {tuple(attention_mask.seq_lengths)}"
+            )
+        block_mask, attention_mask = attention_mask, None  # every key slot is a real token
     if attention_mask is not None and attention_mask.dim() == 1:
         if attention_mask.shape[0] != B or attention_mask.dtype not in (torch.int32, torch.int64):
             raise ValueError(
@@ -255,7 +272,7 @@ def attention_forward(
     scale = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
     want_weights = bool(kwargs.get("output_attentions"))
     if attention_mask is None and not want_weights:
-        out, weights = _attend(route, query, key, value, scale), None  # traceable
+        out, weights = _attend(route, query, key, value, scale, block_mask), None  # traceable
     elif attention_mask is not None and attention_mask.dim() == 1 and not want_weights:
         out, weights = _attend_cache(route, query, key, value, attention_mask, scale), None
     else:
