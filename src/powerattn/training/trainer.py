@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask
 
 from ..patterns import Pattern
 from .config import SPEED_OPTIONS, Stage, TrainConfig
@@ -140,7 +141,12 @@ def build_optimizer(
 
 
 def passkey_loss(
-    model: nn.Module, input_ids: torch.Tensor, digits: int, loss_on: str, lm: bool = False
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    digits: int,
+    loss_on: str,
+    lm: bool = False,
+    block_mask: BlockMask | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(loss, answer_correct, lm_loss)``: mean next-token cross-entropy (over the answer's
     digits, or over every token with ``loss_on="all"``), ``(B, digits)`` bool, whether the
@@ -150,9 +156,14 @@ def passkey_loss(
 
     Args:
         input_ids: ``(B, S)`` int64 documents whose last ``digits`` tokens are the answer.
+        block_mask: the pattern's FlexAttention mask for ``S`` tokens
+            (:meth:`Trainer.block_mask`), handed to the model as its ``attention_mask``:
+            built outside a compiled loss, it keeps the forward one graph (see
+            :func:`compile_loss`); no KV cache then (nothing reads it).
     """
+    kw = {} if block_mask is None else {"attention_mask": block_mask, "use_cache": False}
     if loss_on == "answer" and lm:
-        logits = model(input_ids).logits.float()  # (B, S, V)
+        logits = model(input_ids, **kw).logits.float()  # (B, S, V)
         v = logits.shape[-1]
         ans = logits[:, -digits - 1 : -1]  # (B, digits, V): the positions predicting the key
         loss = F.cross_entropy(ans.reshape(-1, v), input_ids[:, -digits:].ravel())
@@ -161,10 +172,10 @@ def passkey_loss(
         return loss, ans.argmax(-1) == input_ids[:, -digits:], lm_loss
     if loss_on == "answer":
         # Only the last digits + 1 positions' logits are needed: the one before each digit.
-        logits = model(input_ids, logits_to_keep=digits + 1).logits[:, :-1].float()
+        logits = model(input_ids, logits_to_keep=digits + 1, **kw).logits[:, :-1].float()
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), input_ids[:, -digits:].ravel())
     else:
-        logits = model(input_ids).logits.float()  # (B, S, V)
+        logits = model(input_ids, **kw).logits.float()  # (B, S, V)
         loss = F.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), input_ids[:, 1:].ravel()
         )
@@ -179,7 +190,9 @@ def compile_loss(cfg: TrainConfig) -> Callable[..., Any]:
     lengths, each compiled once), the backward compiled by AOTAutograd. Inductor fuses the
     float32 cast of the logits into the cross-entropy. The attention runs inside the graph:
     FlexAttention is traced as the op itself (``powerattn.ops.flex`` skips its own compile
-    when ``torch.compiler.is_compiling()``); full attention is SDPA. Call it under
+    when ``torch.compiler.is_compiling()``), its BlockMask an input built outside the graph
+    (:meth:`Trainer.block_mask`), so that the forward has no graph break and the graph count
+    does not grow with the layers; full attention is SDPA. Call it under
     :func:`compile_limits`."""
     return torch.compile(passkey_loss, backend=COMPILE_BACKEND, dynamic=False)
 
@@ -269,18 +282,33 @@ class Trainer:
         # the host wait for the GPU every step); checkpoints carry them.
         self._window = _Window(self.device)
 
-    def _warm_block_mask(self, ids: torch.Tensor) -> None:
-        """Compile: have FlexAttention's BlockMask for this length in its cache before the
-        compiled loss runs. Traced on a cache miss, building it (NumPy on the host) breaks
-        the graph ~20 times per layer; on a hit the attention traces as one op. A dict
-        look-up per step once built."""
-        if ids.device.type != "cuda" or self.pattern.name == "full":
-            return  # the CPU trains on the dense backend; full attention is SDPA
-        if self.cfg.backend not in ("auto", "flex", "flash"):
-            return
+    def block_mask(self, ids: torch.Tensor) -> BlockMask | None:
+        """Compile: the pattern's FlexAttention BlockMask for documents like ``ids`` (cached
+        per length: a dict look-up per step once built), handed to the compiled loss as an
+        input (:func:`passkey_loss`'s ``block_mask``). Looked up inside the trace instead, it
+        breaks the graph in every attention layer, each layer's forward then becomes a
+        compiled frame of its own, recompiled per layer and length (an 8-layer model over
+        the gpu-mix lengths passed dynamo's recompile limit). ``None`` where no layer runs
+        FlexAttention: full attention (SDPA), backends ``dense``, ``reference``,
+        ``sdpa_mask``. (The CPU's ``auto`` trains on ``dense``, which ignores it.)"""
+        if self.pattern.name == "full" or self.cfg.backend not in ("auto", "flex", "flash"):
+            return None
         from ..ops.flex import block_mask_for
 
-        block_mask_for(self.pattern, ids.shape[1], ids.shape[1], ids.device)
+        return block_mask_for(self.pattern, ids.shape[1], ids.shape[1], ids.device)
+
+    def loss(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:func:`passkey_loss` of the batch ``ids`` (on the device) as a training step
+        computes it: under bf16 autocast on the GPU; compiled with ``cfg.compile``."""
+        cfg = self.cfg
+        bm = self.block_mask(ids) if cfg.compile else None
+        with (
+            torch.autocast(
+                self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
+            ),
+            compile_limits(cfg) if cfg.compile else contextlib.nullcontext(),
+        ):
+            return self._loss(self.model, ids, cfg.task.digits, cfg.loss_on, cfg.lm_weight > 0, bm)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -392,7 +420,6 @@ class Trainer:
             clear_run(self.out)
         (self.out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         end = cfg.total_steps if stop_at is None else min(stop_at, cfg.total_steps)
-        use_amp = self.device.type == "cuda"
         bar = _progress(self.progress, total=cfg.total_steps, initial=self.step)
         last: dict[str, Any] = {}
         tokens, t0 = 0, time.perf_counter()
@@ -418,15 +445,7 @@ class Trainer:
             if self._pin:  # a copy from pageable memory would wait for the GPU
                 ids = ids.pin_memory()
             ids = ids.to(self.device, non_blocking=True)
-            if cfg.compile:
-                self._warm_block_mask(ids)
-            with (
-                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp),
-                compile_limits(cfg) if cfg.compile else contextlib.nullcontext(),
-            ):
-                loss, correct, lm_loss = self._loss(
-                    self.model, ids, cfg.task.digits, cfg.loss_on, cfg.lm_weight > 0
-                )
+            loss, correct, lm_loss = self.loss(ids)
             objective = loss if lm_loss is None else loss + cfg.lm_weight * lm_loss
             self.optimizer.zero_grad(set_to_none=True)
             objective.backward()
