@@ -283,3 +283,28 @@ def test_inside_torch_compile_fullgraph():
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     ref = reference_attention(q, k, v, pattern, upcast=True) * 2
     assert _err(compiled(q, k, v), ref) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["dense", "flex", "auto"])
+def test_under_autocast_inputs_take_autocasts_dtype_like_sdpa(backend):
+    """A Hugging Face layer under autocast hands over q, k in float32 (RoPE's float32
+    cos/sin) and v in bfloat16; SDPA's inputs are cast by autocast, ours must be too
+    (regression: the H200 trainer's compiled FlexAttention path raised "q, k, v must share
+    a dtype"). Same result as the call with every input in bfloat16; gradients reach the
+    float32 inputs; float64 stays float64."""
+    torch.manual_seed(0)
+    pat = get_pattern("power", block_size=16)
+    q, k = (torch.randn(1, 2, 64, 16, requires_grad=backend != "flex") for _ in range(2))
+    v = torch.randn(1, 2, 64, 16).bfloat16()
+    want = api.sparse_attention(q.bfloat16(), k.bfloat16(), v, pat, backend=backend)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = api.sparse_attention(q, k, v, pat, backend=backend)
+        sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert got.dtype == sdpa.dtype == torch.bfloat16
+    assert torch.equal(got, want)
+    if backend != "flex":  # FlexAttention has no backward on the CPU
+        got.float().sum().backward()
+        assert q.grad is not None and q.grad.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q64, k64, v64 = (t.detach().double() for t in (q, k, v))
+        assert api.sparse_attention(q64, k64, v64, pat, backend="dense").dtype == torch.float64

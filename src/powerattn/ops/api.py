@@ -94,9 +94,23 @@ def sparse_attention(
     only for degenerate patterns) gives output 0 and lse ``-inf``.
 
     Returns:
-        ``out (B, Hq, Sq, D)`` in the input dtype; with ``return_lse`` also
+        ``out (B, Hq, Sq, D)`` in the input dtype (under autocast: autocast's dtype, the
+        inputs cast to it as autocast casts SDPA's); with ``return_lse`` also
         ``lse (B, Hq, Sq)`` float32.
     """
+    dev = q.device.type
+    if torch.is_autocast_enabled(dev):
+        # Like SDPA under autocast: the inputs in autocast's dtype (a Hugging Face layer
+        # hands over q, k in float32, RoPE's cos/sin being float32, and v in bfloat16),
+        # float64 left as it is, and the kernels computing as they do outside autocast.
+        dt = torch.get_autocast_dtype(dev)
+        q, k, v = (x.to(dt) if x.is_floating_point() and x.dtype != torch.float64 else x
+                   for x in (q, k, v))  # fmt: skip
+        with torch.autocast(dev, enabled=False):
+            return sparse_attention(
+                q, k, v, pattern, scale=scale, return_lse=return_lse, backend=backend,
+                block_mask=block_mask,
+            )  # fmt: skip
     # A decode call like an earlier validated one (pattern, shapes, dtype, device, length
     # bucket): answered from what that call decided, without redoing the work below.
     hit = _decode.cached_step(q, k, v, pattern, scale, return_lse, backend)
