@@ -99,7 +99,7 @@ def sparse_attention(
         ``lse (B, Hq, Sq)`` float32.
     """
     dev = q.device.type
-    if torch.is_autocast_enabled(dev):
+    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
         # Like SDPA under autocast: the inputs in autocast's dtype (a Hugging Face layer
         # hands over q, k in float32, RoPE's cos/sin being float32, and v in bfloat16),
         # float64 left as it is, and the kernels computing as they do outside autocast.
