@@ -308,3 +308,22 @@ def test_under_autocast_inputs_take_autocasts_dtype_like_sdpa(backend):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         q64, k64, v64 = (t.detach().double() for t in (q, k, v))
         assert api.sparse_attention(q64, k64, v64, pat, backend="dense").dtype == torch.float64
+
+
+def test_under_autocast_inside_torch_compile():
+    """The autocast cast is traced (no graph break) and gives the eager result."""
+    torch.manual_seed(0)
+    pat = get_pattern("power", block_size=16)
+    q, k = torch.randn(1, 2, 64, 16), torch.randn(1, 2, 64, 16)
+    v = torch.randn(1, 2, 64, 16).bfloat16()
+
+    def f(q, k, v):
+        return api.sparse_attention(q, k, v, pat, backend="dense")
+
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = f(q, k, v)
+        got = torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v)
+    torch._dynamo.reset()
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, want)

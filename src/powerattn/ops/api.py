@@ -54,6 +54,16 @@ def _pick_backend(
     return "flex"
 
 
+# Eager decode steps are host-bound: one C call (~0.1 us) says whether any autocast is on
+# before the per-device query (~1 us); inside a trace only the public query is traceable.
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
+
+
+def _autocast_on(q: torch.Tensor) -> bool:
+    dev = q.device.type
+    return torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)
+
+
 def sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -98,8 +108,8 @@ def sparse_attention(
         inputs cast to it as autocast casts SDPA's); with ``return_lse`` also
         ``lse (B, Hq, Sq)`` float32.
     """
-    dev = q.device.type
-    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+    if (torch.compiler.is_compiling() or _any_autocast()) and _autocast_on(q):
+        dev = q.device.type
         # Like SDPA under autocast: the inputs in autocast's dtype (a Hugging Face layer
         # hands over q, k in float32, RoPE's cos/sin being float32, and v in bfloat16),
         # float64 left as it is, and the kernels computing as they do outside autocast.
