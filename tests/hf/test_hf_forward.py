@@ -14,6 +14,7 @@ import copy
 import hf_models as H
 import pytest
 import torch
+import torch.nn.functional as F
 
 import powerattn.hf as pt
 from powerattn import get_pattern, reference_attention
@@ -208,6 +209,96 @@ def test_a_block_mask_as_attention_mask_is_the_patterns():
         with pytest.raises(ValueError, match="BlockMask attention_mask"):
             model(x, attention_mask=wrong)
     torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------------------- compiled, no cache
+def _pattern_mask(batch: int, dtype) -> torch.Tensor:
+    """The pattern's additive 4-D mask ``(batch, 1, SEQ, SEQ)`` for eager attention."""
+    dense = PATTERN.dense_mask(SEQ).to(H.DEVICE)
+    add = torch.zeros(dense.shape, dtype=dtype, device=H.DEVICE)
+    return add.masked_fill(~dense, float("-inf"))[None, None].expand(batch, 1, -1, -1)
+
+
+def _start_positions(kind: str | None, batch: int) -> torch.Tensor | None:
+    """``None`` (the model counts from 0), or one sequence per row counting from 0 / from 7."""
+    if kind is None:
+        return None
+    return (torch.arange(SEQ, device=H.DEVICE) + (7 if kind == "shifted" else 0)).expand(batch, -1)
+
+
+@pytest.mark.parametrize("positions", [None, "arange", "shifted"])
+def test_compiled_training_without_cache(positions):
+    """A compiled training forward without a KV cache (``use_cache=False``, as the Trainer
+    runs with gradient checkpointing) and without a padding mask: while tracing, transformers
+    cannot look at the position ids and always hands the mask function its packed-sequence
+    mask, which was refused (NotImplementedError). One sequence per row is accepted: the
+    compiled logits and the gradients of a cross-entropy loss match float64 eager attention
+    given the pattern's dense mask (2x / 3x float32 eager's error)."""
+    base = H.model("llama", layers=2)
+    x = H.ids(2, SEQ)
+    pos = _start_positions(positions, 2)
+
+    def run(model, mask=None, compiled=False):
+        model.train()
+        call = torch.compile(model, backend="aot_eager") if compiled else model
+        logits = call(x, attention_mask=mask, position_ids=pos, use_cache=False).logits
+        # in the model's dtype (labels=... would compute the loss in float32 for every model)
+        F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten()).backward()
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+        return logits.detach(), grads
+
+    ref_model, same_model = copy.deepcopy(base).double(), copy.deepcopy(base)
+    for m in (ref_model, same_model):
+        m.set_attn_implementation("eager")
+    ref = run(ref_model, _pattern_mask(2, torch.float64))
+    same = run(same_model, _pattern_mask(2, torch.float32))
+    model = pt.apply(copy.deepcopy(base), PATTERN, backend="dense")
+    torch._dynamo.reset()
+    out = run(model, compiled=True)
+    torch._dynamo.reset()
+    H.check(out[0], ref[0], same[0], 2.0)
+    for name, g in out[1].items():
+        assert torch.isfinite(g).all(), name
+        H.check(g, ref[1][name], same[1][name], 3.0)
+
+
+@pytest.mark.parametrize("positions", [None, "shifted"])
+def test_compiled_flex_forward_without_cache(positions):
+    """The same compiled forward with FlexAttention (forward only: it has no CPU backward):
+    logits within 2x float32 eager's error of the float64 reference."""
+    base = H.model("llama", layers=2)
+    x = H.ids(2, SEQ)
+    pos = _start_positions(positions, 2)
+    ref_model, same_model = copy.deepcopy(base).double(), copy.deepcopy(base)
+    for m in (ref_model, same_model):
+        m.set_attn_implementation("eager")
+    model = pt.apply(copy.deepcopy(base), PATTERN, backend="flex")
+    torch._dynamo.reset()
+    with torch.no_grad():
+        ref = ref_model(x, attention_mask=_pattern_mask(2, torch.float64), position_ids=pos)
+        same = same_model(x, attention_mask=_pattern_mask(2, torch.float32), position_ids=pos)
+        out = torch.compile(model, backend="aot_eager")(x, position_ids=pos, use_cache=False)
+    torch._dynamo.reset()
+    H.check(out.logits, ref.logits, same.logits, 2.0)
+
+
+def test_compiled_forward_with_dynamic_cache_has_no_mask_break():
+    """Nothing padded (no attention_mask) with a dynamic cache: the mask function does no host
+    work, so a compiled forward does not break its graph there (it did: the whole function
+    ran eagerly), and gives the eager logits."""
+    from torch._dynamo.utils import counters
+
+    model = pt.apply(H.model("llama", layers=2), PATTERN, backend="dense")
+    x = H.ids(2, SEQ)
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.no_grad():
+        out = torch.compile(model, backend="aot_eager")(x, use_cache=True).logits
+        ref = model(x, use_cache=True).logits
+    breaks = [reason for reason in counters["graph_break"] if "mask" in reason]
+    torch._dynamo.reset()
+    assert not breaks, breaks
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_attention_forward_routes_by_layer_idx():

@@ -232,19 +232,78 @@ def test_4d_mask_refused():
         model(H.ids(2, SEQ), attention_mask=torch.zeros(2, 1, SEQ, SEQ, device=H.DEVICE))
 
 
+PACKED = "packed sequences: position_ids restart .* own row"  # the error names a way out
+
+
 def test_packed_sequences_refused():
     model = _small()
     pos = torch.cat([torch.arange(30), torch.arange(SEQ - 30)])[None].expand(2, -1)
     pos = pos.to(H.DEVICE)
-    with pytest.raises(NotImplementedError, match="packed"):
+    with pytest.raises(NotImplementedError, match=PACKED):
         model(H.ids(2, SEQ), position_ids=pos, use_cache=False)  # transformers detects it
-    with pytest.raises(NotImplementedError, match="packed"):
+    with pytest.raises(NotImplementedError, match=PACKED):
         model(H.ids(2, SEQ), position_ids=pos)  # with a cache: the attention function does
     model.train()
-    with pytest.raises(NotImplementedError, match="packed"):
+    with pytest.raises(NotImplementedError, match=PACKED):
         model(H.ids(2, SEQ), position_ids=pos, labels=H.ids(2, SEQ))
     with torch.no_grad():  # contiguous position ids not starting at 0: one sequence
         model.eval()(H.ids(1, SEQ), position_ids=torch.arange(7, 7 + SEQ, device=H.DEVICE)[None])
+
+
+def test_packed_sequences_refused_compiled():
+    """Compiled without a cache, transformers hands over its packed-sequence mask whatever
+    the position ids: a packed batch is still refused, by name (no silent cross-sequence
+    attention), in training and in inference."""
+    model = _small()
+    pos = torch.cat([torch.arange(30), torch.arange(SEQ - 30)])[None].expand(2, -1)
+    pos = pos.to(H.DEVICE)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager")
+    with torch.no_grad(), pytest.raises(NotImplementedError, match=PACKED):
+        compiled(H.ids(2, SEQ), position_ids=pos, use_cache=False)
+    model.train()
+    with pytest.raises(NotImplementedError, match=PACKED):
+        compiled(H.ids(2, SEQ), position_ids=pos, labels=H.ids(2, SEQ), use_cache=False)
+    torch._dynamo.reset()
+
+
+def test_packed_sequence_mask_function_is_checked():
+    """The mask function accepts transformers' packed-sequence mask (both compositions:
+    ``and_masks(causal, same_sequence)`` and, newer, ``and_masks(remap_positions(causal),
+    same_sequence)``) only when every row holds one sequence counting up by one; any other
+    modified mask is refused."""
+    pt.register()
+    from transformers import masking_utils as mu
+
+    def seq_ids(pos):  # as transformers' find_packed_sequence_indices, without its shortcut
+        return (pos.diff(dim=-1, prepend=pos[:, :1] - 1) != 1).cumsum(-1)
+
+    one = torch.arange(7, 7 + SEQ)[None].expand(2, -1)
+    packed = torch.cat([torch.arange(30), torch.arange(SEQ - 30)])[None].expand(2, -1)
+    gap = one.clone()
+    gap[:, 30:] += 1  # skips a position: not one sequence counting up by one
+    remap = getattr(mu, "remap_positions_for_packed_sequence", None)
+    for pos, ok in ((one, True), (packed, False), (gap, False)):
+        same_seq = mu.packed_sequence_mask_function(seq_ids(pos))
+        forms = [mu.and_masks(mu.causal_mask_function, same_seq)]
+        if remap is not None:
+            forms.append(mu.and_masks(remap(mu.causal_mask_function, pos), same_seq))
+        for fn in forms:
+            if ok:
+                assert pt.mask_forward(2, SEQ, SEQ, mask_function=fn) is None
+            else:
+                with pytest.raises(NotImplementedError, match=PACKED):
+                    pt.mask_forward(2, SEQ, SEQ, mask_function=fn)
+    if remap is not None:  # ids of one sequence, positions that skip: the remap matters
+        fn = mu.and_masks(
+            remap(mu.causal_mask_function, gap),
+            mu.packed_sequence_mask_function(torch.zeros_like(gap)),
+        )
+        with pytest.raises(NotImplementedError, match=PACKED):
+            pt.mask_forward(2, SEQ, SEQ, mask_function=fn)
+    overlay = mu.and_masks(mu.causal_mask_function, mu.sliding_window_overlay(8))
+    with pytest.raises(NotImplementedError, match="modified mask"):
+        pt.mask_forward(2, SEQ, SEQ, mask_function=overlay)
 
 
 def test_varlen_kwargs_refused():

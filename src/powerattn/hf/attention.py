@@ -25,7 +25,7 @@ from ..ops.api import DECODE_MAX_Q, sparse_attention
 from ..ops.dense import sdpa_attention
 from ..ops.kvcache import sparse_attention_with_kvcache
 from ..patterns import Pattern, get_pattern
-from .masks import KeyPlan, RowPlan, plan_of
+from .masks import PACKED_MESSAGE, KeyPlan, RowPlan, plan_of
 from .settings import LayerRoute, layer_route
 
 _FULL = get_pattern("full")  # the layers kept full, where an operator takes a pattern
@@ -180,10 +180,7 @@ def _check_positions(position_ids: torch.Tensor) -> None:
     if torch.compiler.is_compiling() or position_ids.shape[-1] < 2:
         return
     if bool((position_ids.diff(dim=-1) != 1).any()):
-        raise NotImplementedError(
-            "powerattn does not support packed sequences: position_ids restart (or skip) within "
-            "a row; give each sequence its own row (with a padding attention_mask)"
-        )
+        raise NotImplementedError(PACKED_MESSAGE)
 
 
 def attention_forward(

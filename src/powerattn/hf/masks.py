@@ -121,7 +121,12 @@ def plan_of(mask: torch.Tensor, q_len: int) -> KeyPlan:
     return KeyPlan.from_mask(mask, q_len)
 
 
-@torch.compiler.disable  # host-side analysis; runs eagerly around a compiled model
+PACKED_MESSAGE = (
+    "powerattn does not support packed sequences: position_ids restart (or skip) within a "
+    "row; give each sequence its own row (with a padding attention_mask)"
+)
+
+
 def mask_forward(
     batch_size: int,
     q_length: int,
@@ -140,6 +145,13 @@ def mask_forward(
 
     ``q_offset`` is the slot of the first query (a 0-d tensor for a static cache): the slots in
     use are ``0 .. q_offset + q_length - 1``. Refuses what the operator cannot express.
+
+    Without a padding mask or a static cache there is no host work: a compiled forward traces
+    through (no graph break). ``mask_function`` is transformers' causal mask, or -- no cache,
+    no padding mask, position ids given: under ``torch.compile`` always, since transformers
+    cannot look at the position ids while tracing -- that mask restricted to packed sequences.
+    The latter is accepted when every row holds one sequence (checked on the host: one graph
+    break) and refused otherwise.
     """
     from transformers.masking_utils import causal_mask_function
 
@@ -149,11 +161,78 @@ def mask_forward(
             "set config.sliding_window = None"
         )
     if mask_function is not None and mask_function is not causal_mask_function:
+        _check_packed_is_one_sequence(mask_function)
+    if (
+        attention_mask is None
+        and isinstance(q_offset, int)
+        and kv_offset == 0
+        and q_offset + q_length == kv_length
+    ):
+        return None  # every key slot is a real token (no cache, or a dynamic cache)
+    return _host_mask(batch_size, q_length, kv_length, q_offset, kv_offset, attention_mask, kwargs)
+
+
+def _packed_parts(mask_function: Callable) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``(sequence ids, position ids or None)``, both ``(batch, S)``, when ``mask_function`` is
+    transformers' causal mask restricted to packed sequences -- ``and_masks(causal,
+    packed_sequence_mask_function(ids))``, or (transformers 5.24) ``and_masks(
+    remap_positions_for_packed_sequence(causal, position_ids), packed_sequence_mask_function(
+    ids))`` -- else ``None``. Recognised by the code objects of transformers' own helpers, so
+    a user's overlay is never mistaken for it."""
+    from transformers import masking_utils as mu
+
+    def code(fn):
+        return getattr(fn, "__code__", None)
+
+    def cells(fn) -> dict[str, Any]:
+        names = fn.__code__.co_freevars
+        return {n: c.cell_contents for n, c in zip(names, fn.__closure__ or (), strict=True)}
+
+    if code(mask_function) is not mu.and_masks(mu.causal_mask_function).__code__:
+        return None
+    parts = cells(mask_function).get("mask_functions", ())
+    if len(parts) != 2 or code(parts[1]) is not mu.packed_sequence_mask_function(None).__code__:
+        return None
+    seq_ids = cells(parts[1])["packed_sequence_mask"]
+    if parts[0] is mu.causal_mask_function:
+        return seq_ids, None
+    remap = getattr(mu, "remap_positions_for_packed_sequence", None)
+    if remap is not None and code(parts[0]) is remap(mu.causal_mask_function, None).__code__:
+        inner = cells(parts[0])
+        if inner.get("mask_function") is mu.causal_mask_function:
+            return seq_ids, inner["position_ids"]
+    return None
+
+
+@torch.compiler.disable  # reads the sequence ids on the host
+def _check_packed_is_one_sequence(mask_function: Callable) -> None:
+    """Accept transformers' packed-sequence mask when every row holds one sequence (then it
+    is the causal mask); refuse it for a packed batch and refuse any other modified mask."""
+    parts = _packed_parts(mask_function)
+    if parts is None:
         raise NotImplementedError(
             "powerattn supports plain causal language modelling only; transformers asked for a "
-            "modified mask (packed sequences, a bidirectional or sliding mask, or an "
-            "or/and mask overlay)"
+            "modified mask (a bidirectional or sliding mask, or an or/and mask overlay)"
         )
+    seq_ids, positions = parts
+    one = bool((seq_ids == seq_ids[:, :1]).all())
+    if one and positions is not None and positions.shape[-1] > 1:
+        one = bool((positions.diff(dim=-1) == 1).all())  # the remapped causal mask is causal
+    if not one:
+        raise NotImplementedError(PACKED_MESSAGE)
+
+
+@torch.compiler.disable  # host-side analysis; runs eagerly around a compiled model
+def _host_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int | torch.Tensor,
+    kv_offset: int,
+    attention_mask: torch.Tensor | None,
+    kwargs: dict[str, Any],
+) -> torch.Tensor | None:
+    """:func:`mask_forward` with a padding mask or a static cache."""
     if (
         isinstance(q_offset, torch.Tensor)
         and attention_mask is None
