@@ -110,77 +110,99 @@ def plot_heatmaps(results: dict[str, Any], path: Path, part: str = "main") -> No
     plt.close(fig)
 
 
-def plot_reach(results: dict[str, Any], path: Path) -> None:
-    """Retrieval against the receptive-field theory, at each run's longest trained length.
+# Figure 1b's patterns (the paper's), in this order and colour everywhere in reach.png.
+_FIG1B = ("power", "stride_slash", "sliding_window")
 
-    Left: accuracy vs the fraction of needles reachable within L layers (filled) and within
-    L - 1 layers (hollow), one pair per run. Middle: PowerAttention trained with different
-    numbers of layers, accuracy vs layers (mean over seeds, dots: each run) with the
-    theoretical reachable fraction dashed, per length from 1024 tokens on the models at the
-    end of each stage when the results have them (the paper's Fig. 1b). Right: accuracy by
-    the number of hops the needle needs (main runs).
-    """
+
+def plot_reach(results: dict[str, Any], path: Path) -> None:
+    """Figure 1b: retrieval against the receptive-field theory at the training length (see
+    :func:`~powerattn.experiments.verdicts.training_length`), complete runs only.
+
+    Left: one point set per (pattern, L), means over seeds, against the fraction of needles
+    reachable within L layers: exact match on the reachable needles (filled), on the
+    unreachable ones (x) and over all (hollow; a model that finds exactly the reachable
+    needles sits on the dotted diagonal). Middle: power, stride slash and sliding window by
+    number of layers: exact match (mean over seeds; small dots: seeds) with the theory's
+    reachable fraction dashed. Right: exact match by the number of hops the needle needs
+    (main runs)."""
+    from .verdicts import incomplete_runs, training_length
+
+    cut = set(incomplete_runs(results))
+    runs = [r for n, r in results["runs"].items()
+            if n not in cut and r["part"] in ("main", "layers")]  # fmt: skip
+    n = str(training_length(runs))
+    runs = [r for r in runs if n in r["eval"]]
+    if not runs:
+        return
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["pattern"], r["layers"]), []).append(r)
+    patterns = list(dict.fromkeys([*(p for p in _FIG1B if any(p == q for q, _ in groups)),
+                                   *(q for q, _ in groups)]))  # fmt: skip
+
+    def stats(r: dict[str, Any]) -> tuple[float, float, float, float]:
+        """(reachable fraction, accuracy on reachable, on unreachable (nan: none), overall)"""
+        ev = r["eval"][n]
+        nh, ok = np.asarray(ev["needle_hops"]), np.asarray(ev["correct"], dtype=float)
+        reach = (nh >= 0) & (nh <= r["layers"])
+        acc_r = ok[reach].mean() if reach.any() else np.nan
+        acc_u = ok[~reach].mean() if (~reach).any() else np.nan
+        return reach.mean(), acc_r, acc_u, ok.mean()
+
     plt = _plt()
-    fig, (a, m, b) = plt.subplots(1, 3, figsize=(17, 4.4))
+    fig, (a, m, b) = plt.subplots(1, 3, figsize=(18, 4.8))
     a.plot([0, 1], [0, 1], "k:", lw=1)
-    for r in results["runs"].values():
-        if r["part"] not in ("main", "layers"):
-            continue
-        e = r["eval"][max(r["eval"], key=int)]
-        layers = r["layers"]
-        within = e.get("reachable_within") or [e["reachable_fraction"]] * (layers + 2)
-        x_l, x_l1 = within[layers - 1], (within[layers - 2] if layers > 1 else 0.0)
-        line = a.plot([x_l1, x_l], [e["accuracy"]] * 2, "-", lw=0.8)
-        color = line[0].get_color()
-        a.scatter([x_l], [e["accuracy"]], color=color)
-        a.scatter([x_l1], [e["accuracy"]], facecolors="none", edgecolors=color)
-        a.annotate(f"{r['pattern']} L={layers}", (x_l, e["accuracy"]), fontsize=7,
-                   xytext=(3, 3), textcoords="offset points")  # fmt: skip
-    a.set_xlabel("theory: needles reachable in L (filled) / L-1 (hollow) layers")
-    a.set_ylabel("passkey exact match")
+    for (pat, layers), group in sorted(groups.items()):
+        s = np.asarray([stats(r) for r in group])
+        x, acc_r, acc, acc_u = s[:, 0].mean(), s[:, 1].mean(), s[:, 3].mean(), np.nan
+        if not np.isnan(s[:, 2]).all():  # some seed has unreachable needles
+            acc_u = np.nanmean(s[:, 2])
+        color = f"C{patterns.index(pat)}"
+        a.scatter([x], [acc_r], color=color, s=30)
+        a.scatter([x], [acc], facecolors="none", edgecolors=color, s=30)
+        if not np.isnan(acc_u):
+            a.scatter([x], [acc_u], color=color, marker="x", s=30)
+        a.annotate(f"{pat} L={layers}", (x, acc_r), fontsize=7, xytext=(3, 3),
+                   textcoords="offset points")  # fmt: skip
+    for marker, label in (("o", "reachable needles"), ("x", "unreachable needles")):
+        a.scatter([], [], color="0.4", marker=marker, label=f"exact match on {label}")
+    a.scatter([], [], facecolors="none", edgecolors="0.4", label="exact match, all needles")
+    a.legend(fontsize=7, loc="upper left")
+    a.set_xlabel(f"theory: fraction of needles reachable in L layers ({n} tokens)")
+    a.set_ylabel(f"exact match at {n} (mean over seeds)")
     a.set_xlim(-0.03, 1.05)
     a.set_ylim(-0.03, 1.05)
     a.set_title("retrieval vs receptive field")
 
-    power = sorted(
-        (r for r in results["runs"].values()
-         if r["pattern"] == "power" and r["part"] in ("main", "layers")),
-        key=lambda r: r["layers"],
-    )  # fmt: skip
-    if power:
-        # Every length all these runs were scored at, on the model at the end of that
-        # length's stage (falls back to the final models' longest length).
-        staged = set.intersection(*(set(r.get("stage_eval", {})) for r in power))
-        lengths = sorted((n for n in staged if int(n) >= 1024), key=int)
-        if lengths:
-            scored = [(n, {id(r): r["stage_eval"][n] for r in power}) for n in lengths]
-        else:
-            top = max(power[-1]["eval"], key=int)
-            scored = [(top, {id(r): r["eval"][top] for r in power if top in r["eval"]})]
-        for c, (n, evs) in enumerate(scored):
-            color = f"C{c}"
-            within = evs[id(power[-1])].get("reachable_within", [])
-            m.plot(np.arange(1, len(within) + 1), within, "--", color=color, lw=1,
-                   label=f"theory at {n}: reachable in L layers")  # fmt: skip
-            acc = [(r["layers"], evs[id(r)]["accuracy"]) for r in power if id(r) in evs]
-            xs = sorted({x for x, _ in acc})
-            ys = [np.mean([y for x2, y in acc if x2 == x]) for x in xs]  # mean over seeds
-            m.plot(xs, ys, "o-", color=color, label=f"power at {n}: exact match (mean)")
-            if len(acc) > len(xs):
-                m.scatter(*zip(*acc, strict=True), s=10, color=color, alpha=0.5)
+    drawn = False
+    for pat in _FIG1B:
+        mine = sorted(((layers, g) for (q, layers), g in groups.items() if q == pat),
+                      key=lambda t: t[0])  # fmt: skip
+        if not mine:
+            continue
+        drawn, color = True, f"C{patterns.index(pat)}"
+        within = mine[-1][1][0]["eval"][n].get("reachable_within", [])
+        m.plot(np.arange(1, len(within) + 1), within, "--", color=color, lw=1,
+               label=f"{pat}: reachable in L layers (theory)")  # fmt: skip
+        xs = [layers for layers, _ in mine]
+        ys = [np.mean([stats(r)[3] for r in g]) for _, g in mine]
+        m.plot(xs, ys, "o-", color=color, label=f"{pat}: exact match (mean over seeds)")
+        for layers, g in mine:
+            m.scatter([layers] * len(g), [stats(r)[3] for r in g], s=10, color=color, alpha=0.5)
+    if drawn:
         m.set_xlabel("layers L")
-        m.set_ylabel("exact match / reachable fraction")
+        m.set_ylabel(f"exact match / reachable fraction at {n}")
         m.set_ylim(-0.03, 1.05)
         m.legend(fontsize=6)
-        m.set_title("power by number of layers" + (" (end of each stage)" if lengths else ""))
+        m.set_title("by number of layers (the paper's Figure 1b)")
     else:
         m.axis("off")
 
     layers = None
-    for r in results["runs"].values():
+    for r in runs:
         if r["part"] != "main":
             continue
-        ev = r["eval"][max(r["eval"], key=int)]
+        ev = r["eval"][n]
         nh = np.asarray(ev["needle_hops"])
         c = np.asarray(ev["correct"], dtype=float)
         nh = np.where(nh < 0, 99, nh)  # never reachable -> a bin on the right
@@ -190,11 +212,10 @@ def plot_reach(results: dict[str, Any], path: Path) -> None:
         layers = r["layers"]
     if layers is not None:
         b.axvline(layers + 0.5, color="k", ls=":", lw=1)
-        b.set_title(f"accuracy by needle hops (model has {layers} layers)")
+        b.set_title(f"main runs at {n}: by needle hops (models have {layers} layers)")
+        b.legend(fontsize=6, ncol=2)
     b.set_xlabel("hops the needle needs (17 = never)")
     b.set_ylabel("exact match")
-    if b.get_legend_handles_labels()[0]:  # no main runs: nothing to label
-        b.legend(fontsize=7)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
 

@@ -196,6 +196,13 @@ def _difference(results, part, p, q, lengths, layers=None) -> dict[str, Any] | N
     return bootstrap([a, b], [1.0, -1.0])
 
 
+def training_length(runs: list[dict[str, Any]]) -> int:
+    """The longest length the main runs trained at (every run's if there are no main runs;
+    0 for none): where the claims about "the training length" are judged."""
+    main = [r for r in runs if r["part"] == "main"] or runs
+    return max(r["config"]["stages"][-1]["seq_len"] for r in main) if main else 0
+
+
 def incomplete_runs(results: dict[str, Any]) -> list[str]:
     """Runs that stopped before their last planned step (``--deadline``): their final model
     missed the end of the schedule (with ``wsd``, some or all of the cool-down), so no
@@ -439,8 +446,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
     check_same_documents(results)
     cut = incomplete_runs(results)
     runs = [r for n, r in results["runs"].items() if n not in cut]
-    main = [r for r in runs if r["part"] == "main"] or runs
-    train_len = max(r["config"]["stages"][-1]["seq_len"] for r in main) if main else 0
+    train_len = training_length(runs)
     cells = []
     for r in runs:
         for n, ev in sorted(r["eval"].items(), key=lambda t: int(t[0])):
@@ -457,7 +463,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
                     "reachable_total": int((m & reach).sum()),
                     "reachable_correct": int((m & reach & c).sum()),
                 })  # fmt: skip
-    block = main[0]["config"]["task"]["block_size"] if main else None
+    block = runs[0]["config"]["task"]["block_size"] if runs else None
     return {
         "train_len": train_len,
         "block_size": block,
