@@ -5,7 +5,9 @@ holes), so the pattern's blocks are counted over the real tokens -- the position
 ``generate`` gives them -- and a padded row equals its unpadded sequence. A query at a padded
 position attends what the real token before it attends (with ``full``: the real keys before
 it, as sdpa; right-padded ``generate`` reads its first token there), one single-query call per
-padded query; with no real token before it, it has no key and gives 0, as sdpa.
+padded query; with no real token before it, it has no key and gives 0, as sdpa. Prefill and
+training whose rows each hold one run of real tokens (left, right or both-ends padding) run
+the real queries of all rows in one call (:func:`_run_rotated`).
 
 Static caches: the keys tensor is the whole pre-allocated cache; only the first ``used`` slots
 are written (the mask function says how many). Without padding the mask function hands over the
@@ -104,6 +106,8 @@ def _run(route: LayerRoute, q, k, v, plan: KeyPlan | None, scale, weights: bool)
     B, Hq, Sq, _ = q.shape
     Sk = k.shape[2]
     used = Sk if plan is None else plan.used
+    if plan is not None and plan.runs is not None and not weights:
+        return _run_rotated(route, q, k, v, plan, scale), None
     if plan is None or plan.rows is None:
         out = _attend_prefix(route, q, k, v, used, scale)
         if not weights:
@@ -127,6 +131,46 @@ def _run(route: LayerRoute, q, k, v, plan: KeyPlan | None, scale, weights: bool)
     return torch.stack(rows_out), w
 
 
+def _run_rotated(route: LayerRoute, q, k, v, plan: KeyPlan, scale) -> torch.Tensor:
+    """Output ``(B, Hq, Sq, D)`` when the queries are all the slots and each row's real
+    tokens are one run (``plan.runs``): every row rotated so that its run starts at slot 0,
+    one operator call for the real queries of all rows (a real query of rank ``j`` attends
+    ranks ``<= j``: real keys only), rotated back; padded queries before the run give 0, those
+    after it attend as the last real token (:func:`_pad_run`, one call per padded row)."""
+    lay, S = plan.runs, q.shape[2]
+
+    def rotate(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        # (B, H, S, D): position j of row b <- slot index[b, j]
+        return x.gather(2, index[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))
+
+    qr, kr, vr = (rotate(x[:, :, :S], lay.order) for x in (q, k, v))
+    out = rotate(_attend(route, qr, kr, vr, scale), lay.back)
+    out = torch.where(lay.real[:, None, :, None], out, 0)  # (B, Hq, S, D)
+    pads = [
+        _pad_run(route, q[r.row], k[r.row][:, r.keys], v[r.row][:, r.keys], run, scale)
+        for r in plan.rows
+        for run in r.pad_runs
+    ]
+    if not pads:
+        return out
+    vals = torch.cat(pads, dim=1).transpose(0, 1)  # (P, Hq, D)
+    out = out.transpose(1, 2).index_put((lay.pad_rows, lay.pad_slots), vals)
+    return out.transpose(1, 2)
+
+
+def _pad_run(route, qb, kb, vb, run: tuple[int, int, int], scale) -> torch.Tensor:
+    """Padded queries ``start..stop-1`` of one row (``qb (Hq, Sq, D)``, its real keys ``kb,
+    vb (Hkv, n, D)``) that attend what its real token of rank ``rank`` attends: ``(Hq,
+    stop - start, D)``. Each padded query is its own batch entry: a query at the position of
+    that token, over the real keys up to it."""
+    start, stop, rank = run
+    n = stop - start
+    qp = qb[:, start:stop].transpose(0, 1)[:, :, None]  # (n, Hq, 1, D)
+    kp = kb[None, :, : rank + 1].expand(n, -1, -1, -1)
+    vp = vb[None, :, : rank + 1].expand(n, -1, -1, -1)
+    return _attend(route, qp, kp, vp, scale)[:, :, 0].transpose(0, 1)  # (Hq, n, D)
+
+
 def _padded_row(route, q, k, v, r: RowPlan, pattern: Pattern, scale, w) -> torch.Tensor:
     """Row ``r.row``'s output ``(Hq, Sq, D)``, computed on its real tokens only; fills its
     weights into ``w`` when given."""
@@ -142,15 +186,12 @@ def _padded_row(route, q, k, v, r: RowPlan, pattern: Pattern, scale, w) -> torch
                 qr[None], kb[None], pattern, scale
             )[0]
     for start, stop, rank in r.pad_runs:
-        # Each padded query as its own batch entry: a query at the position of the real
-        # token of rank ``rank``, over the real keys up to it.
-        n = stop - start
-        qp = qb[:, start:stop].transpose(0, 1)[:, :, None]  # (n, Hq, 1, D)
-        kp = kb[None, :, : rank + 1].expand(n, -1, -1, -1)
-        vp = vb[None, :, : rank + 1].expand(n, -1, -1, -1)
-        res = _attend(route, qp, kp, vp, scale)  # (n, Hq, 1, D)
-        out = _place(out, slice(start, stop), res[:, :, 0].transpose(0, 1))
+        out = _place(
+            out, slice(start, stop), _pad_run(route, qb, kb, vb, (start, stop, rank), scale)
+        )
         if w is not None:
+            qp = qb[:, start:stop].transpose(0, 1)[:, :, None]  # (n, Hq, 1, D)
+            kp = kb[None, :, : rank + 1].expand(stop - start, -1, -1, -1)
             wp = attention_weights(qp, kp, pattern, scale)[:, :, 0]  # (n, Hq, rank + 1)
             w[r.row][:, start:stop, ki[: rank + 1]] = wp.transpose(0, 1)
     return out

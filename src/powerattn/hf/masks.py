@@ -48,16 +48,66 @@ class RowPlan:
 
 
 @dataclass(frozen=True)
+class RunLayout:
+    """Index tensors (on the mask's device) for a forward whose queries are all ``used`` key
+    slots and whose rows each hold their real tokens as one contiguous run (or none): they
+    rotate every row so that its run starts at slot 0, one operator call for all real queries.
+
+    ``order[b, j]`` is the slot read at rank position ``j`` (``(start_b + j) % used``),
+    ``back`` the inverse rotation, ``real[b, j]`` whether slot ``j`` holds a real token;
+    ``pad_rows, pad_slots`` (P,) list the padded queries that follow a real token (right
+    padding), in the order of ``KeyPlan.rows`` and their ``pad_runs``.
+
+    ::
+
+        slots   p p a b c p        (left and right padding, start 2, count 3)
+        order   2 3 4 5 0 1   ->   a b c p p p   (rank j at position j; the rest is never
+                                                  attended by a real query: causality)
+    """
+
+    order: torch.Tensor
+    back: torch.Tensor
+    real: torch.Tensor
+    pad_rows: torch.Tensor
+    pad_slots: torch.Tensor
+
+    @classmethod
+    def build(
+        cls,
+        starts: list[int],
+        counts: list[int],
+        pads: list[tuple[int, int]],
+        used: int,
+        device: torch.device,
+    ) -> RunLayout:
+        """From each row's run ``(starts[b], counts[b])`` and the ``(row, slot)`` of each
+        right-padded query (host lists; one transfer each)."""
+        start, count = torch.tensor([starts, counts], device=device)  # (B,) each
+        j = torch.arange(used, device=device)
+        pad = torch.tensor(pads, dtype=torch.long, device=device).reshape(-1, 2)
+        return cls(
+            order=(start[:, None] + j) % used,
+            back=(j - start[:, None]) % used,
+            real=(j >= start[:, None]) & (j < (start + count)[:, None]),
+            pad_rows=pad[:, 0],
+            pad_slots=pad[:, 1],
+        )
+
+
+@dataclass(frozen=True)
 class KeyPlan:
     """Which key slots of a forward are real, for queries that are the last ``q_len`` of the
     first ``used`` slots. ``rows is None``: every slot in use is real (a static cache without
     padding); otherwise ``full_rows`` lists the rows without padding (run as one batch) and
-    ``rows`` the others."""
+    ``rows`` the others. ``runs`` is set when the queries are all the slots and every row's
+    real tokens are one contiguous run or none (left, right or both-ends padding: prefill and
+    training), else ``None``."""
 
     used: int
     q_len: int
     full_rows: tuple[int, ...]
     rows: tuple[RowPlan, ...] | None
+    runs: RunLayout | None = None
 
     @classmethod
     def from_mask(cls, valid: torch.Tensor, q_len: int) -> KeyPlan:
@@ -73,6 +123,8 @@ class KeyPlan:
         counts = host.sum(dim=1).tolist()
         full, rows = [], []
         q_start = used - q_len  # slot of query 0
+        starts = [0] * len(counts)  # each row's run, while every row has at most one
+        one_run = q_len == used
         for b, count in enumerate(counts):
             if count == used:
                 full.append(b)
@@ -82,11 +134,22 @@ class KeyPlan:
             if count and int(slots[-1] - slots[0]) + 1 == count:  # one contiguous run
                 s, e = int(slots[0]), int(slots[-1]) + 1
                 keys, queries = slice(s, e), slice(e - n_q - q_start, e - q_start)
+                starts[b] = s
             else:
                 keys = slots.to(valid.device)
                 queries = (slots[count - n_q :] - q_start).to(valid.device)
+                one_run = one_run and not count
             rows.append(RowPlan(b, keys, queries, n_q, _pad_runs(host[b], q_start)))
-        return cls(used, q_len, tuple(full), tuple(rows))
+        runs = None
+        if one_run:
+            pads = [
+                (r.row, i)
+                for r in rows
+                for start, stop, _ in r.pad_runs
+                for i in range(start, stop)
+            ]
+            runs = RunLayout.build(starts, counts, pads, used, valid.device)
+        return cls(used, q_len, tuple(full), tuple(rows), runs)
 
 
 def _pad_runs(valid: torch.Tensor, q_start: int) -> tuple[tuple[int, int, int], ...]:

@@ -1,0 +1,195 @@
+"""Padded prefill and training in one operator call per layer (``KeyPlan.runs``): every row's
+real tokens one run, the queries all the slots.
+
+The rotated path is checked against the row-by-row path it replaces (the same plan with
+``runs=None``): real queries within the tolerance rule (float64 row-by-row reference, error at
+most 2x -- gradients 3x -- that of the float32 row-by-row path, plus the rounding floor),
+padded queries bitwise (the same computation: 0, or the same single-query calls).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import hf_models as H
+import pytest
+import torch
+
+import powerattn.hf as pt
+import powerattn.hf.attention as A
+from powerattn import get_pattern
+from powerattn.hf.masks import KeyPlan
+from powerattn.hf.settings import LayerRoute
+from powerattn.testing import FORWARD_FACTOR, GRADIENT_FACTOR, check_close, reduction_terms
+
+USED = 37  # no block size below divides it, nor the runs' lengths
+# (start, count) of each row's real run: left, right, both ends, fully padded, one token
+# with padding after it, one token at the end, unpadded.
+RUNS = [(9, 28), (0, 23), (4, 16), (0, 0), (30, 1), (36, 1), (0, USED)]
+PATTERNS = {
+    "power": get_pattern("power", block_size=5, window=2, sink=1),
+    "sliding_window": get_pattern("sliding_window", block_size=3, window=3, sink=1),
+    "stride_slash": get_pattern("stride_slash", block_size=4, window=2, sink=1, stride=3),
+    "kept_full": None,  # a layer kept full: PyTorch's causal SDPA
+}
+
+
+def _mask(runs=RUNS, used: int = USED) -> torch.Tensor:
+    valid = torch.zeros(len(runs), used, dtype=torch.bool)
+    for b, (start, count) in enumerate(runs):
+        valid[b, start : start + count] = True
+    return valid
+
+
+def _qkv(batch: int, hq: int, hkv: int, seed: int = 0, d: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, hq, USED, d, generator=g, dtype=torch.float64)
+    k = torch.randn(batch, hkv, USED, d, generator=g, dtype=torch.float64)
+    v = torch.randn(batch, hkv, USED, d, generator=g, dtype=torch.float64)
+    return q, k, v
+
+
+def _out(route, plan, xs, dtype, grad: bool = True):
+    """``(out, leaves)``: ``_run``'s output for leaf copies of ``xs`` in ``dtype``."""
+    leaves = [x.detach().to(dtype).requires_grad_(grad) for x in xs]
+    out, w = A._run(route, *leaves, plan, 0.3, False)
+    assert w is None
+    return out, leaves
+
+
+def test_plan_has_runs_only_for_one_run_per_row_and_all_queries():
+    valid = _mask()
+    plan = KeyPlan.from_mask(valid, USED)
+    assert plan.runs is not None
+    real = plan.runs.real
+    assert torch.equal(real, valid)
+    for b in range(len(RUNS)):  # rotated: the run first, in order
+        start, count = RUNS[b]
+        assert plan.runs.order[b, :count].tolist() == list(range(start, start + count))
+        assert torch.equal(plan.runs.order[b][plan.runs.back[b]], torch.arange(USED))
+    rows, slots = plan.runs.pad_rows.tolist(), plan.runs.pad_slots.tolist()
+    after = [(b, i) for b, (s, n) in enumerate(RUNS) if n for i in range(s + n, USED)]
+    assert sorted(zip(rows, slots, strict=True)) == after
+    assert KeyPlan.from_mask(valid, USED - 1).runs is None  # a chunk continuing a cache
+    holes = valid.clone()
+    holes[0, 20] = False
+    assert KeyPlan.from_mask(holes, USED).runs is None
+    assert KeyPlan.from_mask(torch.ones(2, USED, dtype=torch.bool), USED).runs is None
+
+
+@pytest.mark.parametrize("name", list(PATTERNS))
+@pytest.mark.parametrize("heads", [(4, 2), (2, 2)], ids=["gqa", "mha"])
+def test_rotated_equals_row_by_row(name, heads):
+    """Outputs and gradients of the one-call path against the row-by-row path (dense
+    backend): real queries within the tolerance rule, padded queries bitwise."""
+    route = LayerRoute(PATTERNS[name], "dense", None)
+    valid = _mask()
+    plan = KeyPlan.from_mask(valid, USED)
+    rows = dataclasses.replace(plan, runs=None)
+    xs = _qkv(len(RUNS), *heads)
+    out, leaves = _out(route, plan, xs, torch.float32)
+    base, base_leaves = _out(route, rows, xs, torch.float32)
+    ref, ref_leaves = _out(route, rows, xs, torch.float64)
+    terms = reduction_terms(xs[0], xs[1])
+    real = valid[:, None, :, None].expand_as(out)
+    r = check_close(out[real], ref[real], base[real], FORWARD_FACTOR, terms["out"])
+    assert r["ok"], r
+    assert torch.equal(out[~real], base[~real])
+
+    dout = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    grads = torch.autograd.grad(out, leaves, dout.float())
+    base_grads = torch.autograd.grad(base, base_leaves, dout.float())
+    ref_grads = torch.autograd.grad(ref, ref_leaves, dout)
+    for g_name, g, gb, gr in zip(("dq", "dk", "dv"), grads, base_grads, ref_grads, strict=True):
+        r = check_close(g, gr, gb, GRADIENT_FACTOR, terms[g_name])
+        assert r["ok"], (g_name, r)
+    pad_q = ~valid[:, None, :, None].expand_as(grads[0])
+    assert torch.equal(grads[0][pad_q], base_grads[0][pad_q])  # padded queries: bitwise
+
+
+def test_rotated_flex_forward_equals_row_by_row():
+    """The FlexAttention backend (forward only: no CPU backward) in one call: real queries
+    within the tolerance of the float64 row-by-row reference (float32 row-by-row on the dense
+    backend as the same-precision baseline: FlexAttention compiles per shape on the CPU, ~5 s
+    each), padded queries equal to the row-by-row flex path's."""
+    pattern = PATTERNS["power"]
+    runs = [(9, 28), (0, 0), (0, USED), (2, 33)]  # left, fully padded, unpadded, both ends
+    valid = _mask(runs)
+    plan = KeyPlan.from_mask(valid, USED)
+    rows = dataclasses.replace(plan, runs=None)
+    xs = _qkv(len(runs), 4, 2, seed=1)
+    out, _ = _out(LayerRoute(pattern, "flex", None), plan, xs, torch.float32, grad=False)
+    dense = LayerRoute(pattern, "dense", None)
+    base, _ = _out(dense, rows, xs, torch.float32, grad=False)
+    ref, _ = _out(dense, rows, xs, torch.float64, grad=False)
+    real = valid[:, None, :, None].expand_as(out)
+    r = check_close(out[real], ref[real], base[real], FORWARD_FACTOR, USED)
+    assert r["ok"], r
+    torch.testing.assert_close(out[~real], base[~real])  # 0, or single-query calls
+
+
+def _count_calls(monkeypatch) -> list[int]:
+    """Patch the operator call of the hf attention; returns the list of call batch sizes."""
+    calls: list[int] = []
+    attend = A._attend
+
+    def counting(route, q, *args, **kwargs):
+        calls.append(q.shape[0])
+        return attend(route, q, *args, **kwargs)
+
+    monkeypatch.setattr(A, "_attend", counting)
+    return calls
+
+
+def _batch(side: str):
+    seqs = [H.ids(1, n, seed=30 + n)[0] for n in (41, 29, 1, 41)]
+    return H.padded(seqs, side)
+
+
+def test_left_padded_prefill_is_one_call_per_layer(monkeypatch):
+    """Left-padded prefill (what ``generate`` runs): one operator call per layer for the
+    whole batch, kept-full layers included; right padding adds one call per right-padded row
+    (its padded queries)."""
+    layers = 3
+    model = pt.apply(H.model("llama", layers=layers), "power", full_layers=[1], **H.POWER)
+    calls = _count_calls(monkeypatch)
+    x, mask = _batch("left")
+    with torch.no_grad():
+        model(x, attention_mask=mask, position_ids=H.positions(mask))
+    assert calls == [4] * layers
+    calls.clear()
+    x, mask = _batch("right")
+    with torch.no_grad():
+        model(x, attention_mask=mask, position_ids=H.positions(mask))
+    assert len(calls) == layers * (1 + 2)  # rows 1 and 2 have padding after their tokens
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_model_logits_and_gradients_equal_row_by_row(side, monkeypatch):
+    """A float64 model trained on a padded batch: logits and parameter gradients of the
+    one-call path equal those of the row-by-row path to float64 rounding."""
+    base = H.model("qwen2", dtype=torch.float64)
+    x, mask = _batch(side)
+    pos = H.positions(mask)
+
+    def run(model):
+        model = pt.apply(model, "power", **H.POWER).train()
+        logits = model(x, attention_mask=mask, position_ids=pos).logits
+        logits.square().mean().backward()
+        return logits.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+    calls = _count_calls(monkeypatch)
+    logits, grads = run(copy.deepcopy(base))
+    one_call = len(calls)
+    from_mask = KeyPlan.from_mask.__func__
+    monkeypatch.setattr(
+        KeyPlan,
+        "from_mask",
+        classmethod(lambda cls, v, q: dataclasses.replace(from_mask(cls, v, q), runs=None)),
+    )
+    rows_logits, rows_grads = run(copy.deepcopy(base))
+    assert one_call < len(calls) - one_call  # the second run took the row-by-row path
+    torch.testing.assert_close(logits, rows_logits, rtol=1e-12, atol=1e-12)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, rows_grads[name], rtol=1e-10, atol=1e-12, msg=name)
