@@ -27,6 +27,8 @@ USED = 37  # no block size below divides it, nor the runs' lengths
 # (start, count) of each row's real run: left, right, both ends, fully padded, one token
 # with padding after it, one token at the end, unpadded.
 RUNS = [(9, 28), (0, 23), (4, 16), (0, 0), (30, 1), (36, 1), (0, USED)]
+# Right padding only (every run starts at slot 0: no rotation), a fully padded row included.
+RIGHT = [(0, 28), (0, 23), (0, 0), (0, 1), (0, USED)]
 PATTERNS = {
     "power": get_pattern("power", block_size=5, window=2, sink=1),
     "sliding_window": get_pattern("sliding_window", block_size=3, window=3, sink=1),
@@ -80,14 +82,16 @@ def test_plan_has_runs_only_for_one_run_per_row_and_all_queries():
 
 @pytest.mark.parametrize("name", list(PATTERNS))
 @pytest.mark.parametrize("heads", [(4, 2), (2, 2)], ids=["gqa", "mha"])
-def test_rotated_equals_row_by_row(name, heads):
+@pytest.mark.parametrize("runs", [RUNS, RIGHT], ids=["mixed", "right"])
+def test_rotated_equals_row_by_row(name, heads, runs):
     """Outputs and gradients of the one-call path against the row-by-row path (dense
     backend): real queries within the tolerance rule, padded queries bitwise."""
     route = LayerRoute(PATTERNS[name], "dense", None)
-    valid = _mask()
+    valid = _mask(runs)
     plan = KeyPlan.from_mask(valid, USED)
+    assert plan.runs.shifted == (runs is RUNS)
     rows = dataclasses.replace(plan, runs=None)
-    xs = _qkv(len(RUNS), *heads)
+    xs = _qkv(len(runs), *heads)
     out, leaves = _out(route, plan, xs, torch.float32)
     base, base_leaves = _out(route, rows, xs, torch.float32)
     ref, ref_leaves = _out(route, rows, xs, torch.float64)

@@ -143,8 +143,11 @@ def _run_rotated(route: LayerRoute, q, k, v, plan: KeyPlan, scale) -> torch.Tens
         # (B, H, S, D): position j of row b <- slot index[b, j]
         return x.gather(2, index[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))
 
-    qr, kr, vr = (rotate(x[:, :, :S], lay.order) for x in (q, k, v))
-    out = rotate(_attend(route, qr, kr, vr, scale), lay.back)
+    if lay.shifted:
+        qr, kr, vr = (rotate(x[:, :, :S], lay.order) for x in (q, k, v))
+        out = rotate(_attend(route, qr, kr, vr, scale), lay.back)
+    else:  # every run starts at slot 0 (right padding): nothing to rotate
+        out = _attend_prefix(route, q, k, v, S, scale)
     out = torch.where(lay.real[:, None, :, None], out, 0)  # (B, Hq, S, D)
     pads = [
         _pad_run(route, q[r.row], k[r.row][:, r.keys], v[r.row][:, r.keys], run, scale)

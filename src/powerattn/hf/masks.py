@@ -56,7 +56,8 @@ class RunLayout:
     ``order[b, j]`` is the slot read at rank position ``j`` (``(start_b + j) % used``),
     ``back`` the inverse rotation, ``real[b, j]`` whether slot ``j`` holds a real token;
     ``pad_rows, pad_slots`` (P,) list the padded queries that follow a real token (right
-    padding), in the order of ``KeyPlan.rows`` and their ``pad_runs``.
+    padding), in the order of ``KeyPlan.rows`` and their ``pad_runs``; ``shifted`` says
+    whether some run starts after slot 0 (else the rotation is the identity: right padding).
 
     ::
 
@@ -70,6 +71,7 @@ class RunLayout:
     real: torch.Tensor
     pad_rows: torch.Tensor
     pad_slots: torch.Tensor
+    shifted: bool
 
     @classmethod
     def build(
@@ -91,6 +93,7 @@ class RunLayout:
             real=(j >= start[:, None]) & (j < (start + count)[:, None]),
             pad_rows=pad[:, 0],
             pad_slots=pad[:, 1],
+            shifted=any(starts),
         )
 
 
