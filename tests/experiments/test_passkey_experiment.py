@@ -108,8 +108,13 @@ def test_a_run_that_dies_resumes_its_checkpoint_on_the_fallback(tmp_path, capsys
     assert rc == 0
     run = json.loads((out / "results.json").read_text())["runs"]["main-power"]
     assert run["backend"] == "sdpa_mask" and run["steps_done"] == run["steps_planned"]
-    assert "retrying main-power" in capsys.readouterr().out
+    retry = [x for x in capsys.readouterr().out.splitlines() if "retrying main-power" in x]
+    assert len(retry) == 1
     assert run["resumed_from"] == 2
+    # The retry line says why: the failure's exception, read from the kept log.
+    failed = (out / "runs" / "main-power" / "log_failed.txt").read_text()
+    why = retry[0].split("fallback (", 1)[1].rstrip(")")
+    assert why.split(":")[0].endswith(("Error", "Exception")) and why in failed, retry[0]
 
 
 def _token_hops(pattern, seq_len: int, query: int) -> np.ndarray:

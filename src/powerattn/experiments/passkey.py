@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -500,6 +501,18 @@ def _train_one(spec: RunSpec, out: Path, preset: Preset, stop_time: float | None
         raise SystemExit(EXIT_CHECKPOINT_MISMATCH) from None
 
 
+def _last_error(log: Path) -> str:
+    """The last line of a failed run's log that names an exception (what the driver's retry
+    message says, so that a call's output tells why without unpacking its logs)."""
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    errors = [
+        x.strip()
+        for x in lines
+        if re.match(r"^[\w.]+(Error|Exception|Exit|Interrupt|Hit)\b", x.strip())
+    ]
+    return (errors or ["no exception in its log"])[-1][:300]
+
+
 def _run_parallel(
     specs: list[RunSpec], out: Path, preset: Preset, jobs: int, stop_time: float | None
 ) -> None:
@@ -535,7 +548,8 @@ def _run_parallel(
             (run_dir / "log.txt").rename(run_dir / "log_failed.txt")
             if not (run_dir / CHECKPOINT).exists():
                 clear_run(run_dir)  # no metrics or config of the failed attempt to append to
-            print(f"== retrying {spec.name} on the {SDPA_MASK} fallback", flush=True)
+            why = _last_error(run_dir / "log_failed.txt")
+            print(f"== retrying {spec.name} on the {SDPA_MASK} fallback ({why})", flush=True)
             cfg = dataclasses.replace(spec.config, backend=SDPA_MASK)
             return job(dataclasses.replace(spec, config=cfg))
         if code:
