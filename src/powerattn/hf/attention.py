@@ -27,7 +27,7 @@ from ..ops.api import DECODE_MAX_Q, sparse_attention
 from ..ops.dense import sdpa_attention
 from ..ops.kvcache import sparse_attention_with_kvcache
 from ..patterns import Pattern, get_pattern
-from .masks import PACKED_MESSAGE, KeyPlan, RowPlan, plan_of
+from .masks import KeyPlan, RowPlan, plan_of, refuse_packed_positions
 from .settings import LayerRoute, layer_route
 
 _FULL = get_pattern("full")  # the layers kept full, where an operator takes a pattern
@@ -221,10 +221,8 @@ def _check_positions(position_ids: torch.Tensor) -> None:
     transformers detects only without a cache (``use_cache`` defaults to True). Only for
     unpadded prefill and training (generate's left-padded position ids repeat); skipped
     under ``torch.compile``."""
-    if torch.compiler.is_compiling() or position_ids.shape[-1] < 2:
-        return
-    if bool((position_ids.diff(dim=-1) != 1).any()):
-        raise NotImplementedError(PACKED_MESSAGE)
+    if not torch.compiler.is_compiling():
+        refuse_packed_positions(position_ids)
 
 
 def attention_forward(

@@ -281,10 +281,15 @@ def _check_packed_is_one_sequence(mask_function: Callable) -> None:
             "modified mask (a bidirectional or sliding mask, or an or/and mask overlay)"
         )
     seq_ids, positions = parts
-    one = bool((seq_ids == seq_ids[:, :1]).all())
-    if one and positions is not None and positions.shape[-1] > 1:
-        one = bool((positions.diff(dim=-1) == 1).all())  # the remapped causal mask is causal
-    if not one:
+    if not bool((seq_ids == seq_ids[:, :1]).all()):
+        raise NotImplementedError(PACKED_MESSAGE)
+    if positions is not None:  # the remapped causal mask is causal
+        refuse_packed_positions(positions)
+
+
+def refuse_packed_positions(position_ids: torch.Tensor) -> None:
+    """Refuse position ids that do not count up by one along a row (packed sequences)."""
+    if position_ids.shape[-1] > 1 and bool((position_ids.diff(dim=-1) != 1).any()):
         raise NotImplementedError(PACKED_MESSAGE)
 
 
