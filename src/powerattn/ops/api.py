@@ -59,9 +59,23 @@ def _pick_backend(
 _any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
 
 
+# Device types with autocast, asked once: Dynamo (torch 2.11) cannot trace
+# torch.amp.is_autocast_available, while torch.is_autocast_enabled folds to a constant.
+_AUTOCAST_DEVICES = frozenset(
+    d for d in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia") if torch.amp.is_autocast_available(d)
+)
+
+
 def _autocast_on(q: torch.Tensor) -> bool:
     dev = q.device.type
-    return torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)
+    if dev in _AUTOCAST_DEVICES:
+        return torch.is_autocast_enabled(dev)
+    # Another backend (a registered privateuse1 device): asked eagerly; not traceable.
+    return (
+        not torch.compiler.is_compiling()
+        and torch.amp.is_autocast_available(dev)
+        and torch.is_autocast_enabled(dev)
+    )
 
 
 def sparse_attention(

@@ -470,6 +470,10 @@ def flex_sparse_attention(
     on_cpu = q.device.type == "cpu"
     if on_cpu and need_lse:
         raise ValueError("backend='flex' cannot return the lse on the CPU")
+    if on_cpu and (k is q or v is q or v is k):
+        # torch 2.11's CPU lowering refuses one tensor as two of q, k, v ("Unsupported for
+        # now if query, key, value are the same buffer"): a copy, on the CPU only.
+        k, v = (k.clone() if k is q else k), (v.clone() if v is q or v is k else v)
     # Blocks that are multiples of the tile but an offset that is not (decode-like chunks):
     # prepend zero queries so that tiles align again; their rows are dropped below.
     pad = 0
