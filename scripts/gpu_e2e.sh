@@ -6,7 +6,7 @@
 #      first), variants $VARIANTS (default full power), DECODE_STEPS DynamicCache decode
 #      steps; then StaticCache decode steps (eager and CUDA graph) at batch 1 and 8;
 #   3. torch.profiler of power (prefill + 8 decode steps) and full (8 decode steps) at 128K.
-# FlashAttention-4, when its wrappers are on PYTHONPATH (.whl/p/install.sh), is kept there.
+# FlashAttention-4, when its wrappers are on PYTHONPATH (.whl/cN/install.sh, scripts/fa4_split.sh), is kept there.
 # Each (length, variant) is in its own try/except inside the benchmark; the JSON is rewritten
 # after every measurement, so a run cut short keeps what it measured.
 # Usage (repo root, device machine): OUT=/some/dir bash scripts/gpu_e2e.sh

@@ -4,7 +4,7 @@
 # then `powerattn bench kernel` (Qwen2-7B shapes, 8K..128K). Run from the repository root on
 # the GPU machine:
 #     OUT=/tmp/out bash scripts/gpu_kernel.sh [all|tests|bench|diag]
-# With FlashAttention-4 (DEVELOPERS.md: three calls; the third one sources .whl/p/install.sh
+# With FlashAttention-4 (DEVELOPERS.md, scripts/fa4_split.sh: copy calls, then the last one sources .whl/cN/install.sh
 # first, which puts the wheels on PYTHONPATH). Writes env.txt, tests.log, bench.log,
 # kernel.json, summary.json, kernel.png under $OUT.
 set -uo pipefail

@@ -2,7 +2,7 @@
 # One device session on nvidia-h200-x2 that runs the per-area GPU scripts two at a time (one
 # per GPU), then packs everything into one archive (the device returns at most 8 files).
 # From the repository root on the GPU machine, after FlashAttention-4's wrappers are on
-# PYTHONPATH (source .whl/p/install.sh; DEVELOPERS.md):
+# PYTHONPATH (source .whl/cN/install.sh; DEVELOPERS.md):
 #     OUT=$OUT bash scripts/gpu_session.sh B     # GPU0: CUDA suites + bench kernel | GPU1: passkey gate
 #     OUT=$OUT bash scripts/gpu_session.sh C     # GPU0: bench e2e | GPU1: decode checks + timings; then CP on both
 # Each part writes under $WORK/<part>/; $OUT gets session_<phase>.tgz plus the short logs.

@@ -6,8 +6,8 @@
 #   3. scripts/gpu_e2e.sh -- end to end on the Qwen2-7B shape (prefill, DynamicCache and
 #      StaticCache decode at batch 1 and 8), with whatever time is left.
 # Each step runs under its own timeout and leaves its files even when a later one fails.
-# Two calls copy the wheels first (DEVELOPERS.md, scripts/fa4_split.sh), then within ~30 s:
-#   source .whl/p/install.sh && OUT=$OUT bash scripts/gpu_speed.sh [TOTAL_S]   # default 560
+# Copy calls bring the wheels first (DEVELOPERS.md, scripts/fa4_split.sh), then within ~30 s:
+#   source .whl/cN/install.sh && OUT=$OUT bash scripts/gpu_speed.sh [TOTAL_S]   # default 560
 # Writes into $OUT: speed.log, prefill_profile.json, kernel.json, summary.json, kernel.png,
 # e2e.json, e2e.png, logs.tgz (bench.log, env.txt, e2e_log.txt, e2e_profile.txt).
 set -uo pipefail
