@@ -123,8 +123,9 @@ def plot_reach(results: dict[str, Any], path: Path) -> None:
     unreachable ones (x) and over all (hollow; a model that finds exactly the reachable
     needles sits on the dotted diagonal). Middle: power, stride slash and sliding window by
     number of layers: exact match (mean over seeds; small dots: seeds) with the theory's
-    reachable fraction dashed. Right: exact match by the number of hops the needle needs
-    (main runs)."""
+    reachable fraction dashed. Bottom left: exact match by the number of hops the needle
+    needs (main runs). Bottom right: every run of Figure 1b's patterns, its needles split
+    into within L - 1 hops, exactly L hops and beyond L (one dot per run and class)."""
     from .verdicts import incomplete_runs, training_length
 
     cut = set(incomplete_runs(results))
@@ -150,7 +151,7 @@ def plot_reach(results: dict[str, Any], path: Path) -> None:
         return reach.mean(), acc_r, acc_u, ok.mean()
 
     plt = _plt()
-    fig, (a, m, b) = plt.subplots(1, 3, figsize=(18, 4.8))
+    fig, ((a, m), (b, h)) = plt.subplots(2, 2, figsize=(15, 10))
     a.plot([0, 1], [0, 1], "k:", lw=1)
     for (pat, layers), group in sorted(groups.items()):
         s = np.asarray([stats(r) for r in group])
@@ -216,8 +217,41 @@ def plot_reach(results: dict[str, Any], path: Path) -> None:
         b.legend(fontsize=6, ncol=2)
     b.set_xlabel("hops the needle needs (17 = never)")
     b.set_ylabel("exact match")
+    _plot_hop_classes(h, [r for r in runs if r["pattern"] in _FIG1B], n, patterns)
+    fig.tight_layout()
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
+
+
+def _plot_hop_classes(ax, runs: list[dict[str, Any]], n: str, patterns: list[str]) -> None:
+    """Per run, exact match on needles within L - 1 hops, at exactly L hops and beyond L:
+    whether a model uses all L layers for the hop is a per-seed matter (results/passkey)."""
+    classes = ("within L - 1 hops", "exactly L hops", "beyond L (unreachable)")
+    rng = np.random.default_rng(0)  # jitter only
+    drawn = set()
+    for r in sorted(runs, key=lambda r: (r["pattern"], r["layers"])):
+        ev, L = r["eval"][n], r["layers"]
+        nh = np.asarray(ev["needle_hops"])
+        ok = np.asarray(ev["correct"], dtype=float)
+        masks = ((nh >= 0) & (nh < L), nh == L, (nh < 0) | (nh > L))
+        pat = r["pattern"]
+        for i, sel in enumerate(masks):
+            if sel.sum() < 8:  # too few needles of this class to show a rate
+                continue
+            x = i + (_FIG1B.index(pat) - 1) * 0.25 + rng.uniform(-0.06, 0.06)
+            ax.scatter([x], [ok[sel].mean()], s=18 + 4 * L, color=f"C{patterns.index(pat)}",
+                       alpha=0.7, label=None if pat in drawn else pat)  # fmt: skip
+            ax.annotate(str(L), (x, ok[sel].mean()), fontsize=6, xytext=(3, -2),
+                        textcoords="offset points")  # fmt: skip
+            drawn.add(pat)
+    if not drawn:
+        ax.axis("off")
+        return
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylabel(f"exact match at {n}")
+    ax.set_title("every run by hop class (dots: runs; numbers: L)")
+    ax.legend(fontsize=7, loc="center right")
 
 
 def plot_long(results: dict[str, Any], path: Path) -> None:
