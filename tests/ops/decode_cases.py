@@ -156,6 +156,67 @@ def check_batched(name, bs, sq, lens, cap, gqa, dtype, d, fused, device) -> str 
     return None
 
 
+def leftpad_cases() -> list[tuple]:
+    """(pattern, block size, Sq, (start, end) per sequence, cache size, GQA ratio, dtype,
+    fused): left padding (``cache_leftpad``). Starts at, inside and across block
+    boundaries, none, a row shorter than Sq, and a start at its end (no keys)."""
+    return [
+        ("power", 16, 1, [(0, 203), (37, 203), (16, 200), (199, 203), (90, 90)], 203, 4,
+         torch.float32, True),
+        ("power", 32, 3, [(5, 320), (0, 100), (64, 97), (318, 320)], 320, 7, torch.bfloat16,
+         True),
+        ("stride_slash", 16, 2, [(3, 150), (40, 150), (0, 33)], 150, 2, torch.float16, False),
+        ("full", 16, 1, [(20, 100), (0, 100)], 100, 1, torch.float32, True),
+    ]  # fmt: skip
+
+
+def check_leftpad(name, bs, sq, rows, cap, gqa, dtype, fused, device) -> str | None:
+    """Per-sequence starts and ends in one call, through the public operator (a strided
+    cache, as transformers' caches are), each sequence against its own keys' reference."""
+    pattern = _pattern(name, bs)
+    g = torch.Generator().manual_seed(cap + 3 * sq)
+    B, hkv, d = len(rows), 2, 64
+    q = torch.randn(B, hkv * gqa, sq, d, generator=g).to(device, dtype)
+    k = torch.randn(B, cap, hkv, d, generator=g).to(device, dtype).transpose(1, 2)
+    v = torch.randn(B, cap, hkv, d, generator=g).to(device, dtype).transpose(1, 2)
+    starts = torch.tensor([s for s, _ in rows], dtype=torch.int32, device=device)
+    ends = torch.tensor([e for _, e in rows], dtype=torch.int32, device=device)
+    _poison()
+    out, lse = decode.decode_attention(
+        q, k, v, pattern, d**-0.5, fused=fused, cache_seqlens=torch.stack((ends, starts))
+    )
+    tag = f"leftpad {name} bs={bs} sq={sq} rows={rows} gqa={gqa} {dtype} fused={fused}"
+    for b, (s0, e) in enumerate(rows):
+        first = max(sq - (e - s0), 0)  # rows before the sequence's position 0: no keys
+        if first and not (
+            out[b, :, :first].eq(0).all() and lse[b, :, :first].eq(float("-inf")).all()
+        ):
+            return f"{tag}: sequence {b}: rows without keys are not 0 / -inf"
+        if first < sq:
+            sl = slice(first, None)
+            msg = _compare(
+                out[b : b + 1, :, sl], lse[b : b + 1, :, sl], q[b : b + 1, :, sl],
+                k[b : b + 1, :, s0:e], v[b : b + 1, :, s0:e], pattern, dtype, f"{tag} seq {b}",
+            )  # fmt: skip
+            if msg:
+                return msg
+    # The public operator: the same rows (one more launch plan: compared with the reference
+    # tolerance, not bit for bit), and an end past the cache still gives NaN for its row only.
+    pub = sparse_attention_with_kvcache(
+        q, k, v, pattern, cache_seqlens=ends, cache_leftpad=starts.long()
+    )
+    if not torch.allclose(pub.float(), out.float(), atol=FLOOR[dtype] * 20, rtol=1e-2):
+        return f"{tag}: the public operator differs from the kernel call"
+    ends2 = ends.clone()
+    ends2[0] = cap + 1
+    out2, _ = decode.decode_attention(
+        q, k, v, pattern, d**-0.5, fused=fused, cache_seqlens=torch.stack((ends2, starts))
+    )
+    if not (out2[0].isnan().all() and torch.equal(out2[1:], out[1:])):
+        return f"{tag}: an end past the cache should give NaN rows for that sequence only"
+    return None
+
+
 def check_public(device) -> str | None:
     """The public batched operator against per-sequence sparse_attention, int64 lengths."""
     pattern = _pattern("power", 16)
@@ -256,6 +317,7 @@ def main(device: str = "cpu") -> int:
     if os.environ.get("POWERATTN_DECODE_EARLY_V") == "1":  # the kernel variant of the sweep
         decode.EARLY_V_LOAD = True
     runs = [(check, c) for c in cases()] + [(check_batched, c) for c in batched_cases()]
+    runs += [(check_leftpad, c) for c in leftpad_cases()]
     failures = [m for fn, c in runs if (m := fn(*c, device=device))]
     for fn in (check_public, check_compiled, check_steps):
         if m := fn(device):

@@ -45,6 +45,13 @@ def test_decode_batched_cuda(case):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CPU: interpreter test)")
+@pytest.mark.parametrize("case", decode_cases.leftpad_cases(), ids=_ids)
+def test_decode_leftpad_cuda(case):
+    msg = decode_cases.check_leftpad(*case, device="cuda")
+    assert msg is None, msg
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CPU: interpreter test)")
 @pytest.mark.parametrize("fn", [decode_cases.check_public, decode_cases.check_compiled])
 def test_decode_public_and_compiled_cuda(fn):
     msg = fn("cuda")
@@ -186,6 +193,32 @@ def test_kvcache_cpu_path(dtype):
             assert (out[b : b + 1, :, first:].double() - ref).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kvcache_leftpad_cpu_path(dtype):
+    """Left padding without the kernel: sequence b is slots start..end-1, at positions from
+    its start (its blocks are the unpadded sequence's); int ends; a start at the end."""
+    q, k, v, lens = _inputs(dtype, lens=(40, 38, 40, 21))
+    starts = torch.tensor([0, 5, 39, 21], dtype=torch.int32)
+    pattern = get_pattern("power", block_size=4, window=2, sink=1)
+    out, lse = sparse_attention_with_kvcache(
+        q, k, v, pattern, cache_seqlens=lens, cache_leftpad=starts, return_lse=True
+    )
+    for b, (s0, e) in enumerate(zip(starts.tolist(), lens.tolist(), strict=True)):
+        first = max(2 - (e - s0), 0)
+        assert out[b, :, :first].eq(0).all() and lse[b, :, :first].eq(float("-inf")).all()
+        if first < 2:
+            ref = reference_attention(q[b : b + 1, :, first:], k[b : b + 1, :, s0:e],
+                                      v[b : b + 1, :, s0:e], pattern, upcast=True)  # fmt: skip
+            assert (out[b : b + 1, :, first:].double() - ref).abs().max() < 1e-5
+    # Every sequence ending at the cache's end: the int form (and None) give the same.
+    same = [sparse_attention_with_kvcache(q, k, v, pattern, cache_seqlens=n, cache_leftpad=starts)
+            for n in (40, None)]  # fmt: skip
+    want = sparse_attention_with_kvcache(
+        q, k, v, pattern, cache_seqlens=torch.full((4,), 40), cache_leftpad=starts
+    )
+    assert all(torch.equal(x, want) for x in same)
+
+
 def test_kvcache_int_length():
     q, k, v, _ = _inputs()
     ref = reference_attention(q, k[:, :, :30], v[:, :, :30], "power", upcast=True)
@@ -202,6 +235,9 @@ def test_kvcache_int_length():
         (lambda a: {**a, "cache_seqlens": 41}, "must lie in Sq..S_max"),
         (lambda a: {**a, "cache_seqlens": torch.tensor([41, 9, 0])}, "must lie in 0..S_max"),
         (lambda a: {**a, "q": a["q"].requires_grad_()}, "no backward"),
+        (lambda a: {**a, "cache_leftpad": torch.tensor([0, 10, 0])}, r"0..cache_seqlens"),
+        (lambda a: {**a, "cache_leftpad": torch.tensor([0, 1])}, r"cache_leftpad must be a"),
+        (lambda a: {**a, "cache_leftpad": [0, 1, 0]}, "cache_leftpad must be a tensor"),
     ],
 )
 def test_kvcache_refusals(change, match):

@@ -212,6 +212,11 @@ if triton is not None:
             sk = Sk
         bad = sk > Sk_cap  # a length past the cache: NaN output (no sync to raise)
         sk = tl.maximum(tl.minimum(sk, Sk_cap), 0)
+        row0 = 0
+        if HAS_SEQLENS == 2:  # left padding: SEQLENS is (2, B), ends then starts
+            row0 = tl.load(SEQLENS + tl.num_programs(0) // HKV + i_b).to(tl.int32)
+            row0 = tl.maximum(tl.minimum(row0, sk), 0)
+            sk = sk - row0  # the row's keys are slots row0..end-1, its positions 0..sk-1
         q_start = sk - SQ  # absolute position of query 0 (negative: rows without keys)
         qb_first = tl.maximum(q_start, 0) // BS
         n_qb = tl.maximum(sk - 1, 0) // BS - qb_first + 1
@@ -237,6 +242,9 @@ if triton is not None:
         # int64: a (64, 128K, 8, 128) cache is past 2**31 elements.
         k_base = K + i_b.to(tl.int64) * stride_kb + i_h * stride_kh
         v_base = V + i_b.to(tl.int64) * stride_vb + i_h * stride_vh
+        if HAS_SEQLENS == 2:
+            k_base += row0.to(tl.int64) * stride_ks
+            v_base += row0.to(tl.int64) * stride_vs
         o_c = tl.arange(0, BLOCK_N)
         n_units = n_qb * n_slots * CHUNKS
         # Branch-free body (invalid units load nothing): lets Triton pipeline the loads.
@@ -435,7 +443,7 @@ def _plan(
     splits: int | None,
     fused: bool,
     need_lse: bool,
-    has_seqlens: bool,
+    has_seqlens: int,
 ) -> _Plan:
     """The launch plan for a length bucket of ``n_kb`` key blocks (a power of two)."""
     G = Hq // Hkv
@@ -631,7 +639,9 @@ def decode_attention(
             ``cache_seqlens[b]`` keys (``k[b, :, :cache_seqlens[b]]``) and its queries end
             there. A length below ``Sq`` leaves the rows before position 0 without keys
             (output 0, lse -inf); a length above ``Sk`` gives NaN rows (checking would need a
-            host-device synchronisation).
+            host-device synchronisation). ``(2, B)``: ends and starts (left padding, as
+            flash-attn's ``cache_leftpad``): sequence ``b``'s keys are slots
+            ``start..end-1``, at positions ``0..end-start-1`` (a start past the end: no keys).
         need_lse: also compute the lse (else ``None`` is returned for it).
         reuse_buffers: take the launch plan and scratch from the process caches. The custom
             op (compiled code) passes False: under Inductor's CUDA-graph trees even the
@@ -644,7 +654,8 @@ def decode_attention(
     Hkv, Sk = k.shape[1], k.shape[2]
     n_kb = _bucket(Sk, pattern.block_size)
     fused = FUSED if fused is None else fused
-    has_seqlens = cache_seqlens is not None
+    # 0: one length; 1: a length per sequence; 2: ends and starts (left padding)
+    has_seqlens = 0 if cache_seqlens is None else cache_seqlens.dim()
     make_plan = _plan if reuse_buffers else _plan.__wrapped__
     plan = make_plan(
         pattern, B, Hq, Hkv, Sq, D, q.dtype, n_kb, q.device, splits, fused, need_lse, has_seqlens
@@ -875,7 +886,7 @@ def remember_step(
     if not dense:
         plan = _plan(
             pattern, B, Hq, Hkv, Sq, D, q.dtype, _bucket(Sk, bs), q.device, None, FUSED,
-            return_lse, False,
+            return_lse, 0,
         )  # fmt: skip
     key = (pattern_arg, q.shape, q.dtype, q.device, scale_arg, return_lse, backend_arg)
     steps = _steps.get(key)
