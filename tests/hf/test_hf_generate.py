@@ -62,17 +62,20 @@ _MODES = {
 @pytest.mark.parametrize("mode", list(_MODES))
 def test_cached_equals_recomputed(arch, mode, monkeypatch):
     """A cached ``generate`` (prefill, then one-token steps over the cache) gives the tokens of
-    recomputing the whole left-padded sequence at every step; the decode path was used."""
+    recomputing the whole left-padded sequence at every step; the decode steps ran as one
+    operator call per layer for the whole padded batch (the kernel's per-row start)."""
     model = _power(arch)
     x, mask = _batch("left")
-    q_lens = []
-    real = hf_attention.sparse_attention
+    assert not mask.all(), "the batch must be padded"
+    calls = []  # (operator, batch, queries)
+    for name in ("sparse_attention", "sparse_attention_with_kvcache"):
+        real = getattr(hf_attention, name)
 
-    def spy(q, *args, **kw):
-        q_lens.append(q.shape[2])
-        return real(q, *args, **kw)
+        def spy(q, *args, _real=real, _name=name, **kw):
+            calls.append((_name, q.shape[0], q.shape[2]))
+            return _real(q, *args, **kw)
 
-    monkeypatch.setattr(hf_attention, "sparse_attention", spy)
+        monkeypatch.setattr(hf_attention, name, spy)
     kw = dict(max_new_tokens=14, min_new_tokens=14, pad_token_id=H.PAD, **_MODES[mode])
     runs = []
     for use_cache in (True, False):
@@ -80,7 +83,11 @@ def test_cached_equals_recomputed(arch, mode, monkeypatch):
         with torch.no_grad():
             runs.append(model.generate(x, attention_mask=mask, use_cache=use_cache, **kw))
         if use_cache:
-            assert 1 in q_lens, "generate did not take the single-query decode path"
+            decode = [c for c in calls if c[2] == 1]
+            assert decode, "generate did not take the single-query decode path"
+            # beams multiply the batch; every decode call holds all of it
+            assert {c[0] for c in decode} == {"sparse_attention_with_kvcache"}, decode[:3]
+            assert all(c[1] % x.shape[0] == 0 for c in decode), decode[:3]
     assert torch.equal(runs[0], runs[1])
     # 41 + 14 tokens: decode crossed block boundaries; the pattern dropped keys.
     assert runs[0].shape[1] == x.shape[1] + 14
@@ -164,8 +171,9 @@ def test_holes_batch_equals_one_by_one():
 @pytest.mark.parametrize("arch", H.ARCHS)
 def test_static_cache_equals_dynamic(arch, monkeypatch):
     """``cache_implementation="static"``: the keys are the whole pre-allocated cache; only the
-    written slots count. Same tokens as the dynamic cache, padded batch included; unpadded,
-    decode reads the lengths on the device (sparse_attention_with_kvcache)."""
+    written slots count. Same tokens as the dynamic cache, padded batch included; decode reads
+    the lengths (unpadded) or each row's start (left-padded) on the device, one
+    sparse_attention_with_kvcache call per layer."""
     model = _power(arch)
     x, mask = _batch("left")
     calls = []
@@ -173,7 +181,9 @@ def test_static_cache_equals_dynamic(arch, monkeypatch):
     monkeypatch.setattr(
         hf_attention,
         "sparse_attention_with_kvcache",
-        lambda *a, **kw: calls.append(kw["cache_seqlens"]) or real(*a, **kw),
+        lambda *a, **kw: (
+            calls.append(kw.get("cache_seqlens", kw.get("cache_leftpad"))) or real(*a, **kw)
+        ),
     )
     for kw in (dict(attention_mask=mask), {}):
         prompt = x if kw else x[:1, -37:]
@@ -181,8 +191,8 @@ def test_static_cache_equals_dynamic(arch, monkeypatch):
         calls.clear()
         static = H.greedy(model, prompt, 10, cache_implementation="static", **kw)
         assert torch.equal(static, dynamic)
-        if not kw:
-            assert calls and all(c.dtype == torch.int32 and c.shape == (1,) for c in calls)
+        # unpadded: the lengths; padded: each row's start (one call for the batch)
+        assert calls and all(c.dtype == torch.int32 and c.shape == prompt.shape[:1] for c in calls)
 
 
 def test_static_cache_hybrid_and_sampling():

@@ -1,5 +1,6 @@
 """Padded prefill and training in one operator call per layer (``KeyPlan.runs``): every row's
-real tokens one run, the queries all the slots.
+real tokens one run, the queries all the slots; and the decode step of a left-padded batch in
+one call (``KeyPlan.leftpad``).
 
 The rotated path is checked against the row-by-row path it replaces (the same plan with
 ``runs=None``): real queries within the tolerance rule (float64 row-by-row reference, error at
@@ -197,3 +198,46 @@ def test_model_logits_and_gradients_equal_row_by_row(side, monkeypatch):
     torch.testing.assert_close(logits, rows_logits, rtol=1e-12, atol=1e-12)
     for name, g in grads.items():
         torch.testing.assert_close(g, rows_grads[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+# ------------------------------------------------------------ left-padded decode, one call
+LEFT = [(9, 28), (0, USED), (30, 7), (35, 2)]  # (start, count): runs ending at the last slot
+
+
+def test_plan_has_leftpad_only_for_left_padding_with_real_queries():
+    plan = KeyPlan.from_mask(_mask(LEFT), 1)
+    assert plan.leftpad.dtype == torch.int32
+    assert plan.leftpad.tolist() == [s for s, _ in LEFT]
+    assert KeyPlan.from_mask(_mask(LEFT), 2).leftpad is not None  # two real queries per row
+    assert KeyPlan.from_mask(_mask(LEFT), 3).leftpad is None  # row 3 has a padded query
+    assert KeyPlan.from_mask(_mask(LEFT), USED).leftpad is None  # prefill: the rotated path
+    assert KeyPlan.from_mask(_mask([(0, 20), (0, USED)]), 1).leftpad is None  # right padding
+    holes = _mask(LEFT)
+    holes[0, 20] = False
+    assert KeyPlan.from_mask(holes, 1).leftpad is None
+    assert KeyPlan.from_mask(_mask([(0, 0), (0, USED)]), 1).leftpad is None  # an empty row
+
+
+@pytest.mark.parametrize("name", list(PATTERNS))
+@pytest.mark.parametrize("sq", [1, 2])
+def test_leftpad_decode_equals_row_by_row(name, sq, monkeypatch):
+    """A left-padded decode step in one sparse_attention_with_kvcache call (route ``auto``)
+    against the row-by-row path it replaces (the same plan with ``leftpad=None``): within the
+    tolerance rule of the float64 row-by-row reference."""
+    calls = []
+    real = A.sparse_attention_with_kvcache
+    spy = lambda q, *a, **kw: calls.append(q.shape) or real(q, *a, **kw)  # noqa: E731
+    monkeypatch.setattr(A, "sparse_attention_with_kvcache", spy)
+    route = LayerRoute(PATTERNS[name], "auto", None)
+    plan = KeyPlan.from_mask(_mask(LEFT), sq)
+    rows = dataclasses.replace(plan, leftpad=None)
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(len(LEFT), 4, sq, 16, generator=g, dtype=torch.float64)
+    _, k, v = _qkv(len(LEFT), 4, 2, seed=2)
+    xs = (q, k, v)
+    out, _ = _out(route, plan, xs, torch.float32, grad=False)
+    assert calls == [(len(LEFT), 4, sq, 16)]  # one call for the whole batch
+    base, _ = _out(route, rows, xs, torch.float32, grad=False)
+    ref, _ = _out(route, rows, xs, torch.float64, grad=False)
+    r = check_close(out, ref, base, FORWARD_FACTOR, USED)
+    assert r["ok"], r

@@ -7,7 +7,8 @@ position attends what the real token before it attends (with ``full``: the real 
 it, as sdpa; right-padded ``generate`` reads its first token there), one single-query call per
 padded query; with no real token before it, it has no key and gives 0, as sdpa. Prefill and
 training whose rows each hold one run of real tokens (left, right or both-ends padding) run
-the real queries of all rows in one call (:func:`_run_rotated`).
+the real queries of all rows in one call (:func:`_run_rotated`); so does the decode step of a
+left-padded batch (:func:`_attend_leftpad`: the decode kernel's per-row start).
 
 Static caches: the keys tensor is the whole pre-allocated cache; only the first ``used`` slots
 are written (the mask function says how many). Without padding the mask function hands over the
@@ -93,11 +94,28 @@ def _attend_cache(route: LayerRoute, q, k, v, seqlens: torch.Tensor, scale):
     :func:`powerattn.sparse_attention_with_kvcache` on the whole cache, layers kept full with
     the ``full`` pattern: it reads the lengths on the device (its CUDA kernel is a custom op,
     traceable, with no host synchronisation). Anything else reads the length on the host."""
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if grad or q.shape[2] > DECODE_MAX_Q or route.backend != "auto":
+    if not _kvcache_route(route, q, k, v):
         return _attend_prefix(route, q, k, v, int(seqlens[0]), scale)
     pattern = _FULL if route.pattern is None else route.pattern
     return sparse_attention_with_kvcache(q, k, v, pattern, cache_seqlens=seqlens, scale=scale)
+
+
+def _kvcache_route(route: LayerRoute, q, k, v) -> bool:
+    """Whether :func:`powerattn.sparse_attention_with_kvcache` serves this call: decode
+    (``Sq <= DECODE_MAX_Q``), no gradient, backend ``auto``."""
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    return not grad and q.shape[2] <= DECODE_MAX_Q and route.backend == "auto"
+
+
+def _attend_leftpad(route: LayerRoute, q, k, v, plan: KeyPlan, scale):
+    """Decode of a left-padded batch (``plan.leftpad``: each row's first real slot, its
+    real tokens running to slot ``used - 1``): one call for all rows, each attending its
+    real keys at the positions counted from its first real token."""
+    pattern = _FULL if route.pattern is None else route.pattern
+    used = plan.used
+    return sparse_attention_with_kvcache(
+        q, k[:, :, :used], v[:, :, :used], pattern, cache_leftpad=plan.leftpad, scale=scale
+    )
 
 
 def _run(route: LayerRoute, q, k, v, plan: KeyPlan | None, scale, weights: bool):
@@ -108,6 +126,13 @@ def _run(route: LayerRoute, q, k, v, plan: KeyPlan | None, scale, weights: bool)
     used = Sk if plan is None else plan.used
     if plan is not None and plan.runs is not None and not weights:
         return _run_rotated(route, q, k, v, plan, scale), None
+    if (
+        plan is not None
+        and plan.leftpad is not None
+        and not weights
+        and _kvcache_route(route, q, k, v)
+    ):
+        return _attend_leftpad(route, q, k, v, plan, scale), None
     if plan is None or plan.rows is None:
         out = _attend_prefix(route, q, k, v, used, scale)
         if not weights:

@@ -104,13 +104,17 @@ class KeyPlan:
     padding); otherwise ``full_rows`` lists the rows without padding (run as one batch) and
     ``rows`` the others. ``runs`` is set when the queries are all the slots and every row's
     real tokens are one contiguous run or none (left, right or both-ends padding: prefill and
-    training), else ``None``."""
+    training), else ``None``. ``leftpad`` is set when there are fewer queries than slots
+    (decode, a chunk) and every row's real tokens are one run that ends at the last slot and
+    holds all the queries (left padding, as ``generate`` makes it): each row's first real
+    slot, a ``(B,)`` int32 tensor on the mask's device, else ``None``."""
 
     used: int
     q_len: int
     full_rows: tuple[int, ...]
     rows: tuple[RowPlan, ...] | None
     runs: RunLayout | None = None
+    leftpad: torch.Tensor | None = None
 
     @classmethod
     def from_mask(cls, valid: torch.Tensor, q_len: int) -> KeyPlan:
@@ -128,6 +132,7 @@ class KeyPlan:
         q_start = used - q_len  # slot of query 0
         starts = [0] * len(counts)  # each row's run, while every row has at most one
         one_run = q_len == used
+        left_only = q_len < used  # every row one run ending at the last slot, queries real
         for b, count in enumerate(counts):
             if count == used:
                 full.append(b)
@@ -138,10 +143,12 @@ class KeyPlan:
                 s, e = int(slots[0]), int(slots[-1]) + 1
                 keys, queries = slice(s, e), slice(e - n_q - q_start, e - q_start)
                 starts[b] = s
+                left_only = left_only and e == used and n_q == q_len
             else:
                 keys = slots.to(valid.device)
                 queries = (slots[count - n_q :] - q_start).to(valid.device)
                 one_run = one_run and not count
+                left_only = False
             rows.append(RowPlan(b, keys, queries, n_q, _pad_runs(host[b], q_start)))
         runs = None
         if one_run:
@@ -152,7 +159,10 @@ class KeyPlan:
                 for i in range(start, stop)
             ]
             runs = RunLayout.build(starts, counts, pads, used, valid.device)
-        return cls(used, q_len, tuple(full), tuple(rows), runs)
+        leftpad = None
+        if left_only:
+            leftpad = torch.tensor(starts, dtype=torch.int32, device=valid.device)
+        return cls(used, q_len, tuple(full), tuple(rows), runs, leftpad)
 
 
 def _pad_runs(valid: torch.Tensor, q_start: int) -> tuple[tuple[int, int, int], ...]:

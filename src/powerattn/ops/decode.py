@@ -13,7 +13,9 @@ combine kernel instead).
 Per-sequence lengths (a KV cache): with ``cache_seqlens`` (``(B,)`` int32/int64 on the
 device) sequence ``b`` has keys ``k[b, :, :cache_seqlens[b]]`` and its queries are the last
 ``Sq`` positions before ``cache_seqlens[b]``; the kernel reads the lengths itself, so there
-is no host-device synchronisation and no loop over the batch.
+is no host-device synchronisation and no loop over the batch. Left padding: a ``(2, B)``
+tensor of ends and starts; the kernel adds row ``b``'s start to its key/value pointers and
+counts its positions from there.
 
 Per-call host work is constant in the context length. Everything that depends on the
 pattern, the shapes and the *length bucket* (the number of key blocks rounded up to a power
