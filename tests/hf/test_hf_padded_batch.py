@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import hf_models as H
 import pytest
@@ -241,3 +246,16 @@ def test_leftpad_decode_equals_row_by_row(name, sq, monkeypatch):
     ref, _ = _out(route, rows, xs, torch.float64, grad=False)
     r = check_close(out, ref, base, FORWARD_FACTOR, USED)
     assert r["ok"], r
+
+
+def test_gpu_leftpad_script_smoke(tmp_path):
+    """scripts/gpu_leftpad.py (the GPU check and timing of this path) runs on the CPU."""
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, OUT=str(tmp_path), PYTHONPATH=str(root / "src"))
+    proc = subprocess.run(
+        [sys.executable, str(root / "scripts" / "gpu_leftpad.py"), "--smoke"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "leftpad.json").read_text())
+    assert all(c["ok"] for c in report["checks"]) and len(report["rows"]) == 2
