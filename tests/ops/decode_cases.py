@@ -91,6 +91,27 @@ def _compare(out, lse, q, k, v, pattern, dtype, tag) -> str | None:
     return None
 
 
+def _compare_rows(out, lse, q, k, v, spans, pattern, dtype, tag) -> str | None:
+    """Sequence ``b`` holds key slots ``spans[b] = (start, end)``: its rows before position 0
+    give 0 / -inf, the others match the reference over its own keys."""
+    sq = q.shape[2]
+    for b, (s0, e) in enumerate(spans):
+        first = max(sq - (e - s0), 0)  # rows at negative positions have no keys
+        if first and not (
+            out[b, :, :first].eq(0).all() and lse[b, :, :first].eq(float("-inf")).all()
+        ):
+            return f"{tag}: sequence {b} (slots {s0}..{e}): rows without keys are not 0 / -inf"
+        if first < sq:
+            sl = slice(first, None)
+            msg = _compare(
+                out[b : b + 1, :, sl], lse[b : b + 1, :, sl], q[b : b + 1, :, sl],
+                k[b : b + 1, :, s0:e], v[b : b + 1, :, s0:e], pattern, dtype, f"{tag} seq {b}",
+            )  # fmt: skip
+            if msg:
+                return msg
+    return None
+
+
 def check(name, bs, sq, sk, gqa, dtype, d, splits, fused, device) -> str | None:
     """Run one uniform-length case; return an error message or None."""
     pattern = _pattern(name, bs)
@@ -131,20 +152,9 @@ def check_batched(name, bs, sq, lens, cap, gqa, dtype, d, fused, device) -> str 
         q, k, v, pattern, d**-0.5, out=out, fused=fused, cache_seqlens=seqlens
     )
     tag = f"{name} bs={bs} sq={sq} lens={lens} cap={cap} gqa={gqa} {dtype} d={d} fused={fused}"
-    for b, n in enumerate(lens):
-        first = max(sq - n, 0)  # rows at negative positions have no keys
-        if first and not (
-            out[b, :, :first].eq(0).all() and lse[b, :, :first].eq(float("-inf")).all()
-        ):
-            return f"{tag}: sequence {b} (length {n}): rows without keys are not 0 / -inf"
-        if first < sq:
-            sl = slice(first, None)
-            msg = _compare(
-                out[b : b + 1, :, sl], lse[b : b + 1, :, sl], q[b : b + 1, :, sl],
-                k[b : b + 1, :, :n], v[b : b + 1, :, :n], pattern, dtype, f"{tag} seq {b}",
-            )  # fmt: skip
-            if msg:
-                return msg
+    msg = _compare_rows(out, lse, q, k, v, [(0, n) for n in lens], pattern, dtype, tag)
+    if msg:
+        return msg
     # A length past the cache: that sequence's rows are NaN, the others unaffected.
     seqlens2 = seqlens.clone()
     seqlens2[0] = cap + 1
@@ -186,20 +196,9 @@ def check_leftpad(name, bs, sq, rows, cap, gqa, dtype, fused, device) -> str | N
         q, k, v, pattern, d**-0.5, fused=fused, cache_seqlens=torch.stack((ends, starts))
     )
     tag = f"leftpad {name} bs={bs} sq={sq} rows={rows} gqa={gqa} {dtype} fused={fused}"
-    for b, (s0, e) in enumerate(rows):
-        first = max(sq - (e - s0), 0)  # rows before the sequence's position 0: no keys
-        if first and not (
-            out[b, :, :first].eq(0).all() and lse[b, :, :first].eq(float("-inf")).all()
-        ):
-            return f"{tag}: sequence {b}: rows without keys are not 0 / -inf"
-        if first < sq:
-            sl = slice(first, None)
-            msg = _compare(
-                out[b : b + 1, :, sl], lse[b : b + 1, :, sl], q[b : b + 1, :, sl],
-                k[b : b + 1, :, s0:e], v[b : b + 1, :, s0:e], pattern, dtype, f"{tag} seq {b}",
-            )  # fmt: skip
-            if msg:
-                return msg
+    msg = _compare_rows(out, lse, q, k, v, rows, pattern, dtype, tag)
+    if msg:
+        return msg
     # The public operator: the same rows (one more launch plan: compared with the reference
     # tolerance, not bit for bit), and an end past the cache still gives NaN for its row only.
     pub = sparse_attention_with_kvcache(
