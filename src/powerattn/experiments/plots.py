@@ -118,10 +118,10 @@ def plot_reach(results: dict[str, Any], path: Path) -> None:
     """Figure 1b: retrieval against the receptive-field theory at the training length (see
     :func:`~powerattn.experiments.verdicts.training_length`), complete runs only.
 
-    Left: one point set per (pattern, L), means over seeds, against the fraction of needles
+    Top left: one point set per (pattern, L), means over seeds, against the fraction of needles
     reachable within L layers: exact match on the reachable needles (filled), on the
     unreachable ones (x) and over all (hollow; a model that finds exactly the reachable
-    needles sits on the dotted diagonal). Middle: power, stride slash and sliding window by
+    needles sits on the dotted diagonal). Top right: power, stride slash and sliding window by
     number of layers: exact match (mean over seeds; small dots: seeds) with the theory's
     reachable fraction dashed. Bottom left: exact match by the number of hops the needle
     needs (main runs). Bottom right: every run of Figure 1b's patterns, its needles split
