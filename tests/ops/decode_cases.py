@@ -251,13 +251,20 @@ def check_compiled(device) -> str | None:
         torch.ops.powerattn.decode.default, (q, k, v, lens, spec, 0.2, True, False)
     )
 
-    def step(q, k, v, lens):
+    starts = torch.tensor([3, 0], dtype=torch.int32, device=device)
+    torch.library.opcheck(
+        torch.ops.powerattn.decode.default,
+        (q, k, v, torch.stack((lens, starts)), spec, 0.2, True, False),
+    )
+
+    def step(q, k, v, lens, starts):
         a = sparse_attention_with_kvcache(q, k, v, pattern, cache_seqlens=lens)
         b = sparse_attention(q, k, v, pattern, backend="decode")
-        return a, b
+        c = sparse_attention_with_kvcache(q, k, v, pattern, cache_leftpad=starts)
+        return a, b, c
 
-    eager = step(q, k, v, lens)
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(q, k, v, lens)
+    eager = step(q, k, v, lens, starts)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(q, k, v, lens, starts)
     for e, c in zip(eager, compiled, strict=True):
         if not torch.equal(e, c):
             return f"compiled decode differs from eager by {(e - c).abs().max().item():.3g}"
