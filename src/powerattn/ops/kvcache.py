@@ -76,19 +76,20 @@ def sparse_attention_with_kvcache(
         )
     if cache_leftpad is not None:
         _check_seqlens(cache_leftpad, q, "cache_leftpad")
-        if cache_seqlens is None or isinstance(cache_seqlens, int):
-            n = k_cache.shape[2] if cache_seqlens is None else cache_seqlens
-            cache_seqlens = torch.full_like(cache_leftpad, n)
-    if cache_leftpad is None and (cache_seqlens is None or isinstance(cache_seqlens, int)):
+    if cache_seqlens is None or isinstance(cache_seqlens, int):
         n = k_cache.shape[2] if cache_seqlens is None else cache_seqlens
-        if not Sq <= n <= k_cache.shape[2]:
-            raise ValueError(
-                f"cache_seqlens={n} must lie in Sq..S_max = {Sq}..{k_cache.shape[2]} when given "
-                "as an int (use a tensor for per-sequence lengths)"
-            )
-        return sparse_attention(
-            q, k_cache[:, :, :n], v_cache[:, :, :n], pattern, scale=scale, return_lse=return_lse
-        )
+        if cache_leftpad is not None:  # one end for all: the rows differ by their starts
+            cache_seqlens = torch.full_like(cache_leftpad, n)
+        else:
+            if not Sq <= n <= k_cache.shape[2]:
+                raise ValueError(
+                    f"cache_seqlens={n} must lie in Sq..S_max = {Sq}..{k_cache.shape[2]} when "
+                    "given as an int (use a tensor for per-sequence lengths)"
+                )
+            return sparse_attention(
+                q, k_cache[:, :, :n], v_cache[:, :, :n], pattern, scale=scale,
+                return_lse=return_lse,
+            )  # fmt: skip
     _check_seqlens(cache_seqlens, q)
     if q.dtype == torch.float64 or not _decode.kernel_device(q):
         out, lse = _per_sequence(q, k_cache, v_cache, pattern, scale, cache_seqlens, cache_leftpad)
