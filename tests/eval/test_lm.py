@@ -212,6 +212,12 @@ def test_table1_verdicts_refuted_and_inconclusive(tmp_path):
     v = lm.table1_verdicts(_verdict_runs(tmp_path / "d", PAPER_LIKE, **cut))
     assert v["excluded_runs"] == ["full-s0", "power-s1"]
     assert set(v["claims"].values()) == {"inconclusive"}
+    # Every run stopped by a deadline (a call that must be resumed): summarized, not a crash.
+    cut = {"complete": False, "steps": 1}
+    stopped = {lm.run_name(p, s): cut for p in PAPER_LIKE for s in (0, 1)}
+    v = lm.table1_verdicts(_verdict_runs(tmp_path / "e", PAPER_LIKE, **stopped))
+    assert len(v["excluded_runs"]) == 12 and v["seed_noise_ln_ppl"] is None
+    assert set(v["claims"].values()) <= {"inconclusive", "inconclusive (ceiling unknown)"}
 
 
 def test_context_gain_and_ceiling(tmp_path):

@@ -696,7 +696,8 @@ def table1_verdicts(runs: list[dict[str, Any]]) -> dict[str, Any]:
     )
     by = {(r["pattern"], r["seed"]): r for r in plain if r["name"] not in excluded}
     seeds = sorted({s for _, s in by})
-    patterns = [p for p in PATTERNS if all((p, s) in by for s in seeds)]
+    # No run left (e.g. every run stopped by a deadline): no pattern, rather than every one.
+    patterns = [p for p in PATTERNS if seeds and all((p, s) in by for s in seeds)]
     ln = {k: _ln_ppl(r) for k, r in by.items()}
     ranges = [max(ln[p, s] for s in seeds) - min(ln[p, s] for s in seeds) for p in patterns]
     sigma = max(ranges) if len(seeds) >= 2 and ranges else None
@@ -821,7 +822,7 @@ def verdict_text(details: dict[str, Any]) -> str:
     sigma = v["seed_noise_ln_ppl"]
     lines = [
         f"seeds {v['seeds']}, seed noise (largest range of ln ppl over seeds) "
-        + ("n/a (one seed)" if sigma is None else f"{sigma:.4f}")
+        + ("n/a (under two seeds complete)" if sigma is None else f"{sigma:.4f}")
         + f"; excluded runs: {v['excluded_runs'] or 'none'}"
     ]
     ceiling = v.get("ceiling")
@@ -877,7 +878,8 @@ def plot_ppl(summary: dict[str, Any], details: dict[str, Any], path: str | Path)
     b.axhline(0, color="black", lw=0.8)
     b.set_xlabel("position in the window (bucket centre)")
     b.set_ylabel("ln ppl - ln ppl(full), mean over seeds")
-    b.legend(fontsize=8)
+    if b.get_legend_handles_labels()[0]:  # empty while every run is excluded
+        b.legend(fontsize=8)
     fig.suptitle(f"Perplexity by position at {summary['context']} tokens", fontsize=10)
     fig.tight_layout()
     path = Path(path)
