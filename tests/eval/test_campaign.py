@@ -73,3 +73,58 @@ def test_results_from_a_probing_only_call_leaves_lm_alone(tmp_path):
     for name in ("summary.json", "details.json", "table.txt"):  # as committed
         assert (probing / name).read_bytes() == (committed / "probing" / name).read_bytes()
     assert (probing / "heatmaps.png").stat().st_size > 0
+
+
+def _ruler_runs(averages, n=40, seeds=(0,), **override):
+    """Hybrid runs (full attention only plain) whose every sample scores 1 with the model's
+    probability ``averages[pattern]``, the same hits for every seed (tasks vt and cwe)."""
+    runs = []
+    for p, avg in averages.items():
+        for s in seeds:
+            hits = [1.0 if (i * 0.618) % 1 < avg else 0.0 for i in range(n)]
+            full_layers = [] if p == "full" else [5, 6]
+            name = f"{p}-full5_6-s{s}" if full_layers else f"{p}-s{s}"
+            run = _run(name, {"vt": hits[: n // 2], "cwe": hits[n // 2 :]})
+            run.update(pattern=p, seed=s, full_layers=full_layers, steps=10, steps_planned=10,
+                       categories={"average": sum(hits) / n})  # fmt: skip
+            run.update(override.get(name, {}))
+            runs.append(run)
+    return runs
+
+
+PAPER_TABLE2 = {"full": 0.95, "power": 0.7, "dilated": 0.45, "stride_slash": 0.45,
+                "longnet": 0.4, "sliding_window": 0.1}  # fmt: skip
+
+
+def test_table2_verdicts():
+    """The rules of docs/evaluation.md on runs whose outcome is known: the paper's order is
+    reproduced, a reversal refutes, a weak full attention (the floor) or a missing or
+    unfinished model leaves the claims open."""
+    v = campaign.table2_verdicts(_ruler_runs(PAPER_TABLE2, seeds=(0, 1)))
+    assert v["floor"]["reached"] and v["seeds"] == [0, 1]
+    assert set(v["claims"].values()) == {"reproduced"}
+    assert v["pairs"]["full - power"]["beats"] == 1
+    assert v["pairs"]["stride_slash - dilated"]["beats"] == 0  # equal averages
+    runs = _ruler_runs(PAPER_TABLE2)
+    dilated = next(r for r in runs if r["pattern"] == "dilated")
+    dilated["predictions"] = dilated["predictions"][::-1]  # same average, other samples hit
+    gap = campaign.table2_verdicts(runs)["pairs"]["stride_slash - dilated"]
+    assert gap["per_seed"][0]["ci95"][0] < 0 < gap["per_seed"][0]["ci95"][1]
+    assert gap["beats"] == 0  # an interval across 0 decides nothing
+    v = campaign.table2_verdicts(_ruler_runs({**PAPER_TABLE2, "dilated": 0.9}))
+    assert v["claims"]["power_best_sparse"] == "refuted"
+    assert v["claims"]["sliding_window_last"] == "reproduced"
+    v = campaign.table2_verdicts(_ruler_runs({**PAPER_TABLE2, "sliding_window": 0.6}))
+    assert v["claims"]["sliding_window_last"] == "refuted"
+    weak = {p: a * 0.15 for p, a in PAPER_TABLE2.items()}  # full attention at 0.14
+    v = campaign.table2_verdicts(_ruler_runs(weak))
+    assert not v["floor"]["reached"]
+    assert set(v["claims"].values()) == {"inconclusive (floor not reached)"}
+    cut = {"longnet-full5_6-s0": {"steps": 4}}
+    v = campaign.table2_verdicts(_ruler_runs(PAPER_TABLE2, **cut))
+    assert v["excluded_runs"] == ["longnet-full5_6-s0"]
+    assert v["claims"]["power_best_sparse"] == "inconclusive"
+    assert v["claims"]["full_first"] == "inconclusive"
+    no_full = {p: a for p, a in PAPER_TABLE2.items() if p != "full"}
+    v = campaign.table2_verdicts(_ruler_runs(no_full))
+    assert set(v["claims"].values()) == {"inconclusive (full attention missing)"}

@@ -353,6 +353,109 @@ def paired_average_gap(a: dict, b: dict, draws: int = 2000, seed: int = 0) -> di
     return {"gap": gap, "ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]}
 
 
+RULER_FLOOR = 0.20  # docs/evaluation.md, Table 2 rule 1: full attention's average must reach it
+
+
+def table2_verdicts(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The decision rules of docs/evaluation.md for Table 2 (fixed before any run), applied to
+    the hybrid models (each sparse pattern with full attention in the paper's 2 of every 7
+    layers) and plain full attention, every seed present: ``{"floor", "pairs", "claims"}``.
+
+    A model beats another when, in every seed, their paired average gap's 95 % bootstrap
+    interval over samples (:func:`paired_average_gap`) excludes 0 on the same side. The floor
+    first: if full attention averages below :data:`RULER_FLOOR` in some seed, the models did
+    not learn the tasks and every claim is "inconclusive (floor not reached)". A claim that
+    needs a model missing in some seed is "inconclusive". Runs that stopped short of their
+    planned steps are left out (never compared at unequal budgets)."""
+    done = [r for r in runs if r["steps"] >= r["steps_planned"]]
+    excluded = sorted(r["name"] for r in runs if r not in done)
+    by = {}
+    for r in done:
+        if r["pattern"] == "full" and not r["full_layers"]:
+            by["full", r["seed"]] = r
+        elif r["pattern"] != "full" and r["full_layers"]:
+            by[r["pattern"], r["seed"]] = r
+    seeds = sorted({s for _, s in by})
+    models = [p for p in lm.PATTERNS if seeds and all((p, s) in by for s in seeds)]
+
+    def beats(a: str, b: str) -> int | None:
+        """+1 if ``a`` beats ``b`` in every seed, -1 if ``b`` beats ``a``, 0 if neither;
+        None if either is missing."""
+        if a not in models or b not in models:
+            return None
+        sides = set()
+        for s in seeds:
+            lo, hi = paired_average_gap(by[a, s], by[b, s])["ci95"]
+            sides.add(1 if lo > 0 else -1 if hi < 0 else 0)
+        return sides.pop() if len(sides) == 1 else 0
+
+    pairs = {
+        f"{a} - {b}": {
+            "per_seed": [paired_average_gap(by[a, s], by[b, s]) for s in seeds],
+            "beats": beats(a, b),
+        }
+        for i, a in enumerate(models)
+        for b in models[i + 1 :]
+    }
+
+    def rank_claim(top: str, others: list[str], sign: int) -> str:
+        """``top`` beats (sign +1) or loses to (sign -1) each of ``others``."""
+        verdicts = [beats(top, o) for o in others]
+        if None in verdicts or not others:
+            return "inconclusive"
+        if all(v == sign for v in verdicts):
+            return "reproduced"
+        if any(v == -sign for v in verdicts):
+            return "refuted"
+        return "inconclusive"
+
+    full_avg = [by["full", s]["categories"]["average"] for s in seeds if ("full", s) in by]
+    floor = {
+        "full_average": full_avg,
+        "needs": RULER_FLOOR,
+        "reached": bool(full_avg) and len(full_avg) == len(seeds) and min(full_avg) >= RULER_FLOOR,
+    }
+    sparse = [p for p in lm.SPARSE]
+    claims = {
+        "power_best_sparse": rank_claim("power", [p for p in sparse if p != "power"], 1),
+        "sliding_window_last": rank_claim(
+            "sliding_window", [p for p in sparse if p != "sliding_window"], -1
+        ),
+        "full_first": rank_claim("full", sparse, 1),
+    }
+    if not floor["reached"]:
+        unknown = not full_avg or len(full_avg) != len(seeds)
+        why = "full attention missing" if unknown else "floor not reached"
+        claims = {k: f"inconclusive ({why})" for k in claims}
+    return {
+        "seeds": seeds,
+        "models": {p: [by[p, s]["name"] for s in seeds] for p in models},
+        "excluded_runs": excluded,
+        "floor": floor,
+        "pairs": pairs,
+        "claims": claims,
+    }
+
+
+def table2_lines(v: dict[str, Any]) -> list[str]:
+    """The verdicts of :func:`table2_verdicts` as lines under the table."""
+    f = v["floor"]
+    avg = " ".join(f"{a:.3f}" for a in f["full_average"]) or "none"
+    lines = [
+        f"hybrid models (full attention in 2 of every 7 layers) and full attention, seeds "
+        f"{v['seeds']}; excluded runs: {v['excluded_runs'] or 'none'}",
+        f"  floor: full attention's average per seed {avg} (needs >= {f['needs']}): "
+        + ("reached" if f["reached"] else "NOT reached"),
+    ]
+    lines += [f"  {claim}: {status}" for claim, status in v["claims"].items()]
+    for name, pair in v["pairs"].items():
+        cis = " ".join(f"[{g['ci95'][0]:+.3f},{g['ci95'][1]:+.3f}]" for g in pair["per_seed"])
+        gaps = " ".join(f"{g['gap']:+.3f}" for g in pair["per_seed"])
+        word = {1: "first better", -1: "second better", 0: "not decided"}[pair["beats"]]
+        lines.append(f"  average {name:<30} {gaps}  95% {cis}  {word}")
+    return lines
+
+
 def summarize_ruler(runs_dir: str | Path) -> dict[str, Any]:
     """``{"length", "scores": [{"pattern", "seed", "task", "score"}], "table", "details"}`` of
     every ``ruler.json`` under ``runs_dir`` (the issue's schema, the printed table, and per
@@ -375,15 +478,18 @@ def summarize_ruler(runs_dir: str | Path) -> dict[str, Any]:
         for b in runs
         if a is not b and a["seed"] == b["seed"]
     }
+    verdicts = table2_verdicts(runs)
     details = {
         "average": {r["name"]: r["categories"]["average"] for r in runs},
+        "samples": {r["name"]: len(r["predictions"]) for r in runs},
         "steps": {r["name"]: [r["steps"], r["steps_planned"]] for r in runs},
         "paired_average_gaps": gaps,
+        "verdicts": verdicts,
     }
     return {
         "length": lengths.pop(),
         "scores": scores,
-        "table": ruler.table(rows),
+        "table": "\n".join([ruler.table(rows), "", *table2_lines(verdicts)]),
         "details": details,
     }
 
