@@ -81,7 +81,7 @@
 # still trains, so that a false alarm costs no data).
 #
 # Knobs (environment): SEEDS (0,1), LM_STEPS (the preset's 900), PATTERNS (all six), JOBS
-# (12), RULER_STEPS, RULER_SAMPLES (5), RULER_TASKS, CORPUS_MB (60), LM_DIR (lm), INIT_FROM,
+# (12), RULER_STEPS, RULER_SAMPLES (50 per task; 5 until session 14), RULER_SEEDS (0), RULER_TASKS, CORPUS_MB (60), LM_DIR (lm), INIT_FROM,
 # PRESET (gpu), DEVICE (cuda), SPEED (none; see above), SPEED_MIN, SPEED_TIMEOUT.
 # CPU dry run of every part (a stub nvidia-smi on the PATH; SPEED=fused_optim or none there:
 # compile runs Inductor on the CPU, minutes; SPEED=auto times tiny models, meaningless):
@@ -262,15 +262,19 @@ fi
 
 if has ruler; then
     S=$(share ruler)
-    # 11 runs (6 patterns + 5 hybrids) training 40 % of the part at the 5.0e5 tokens/s that 12
-    # lm runs measured together (session 5): ~600 steps in `ruler 560`, ~190 in `lm,ruler 560`.
-    RSTEPS=${RULER_STEPS:-$(python3 -c "print(max(5, int($S * 0.4 * 0.5e6 / $STEP_TOKENS / 11)))")}
+    # 11 runs per seed (6 patterns + 5 hybrids) training 40 % of the part at ~5e5 tokens/s in
+    # all (12 eager lm runs in session 5; 11 compiled RULER runs in session 14: 4.5e5): ~600
+    # steps in `ruler 560` with one seed, ~190 in `lm,ruler 560`.
+    RSEEDS=${RULER_SEEDS:-0}
+    NRUNS=$(( 11 * $(echo "$RSEEDS" | tr ',' '\n' | wc -l) ))
+    RSTEPS=${RULER_STEPS:-$(python3 -c "print(max(5, int($S * 0.4 * 0.5e6 / $STEP_TOKENS / $NRUNS)))")}
     # The tiny preset's 320 tokens cannot hold cwe/fwe/multi-value samples; its dry run
     # needs only a few steps.
     [ "$PRESET" = tiny ] && RULER_TASKS=${RULER_TASKS:-niah_single,vt} && RSTEPS=${RULER_STEPS:-3}
-    echo "== ruler: $RSTEPS steps per run, ${S}s, speed options: ${TRAIN_SPEED:-none}"
+    echo "== ruler: seeds $RSEEDS, $RSTEPS steps per run, ${RULER_SAMPLES:-50} samples per task," \
+        "${S}s, speed options: ${TRAIN_SPEED:-none}"
     timeout "$S" $E ruler --train --lm-runs "$WORK/lm" --out "$WORK/ruler" --preset "$PRESET" \
-        --seeds 0 --hybrid --steps "$RSTEPS" --samples "${RULER_SAMPLES:-5}" --jobs "$JOBS" \
+        --seeds "$RSEEDS" --hybrid --steps "$RSTEPS" --samples "${RULER_SAMPLES:-50}" --jobs "$JOBS" \
         ${RULER_TASKS:+--tasks $RULER_TASKS} ${TRAIN_SPEED:+--speed $TRAIN_SPEED} \
         --device "$DEVICE" --deadline $((S * 55 / 100)) \
         --results "$WORK/results/ruler" || echo "RULER PART: exit status $?"
