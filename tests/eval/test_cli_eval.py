@@ -53,6 +53,10 @@ def test_end_to_end_tiny(tmp_path, make_docs, capsys):
     hybrid = json.loads((runs / "ruler" / "power-full0_1-s0" / "config.json").read_text())
     assert hybrid["pattern"]["full_layers"] == [0, 1]
     assert (res / "ruler" / "details.json").is_file()
+    assert (res / "ruler" / "ruler.png").stat().st_size > 0
+    verdicts = json.loads((res / "ruler" / "details.json").read_text())["verdicts"]
+    assert verdicts["models"] == {"power": ["power-full0_1-s0"]}  # the hybrid; no full run
+    assert set(verdicts["claims"].values()) == {"inconclusive (full attention missing)"}
     one = tmp_path / "one.json"  # any one model: our run directory
     assert _run("ruler", "--model", str(runs / "lm" / "power-s0"), "--length", "320",
                 "--tasks", "vt", "--samples", "1", "--device", "cpu",

@@ -334,15 +334,16 @@ def _ruler(args: argparse.Namespace) -> int:
 
 
 def write_ruler_results(runs: str | Path, results: str | Path) -> str:
-    """``summary.json``, ``details.json`` and ``table.txt`` of the runs of ``eval ruler
-    --train`` under ``runs``, into ``results``; returns the table."""
+    """``summary.json``, ``details.json``, ``table.txt`` and ``ruler.png`` of the runs of
+    ``eval ruler --train`` under ``runs``, into ``results``; returns the table."""
     from ..eval import campaign
 
     summary = campaign.summarize_ruler(runs)
-    table, details = summary.pop("table"), summary.pop("details")
+    table, details, found = summary.pop("table"), summary.pop("details"), summary.pop("runs")
     _write_results(results, "summary.json", summary)
     _write_results(results, "details.json", details)
     (Path(results) / "table.txt").write_text(table + "\n")
+    campaign.plot_ruler(found, details["verdicts"], Path(results) / "ruler.png")
     return table
 
 

@@ -337,20 +337,35 @@ def _task_matrix(run: dict[str, Any]) -> dict[str, np.ndarray]:
     return {t: np.asarray(v) for t, v in out.items()}
 
 
+def _bootstrap_average(m: dict[str, np.ndarray], draws: int, seed: int) -> dict[str, Any]:
+    """Average over tasks of per-sample values ``m``, with a 95 % bootstrap interval that
+    resamples the samples of each task."""
+    rng = np.random.default_rng(seed)
+    boot = np.zeros(draws)
+    for t in m:
+        idx = rng.integers(0, m[t].size, size=(draws, m[t].size))
+        boot += m[t][idx].mean(1)
+    boot /= len(m)
+    mean = float(np.mean([v.mean() for v in m.values()]))
+    return {
+        "mean": mean,
+        "ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
+    }
+
+
 def paired_average_gap(a: dict, b: dict, draws: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Average over tasks of run ``a`` minus run ``b``, with a 95 % bootstrap interval that
     resamples the samples of each task (both runs scored the same samples)."""
     ma, mb = _task_matrix(a), _task_matrix(b)
     if {t: v.size for t, v in ma.items()} != {t: v.size for t, v in mb.items()}:
         raise ValueError(f"runs {a['name']} and {b['name']} were scored on other samples")
-    rng = np.random.default_rng(seed)
-    boot = np.zeros(draws)
-    for t in ma:
-        idx = rng.integers(0, ma[t].size, size=(draws, ma[t].size))
-        boot += (ma[t][idx] - mb[t][idx]).mean(1)
-    boot /= len(ma)
-    gap = float(np.mean([ma[t].mean() - mb[t].mean() for t in ma]))
-    return {"gap": gap, "ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]}
+    res = _bootstrap_average({t: ma[t] - mb[t] for t in ma}, draws, seed)
+    return {"gap": res["mean"], "ci95": res["ci95"]}
+
+
+def average_interval(run: dict[str, Any], draws: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """A run's average over tasks with a 95 % bootstrap interval over its samples."""
+    return _bootstrap_average(_task_matrix(run), draws, seed)
 
 
 RULER_FLOOR = 0.20  # docs/evaluation.md, Table 2 rule 1: full attention's average must reach it
@@ -480,6 +495,7 @@ def summarize_ruler(runs_dir: str | Path) -> dict[str, Any]:
     }
     verdicts = table2_verdicts(runs)
     details = {
+        "average_ci95": {r["name"]: average_interval(r)["ci95"] for r in runs},
         "average": {r["name"]: r["categories"]["average"] for r in runs},
         "samples": {r["name"]: len(r["predictions"]) for r in runs},
         "steps": {r["name"]: [r["steps"], r["steps_planned"]] for r in runs},
@@ -491,7 +507,74 @@ def summarize_ruler(runs_dir: str | Path) -> dict[str, Any]:
         "scores": scores,
         "table": "\n".join([ruler.table(rows), "", *table2_lines(verdicts)]),
         "details": details,
+        "runs": runs,
     }
+
+
+def plot_ruler(runs: list[dict[str, Any]], verdicts: dict[str, Any], path: str | Path) -> Path:
+    """Left: each model's average over tasks with its 95 % bootstrap interval over samples
+    (full attention, then the hybrids, then the plain patterns; the floor dashed). Right: the
+    per-task scores as a heat map, numbers written in."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = {p: i for i, p in enumerate(lm.PATTERNS)}
+
+    def key(r: dict[str, Any]) -> tuple:
+        group = 0 if r["pattern"] == "full" else 1 if r["full_layers"] else 2
+        return group, order.get(r["pattern"], 99), r["seed"]
+
+    runs = sorted(runs, key=key)
+    names = [r["name"] for r in runs]
+    tasks = list(runs[0]["scores"])
+    colour = {p: f"C{i}" for i, p in enumerate(lm.PATTERNS)}
+    fig, (a, b) = plt.subplots(
+        1, 2, figsize=(13, 1.5 + 0.38 * len(runs)), gridspec_kw={"width_ratios": [1, 1.4]}
+    )
+    y = np.arange(len(runs))[::-1]
+    for yi, r in zip(y, runs, strict=True):
+        iv = average_interval(r)
+        hatch = "" if r["full_layers"] or r["pattern"] == "full" else "//"
+        a.barh(yi, iv["mean"], color=colour.get(r["pattern"], "grey"), hatch=hatch, alpha=0.8)
+        lo, hi = iv["ci95"]
+        a.errorbar(iv["mean"], yi, xerr=[[iv["mean"] - lo], [hi - iv["mean"]]], color="black",
+                   capsize=3, lw=1)  # fmt: skip
+    a.axvline(
+        verdicts["floor"]["needs"],
+        color="grey",
+        ls="--",
+        lw=1,
+        label="floor: full attention must reach it",
+    )
+    a.set_yticks(y, names, fontsize=8)
+    a.set_xlim(0, 1)
+    a.set_xlabel("average over tasks (95 % bootstrap interval over samples)")
+    a.legend(fontsize=8, loc="lower right")
+    m = np.asarray([[r["scores"][t] for t in tasks] for r in runs])
+    im = b.imshow(m, aspect="auto", vmin=0, vmax=1, cmap="viridis")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            b.text(j, i, f"{100 * m[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                   color="white" if m[i, j] < 0.6 else "black")  # fmt: skip
+    b.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right", fontsize=8)
+    b.set_yticks(range(len(runs)), names, fontsize=8)
+    fig.colorbar(im, ax=b, shrink=0.8, label="score")
+    samples = sorted({len(r["predictions"]) // max(1, len(tasks)) for r in runs})
+    hybrid = sorted({tuple(r["full_layers"]) for r in runs if r["full_layers"]})
+    fig.suptitle(
+        f"RULER-style suite at {runs[0]['length']} tokens; hybrids: full attention in layers "
+        f"{' / '.join(map(str, hybrid)) or '-'}; hatched: plain sparse; "
+        f"{'/'.join(map(str, samples))} samples per task",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 # ---------------------------------------------------------------------------- probing
