@@ -260,6 +260,10 @@ def test_context_gain_and_ceiling(tmp_path):
         assert v["ceiling"]["measure"] == ["truncated", "truncated"]
         assert v["ceiling"]["reached"] is reached
         assert min(v["ceiling"]["context_gain_full"]) == pytest.approx(gain, abs=1e-9)
+        # Every pattern's own gain is reported too (no claim); only full has the measure here.
+        far = v["context_gain_by_pattern"]
+        assert far["full"] == pytest.approx([gain, gain], abs=1e-5)
+        assert far["power"] == [None, None]
 
 
 def test_throughput_makespan(tmp_path):

@@ -785,6 +785,12 @@ def table1_verdicts(runs: list[dict[str, Any]]) -> dict[str, Any]:
                     for s in seeds
                 ]
                 by_bucket[p] = np.mean(gaps, axis=0).round(5).tolist()
+    # No claim either: every pattern's own gain from the context beyond the late region's
+    # last C/4 tokens (the ceiling's measure), per seed: which models use far context at all.
+    far_gain = {
+        p: [None if (g := context_gain(by[p, s])) is None else round(g, 5) for s in seeds]
+        for p in patterns
+    }
     return {
         "seeds": seeds,
         "planned_steps": sorted(steps),
@@ -800,6 +806,7 @@ def table1_verdicts(runs: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "claims": claims,
         "ln_gap_to_full_by_bucket": by_bucket,
+        "context_gain_by_pattern": far_gain,
     }
 
 
@@ -839,6 +846,13 @@ def verdict_text(details: dict[str, Any]) -> str:
             + "; ".join(how[m] for m in sorted(measures))
             + f"), per seed: {gains or 'n/a'} (needs >= {ceiling['threshold']}): "
             + ("reached" if ceiling["reached"] else "NOT reached")
+        )
+    far = {p: g for p, g in v.get("context_gain_by_pattern", {}).items() if None not in g}
+    if far:  # details.json written before session 14 have none
+        lines.append(
+            "  every pattern's ln ppl gain from context more than a quarter window before the late "
+            "region (no claim), per seed: "
+            + "; ".join(f"{p} " + " ".join(f"{g:+.4f}" for g in gs) for p, gs in far.items())
         )
     for claim, verdict in v["claims"].items():
         lines.append(f"  {claim}: {verdict}")
