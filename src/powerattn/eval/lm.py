@@ -883,7 +883,11 @@ def plot_ppl(summary: dict[str, Any], details: dict[str, Any], path: str | Path)
     a.set_xlabel("position in the window (bucket centre)")
     a.set_ylabel("perplexity (mean over seeds; band: min-max)")
     a.set_yscale("log")
-    a.legend(fontsize=8)
+    from matplotlib.ticker import FormatStrFormatter
+
+    for axis in (a.yaxis.set_major_formatter, a.yaxis.set_minor_formatter):
+        axis(FormatStrFormatter("%g"))  # 7, 8, 9, 10 rather than 7x10^0 ...
+    a.legend(fontsize=8, ncol=2)
     for p, gaps in details["verdicts"]["ln_gap_to_full_by_bucket"].items():
         b.plot(x, gaps, marker="o", ms=3, label=p, color=colour.get(p))
     sigma = details["verdicts"]["seed_noise_ln_ppl"]
