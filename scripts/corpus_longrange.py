@@ -60,6 +60,8 @@ from typing import Any
 
 import numpy as np
 
+from powerattn.eval import lm
+
 CONTEXT = 4096
 NS = (4, 8, 16)
 MAX_WINDOWS = 200
@@ -186,15 +188,7 @@ def cut_windows(
     """``(windows (w, context) int64, document index of each)`` from token lists ``docs`` (each
     already starting with ``<bos>``), as ``powerattn.eval.lm.eval_windows`` cuts them:
     consecutive windows from each document's start, round-robin over documents in order."""
-    per_doc = [
-        [(d, s) for s in range(0, len(ids) - context + 1, context)] for d, ids in enumerate(docs)
-    ]
-    picked: list[tuple[int, int]] = []
-    depth = 0
-    while len(picked) < max_windows and any(depth < len(w) for w in per_doc):
-        picked.extend(w[depth] for w in per_doc if depth < len(w))
-        depth += 1
-    picked = picked[:max_windows]
+    picked = lm.window_starts([(0, len(ids)) for ids in docs], context, max_windows)
     if not picked:
         return np.zeros((0, context), dtype=np.int64), np.zeros(0, dtype=np.int64)
     windows = np.stack([np.asarray(docs[d][s : s + context], dtype=np.int64) for d, s in picked])

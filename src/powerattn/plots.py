@@ -72,9 +72,10 @@ def _as_dict(patterns: Mapping[str, Pattern] | Sequence[Pattern | str]) -> dict[
     return out
 
 
-def _save(fig: plt.Figure, path: PathLike) -> PathLike:
+def save_figure(fig: plt.Figure, path: PathLike, dpi: int = 150) -> PathLike:
+    """Write ``fig`` to ``path`` (its folder made), close it, return ``path``."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -190,7 +191,7 @@ def plot_mask(pattern: Pattern | str, seq_len: int, path: PathLike) -> PathLike:
     """Write the block mask of ``pattern`` at ``seq_len`` tokens to ``path``; returns ``path``."""
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     draw_mask(ax, pattern, seq_len)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reachability(
@@ -210,7 +211,7 @@ def plot_reachability(
         im = draw_reachability(ax, p, seq_len, layers, vmax=vmax)
     fig.colorbar(im, ax=axes[0].tolist(), label="layer first reached", shrink=0.9)
     fig.suptitle(f"blocks reaching the last token after L layers ({seq_len:,} tokens)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_coverage(
@@ -223,7 +224,7 @@ def plot_coverage(
     fig, ax = plt.subplots(figsize=(6, 4))
     draw_coverage(ax, patterns, seq_len, layers)
     ax.set_title(f"receptive field of the last token, {seq_len:,} tokens")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_compare(
@@ -253,4 +254,4 @@ def plot_compare(
         map_axes.append(fig.add_subplot(grid[1 + i // ncol, i % ncol]))
         im = draw_reachability(map_axes[-1], p, seq_len, layers, vmax=vmax)
     fig.colorbar(im, ax=map_axes, label="layer first reached (grey: not reached)", shrink=0.8)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -515,10 +515,9 @@ def plot_ruler(runs: list[dict[str, Any]], verdicts: dict[str, Any], path: str |
     """Left: each model's average over tasks with its 95 % bootstrap interval over samples
     (full attention, then the hybrids, then the plain patterns; the floor dashed). Right: the
     per-task scores as a heat map, numbers written in."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ..plots import pattern_color, save_figure  # matplotlib on the Agg backend
 
     order = {p: i for i, p in enumerate(lm.PATTERNS)}
 
@@ -529,7 +528,6 @@ def plot_ruler(runs: list[dict[str, Any]], verdicts: dict[str, Any], path: str |
     runs = sorted(runs, key=key)
     names = [r["name"] for r in runs]
     tasks = list(runs[0]["scores"])
-    colour = {p: f"C{i}" for i, p in enumerate(lm.PATTERNS)}
     fig, (a, b) = plt.subplots(
         1, 2, figsize=(13, 1.5 + 0.38 * len(runs)), gridspec_kw={"width_ratios": [1, 1.4]}
     )
@@ -537,7 +535,7 @@ def plot_ruler(runs: list[dict[str, Any]], verdicts: dict[str, Any], path: str |
     for yi, r in zip(y, runs, strict=True):
         iv = average_interval(r)
         hatch = "" if r["full_layers"] or r["pattern"] == "full" else "//"
-        a.barh(yi, iv["mean"], color=colour.get(r["pattern"], "grey"), hatch=hatch, alpha=0.8)
+        a.barh(yi, iv["mean"], color=pattern_color(r["pattern"]), hatch=hatch, alpha=0.8)
         lo, hi = iv["ci95"]
         a.errorbar(iv["mean"], yi, xerr=[[iv["mean"] - lo], [hi - iv["mean"]]], color="black",
                    capsize=3, lw=1)  # fmt: skip
@@ -570,11 +568,7 @@ def plot_ruler(runs: list[dict[str, Any]], verdicts: dict[str, Any], path: str |
         fontsize=9,
     )
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return Path(save_figure(fig, path, dpi=110))
 
 
 # ---------------------------------------------------------------------------- probing
@@ -846,10 +840,9 @@ def probe_verdict_text(verdicts: dict[str, Any]) -> str:
 def plot_probe(runs: list[dict[str, Any]], path: str | Path) -> Path:
     """Heat maps layers x blocks (rows: pattern and seed; columns: before / after training),
     with the theory's boundary (blocks the needle can have reached by each layer) outlined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ..plots import save_figure  # matplotlib on the Agg backend
 
     fig, axes = plt.subplots(
         len(runs), 2, figsize=(12, 1.6 + 1.4 * len(runs)), squeeze=False, sharex=True
@@ -866,11 +859,7 @@ def plot_probe(runs: list[dict[str, Any]], path: str | Path) -> Path:
     for ax in axes[-1]:
         ax.set_xlabel("block (needle block marked by the red theory outline)")
     fig.colorbar(im, ax=axes, shrink=0.6, label="probe accuracy (chance 1/6)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return Path(save_figure(fig, path, dpi=110))
 
 
 WORKERS = {"lm": lm.run_one, "ruler": ruler_run_one}

@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,23 +161,30 @@ def tokenize_corpus(corpus_dir: str | Path, tokenizer_path: str | Path = DEFAULT
     return out
 
 
-def eval_windows(tokens_dir: Path, context: int, max_windows: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(windows (n, context) int64, document index of each window)``: consecutive windows
-    of ``context`` tokens from the start of each held-out document (a shorter tail is
-    dropped), documents in corpus order (by hash), at most ``max_windows`` taken round-robin
-    over documents so that long documents do not dominate."""
-    tokens = np.load(tokens_dir / "test.npy", mmap_mode="r")
-    offsets = np.load(tokens_dir / "test_offsets.npy")
+def window_starts(
+    spans: Sequence[tuple[int, int]], context: int, max_windows: int
+) -> list[tuple[int, int]]:
+    """``(document index, start)`` of the evaluation windows of documents at ``spans``
+    (``[start, end)`` each): consecutive windows of ``context`` tokens from each document's
+    start (a shorter tail is dropped), at most ``max_windows`` taken round-robin over the
+    documents in order, so that long documents do not dominate."""
     per_doc = [
-        [(d, s) for s in range(a, b - context + 1, context)]
-        for d, (a, b) in enumerate(zip(offsets[:-1], offsets[1:], strict=True))
+        [(d, s) for s in range(a, b - context + 1, context)] for d, (a, b) in enumerate(spans)
     ]
     picked: list[tuple[int, int]] = []
     depth = 0
     while len(picked) < max_windows and any(depth < len(w) for w in per_doc):
         picked.extend(w[depth] for w in per_doc if depth < len(w))
         depth += 1
-    picked = picked[:max_windows]
+    return picked[:max_windows]
+
+
+def eval_windows(tokens_dir: Path, context: int, max_windows: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(windows (n, context) int64, document index of each window)`` of the held-out
+    documents, in corpus order (by hash), cut by :func:`window_starts`."""
+    tokens = np.load(tokens_dir / "test.npy", mmap_mode="r")
+    offsets = np.load(tokens_dir / "test_offsets.npy")
+    picked = window_starts(list(zip(offsets[:-1], offsets[1:], strict=True)), context, max_windows)
     if not picked:
         raise ValueError(
             f"no held-out document has {context} tokens; build the corpus with a larger "
@@ -867,10 +874,9 @@ def verdict_text(details: dict[str, Any]) -> str:
 def plot_ppl(summary: dict[str, Any], details: dict[str, Any], path: str | Path) -> Path:
     """Perplexity by position bucket per pattern (seed mean, min-max band), and the
     seed-mean ln-perplexity gap to full attention per bucket."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ..plots import save_figure  # matplotlib on the Agg backend
 
     edges = [(lo, hi) for lo, hi, _ in summary["runs"][0]["ppl_by_position"]]
     x = np.asarray([(lo + hi) / 2 for lo, hi in edges])
@@ -900,8 +906,4 @@ def plot_ppl(summary: dict[str, Any], details: dict[str, Any], path: str | Path)
         b.legend(fontsize=8)
     fig.suptitle(f"Perplexity by position at {summary['context']} tokens", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return Path(save_figure(fig, path, dpi=110))
