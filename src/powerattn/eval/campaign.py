@@ -393,25 +393,23 @@ def table2_verdicts(runs: list[dict[str, Any]]) -> dict[str, Any]:
     seeds = sorted({s for _, s in by})
     models = [p for p in lm.PATTERNS if seeds and all((p, s) in by for s in seeds)]
 
-    def beats(a: str, b: str) -> int | None:
-        """+1 if ``a`` beats ``b`` in every seed, -1 if ``b`` beats ``a``, 0 if neither;
-        None if either is missing."""
-        if a not in models or b not in models:
-            return None
-        sides = set()
-        for s in seeds:
-            lo, hi = paired_average_gap(by[a, s], by[b, s])["ci95"]
-            sides.add(1 if lo > 0 else -1 if hi < 0 else 0)
+    def side(per_seed: list[dict[str, Any]]) -> int:
+        """+1 if the first model beats the second in every seed, -1 the reverse, else 0."""
+        sides = {1 if g["ci95"][0] > 0 else -1 if g["ci95"][1] < 0 else 0 for g in per_seed}
         return sides.pop() if len(sides) == 1 else 0
 
-    pairs = {
-        f"{a} - {b}": {
-            "per_seed": [paired_average_gap(by[a, s], by[b, s]) for s in seeds],
-            "beats": beats(a, b),
-        }
-        for i, a in enumerate(models)
-        for b in models[i + 1 :]
-    }
+    pairs = {}
+    for i, a in enumerate(models):
+        for b in models[i + 1 :]:
+            per_seed = [paired_average_gap(by[a, s], by[b, s]) for s in seeds]
+            pairs[f"{a} - {b}"] = {"per_seed": per_seed, "beats": side(per_seed)}
+
+    def beats(a: str, b: str) -> int | None:
+        """+1 if ``a`` beats ``b``, -1 if ``b`` beats ``a``, 0 if neither; None if either
+        is missing."""
+        if f"{a} - {b}" in pairs:
+            return pairs[f"{a} - {b}"]["beats"]
+        return -pairs[f"{b} - {a}"]["beats"] if f"{b} - {a}" in pairs else None
 
     def rank_claim(top: str, others: list[str], sign: int) -> str:
         """``top`` beats (sign +1) or loses to (sign -1) each of ``others``."""
@@ -430,7 +428,7 @@ def table2_verdicts(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "needs": RULER_FLOOR,
         "reached": bool(full_avg) and len(full_avg) == len(seeds) and min(full_avg) >= RULER_FLOOR,
     }
-    sparse = [p for p in lm.SPARSE]
+    sparse = lm.SPARSE
     claims = {
         "power_best_sparse": rank_claim("power", [p for p in sparse if p != "power"], 1),
         "sliding_window_last": rank_claim(
