@@ -7,7 +7,7 @@ quarter of each 4096-token evaluation window (positions 3072..4095) from context
 no model, how often the text itself offers something to copy from that far context.
 
 For a corpus it cuts the held-out documents (``test.jsonl``; ``train.jsonl`` with ``:train``)
-into the evaluation's windows (:func:`cut_windows`, mirroring ``powerattn.eval.lm.eval_windows``:
+into the evaluation's windows (:func:`cut_windows`, with ``powerattn.eval.lm.window_starts``:
 each document tokenized with the committed BPE after ``<bos>``, consecutive non-overlapping
 windows of ``--context`` tokens from the document's start, a shorter tail dropped, at most
 ``--max-windows`` taken round-robin over documents in file order). For every predicted token
