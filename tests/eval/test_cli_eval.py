@@ -152,3 +152,29 @@ def test_ruler_on_a_local_hf_checkpoint(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["length"] == 512 and len(res["predictions"]) == 2
     assert "single" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------ a new user's mistakes
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """``powerattn eval ARGV`` through the console entry point: (exit code, stdout, stderr)."""
+    from powerattn.cli import main
+
+    rc = main(["eval", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _one_line(err: str, *words: str) -> None:
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("powerattn eval: error: "), err
+    for w in words:
+        assert w in err, (w, err)
+
+
+def test_a_missing_corpus_is_refused_without_creating_it(tmp_path, capsys):
+    corpus = tmp_path / "no_corpus"
+    rc, _, err = _cli(capsys, "ppl", "--corpus", str(corpus), "--out", str(tmp_path / "lm"),
+                      "--device", "cpu", "--patterns", "power")  # fmt: skip
+    assert rc == 2
+    _one_line(err, "eval corpus --out")
+    assert not corpus.exists()  # a later --source or --model of that path is not fooled

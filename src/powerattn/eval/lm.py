@@ -146,10 +146,10 @@ def tokenize_corpus(corpus_dir: str | Path, tokenizer_path: str | Path = DEFAULT
     out = Path(corpus_dir) / f"tokens-{_file_hash(tok.path)}"
     if (out / "test_offsets.npy").is_file():
         return out
-    out.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.int32
     for split in ("train", "test"):
         docs = read_documents(corpus_dir, split)
+        out.mkdir(parents=True, exist_ok=True)  # only in a built corpus (not a missing one)
         pieces, offsets = [], [0]
         for i in range(0, len(docs), 256):  # bounded memory for a large corpus
             for ids in tok.encode_batch([d["text"] for d in docs[i : i + 256]]):
