@@ -114,7 +114,7 @@ def test_refusals(tmp_path):
         _run("ppl", "--corpus", str(tmp_path), "--out", str(tmp_path), "--preset", "huge")
     with pytest.raises(ValueError, match="unknown patterns"):
         _run("ppl", "--corpus", str(tmp_path), "--out", str(tmp_path), "--patterns", "nope")
-    with pytest.raises(ValueError, match="neither a run directory"):
+    with pytest.raises(ValueError, match="no such folder; give a run directory"):
         _run("ruler", "--model", str(tmp_path / "missing"))
     assert eval_cmd.main(["probe", "--summarize", str(tmp_path)]) == 2
     with pytest.raises(ValueError, match="--preset, --jobs: training options, not for --from"):
@@ -124,7 +124,7 @@ def test_refusals(tmp_path):
         _run("probe", "--out", str(tmp_path / "p"), "--preset", "gpu")
     with pytest.raises(ValueError, match="no .*per_run; give --from"):
         _run("results", "--root", str(tmp_path))
-    with pytest.raises(ValueError, match="neither a folder nor a runs.tgz"):
+    with pytest.raises(ValueError, match="no such folder or file; give the GPU call"):
         _run("results", "--from", str(tmp_path / "missing.tgz"), "--root", str(tmp_path))
 
 
@@ -171,6 +171,14 @@ def _one_line(err: str, *words: str) -> None:
         assert w in err, (w, err)
 
 
+def _fake_run(path):
+    """A run directory of eval ppl as far as --model can tell before loading it."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    (path / "checkpoint.pt").write_bytes(b"")
+    return path
+
+
 def test_a_missing_corpus_is_refused_without_creating_it(tmp_path, capsys):
     corpus = tmp_path / "no_corpus"
     rc, _, err = _cli(capsys, "ppl", "--corpus", str(corpus), "--out", str(tmp_path / "lm"),
@@ -178,3 +186,95 @@ def test_a_missing_corpus_is_refused_without_creating_it(tmp_path, capsys):
     assert rc == 2
     _one_line(err, "eval corpus --out")
     assert not corpus.exists()  # a later --source or --model of that path is not fooled
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        # a folder of runs, not one run: its runs are named
+        (["--model", "{lm}"], ["neither a run directory", "--model {lm}/power-s0"]),
+        # a run whose checkpoint did not come back (results/*/per_run)
+        (["--model", "{lm}/nockpt"], ["no checkpoint.pt"]),
+        (["--model", "{lm}/power-s0", "--pattern", "full"], ["--pattern", "transformers"]),
+        (["--model", "{lm}/power-s0", "--tasks", "nosuchtask"], ["unknown tasks", "vt"]),
+        (["--train", "--out", "{tmp}/r", "--tasks", "nosuchtask"], ["unknown tasks"]),
+        (["--train", "--out", "{tmp}/r", "--lm-runs", "{tmp}/typo"], ["--lm-runs", "typo"]),
+        (["--train", "--out", "{tmp}/r", "--length", "1024"], ["--length", "--model"]),
+    ],
+)
+def test_ruler_mistakes_are_one_line(tmp_path, capsys, argv, words):
+    lm = tmp_path / "lm"
+    _fake_run(lm / "power-s0")
+    (lm / "nockpt").mkdir()
+    (lm / "nockpt" / "config.json").write_text('{"pattern": {"name": "power"}}')
+    fill = {"lm": str(lm), "tmp": str(tmp_path)}
+    argv = [a.format(**fill) for a in argv]
+    rc, out, err = _cli(capsys, "ruler", *argv, "--device", "cpu", "--preset", "tiny")
+    assert rc == 2 and out == ""
+    _one_line(err, *[w.format(**fill) for w in words])
+    assert not (tmp_path / "r").exists()  # refused before any run started
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--engine", "nope"], ["engine", "torch"]),
+        (["--device", "gpu"], ["device", "cpu"]),
+    ],
+)
+def test_probe_options_are_checked_before_training(tmp_path, capsys, argv, words):
+    rc, out, err = _cli(capsys, "probe", "--out", str(tmp_path / "p"), "--preset", "smoke-mix",
+                        "--patterns", "power", *argv)  # fmt: skip
+    assert rc == 2 and out == ""
+    _one_line(err, *words)
+    assert not (tmp_path / "p").exists()  # nothing trained
+
+
+def test_results_from_a_missing_folder_names_what_to_give(tmp_path, capsys):
+    rc, _, err = _cli(capsys, "results", "--from", str(tmp_path / "nope"), "--root",
+                      str(tmp_path / "root"))  # fmt: skip
+    assert rc == 2
+    _one_line(err, "no such folder", "runs.tgz")
+    (tmp_path / "notes.txt").write_text("not an archive")
+    rc, _, err = _cli(capsys, "results", "--from", str(tmp_path / "notes.txt"), "--root",
+                      str(tmp_path / "root"))  # fmt: skip
+    assert rc == 2
+    _one_line(err, "notes.txt is not a runs.tgz")
+
+
+def test_python_m_reports_os_errors_in_one_line(tmp_path, capsys):
+    """``python -m powerattn.commands.eval`` (the GPU scripts) reports as ``powerattn eval``."""
+    src = tmp_path / "call"
+    (src / "lm" / "power-s0").mkdir(parents=True)
+    (src / "lm" / "power-s0" / "ppl.json").write_text("{}")
+    blocker = tmp_path / "file"  # --root under a file: the copy fails with an OSError
+    blocker.write_text("")
+    assert eval_cmd.main(["results", "--from", str(src), "--root", str(blocker / "r")]) == 2
+    _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("what", ["corpus", "tokenizer", "ppl", "ruler", "probe", "results"])
+def test_help_says_what_each_option_takes_and_its_default(capsys, what):
+    """Every option has a help text; one with a default names it (as ``(DEFAULT)`` or
+    ``default``); no stray ``%%``."""
+    parser = argparse.ArgumentParser(prog="powerattn")
+    eval_cmd.register(parser.add_subparsers(dest="command"))
+    sub = parser._subparsers._group_actions[0].choices["eval"]
+    p = sub._subparsers._group_actions[0].choices[what]
+    for a in p._actions:
+        if a.dest == "help":
+            continue
+        assert a.help, (what, a.option_strings)
+        if a.default not in (None, False, [], argparse.SUPPRESS) and not a.required:
+            d = a.default
+            shown = f"{d:g}" if isinstance(d, float) else d
+            shown = ",".join(map(str, d)) if isinstance(d, list) else shown
+            assert f"({shown}" in a.help or "default" in a.help, (what, a.option_strings, a.help)
+    with pytest.raises(SystemExit):
+        _run(what, "--help")
+    out = capsys.readouterr().out
+    assert "%%" not in out
+    if what == "ruler":
+        from powerattn.eval.ruler import TASKS
+
+        assert all(t in " ".join(out.split()) for t in TASKS)

@@ -48,16 +48,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "DIR[=LICENCE] (its .py/.txt/.md files); repeatable",
     )
     c.add_argument("--max-mb", type=float, default=200.0, help="MB of text per source (200)")
-    c.add_argument("--min-chars", type=positive_int, default=16384, help="shortest document")
+    c.add_argument(
+        "--min-chars",
+        type=positive_int,
+        default=16384,
+        help="shortest document kept, in characters (16384: ~4,600 tokens)",
+    )
     c.add_argument(
         "--test-permille", type=positive_int, default=50, help="held-out share, per mille (50)"
     )
     c.set_defaults(func=_corpus)
 
     t = esub.add_parser("tokenizer", help="train the byte-level BPE on a corpus' training split")
-    t.add_argument("--corpus", required=True)
+    t.add_argument("--corpus", required=True, help="corpus directory (of eval corpus)")
     t.add_argument("--out", required=True, help="tokenizer JSON to write")
-    t.add_argument("--vocab", type=positive_int, default=8192)
+    t.add_argument("--vocab", type=positive_int, default=8192, help="vocabulary size (8192)")
     t.set_defaults(func=_tokenizer)
 
     p = esub.add_parser(
@@ -68,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "details.json; --summarize only rewrites the summary from the runs' outputs.",
     )
     _campaign_args(p, need_corpus=True)
+    p.add_argument("--out", help="run directory: OUT/PATTERN-sSEED per run")
     p.add_argument("--summarize", metavar="RUNS", help="no training: summarize RUNS/*/ppl.json")
     p.add_argument("--results", default="results/lm", help="summary directory (results/lm)")
     p.add_argument(
@@ -86,13 +92,36 @@ def register(sub: argparse._SubParsersAction) -> None:
         "each language-model run of --lm-runs on the task mixture, score it, and write "
         "RESULTS/summary.json.",
     )
-    r.add_argument("--model", help="a run directory of eval ppl, or a local HF checkpoint")
-    r.add_argument("--pattern", help="with an HF --model: switch it to this pattern")
-    r.add_argument("--length", type=positive_int, default=4096, help="tokens per sample")
-    add_list_argument(r, "--tasks", help="task names (default: all seven)")
+    r.add_argument(
+        "--model",
+        metavar="PATH",
+        help="a run directory of eval ppl (OUT/PATTERN-sSEED, with its checkpoint.pt), or a "
+        "local transformers checkpoint",
+    )
+    r.add_argument(
+        "--pattern",
+        help="with a transformers --model: switch it to this block-sparse pattern (default: "
+        "its own attention)",
+    )
+    r.add_argument(
+        "--length",
+        type=positive_int,
+        help="tokens per sample of --model (4096; --train scores at the preset's context)",
+    )
+    # powerattn.eval.ruler.TASKS, written out: that module needs torch (--help stays quick)
+    add_list_argument(
+        r, "--tasks",
+        help="task names, of niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt, "
+        "cwe, fwe (default: all seven)",
+    )  # fmt: skip
     r.add_argument("--samples", type=positive_int, default=20, help="samples per task (20)")
     r.add_argument("--train", action="store_true", help="the campaign (see description)")
-    r.add_argument("--lm-runs", help="runs of eval ppl to continue (--train)")
+    r.add_argument(
+        "--lm-runs",
+        metavar="DIR",
+        help="--train: the eval ppl runs to continue (its --out; default: none, every run "
+        "starts from scratch)",
+    )
     r.add_argument(
         "--hybrid",
         action="store_true",
@@ -100,8 +129,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "last 2 of every 7 layers)",
     )
     _campaign_args(r, need_corpus=False)
+    r.add_argument(
+        "--out", help="--train: run directory (OUT/NAME per run); --model: result JSON to write"
+    )
     r.add_argument("--summarize", metavar="RUNS", help="no training: summarize RUNS/*/ruler.json")
-    r.add_argument("--results", default="results/ruler")
+    r.add_argument("--results", default="results/ruler", help="summary directory (results/ruler)")
     r.set_defaults(func=_ruler)
 
     b = esub.add_parser(
@@ -111,7 +143,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--patterns x --seeds (preset gpu-mix, the recipe that passed its gate; resuming) "
         "into --train-out, or take the runs of --from-runs, and fit one logistic-regression "
         "probe per (layer, block) on block-mean-pooled hidden states (6 candidate keys, "
-        "needle at 10%% depth, the run's length and blocks) of the run's model at "
+        "needle at 10% depth, the run's length and blocks) of the run's model at "
         "initialisation and of its checkpoint; writes OUT/PATTERN-sSEED/probe.json, "
         "RESULTS/summary.json and heatmaps.png.",
     )
@@ -126,18 +158,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         b, "--patterns", default=["sliding_window", "power", "full"],
         help="pattern names (sliding_window,power,full)",
     )  # fmt: skip
-    add_list_argument(b, "--seeds", nonnegative_int, default=[0])
+    add_list_argument(b, "--seeds", nonnegative_int, default=[0], help="seeds (0)")
     b.add_argument("--steps-scale", type=float, help="multiply every stage's steps (1)")
     b.add_argument(
         "--per-key", type=positive_int, default=32, help="probe documents per key (32; 6 keys)"
     )
-    b.add_argument("--engine", default="torch", help="torch (batched L-BFGS) or sklearn")
-    b.add_argument("--jobs", type=positive_int, help="runs trained at once, one process each")
+    b.add_argument(
+        "--engine", default="torch", help="torch (batched L-BFGS; the default) or sklearn"
+    )
+    b.add_argument("--jobs", type=positive_int, help="runs trained at once, one process each (1)")
     b.add_argument("--deadline", type=float, help="seconds from now to stop training")
-    b.add_argument("--device", default="auto", help="where the probes run (training: cuda if any)")
+    b.add_argument(
+        "--device",
+        default="auto",
+        help="where the probes run: auto (the default: cuda if any), cpu or cuda[:N] "
+        "(training: cuda if any)",
+    )
     _speed_arg(b)
     b.add_argument("--summarize", metavar="RUNS", help="no training: summarize RUNS/*/probe.json")
-    b.add_argument("--results", default="results/probing")
+    b.add_argument(
+        "--results", default="results/probing", help="summary directory (results/probing)"
+    )
     b.set_defaults(func=_probe)
 
     g = esub.add_parser(
@@ -159,18 +200,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _campaign_args(p: argparse.ArgumentParser, need_corpus: bool) -> None:
     if need_corpus:
         p.add_argument("--corpus", help="corpus directory (eval corpus)")
-    p.add_argument("--out", help="run directory (ruler --model: the result JSON file)")
-    p.add_argument("--preset", default="tiny", help="tiny (CPU smoke) or gpu")
+    p.add_argument("--preset", default="tiny", help="tiny (the default: CPU smoke) or gpu")
     add_list_argument(p, "--patterns", help="pattern names (default: every pattern, full first)")
     add_list_argument(p, "--seeds", nonnegative_int, default=[0], help="seeds (0)")
     p.add_argument("--steps", type=positive_int, help="steps per run (default: the preset's)")
-    p.add_argument("--jobs", type=positive_int, default=1, help="runs at once (subprocesses)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs at once, in subprocesses (1)")
     p.add_argument(
-        "--deadline", type=float, help="seconds from now after which training stops (resumable)"
+        "--deadline",
+        type=float,
+        help="seconds from now after which training stops (resumable; default: none)",
     )
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--device", default="auto", help="auto (the default: cuda if any), cpu or cuda[:N]"
+    )
     p.add_argument("--tokenizer", help="tokenizer JSON (default: the committed one)")
     _speed_arg(p)
+
+
+RULER_LENGTH = 4096  # eval ruler --model's default --length
 
 
 def _speed_arg(p: argparse.ArgumentParser) -> None:
@@ -290,8 +337,9 @@ def _plot(fn, *args) -> None:
 
 
 def _ruler(args: argparse.Namespace) -> int:
-    from ..eval import campaign, lm
+    from ..eval import campaign, lm, ruler
 
+    ruler.check_tasks(args.tasks)  # before a model is loaded or a run starts
     if args.model:
         if args.speed:
             raise ValueError("--speed applies to training (--train), not to scoring --model")
@@ -300,6 +348,19 @@ def _ruler(args: argparse.Namespace) -> int:
     if not args.summarize:
         if not args.train or not args.out:
             raise ValueError("give --model, or --train with --out (and --lm-runs), or --summarize")
+        if args.length is not None:
+            raise ValueError(
+                "--length applies to --model; --train scores at the preset's context (--preset)"
+            )
+        if args.pattern:
+            raise ValueError(
+                "--pattern applies to a transformers --model; --train takes --patterns"
+            )
+        if args.lm_runs and not Path(args.lm_runs).is_dir():
+            raise ValueError(
+                f"--lm-runs {args.lm_runs}: no such folder; give the --out of eval ppl, or leave "
+                "--lm-runs out to train from scratch"
+            )
         patterns = args.patterns or lm.PATTERNS
         campaign._check(args.preset, patterns)
         speed = _speed(args)
@@ -350,8 +411,9 @@ def write_ruler_results(runs: str | Path, results: str | Path) -> str:
 def _ruler_one(args: argparse.Namespace) -> int:
     from ..eval import ruler
 
-    model, tok = _load_model(args)
-    res = ruler.evaluate_model(model, tok, args.length, args.tasks, args.samples)
+    length = RULER_LENGTH if args.length is None else args.length
+    model, tok = _load_model(args, length)
+    res = ruler.evaluate_model(model, tok, length, args.tasks, args.samples)
     print(ruler.table({Path(args.model).name: {**res["scores"], **res["categories"]}}))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -359,7 +421,7 @@ def _ruler_one(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(args: argparse.Namespace):
+def _load_model(args: argparse.Namespace, length: int):
     """(model, tokenizer) of --model: a run directory of ours, or a local HF checkpoint."""
     import torch
 
@@ -367,7 +429,13 @@ def _load_model(args: argparse.Namespace):
 
     path = Path(args.model)
     device = resolve_device(args.device)
+    _check_model_path(path)
     if (path / "checkpoint.pt").is_file():
+        if args.pattern:
+            raise ValueError(
+                f"--pattern applies to a transformers --model; the run {path} keeps its own "
+                "pattern (score another run of eval ppl instead)"
+            )
         from ..eval.bpe import BPETokenizer
         from ..training.config import TrainConfig
         from ..training.model import build_model
@@ -375,14 +443,12 @@ def _load_model(args: argparse.Namespace):
         cfg = TrainConfig.from_dict(json.loads((path / "config.json").read_text()))
         tok = BPETokenizer(_tok(args))
         model = build_model(
-            cfg.model, cfg.build_pattern(), max(args.length, cfg.final_seq_len),
+            cfg.model, cfg.build_pattern(), max(length, cfg.final_seq_len),
             full_layers=cfg.pattern.full_layers, seed=cfg.seed, tokenizer=tok,
         )  # fmt: skip
         state = torch.load(path / "checkpoint.pt", map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         return model.to(device), tok
-    if not path.is_dir():
-        raise ValueError(f"--model {path} is neither a run directory nor a local checkpoint")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -394,6 +460,32 @@ def _load_model(args: argparse.Namespace):
     return model, tok
 
 
+def _check_model_path(path: Path) -> None:
+    """Refuse a --model that is neither a run of eval ppl with its checkpoint nor a
+    transformers checkpoint, naming what it is and what to give instead."""
+    if (path / "checkpoint.pt").is_file():
+        return
+    if not path.is_dir():
+        raise ValueError(
+            f"--model {path}: {'not a folder' if path.exists() else 'no such folder'}; give a "
+            "run directory of eval ppl (OUT/PATTERN-sSEED) or a local transformers checkpoint"
+        )
+    config = path / "config.json"
+    ours = config.is_file() and "model_type" not in json.loads(config.read_text())
+    if ours:
+        raise ValueError(
+            f"--model {path}: a run directory of eval ppl with no checkpoint.pt (runs copied "
+            "back from a GPU call keep no checkpoints); score the run where it was trained"
+        )
+    if not config.is_file():
+        runs = sorted(d.name for d in path.iterdir() if (d / "checkpoint.pt").is_file())
+        hint = f"; its runs: --model {path}/{runs[0]}" + (" ..." if len(runs) > 1 else "")
+        raise ValueError(
+            f"--model {path} is neither a run directory of eval ppl (no checkpoint.pt) nor a "
+            "transformers checkpoint (no config.json)" + (hint if runs else "")
+        )
+
+
 def _probe(args: argparse.Namespace) -> int:
     from ..eval import probe_runs
 
@@ -401,6 +493,11 @@ def _probe(args: argparse.Namespace) -> int:
     if not args.summarize:
         if not args.out:
             raise ValueError("give --out (or --summarize RUNS)")
+        if args.engine not in ("torch", "sklearn"):  # before any training
+            raise ValueError(f"--engine must be torch or sklearn, got {args.engine!r}")
+        from ..training.trainer import resolve_device
+
+        resolve_device(args.device)
         speed = _speed(args)
         if args.from_runs:
             training = ("preset", "train_out", "steps_scale", "jobs", "deadline", "speed")
@@ -484,9 +581,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="powerattn")
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
+    from ..cli import _user_errors
+
     try:
         return int(args.func(args) or 0)
-    except ValueError as exc:
+    except Exception as exc:  # bad input: one clear line, as `powerattn eval`
+        if not isinstance(exc, _user_errors()):
+            raise
         print(f"powerattn eval: error: {exc}", file=sys.stderr)
         return 2
 

@@ -66,13 +66,22 @@ def unpack_runs(source: str | Path, root: str | Path) -> list[Path]:
     with tempfile.TemporaryDirectory() as tmp:
         tgz = source / "runs.tgz" if source.is_dir() else source
         if tgz.is_file():
-            with tarfile.open(tgz) as tar:
-                tar.extractall(tmp, filter="data")
+            try:
+                with tarfile.open(tgz) as tar:
+                    tar.extractall(tmp, filter="data")
+            except tarfile.TarError:
+                raise ValueError(
+                    f"{tgz} is not a runs.tgz (not a tar archive); give the GPU call's output "
+                    "folder or its runs.tgz"
+                ) from None
             base = Path(tmp)
         elif source.is_dir():
             base = source
         else:
-            raise ValueError(f"{source} is neither a folder nor a runs.tgz")
+            raise ValueError(
+                f"--from {source}: no such folder or file; give the GPU call's output folder "
+                "(holding runs.tgz) or its runs.tgz"
+            )
         written = []
         for run_area, area in AREAS.items():
             src = base / run_area
@@ -96,7 +105,10 @@ def unpack_runs(source: str | Path, root: str | Path) -> list[Path]:
             for dst in written:  # the call's areas only
                 shutil.copy2(out_dir / name, dst.parent / target)
     if not written:
-        raise ValueError(f"{source} holds no lm/, ruler/ or probe/ runs")
+        raise ValueError(
+            f"{source} holds no lm/, ruler/ or probe/ runs; give the GPU call's output folder "
+            "(holding runs.tgz) or its runs.tgz"
+        )
     return written
 
 

@@ -26,7 +26,7 @@ mixture for :class:`powerattn.training.Trainer` (answer-only loss).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -410,6 +410,16 @@ def predict(model: torch.nn.Module, tokenizer: Any, samples: list[Sample]) -> li
     return out
 
 
+def check_tasks(tasks: Sequence[str] | None) -> list[str]:
+    """``tasks`` as a list (``None`` or empty: all of :data:`TASKS`); a name not in
+    :data:`TASKS` raises ``ValueError`` naming the valid ones."""
+    tasks = list(tasks or TASKS)
+    bad = sorted(set(tasks) - set(TASKS))
+    if bad:
+        raise ValueError(f"unknown tasks {bad}; choose from {', '.join(TASKS)}")
+    return tasks
+
+
 def evaluate_model(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -421,10 +431,7 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Generate, predict and score: ``{"scores": {task: score}, "categories": {...},
     "predictions": [{"task", "answers", "prediction", "score"}]}`` (scores in [0, 1])."""
-    tasks = list(tasks or TASKS)
-    bad = sorted(set(tasks) - set(TASKS))
-    if bad:
-        raise ValueError(f"unknown tasks {bad}; choose from {TASKS}")
+    tasks = check_tasks(tasks)
     batch = make_samples(tasks, length, samples, seed, tokenizer, params)
     preds = predict(model, tokenizer, batch)
     scores = score(batch, preds)
@@ -476,7 +483,7 @@ def training_batch_fn(
     ``loss_on="answer"`` and ``cfg.task.digits`` answer tokens: ``cfg.batch_size`` documents of
     the task mixture (task of row ``i``: drawn uniformly from ``(seed, step, i)``), samples
     seeded apart from evaluation's (which uses seeds below 100003 * seeds)."""
-    tasks = list(tasks or TASKS)
+    tasks = check_tasks(tasks)
     tok = as_tokenizer(tokenizer)
 
     def count(text: str) -> int:
