@@ -64,6 +64,13 @@ def test_end_to_end_tiny(tmp_path, make_docs, capsys):
     assert json.loads(one.read_text())["predictions"][0]["task"] == "vt"
     run = json.loads((runs / "ruler" / "power-s0" / "ruler.json").read_text())
     assert run["started_from"].endswith("power-s0/checkpoint.pt")  # continued the LM
+    # The same call again resumes every run from its own checkpoint: the record still names
+    # the LM run it started from (not "scratch").
+    assert _run("ruler", "--train", "--lm-runs", str(runs / "lm"), "--out", str(runs / "ruler"),
+                "--preset", "tiny", "--device", "cpu", "--patterns", "power", "--samples", "1",
+                "--tasks", "niah_single,vt", "--results", str(res / "ruler")) == 0  # fmt: skip
+    again = json.loads((runs / "ruler" / "power-s0" / "ruler.json").read_text())
+    assert again["started_from"] == run["started_from"] and again["steps"] == run["steps"]
 
     assert _run("probe", "--out", str(runs / "probe"), "--preset", "smoke-mix",
                 "--device", "cpu", "--patterns", "power", "--per-key", "4",

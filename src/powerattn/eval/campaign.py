@@ -285,6 +285,9 @@ def ruler_config(
     return cfg
 
 
+ORIGIN_FILE = "started_from.txt"  # a RULER run's starting point, read again when it resumes
+
+
 def ruler_run_one(
     lm_runs: str | None,
     out: str,
@@ -316,11 +319,19 @@ def ruler_run_one(
     batch_fn = ruler.training_batch_fn(tok, tasks)
     trainer = Trainer(cfg, run_dir, progress=False, tokenizer=tok, batch_fn=batch_fn)
     init = Path(lm_runs) / lm.run_name(pattern, seed) / CHECKPOINT if lm_runs else None
-    started_from = "scratch"
-    if not (run_dir / CHECKPOINT).exists() and init is not None and init.exists():
-        state = torch.load(init, map_location=trainer.device, weights_only=False)
-        trainer.model.load_state_dict(state["model"])
-        started_from = str(init)
+    origin = run_dir / ORIGIN_FILE  # what the run started from, kept for its resumes
+    if (run_dir / CHECKPOINT).exists():
+        started_from = origin.read_text().strip() if origin.is_file() else "unknown (resumed)"
+    else:
+        started_from = "scratch"
+        if init is not None and init.exists():
+            state = torch.load(init, map_location=trainer.device, weights_only=False)
+            trainer.model.load_state_dict(state["model"])
+            started_from = str(init)
+        elif init is not None:
+            print(f"{run_dir.name}: no {init}; starts from scratch", file=sys.stderr)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        origin.write_text(started_from + "\n")
     t0 = time.time()
     trainer.train(stop_time=stop_time)
     res = ruler.evaluate_model(trainer.model, tok, p.context, tasks, samples, seed=0)
