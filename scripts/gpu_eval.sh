@@ -268,8 +268,8 @@ if has ruler; then
     RSEEDS=${RULER_SEEDS:-0}
     NRUNS=$(( 11 * $(echo "$RSEEDS" | tr ',' '\n' | wc -l) ))
     RSTEPS=${RULER_STEPS:-$(python3 -c "print(max(5, int($S * 0.4 * 0.5e6 / $STEP_TOKENS / $NRUNS)))")}
-    # The tiny preset's 320 tokens cannot hold cwe/fwe/multi-value samples; its dry run
-    # needs only a few steps.
+    # The tiny preset's 320 tokens hold every task only with a tiny haystack; its dry run
+    # needs two tasks and a few steps.
     [ "$PRESET" = tiny ] && RULER_TASKS=${RULER_TASKS:-niah_single,vt} && RSTEPS=${RULER_STEPS:-3}
     echo "== ruler: seeds $RSEEDS, $RSTEPS steps per run, ${RULER_SAMPLES:-50} samples per task," \
         "${S}s, speed options: ${TRAIN_SPEED:-none}"
