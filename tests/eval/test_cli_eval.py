@@ -31,6 +31,7 @@ def test_end_to_end_tiny(tmp_path, make_docs, capsys):
                 "--results", str(res / "lm")) == 0  # fmt: skip
     summary = json.loads((res / "lm" / "summary.json").read_text())
     assert summary["context"] == 320 and len(summary["runs"]) == 2
+    assert f"wrote {(res / 'lm').resolve()}: " in capsys.readouterr().err  # where it went
     assert {r["pattern"] for r in summary["runs"]} == {"full", "power"}
     assert all(r["tokens_trained"] == 3 * 2 * 320 for r in summary["runs"])
     # --summarize regenerates the same summary from the runs' outputs alone

@@ -275,6 +275,12 @@ def _tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say_where(results: str) -> None:
+    """Name the summary folder (its default is relative to where the command runs)."""
+    names = sorted(p.name for p in Path(results).iterdir() if p.is_file())
+    print(f"wrote {Path(results).resolve()}: {', '.join(names)}", file=sys.stderr)
+
+
 def _write_results(results: str, name: str, obj: dict) -> Path:
     out = Path(results)
     out.mkdir(parents=True, exist_ok=True)
@@ -297,6 +303,7 @@ def _ppl(args: argparse.Namespace) -> int:
         if failed:
             print(f"failed runs (see {args.out}/lm-NAME.log): {failed}", file=sys.stderr)
     print(write_lm_results(runs, args.results))
+    _say_where(args.results)
     return 0
 
 
@@ -391,6 +398,7 @@ def _ruler(args: argparse.Namespace) -> int:
         if failed:
             print(f"failed runs (see {args.out}/ruler-NAME.log): {failed}", file=sys.stderr)
     print(write_ruler_results(runs, args.results))
+    _say_where(args.results)
     return 0
 
 
@@ -517,6 +525,7 @@ def _probe(args: argparse.Namespace) -> int:
         for run_dir in found:  # every run found before the first is probed
             probe_runs.probe_run(run_dir, args.out, args.per_key, args.engine, args.device)
     print(write_probe_results(runs, args.results))
+    _say_where(args.results)
     return 0
 
 
