@@ -412,7 +412,7 @@ def write_ruler_results(runs: str | Path, results: str | Path) -> str:
     _write_results(results, "summary.json", summary)
     _write_results(results, "details.json", details)
     (Path(results) / "table.txt").write_text(table + "\n")
-    campaign.plot_ruler(found, details["verdicts"], Path(results) / "ruler.png")
+    campaign.plot_ruler(found, details, Path(results) / "ruler.png")
     return table
 
 
@@ -501,8 +501,9 @@ def _probe(args: argparse.Namespace) -> int:
     if not args.summarize:
         if not args.out:
             raise ValueError("give --out (or --summarize RUNS)")
-        if args.engine not in ("torch", "sklearn"):  # before any training
-            raise ValueError(f"--engine must be torch or sklearn, got {args.engine!r}")
+        from ..eval.probe import check_engine
+
+        check_engine(args.engine)  # before any training
         from ..training.trainer import resolve_device
 
         resolve_device(args.device)

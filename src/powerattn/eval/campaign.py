@@ -532,10 +532,11 @@ def summarize_ruler(runs_dir: str | Path) -> dict[str, Any]:
     }
 
 
-def plot_ruler(runs: list[dict[str, Any]], verdicts: dict[str, Any], path: str | Path) -> Path:
+def plot_ruler(runs: list[dict[str, Any]], details: dict[str, Any], path: str | Path) -> Path:
     """Left: each model's average over tasks with its 95 % bootstrap interval over samples
-    (full attention, then the hybrids, then the plain patterns; the floor dashed). Right: the
-    per-task scores as a heat map, numbers written in."""
+    (from ``details`` of :func:`summarize_ruler`; full attention, then the hybrids, then the
+    plain patterns; the floor dashed). Right: the per-task scores as a heat map, numbers
+    written in."""
     import matplotlib.pyplot as plt
 
     from ..plots import pattern_color, save_figure  # matplotlib on the Agg backend
@@ -554,14 +555,13 @@ def plot_ruler(runs: list[dict[str, Any]], verdicts: dict[str, Any], path: str |
     )
     y = np.arange(len(runs))[::-1]
     for yi, r in zip(y, runs, strict=True):
-        iv = average_interval(r)
+        mean, (lo, hi) = details["average"][r["name"]], details["average_ci95"][r["name"]]
         hatch = "" if r["full_layers"] or r["pattern"] == "full" else "//"
-        a.barh(yi, iv["mean"], color=pattern_color(r["pattern"]), hatch=hatch, alpha=0.8)
-        lo, hi = iv["ci95"]
-        a.errorbar(iv["mean"], yi, xerr=[[iv["mean"] - lo], [hi - iv["mean"]]], color="black",
+        a.barh(yi, mean, color=pattern_color(r["pattern"]), hatch=hatch, alpha=0.8)
+        a.errorbar(mean, yi, xerr=[[mean - lo], [hi - mean]], color="black",
                    capsize=3, lw=1)  # fmt: skip
     a.axvline(
-        verdicts["floor"]["needs"],
+        details["verdicts"]["floor"]["needs"],
         color="grey",
         ls="--",
         lw=1,

@@ -102,6 +102,15 @@ def _split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(train), np.flatnonzero(~train)
 
 
+ENGINES = ("torch", "sklearn")
+
+
+def check_engine(engine: str) -> None:
+    """Refuse an engine that is not one of :data:`ENGINES`."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+
+
 def probe_accuracy(
     features: np.ndarray,
     labels: np.ndarray,
@@ -119,8 +128,7 @@ def probe_accuracy(
     in float64 on ``device`` (seconds instead of minutes for 128 blocks x 7 layers, and no
     scikit-learn needed on the GPU machine). Tests check they agree.
     """
-    if engine not in ("torch", "sklearn"):
-        raise ValueError(f"engine must be 'torch' or 'sklearn', got {engine!r}")
+    check_engine(engine)
     tr, te = _split(labels, seed)
     if np.unique(labels[tr]).size < 2 or te.size == 0:
         raise ValueError("probing needs at least two documents of each of two keys")
