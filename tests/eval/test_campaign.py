@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from powerattn.eval import campaign
@@ -73,6 +75,25 @@ def test_results_from_a_probing_only_call_leaves_lm_alone(tmp_path):
     for name in ("summary.json", "details.json", "table.txt"):  # as committed
         assert (probing / name).read_bytes() == (committed / "probing" / name).read_bytes()
     assert (probing / "heatmaps.png").stat().st_size > 0
+
+
+def test_results_from_a_base_call_go_to_lm_base(tmp_path):
+    """A continued-pretraining base (gpu_eval.sh ``LM_DIR=base``: runs.tgz with base/ only) is
+    rebuilt into results/lm-base, from its runs alone; results/lm is not touched."""
+    import tarfile
+    from pathlib import Path
+
+    from powerattn.commands import eval as eval_cmd
+
+    committed = Path(__file__).resolve().parents[2] / "results"
+    out, root = tmp_path / "out", tmp_path / "results"
+    out.mkdir()
+    with tarfile.open(out / "runs.tgz", "w:gz") as tar:
+        tar.add(committed / "lm" / campaign.PER_RUN, arcname="base")
+    assert eval_cmd.main(["results", "--from", str(out), "--root", str(root)]) == 0
+    assert not (root / "lm").exists()
+    got = json.loads((root / "lm-base" / "summary.json").read_text())
+    assert got == json.loads((committed / "lm" / "summary.json").read_text())
 
 
 def _ruler_runs(averages, n=40, seeds=(0,), **override):

@@ -183,10 +183,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     g = esub.add_parser(
         "results",
-        help="rebuild results/{lm,ruler,probing} from the runs' outputs",
+        help="rebuild results/{lm,lm-base,ruler,probing} from the runs' outputs",
         description="Copy the runs' outputs of a GPU call (--from: its output folder, its "
-        "runs.tgz, or a folder with lm/ ruler/ probe/ run directories; no checkpoints) into "
-        "ROOT/{lm,ruler,probing}/per_run (not git-ignored, unlike runs/) and its log.txt and "
+        "runs.tgz, or a folder with lm/ base/ ruler/ probe/ run directories; base/ is a "
+        "continued-pretraining base, gpu_eval.sh LM_DIR=base; no checkpoints) into "
+        "ROOT/{lm,lm-base,ruler,probing}/per_run (not git-ignored, unlike runs/) and its log.txt and "
         "gpu.txt into those areas' call_log.txt and gpu.txt, then rewrite each of those areas' "
         "summary.json, details.json, table.txt and figure from its per_run alone; the areas "
         "the call holds no runs of are left as they are. Without --from: only the rewrite, of "
@@ -569,6 +570,7 @@ def _results(args: argparse.Namespace) -> int:
         areas = {d.parent.name for d in copied}
     writers = {
         "lm": write_lm_results,
+        "lm-base": write_lm_results,
         "ruler": write_ruler_results,
         "probing": write_probe_results,
     }
@@ -580,7 +582,7 @@ def _results(args: argparse.Namespace) -> int:
             done += 1
     if not done:
         raise ValueError(
-            f"no {root}/{{lm,ruler,probing}}/{campaign.PER_RUN}; give --from with the GPU "
+            f"no {root}/{{lm,lm-base,ruler,probing}}/{campaign.PER_RUN}; give --from with the GPU "
             "call's output (its runs.tgz)"
         )
     return 0

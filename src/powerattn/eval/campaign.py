@@ -44,18 +44,19 @@ def _write_json(path: Path, obj: Any) -> None:
 
 # ---------------------------------------------------------------------------- results
 
-AREAS = {"lm": "lm", "ruler": "ruler", "probe": "probing"}  # run folder -> results folder
+# run folder -> results folder; base/: a continued-pretraining base (gpu_eval.sh LM_DIR=base)
+AREAS = {"lm": "lm", "base": "lm-base", "ruler": "ruler", "probe": "probing"}
 KEEP_SUFFIXES = (".json", ".jsonl", ".log", ".txt")  # what of a run is committed (no weights)
 PER_RUN = "per_run"  # results/<area>/per_run/: the runs' outputs (.gitignore has runs/)
 
 
 def unpack_runs(source: str | Path, root: str | Path) -> list[Path]:
-    """Copy the runs' outputs of a GPU call into ``root/{lm,ruler,probing}/per_run`` (each area
+    """Copy the runs' outputs of a GPU call into ``root/<area>/per_run`` (:data:`AREAS`; each area
     present in ``source`` replaces that area's old runs) and the call's ``log.txt`` and
     ``gpu.txt`` into ``call_log.txt`` and ``gpu.txt`` of each of those areas; the areas the
     call holds no runs of are left as they are. ``source``: the call's output folder (holding
-    ``runs.tgz``), the ``runs.tgz`` itself, or a folder holding ``lm/``, ``ruler/``,
-    ``probe/``. Only :data:`KEEP_SUFFIXES` files are copied. Returns the ``per_run`` folders
+    ``runs.tgz``), the ``runs.tgz`` itself, or a folder holding ``lm/``, ``base/``,
+    ``ruler/``, ``probe/``. Only :data:`KEEP_SUFFIXES` files are copied. Returns the ``per_run`` folders
     written."""
     import shutil
     import tarfile
@@ -106,7 +107,7 @@ def unpack_runs(source: str | Path, root: str | Path) -> list[Path]:
                 shutil.copy2(out_dir / name, dst.parent / target)
     if not written:
         raise ValueError(
-            f"{source} holds no lm/, ruler/ or probe/ runs; give the GPU call's output folder "
+            f"{source} holds no lm/, base/, ruler/ or probe/ runs; give the GPU call's output folder "
             "(holding runs.tgz) or its runs.tgz"
         )
     return written
