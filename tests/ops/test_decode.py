@@ -315,6 +315,67 @@ def test_launch_fast_reuses_only_identical_specialisations(monkeypatch, error):
     assert len(fake.usual) == 3 and len(fake.direct) == 2
 
 
+def test_graph_counter_arena(monkeypatch):
+    """Captured calls take their split counters from a zeroed arena, each call its own slice
+    for good (the graph then has no memset node); a spent arena falls back to a fresh zeroed
+    tensor, and calls outside a capture never take from it."""
+    monkeypatch.setattr(decode, "_GRAPH_COUNTERS", 10)
+    monkeypatch.setattr(decode, "_graph_arenas", {})
+    dev = torch.device("cpu")
+    assert decode._graph_counters(dev, 4) is None  # no arena yet: the caller zeroes
+    decode._reserve_graph_counters(dev)
+    arena = decode._graph_arenas[dev][0]
+    decode._reserve_graph_counters(dev)  # made once
+    assert decode._graph_arenas[dev][0] is arena
+    a, b = decode._graph_counters(dev, 4), decode._graph_counters(dev, 4)
+    assert a.data_ptr() == arena.data_ptr() and b.data_ptr() == arena.data_ptr() + 16
+    assert not a.any() and not b.any()
+    assert decode._graph_counters(dev, 4) is None  # 8 of 10 given out
+    plan = decode._plan(get_pattern("power"), 1, 4, 2, 1, 16, torch.float32, 8, dev, None,
+                        True, False, False)  # fmt: skip
+    monkeypatch.setattr(decode, "_graph_arenas", {})
+    decode._reserve_graph_counters(dev)
+    _, cnt = decode._fresh_workspace(dev, plan, capturing=True)
+    assert cnt.data_ptr() == decode._graph_arenas[dev][0].data_ptr()
+    assert cnt.numel() == plan.cnt_numel and decode._graph_arenas[dev][1] == plan.cnt_numel
+    _, other = decode._fresh_workspace(dev, plan)  # not capturing: its own zeroed tensor
+    assert decode._graph_arenas[dev][1] == plan.cnt_numel and not other.any()
+    decode._graph_arenas[dev][1] = 10  # spent: a zeroed tensor of its own
+    _, spent = decode._fresh_workspace(dev, plan, capturing=True)
+    assert spent.numel() == plan.cnt_numel and not spent.any()
+    assert spent.data_ptr() != decode._graph_arenas[dev][0].data_ptr()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA graphs")
+def test_decode_graph_replays_cuda():
+    """Two CUDA graphs of the public decode call, replayed in turn with new queries: each
+    replay equals the eager call bit for bit (the split counters reset themselves; the
+    graphs share none)."""
+    from powerattn import sparse_attention
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q0 = torch.randn(2, 8, 1, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(2, 2, 5000, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(2, 2, 5000, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+    pattern = get_pattern("power", block_size=64)
+    qs = [q0.clone(), q0.clone()]
+    outs = [sparse_attention(q, k, v, pattern) for q in qs]  # eager first: plan and arena
+    torch.cuda.synchronize()
+    graphs = []
+    for i in range(2):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outs[i] = sparse_attention(qs[i], k, v, pattern)
+        graphs.append(graph)
+    for _ in range(3):
+        for i in (1, 0):
+            qs[i].copy_(torch.randn(q0.shape, device="cuda", dtype=q0.dtype, generator=g))
+            graphs[i].replay()
+            torch.cuda.synchronize()
+            torch.testing.assert_close(outs[i], sparse_attention(qs[i], k, v, pattern),
+                                       rtol=0, atol=0)  # fmt: skip
+
+
 # ------------------------------------------------------------------------- the benchmark
 def test_bench_crossover_reading():
     from powerattn.bench.decode import crossover

@@ -57,6 +57,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--test-permille", type=positive_int, default=50, help="held-out share, per mille (50)"
     )
+    c.add_argument(
+        "--group",
+        choices=("file", "package"),
+        default="file",
+        help="one document per file (the default) or per package directory: its files "
+        "concatenated in a fixed order, each after a '# file: PATH' line (docs/evaluation.md)",
+    )
+    c.add_argument(
+        "--max-package-chars",
+        type=positive_int,
+        help="with --group package: longest document, in characters (200000: ~56K tokens)",
+    )
     c.set_defaults(func=_corpus)
 
     t = esub.add_parser("tokenizer", help="train the byte-level BPE on a corpus' training split")
@@ -187,8 +199,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Copy the runs' outputs of a GPU call (--from: its output folder, its "
         "runs.tgz, or a folder with lm/ base/ ruler/ probe/ run directories; base/ is a "
         "continued-pretraining base, gpu_eval.sh LM_DIR=base; no checkpoints) into "
-        "ROOT/{lm,lm-base,ruler,probing}/per_run (not git-ignored, unlike runs/) and its log.txt and "
-        "gpu.txt into those areas' call_log.txt and gpu.txt, then rewrite each of those areas' "
+        "ROOT/{lm,lm-base,ruler,probing}/per_run (not git-ignored, unlike runs/) and its "
+        "log.txt and gpu.txt into those areas' call_log.txt and gpu.txt, then rewrite each of "
+        "those areas' "
         "summary.json, details.json, table.txt and figure from its per_run alone; the areas "
         "the call holds no runs of are left as they are. Without --from: only the rewrite, of "
         "every area with a per_run.",
@@ -249,14 +262,18 @@ def _tok(args: argparse.Namespace) -> str:
 
 
 def _corpus(args: argparse.Namespace) -> int:
-    from ..eval.corpus import build_corpus
+    from ..eval.corpus import MAX_PACKAGE_CHARS, build_corpus
 
+    if args.max_package_chars is not None and args.group != "package":
+        raise ValueError("--max-package-chars needs --group package")
     m = build_corpus(
         args.out,
         args.source or ["python"],
         max_mb=args.max_mb,
         min_chars=args.min_chars,
         test_permille=args.test_permille,
+        group=args.group,
+        max_package_chars=args.max_package_chars or MAX_PACKAGE_CHARS,
     )
     print(json.dumps({k: v for k, v in m.items() if k != "ids"}, indent=1))
     return 0

@@ -56,8 +56,8 @@ def unpack_runs(source: str | Path, root: str | Path) -> list[Path]:
     ``gpu.txt`` into ``call_log.txt`` and ``gpu.txt`` of each of those areas; the areas the
     call holds no runs of are left as they are. ``source``: the call's output folder (holding
     ``runs.tgz``), the ``runs.tgz`` itself, or a folder holding ``lm/``, ``base/``,
-    ``ruler/``, ``probe/``. Only :data:`KEEP_SUFFIXES` files are copied. Returns the ``per_run`` folders
-    written."""
+    ``ruler/``, ``probe/``. Only :data:`KEEP_SUFFIXES` files are copied. Returns the
+    ``per_run`` folders written."""
     import shutil
     import tarfile
     import tempfile
@@ -107,8 +107,8 @@ def unpack_runs(source: str | Path, root: str | Path) -> list[Path]:
                 shutil.copy2(out_dir / name, dst.parent / target)
     if not written:
         raise ValueError(
-            f"{source} holds no lm/, base/, ruler/ or probe/ runs; give the GPU call's output folder "
-            "(holding runs.tgz) or its runs.tgz"
+            f"{source} holds no lm/, base/, ruler/ or probe/ runs; give the GPU call's output "
+            "folder (holding runs.tgz) or its runs.tgz"
         )
     return written
 
