@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from powerattn.eval.bpe import DEFAULT_PATH, BPETokenizer, train_tokenizer
-from powerattn.eval.corpus import build_corpus, read_documents, split_of
+from powerattn.eval.corpus import build_corpus, package_of, read_documents, split_of
 from powerattn.training.lm_data import lm_batch_fn
 
 
@@ -79,3 +79,144 @@ def test_lm_batches_are_a_function_of_seed_and_step():
     assert ((a[:, 1:] - a[:, :-1]) == 1).all()  # contiguous windows of the stream
     with pytest.raises(ValueError, match="shorter than one window"):
         lm_batch_fn(np.arange(100))(cfg, 0)
+
+
+# ---------------------------------------------------------------- --group package
+
+
+def _package_tree(root):
+    """Two packages (one with a subpackage and an empty file), a single-file module, a file
+    copied into both packages, and a short single-file module."""
+    line = "value = compute(value)  # long enough to pass the length checks\n"
+    files = {
+        "pkg/b.py": "b = 2\n" + line * 40,
+        "pkg/__init__.py": "from .b import b\n",
+        "pkg/a.py": "a = 1",  # no final newline
+        "pkg/empty.py": "",
+        "pkg/sub/__init__.py": "# sub\n",
+        "pkg/sub/c.py": "c = 3\n" + line * 10,
+        "pkg/shared.py": "shared = True\n" + line * 5,
+        "other/__init__.py": "other = 1\n" + line * 40,
+        "other/shared.py": "shared = True\n" + line * 5,  # the same content as pkg/shared.py
+        "top.py": "top = 0\n" + line * 60,
+        "short.py": "s = 1\n",
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return files
+
+
+def _docs(corpus):
+    return {d["path"]: d for split in ("train", "test") for d in read_documents(corpus, split)}
+
+
+def test_package_of():
+    assert package_of("email/parser.py") == ("email", "")
+    assert package_of("email/mime/text.py") == ("email", "")
+    assert package_of("os.py") is None
+    assert package_of("site-packages/numpy/core/x.py") == ("site-packages/numpy", "site-packages")
+    assert package_of("site-packages/six.py") is None
+    assert package_of("dist-packages/a/b.py") == ("dist-packages/a", "dist-packages")
+
+
+def test_package_grouping_concatenates_in_order_with_headers(tmp_path):
+    files = _package_tree(tmp_path / "src")
+    m = build_corpus(
+        tmp_path / "c", [str(tmp_path / "src")], min_chars=500, test_permille=500, group="package"
+    )
+    assert (m["group"], m["max_package_chars"]) == ("package", 200_000)
+    docs = _docs(tmp_path / "c")
+    assert set(docs) == {"pkg/", "other/", "top.py"}  # short.py: below min_chars on its own
+    assert docs["top.py"]["text"] == files["top.py"]  # a single-file module as it is
+
+    def part(rel):
+        text = files[rel]
+        return f"# file: {rel}\n{text}" + ("" if text.endswith("\n") else "\n")
+
+    # Each directory's files first (__init__.py first, then by name), then its subdirectories;
+    # empty files left out; each file after its header, files separated by a blank line.
+    pkg_order = ["pkg/__init__.py", "pkg/a.py", "pkg/b.py", "pkg/shared.py"]
+    pkg_order += ["pkg/sub/__init__.py", "pkg/sub/c.py"]
+    expected = {"pkg/": "\n".join(part(r) for r in pkg_order)}
+    expected["other/"] = "\n".join(part(r) for r in ["other/__init__.py", "other/shared.py"])
+    # shared.py's content is kept once only: in the package read first (by path hash).
+    first = docs["pkg/"] if "shared" in docs["pkg/"]["text"] else docs["other/"]
+    for path in ("pkg/", "other/"):
+        if docs[path] is not first:
+            expected[path] = expected[path].replace("\n" + part(f"{path}shared.py"), "")
+        assert docs[path]["text"] == expected[path]
+    assert sum("shared = True" in d["text"] for d in docs.values()) == 1
+
+
+def test_package_grouping_is_deterministic_and_split_by_document(tmp_path):
+    _package_tree(tmp_path / "src")
+    kw = dict(min_chars=500, test_permille=500, group="package")
+    a = build_corpus(tmp_path / "a", [str(tmp_path / "src")], **kw)
+    b = build_corpus(tmp_path / "b", [str(tmp_path / "src")], **kw)
+    for split in ("train", "test"):
+        assert (tmp_path / "a" / f"{split}.jsonl").read_bytes() == (
+            tmp_path / "b" / f"{split}.jsonl"
+        ).read_bytes()
+    assert a["ids"] == b["ids"]
+    train, test = set(a["ids"]["train"]), set(a["ids"]["test"])
+    assert train and test and not train & test
+    for split, ids in (("train", train), ("test", test)):
+        docs = read_documents(tmp_path / "a", split)
+        assert {d["id"] for d in docs} == ids
+        assert all(split_of(d["id"], 500) == split for d in docs)
+    # No file's text is on both sides: the copied file is kept in one document only.
+    texts = {s: " ".join(d["text"] for d in read_documents(tmp_path / "a", s)) for s in a["ids"]}
+    assert not ("shared = True" in texts["train"] and "shared = True" in texts["test"])
+
+
+def test_package_cap(tmp_path):
+    _package_tree(tmp_path / "src")
+    src, kw = [str(tmp_path / "src")], dict(min_chars=500, test_permille=500, group="package")
+    build_corpus(tmp_path / "full", src, **kw)
+    build_corpus(tmp_path / "cap", src, max_package_chars=1000, **kw)
+    full, capped = _docs(tmp_path / "full"), _docs(tmp_path / "cap")
+    assert set(full) == set(capped) and len(full["pkg/"]["text"]) > 1000
+    for path, d in capped.items():
+        text = d["text"]
+        assert full[path]["text"].startswith(text)  # the first characters of the package
+        assert len(text) <= 1000 and text.endswith("\n")  # cut at a line end
+        if len(full[path]["text"]) > 1000:
+            assert len(text) > 1000 - 80  # at most one (short) line less than the cap
+    with pytest.raises(ValueError, match="below min_chars"):
+        build_corpus(tmp_path / "x", src, max_package_chars=400, **kw)
+    with pytest.raises(ValueError, match="group must be"):
+        build_corpus(tmp_path / "x", src, group="repo")
+
+
+def test_default_grouping_is_unchanged(tmp_path, make_docs):
+    src = make_docs(tmp_path / "src")
+    (src / "pkg").mkdir()
+    for i in range(2):  # a package's files are separate documents by default
+        (src / "pkg" / f"m{i}.py").write_text((src / f"doc{i}.py").read_text() + f"# {i}\n")
+    kw = dict(min_chars=2000, test_permille=300)
+    default = build_corpus(tmp_path / "d", [str(src)], **kw)
+    explicit = build_corpus(tmp_path / "e", [str(src)], group="file", **kw)
+    for name in ("train.jsonl", "test.jsonl"):
+        assert (tmp_path / "d" / name).read_bytes() == (tmp_path / "e" / name).read_bytes()
+    assert default["ids"] == explicit["ids"]
+    assert set(default) == {
+        "sources", "min_chars", "max_mb", "test_permille", "python", "roots", "counts",
+        "licences", "documents", "chars", "ids",
+    }  # fmt: skip
+    paths = sorted(d["path"] for s in ("train", "test") for d in read_documents(tmp_path / "d", s))
+    assert paths == sorted([f"doc{i}.py" for i in range(12)] + ["pkg/m0.py", "pkg/m1.py"])
+
+
+def test_cli_group_package(tmp_path, capsys):
+    from powerattn.cli import main
+
+    _package_tree(tmp_path / "src")
+    argv = ["eval", "corpus", "--out", str(tmp_path / "c"), "--source", str(tmp_path / "src")]
+    argv += ["--min-chars", "500", "--test-permille", "500"]
+    assert main([*argv, "--group", "package", "--max-package-chars", "1000"]) == 0
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert (m["group"], m["max_package_chars"]) == ("package", 1000)
+    capsys.readouterr()
+    assert main([*argv, "--max-package-chars", "1000"]) != 0
+    assert "needs --group package" in capsys.readouterr().err

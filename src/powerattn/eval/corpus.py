@@ -20,9 +20,34 @@ Sources (``--source``, repeatable):
   prose unpacked from a package; see docs/evaluation.md), licence ``"see source"`` unless a
   ``LICENCE`` entry is given as ``DIR=LICENCE``.
 
+Grouping (``group``, ``--group``):
+
+* ``file`` (the default) -- one file is one document, as described above.
+* ``package`` -- repository-level documents: all files of one *package directory* are
+  concatenated into one document. The unit is the top-level directory below the root: for
+  site-packages the top-level package (all of ``numpy/``), for the standard library each
+  top-level package (``email/``, ``asyncio/``, ``test/``), for a directory source each
+  immediate subdirectory of DIR. Files directly below a root (single-file modules such as
+  ``os.py`` or ``six.py``) stay single documents, with their text unchanged. Within a package
+  the files go in a fixed order (by directory, each directory's files before its
+  subdirectories', ``__init__.py`` first, then by name), each preceded by a header line
+  ``# file: PATH`` (PATH relative to the package's parent, e.g. ``email/parser.py``) and
+  separated by a blank line. Empty files are left out, and so is a file whose exact content
+  an earlier kept document already holds (vendored or installed-twice copies: no file's text is
+  on both sides of the split). A document holds at most ``max_package_chars`` characters
+  (200,000, about 56K tokens, 14 windows of 4096: one giant package such as ``torch/`` does not
+  dominate): files are added until the cap, and the last is cut at a line end. ``min_chars``
+  applies to the whole document (a package's small files count), the per-file ``max_chars``
+  to each file. Units are read in the order of the hash of their path, so a ``max_mb`` cap
+  keeps the same packages on every rebuild. Top-level directories rather than immediate parent
+  directories: a subpackage's files import and call the rest of its package, which is the
+  long-range dependence wanted, and immediate parents would cut most packages into pieces
+  shorter than one window.
+
 Output: ``OUT/train.jsonl`` and ``OUT/test.jsonl`` (one ``{"id", "source", "path", "licence",
 "text"}`` per line) and ``OUT/manifest.json`` (arguments, per-source counts, licences, the
-interpreter, and the sorted hashes of each split).
+interpreter, and the sorted hashes of each split; with ``group="package"`` also ``group`` and
+``max_package_chars``, absent for the default ``file`` grouping, whose output is unchanged).
 """
 
 from __future__ import annotations
@@ -39,6 +64,10 @@ from typing import Any
 SUFFIXES = (".py", ".txt", ".md")
 PYTHON_LICENCE = "PSF-2.0 (standard library); site-packages: each package's own licence"
 MANIFEST = "manifest.json"
+GROUPS = ("file", "package")
+MAX_PACKAGE_CHARS = 200_000
+FILE_HEADER = "# file: {path}\n"  # before each file of a package document
+_SITE_DIRS = ("site-packages", "dist-packages")  # dist-packages: Debian's system Python
 
 
 @dataclass(frozen=True)
@@ -106,6 +135,8 @@ def collect(
     min_chars: int = 16384,
     max_chars: int = 2_000_000,
     max_bytes: int | None = None,
+    group: str = "file",
+    max_package_chars: int = MAX_PACKAGE_CHARS,
 ) -> dict[str, list[Document]]:
     """The documents of each source (deduplicated across all sources by content, first source
     wins), sorted by hash; files shorter than ``min_chars`` or longer than ``max_chars``
@@ -115,9 +146,21 @@ def collect(
     hash of their path relative to their root (a fixed pseudo-random order), so a capped corpus
     takes the same files on every rebuild and reads only what it keeps (site-packages can hold
     gigabytes).
+
+    ``group``: ``"file"`` (one file, one document) or ``"package"`` (one package directory, one
+    document of at most ``max_package_chars`` characters; see the module docstring).
     """
     if not sources:
         raise ValueError("give at least one source: 'python' or a directory")
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+    if group == "package":
+        if max_package_chars < min_chars:
+            raise ValueError(
+                f"max_package_chars ({max_package_chars}) is below min_chars ({min_chars}): "
+                "no document could be kept"
+            )
+        return _collect_packages(sources, min_chars, max_chars, max_bytes, max_package_chars)
     seen: set[str] = set()
     out: dict[str, list[Document]] = {}
     for spec in sources:
@@ -145,7 +188,7 @@ def collect(
                 continue
             seen.add(doc_id)
             lic = licence
-            packages = [d for d in ("site-packages", "dist-packages") if d in path.parts]
+            packages = [d for d in _SITE_DIRS if d in path.parts]
             if name == "python" and packages:  # dist-packages: Debian's system Python
                 package = path.parts[path.parts.index(packages[0]) + 1]
                 lic = f"package {package}: its own licence"
@@ -155,6 +198,124 @@ def collect(
     return out
 
 
+def package_of(rel: str) -> tuple[str, str] | None:
+    """``(package directory, its parent)`` of a file at ``rel`` (a POSIX path relative to its
+    root), both relative to the root, or ``None`` for a file directly below the root or below a
+    ``site-packages`` directory in it (a single-file module): ``"email/parser.py"`` ->
+    ``("email", "")``, ``"site-packages/numpy/core/x.py"`` -> ``("site-packages/numpy",
+    "site-packages")``."""
+    parts = rel.split("/")
+    marks = [i for i, p in enumerate(parts[:-1]) if p in _SITE_DIRS]
+    top = marks[-1] + 1 if marks else 0
+    if len(parts) - top < 2:
+        return None
+    return "/".join(parts[: top + 1]), "/".join(parts[:top])
+
+
+def _member_order(rel: str) -> tuple[tuple[str, ...], bool, str]:
+    """Sort key of a package's files: by directory (a directory's files before its
+    subdirectories'), ``__init__.py`` first, then by name."""
+    parent, _, name = rel.rpartition("/")
+    return tuple(parent.split("/")), name != "__init__.py", name
+
+
+def _cap(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, at a line end where there is one."""
+    if len(text) <= limit:
+        return text
+    end = text.rfind("\n", 0, limit) + 1
+    return text[: end or limit]
+
+
+def _collect_packages(
+    sources: list[str],
+    min_chars: int,
+    max_chars: int,
+    max_bytes: int | None,
+    max_package_chars: int,
+) -> dict[str, list[Document]]:
+    """:func:`collect` with ``group="package"``."""
+    seen: set[str] = set()  # document hashes
+    seen_files: set[str] = set()  # hashes of the files in kept package documents
+    out: dict[str, list[Document]] = {}
+    for spec in sources:
+        name, roots, suffixes, licence = _parse_source(spec)
+        units: dict[tuple[str, int, str], list[tuple[str, Path]]] = {}
+        for r, root in enumerate(roots):
+            for path in _files(root, suffixes):
+                try:
+                    size = path.stat().st_size
+                except OSError:
+                    continue
+                rel = path.relative_to(root).as_posix()
+                pkg = package_of(rel)
+                if pkg is None and size < min_chars:  # a single file, too short on its own
+                    continue
+                if 0 < size <= 4 * max_chars:
+                    unit = rel if pkg is None else pkg[0]
+                    key = (hashlib.sha256(unit.encode()).hexdigest(), r, unit)
+                    units.setdefault(key, []).append((rel, path))
+        docs, used = [], 0
+        for (_, _, unit), members in sorted(units.items()):
+            if max_bytes is not None and used >= max_bytes:
+                break
+            pkg = package_of(members[0][0])
+            if pkg is None:  # a single-file module: the file as it is
+                text = _read(members[0][1])
+                if text is None or len(text) > max_chars:
+                    continue
+                text, file_ids = _cap(text, max_package_chars), set()
+            else:
+                text, file_ids = _package_text(
+                    members, pkg[1], max_chars, max_package_chars, seen_files
+                )
+            if len(text) < min_chars:
+                continue
+            doc_id = hashlib.sha256(text.encode("utf-8")).hexdigest()
+            if doc_id in seen:
+                continue
+            seen.add(doc_id)
+            seen_files |= file_ids
+            lic = licence
+            parts = unit.split("/")
+            marks = [i for i, p in enumerate(parts[:-1]) if p in _SITE_DIRS]
+            if name == "python" and marks:
+                lic = f"package {parts[marks[-1] + 1]}: its own licence"
+            docs.append(Document(doc_id, name, unit if pkg is None else unit + "/", lic, text))
+            used += len(text.encode("utf-8"))
+        out[name] = sorted(docs, key=lambda d: d.id)
+    return out
+
+
+def _package_text(
+    members: list[tuple[str, Path]],
+    parent: str,
+    max_chars: int,
+    limit: int,
+    seen_files: set[str],
+) -> tuple[str, set[str]]:
+    """The document of one package (its files ``(rel, path)``, ``parent`` the directory that
+    the header paths are relative to) and the hashes of the files it holds."""
+    pieces: list[str] = []
+    ids: set[str] = set()
+    n = 0
+    for rel, path in sorted(members, key=lambda m: _member_order(m[0])):
+        text = _read(path)
+        if text is None or not text.strip() or len(text) > max_chars:
+            continue
+        file_id = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        if file_id in seen_files or file_id in ids:
+            continue
+        ids.add(file_id)
+        header = FILE_HEADER.format(path=rel[len(parent) + 1 :] if parent else rel)
+        piece = ("\n" if pieces else "") + header + text + ("" if text.endswith("\n") else "\n")
+        pieces.append(piece)
+        n += len(piece)
+        if n >= limit:
+            break
+    return _cap("".join(pieces), limit), ids
+
+
 def build_corpus(
     out_dir: str | Path,
     sources: list[str],
@@ -162,11 +323,14 @@ def build_corpus(
     max_mb: float = 200.0,
     min_chars: int = 16384,
     test_permille: int = 50,
+    group: str = "file",
+    max_package_chars: int = MAX_PACKAGE_CHARS,
 ) -> dict[str, Any]:
     """Build the corpus into ``out_dir`` (see the module docstring); returns the manifest.
 
     ``max_mb``: about this many MB of text per source at most (see :func:`collect`);
-    ``test_permille``: held-out share of documents, in thousandths.
+    ``test_permille``: held-out share of documents, in thousandths; ``group``: ``"file"`` or
+    ``"package"`` (documents of at most ``max_package_chars`` characters).
     """
     if not 0 < test_permille < 1000:
         raise ValueError(f"test_permille must be in 1..999, got {test_permille}")
@@ -174,7 +338,13 @@ def build_corpus(
         raise ValueError(f"max_mb must be positive, got {max_mb}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    per_source = collect(sources, min_chars=min_chars, max_bytes=int(max_mb * 1e6))
+    per_source = collect(
+        sources,
+        min_chars=min_chars,
+        max_bytes=int(max_mb * 1e6),
+        group=group,
+        max_package_chars=max_package_chars,
+    )
     splits: dict[str, list[Document]] = {"train": [], "test": []}
     counts = {}
     for name, docs in per_source.items():
@@ -200,6 +370,8 @@ def build_corpus(
         "min_chars": min_chars,
         "max_mb": max_mb,
         "test_permille": test_permille,
+        # Only when not the default, so that a file-grouped manifest is what it always was.
+        **({"group": group, "max_package_chars": max_package_chars} if group != "file" else {}),
         "python": sys.version.split()[0],
         "roots": {name: [str(r) for r in _parse_source(name)[1]] for name in per_source},
         "counts": counts,
