@@ -81,7 +81,8 @@
 # still trains, so that a false alarm costs no data).
 #
 # Knobs (environment): SEEDS (0,1), LM_STEPS (the preset's 900), PATTERNS (all six), JOBS
-# (12), RULER_STEPS, RULER_SAMPLES (50 per task; 5 until session 14), RULER_SEEDS (0), RULER_TASKS, CORPUS_MB (60), LM_DIR (lm), INIT_FROM,
+# (12), RULER_STEPS, RULER_SAMPLES (50 per task; 5 until session 14), RULER_SEEDS (0), RULER_TASKS, CORPUS_MB (60),
+# CORPUS_ARGS (more `eval corpus` flags, e.g. --group package; none), LM_DIR (lm), INIT_FROM,
 # PRESET (gpu), DEVICE (cuda), SPEED (none; see above), SPEED_MIN, SPEED_TIMEOUT.
 # CPU dry run of every part (a stub nvidia-smi on the PATH; SPEED=fused_optim or none there:
 # compile runs Inductor on the CPU, minutes; SPEED=auto times tiny models, meaningless):
@@ -169,10 +170,13 @@ fi
 if [ -n "${CORPUS:-}" ]; then
     echo "corpus $CORPUS (given)"
 else
-    CORPUS=$WORK/corpus
+    # CORPUS_ARGS: more `eval corpus` flags (e.g. a document selection); a corpus folder of
+    # its own per flag set, so a warm machine never reuses one built with other flags.
+    CORPUS=$WORK/corpus${CORPUS_ARGS:+-$(echo "$CORPUS_ARGS" | tr -c 'A-Za-z0-9.\n' '_')}
     if [ ! -f "$CORPUS/manifest.json" ]; then
         t=$(date +%s)
-        timeout 240 $E corpus --out "$CORPUS" --source python --max-mb "${CORPUS_MB:-60}" |
+        timeout 240 $E corpus --out "$CORPUS" --source python --max-mb "${CORPUS_MB:-60}" \
+            ${CORPUS_ARGS:-} |
             grep -A12 '"counts"'
         python3 -c "from powerattn.eval import lm; print('tokens in', lm.tokenize_corpus('$CORPUS'))" ||
             { echo "CORPUS FAILED: nothing can run"; exit 1; }
