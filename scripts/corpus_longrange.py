@@ -6,6 +6,8 @@ quarter of each 4096-token evaluation window (positions 3072..4095) from context
 ``late_start``, ``late_nll_truncated``, ``keep = context // 4``). This script measures, with
 no model, how often the text itself offers something to copy from that far context.
 
+The statistic lives in :mod:`powerattn.eval.longrange` (its one home; ``powerattn eval corpus
+--select-longrange`` uses it too); this script loads corpora, summarizes and plots.
 For a corpus it cuts the held-out documents (``test.jsonl``; ``train.jsonl`` with ``:train``)
 into the evaluation's windows (:func:`cut_windows`, with ``powerattn.eval.lm.window_starts``:
 each document tokenized with the committed BPE after ``<bos>``, consecutive non-overlapping
@@ -54,145 +56,50 @@ import hashlib
 import json
 import shlex
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from powerattn.eval import lm
+from powerattn.eval.longrange import (  # the statistic's one home; re-exported for the tests
+    BOOT,
+    CONTEXT,
+    FAR_ONLY,
+    LABELS,
+    NEAR,
+    NONE,
+    NS,
+    SEED,
+    bootstrap_mean,
+    classify_window,
+    cut_windows,
+    previous_occurrence,
+    regions,
+    window_rates,
+)
 
-CONTEXT = 4096
-NS = (4, 8, 16)
+__all__ = [
+    "BOOT",
+    "CONTEXT",
+    "FAR_ONLY",
+    "LABELS",
+    "NEAR",
+    "NONE",
+    "NS",
+    "SEED",
+    "bootstrap_mean",
+    "classify_window",
+    "cut_windows",
+    "previous_occurrence",
+    "regions",
+    "window_rates",
+]
+
 MAX_WINDOWS = 200
-BOOT = 2000
-SEED = 0
-NONE, NEAR, FAR_ONLY = 0, 1, 2
-LABELS = {NONE: "none", NEAR: "near", FAR_ONLY: "far_only"}
-_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier; arithmetic wraps mod 2**64
-
-
-# ---------------------------------------------------------------------------- core
-
-
-def regions(context: int, keep: int | None = None) -> tuple[int, int]:
-    """``(start, cut)``: the late region starts at ``start = 3 * context // 4`` (the
-    evaluation's ``late_start`` when its buckets tile the context) and the truncated input is
-    ``window[cut:]``, ``cut = start - keep`` (``keep`` defaults to ``context // 4``)."""
-    start = 3 * context // 4
-    keep = context // 4 if keep is None else keep
-    if not 0 < keep <= start < context:
-        raise ValueError(f"need 0 < keep <= start < context, got {keep}, {start}, {context}")
-    return start, start - keep
-
-
-def _previous_equal(keys: np.ndarray) -> np.ndarray:
-    """For each index ``i``, the largest ``k < i`` with ``keys[k] == keys[i]``, or -1."""
-    order = np.lexsort((np.arange(len(keys)), keys))  # by key, then by position
-    prev = np.full(len(keys), -1, dtype=np.int64)
-    same = keys[order[1:]] == keys[order[:-1]]
-    prev[order[1:][same]] = order[:-1][same]
-    return prev
-
-
-def _gram_hash(x: np.ndarray, m: int) -> np.ndarray:
-    """64-bit polynomial hash of each ``m``-gram of ``x``: entry ``i`` hashes ``x[i..i+m-1]``."""
-    xs = x.astype(np.uint64) + np.uint64(1)
-    h = np.zeros(len(x) - m + 1, dtype=np.uint64)
-    for k in range(m):
-        h = h * _BASE + xs[k : len(x) - m + 1 + k]
-    return h
-
-
-def previous_occurrence(x: np.ndarray, n: int) -> np.ndarray:
-    """``(len(x),)`` int64: for each position ``p``, the largest ``e < p`` with
-    ``x[e-n..e] == x[p-n..p]`` (the n-gram before ``p`` followed by ``x[p]`` occurred before,
-    its continuation at ``e``), or -1 (also for ``p < n``). Exact: hash matches are checked."""
-    x = np.asarray(x, dtype=np.int64)
-    out = np.full(len(x), -1, dtype=np.int64)
-    m = n + 1
-    if len(x) < m:
-        return out
-    prev = _previous_equal(_gram_hash(x, m))  # indices into grams: gram i ends at i + n
-    grams = np.lib.stride_tricks.sliding_window_view(x, m)
-    has = np.flatnonzero(prev >= 0)
-    if not np.array_equal(grams[has], grams[prev[has]]):  # a hash collision: exact ids
-        _, ids = np.unique(grams, axis=0, return_inverse=True)
-        prev = _previous_equal(ids.reshape(-1))
-    out[n:] = np.where(prev >= 0, prev + n, -1)
-    return out
-
-
-def classify_window(
-    window: np.ndarray, ns: Iterable[int] = NS, start: int = 3072, cut: int = 2048
-) -> dict[str, np.ndarray]:
-    """Per predicted late position ``p`` (``start <= p < len(window)``): ``str(n)`` -> int8
-    codes (:data:`NONE`, :data:`NEAR`, :data:`FAR_ONLY`) of the copy opportunity with n-grams of
-    length ``n`` (see the module docstring: near iff the most recent earlier occurrence ends at
-    ``j = e - 1 >= cut``), and ``"far_vocab"`` -> bool: ``x[p]`` occurs in ``x[:cut]`` but not
-    in ``x[cut:p]``."""
-    x = np.asarray(window, dtype=np.int64)
-    if not 0 < cut <= start < len(x):
-        raise ValueError(f"need 0 < cut <= start < len(window), got {cut}, {start}, {len(x)}")
-    out: dict[str, np.ndarray] = {}
-    for n in ns:
-        if n < 1:
-            raise ValueError(f"n-gram lengths must be >= 1, got {n}")
-        e = previous_occurrence(x, n)[start:]  # continuation position of the latest match
-        code = np.full(len(e), NONE, dtype=np.int8)
-        code[e - 1 >= cut] = NEAR
-        code[(e >= 0) & (e - 1 < cut)] = FAR_ONLY
-        out[str(n)] = code
-    prev_tok = previous_occurrence(x, 0)[start:]
-    out["far_vocab"] = (prev_tok >= 0) & (prev_tok < cut)
-    return out
-
-
-def window_rates(
-    window: np.ndarray, ns: Iterable[int] = NS, start: int = 3072, cut: int = 2048
-) -> dict[str, float]:
-    """The shares of late tokens of one window: ``n{n}_{none,near,far_only}`` and
-    ``far_vocab``."""
-    rates: dict[str, float] = {}
-    for key, v in classify_window(window, ns, start, cut).items():
-        if key == "far_vocab":
-            rates[key] = float(v.mean())
-        else:
-            for code, label in LABELS.items():
-                rates[f"n{key}_{label}"] = float((v == code).mean())
-    return rates
-
-
-def bootstrap_mean(
-    values: np.ndarray, docs: np.ndarray, boot: int = BOOT, seed: int = SEED
-) -> dict[str, float]:
-    """Mean of per-window ``values`` and a 95% percentile interval over ``boot`` resamples of
-    documents (with replacement; each drawn document brings all its windows)."""
-    values = np.asarray(values, dtype=np.float64)
-    _, doc_idx = np.unique(docs, return_inverse=True)
-    sums = np.bincount(doc_idx, weights=values)
-    counts = np.bincount(doc_idx).astype(np.float64)
-    rng = np.random.default_rng(seed)
-    draw = rng.integers(0, len(sums), size=(boot, len(sums)))
-    means = sums[draw].sum(1) / counts[draw].sum(1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(values.mean()), "lo": float(lo), "hi": float(hi)}
 
 
 # ---------------------------------------------------------------------------- windows
-
-
-def cut_windows(
-    docs: Sequence[Sequence[int]], context: int, max_windows: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(windows (w, context) int64, document index of each)`` from token lists ``docs`` (each
-    already starting with ``<bos>``), as ``powerattn.eval.lm.eval_windows`` cuts them:
-    consecutive windows from each document's start, round-robin over documents in order."""
-    picked = lm.window_starts([(0, len(ids)) for ids in docs], context, max_windows)
-    if not picked:
-        return np.zeros((0, context), dtype=np.int64), np.zeros(0, dtype=np.int64)
-    windows = np.stack([np.asarray(docs[d][s : s + context], dtype=np.int64) for d, s in picked])
-    return windows, np.asarray([d for d, _ in picked], dtype=np.int64)
 
 
 def load_windows(

@@ -220,3 +220,119 @@ def test_cli_group_package(tmp_path, capsys):
     capsys.readouterr()
     assert main([*argv, "--max-package-chars", "1000"]) != 0
     assert "needs --group package" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- --select-longrange
+
+
+def _longrange_tree(root, n=8):
+    """``n`` documents of ~5,200-5,900 tokens of random lines (~20 tokens each; one 4096-token
+    window); document ``i`` repeats its first ``5 * i`` lines in the window's late quarter, so
+    its far-only copy share grows with ``i``; plus a document of >= min_chars characters but
+    shorter than one window."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def line():
+        a, b, c = (f"{int(v):05x}" for v in rng.integers(0, 16**5, 3))
+        return f"v_{a} = f_{b}(x_{c})\n"
+
+    for i in range(n):
+        lines = [line() for _ in range(260)]
+        # Lines 155..190 fall in the late quarter (tokens 3072..4095); the repeated lines come
+        # from its first ~700 tokens (far back), not from the kept 1024 before the late quarter.
+        lines[155:155] = lines[: 5 * i]
+        (root / f"doc{i}.py").write_text(f"# document {i}\n" + "".join(lines))
+    (root / "short.py").write_text("# short\n" + "".join(line() for _ in range(150)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def longrange_src(tmp_path_factory):
+    return _longrange_tree(tmp_path_factory.mktemp("lr") / "src")
+
+
+def _ids(corpus):
+    return {d["id"]: d for s in ("train", "test") for d in read_documents(corpus, s)}
+
+
+def test_select_longrange_default_is_unchanged(tmp_path, make_docs):
+    src = [str(make_docs(tmp_path / "src"))]
+    kw = dict(min_chars=2000, test_permille=300)
+    a = build_corpus(tmp_path / "a", src, **kw)
+    b = build_corpus(tmp_path / "b", src, select_longrange=None, **kw)
+    for name in ("train.jsonl", "test.jsonl", "manifest.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert "select_longrange" not in a and a == b
+
+
+def test_select_longrange_keeps_far_copies_nested_and_deterministic(tmp_path, longrange_src):
+    from powerattn.eval.bpe import BPETokenizer
+    from powerattn.eval.longrange import document_score
+
+    src, kw = [str(longrange_src)], dict(min_chars=2000, test_permille=600)
+    full = _ids(tmp_path / "none") if build_corpus(tmp_path / "none", src, **kw) else None
+    assert len(full) == 9
+    kept = {}
+    for f in (1.0, 0.5, 0.25):
+        m = build_corpus(tmp_path / str(f), src, select_longrange=f, **kw)
+        kept[f] = _ids(tmp_path / str(f))
+        sel = m["select_longrange"]
+        assert (sel["fraction"], sel["n"], sel["context"]) == (f, 8, 4096)
+        assert (sel["late_start"], sel["cut"]) == (3072, 2048)
+        assert sel["documents_before"] == 9 and sel["documents_scored"] == 8
+        assert sel["documents_unscored_dropped"] == 1  # short.py: no full window, dropped
+        assert sel["documents_kept"] == len(kept[f]) == {1.0: 8, 0.5: 4, 0.25: 2}[f]
+        assert sel["threshold"] == min(sel["scores"][i] for i in kept[f])
+        assert sel["score_summary"]["kept"]["count"] == len(kept[f])
+        # The split is the unchanged hash rule: the kept documents on their usual sides.
+        train, test = set(m["ids"]["train"]), set(m["ids"]["test"])
+        assert not train & test and train | test == set(kept[f])
+        assert all(split_of(i, 600) == ("test" if i in test else "train") for i in kept[f])
+        assert m["documents"]["train"] + m["documents"]["test"] == len(kept[f])
+    assert set(kept[0.25]) <= set(kept[0.5]) <= set(kept[1.0]) <= set(full)
+    assert all(not d["path"].startswith("short") for d in kept[1.0].values())
+    # The planted far-back copies decide the ranking: the documents that repeat the most.
+    assert sorted(d["path"] for d in kept[0.25].values()) == ["doc6.py", "doc7.py"]
+    # The recorded scores are the library's statistic on each document's own text.
+    tok = BPETokenizer()
+    sel = json.loads((tmp_path / "0.5" / "manifest.json").read_text())["select_longrange"]
+    for i, d in full.items():
+        score = document_score(tok.encode(d["text"], bos=True))
+        assert (score is None) == (i not in sel["scores"])
+        if score is not None:
+            assert sel["scores"][i] == pytest.approx(score, abs=1e-6)
+    assert sel["scores"][next(i for i, d in full.items() if d["path"] == "doc0.py")] < 0.01
+    # Rebuilding gives the same bytes.
+    build_corpus(tmp_path / "again", src, select_longrange=0.5, **kw)
+    for name in ("train.jsonl", "test.jsonl", "manifest.json"):
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "0.5" / name).read_bytes()
+
+
+def test_select_longrange_bad_fraction(tmp_path, capsys, longrange_src):
+    from powerattn.cli import main
+
+    for bad in (0, -0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"must be in \(0, 1\]"):
+            build_corpus(tmp_path / "c", [str(longrange_src)], select_longrange=bad)
+    argv = ["eval", "corpus", "--out", str(tmp_path / "c"), "--source", str(longrange_src)]
+    capsys.readouterr()
+    assert main([*argv, "--select-longrange", "1.5"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "--select-longrange FRACTION must be in (0, 1]" in err and "1.5" in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "c").exists()  # refused before anything is read or written
+
+
+def test_cli_select_longrange(tmp_path, capsys, longrange_src):
+    from powerattn.cli import main
+
+    argv = ["eval", "corpus", "--out", str(tmp_path / "c"), "--source", str(longrange_src)]
+    argv += ["--min-chars", "2000", "--test-permille", "600", "--select-longrange", "0.5"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert m["select_longrange"]["fraction"] == 0.5 and m["select_longrange"]["scores"]
+    shown = json.loads(out)
+    assert "scores" not in shown["select_longrange"] and "ids" not in shown
+    assert "fewer than ~40" in err and "--test-permille" in err

@@ -140,3 +140,44 @@ def test_windows_match_the_evaluation(clr: ModuleType, tmp_path: Path) -> None:
         got_w, got_d = clr.cut_windows(docs, 20, max_windows)
         np.testing.assert_array_equal(got_w, want_w)
         np.testing.assert_array_equal(got_d, want_d)
+
+
+# ---------------------------------------------------------------- the library module
+
+
+def test_script_uses_the_library(clr: ModuleType) -> None:
+    """The statistic has one home, powerattn.eval.longrange; the script imports it."""
+    from powerattn.eval import longrange
+
+    for name in ("classify_window", "window_rates", "bootstrap_mean", "cut_windows", "regions"):
+        assert getattr(clr, name) is getattr(longrange, name)
+
+
+def test_document_score() -> None:
+    """Mean over a document's consecutive windows of the far-only share; None without one."""
+    from powerattn.eval.longrange import document_score, far_only_share
+
+    x = background()
+    x[500:517] = PHRASE
+    x[3500:3517] = PHRASE  # 17 - 8 = 9 far-only late tokens at n = 8
+    assert far_only_share(x, 8, START, CUT) == pytest.approx(9 / 1024)
+    second = background() + C  # a second window with no opportunity
+    doc = np.concatenate([x, second, second[:100]])  # the 100-token tail is dropped
+    assert document_score(doc) == pytest.approx(9 / 1024 / 2)
+    assert document_score(x, n=16) == pytest.approx(1 / 1024)
+    assert document_score(x[: C - 1]) is None
+
+
+def test_top_fraction_nested_ties_and_errors() -> None:
+    from powerattn.eval.longrange import summary, top_fraction
+
+    scores = {"a": 0.1, "b": 0.3, "c": None, "d": 0.3, "e": 0.0}
+    assert top_fraction(scores, 1.0) == (["b", "d", "a", "e"], 0.0)  # c has no score
+    assert top_fraction(scores, 0.25) == (["b"], 0.3)  # a tie: by key
+    assert top_fraction(scores, 0.5) == (["b", "d"], 0.3)
+    assert top_fraction(scores, 0.51) == (["b", "d", "a"], 0.1)  # ceil(0.51 * 4) = 3
+    for f in (0, -1, 1.01):
+        with pytest.raises(ValueError, match=r"\(0, 1\]"):
+            top_fraction(scores, f)
+    s = summary([0.0, 0.1, 0.2, 0.3])
+    assert s["count"] == 4 and s["median"] == pytest.approx(0.15) and s["zero_share"] == 0.25

@@ -69,6 +69,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=positive_int,
         help="with --group package: longest document, in characters (200000: ~56K tokens)",
     )
+    c.add_argument(
+        "--select-longrange",
+        type=float,
+        metavar="FRACTION",
+        help="keep only the top FRACTION (0 < FRACTION <= 1) of documents by their own "
+        "far-only 8-gram copy share in the late quarter of their 4096-token windows (committed "
+        "BPE; documents shorter than one window are dropped); before the split, so train and "
+        "test follow one rule. The held-out set shrinks with it: raise --test-permille "
+        "(e.g. 100 for 0.5, 150 for 0.25 at --max-mb 60) to keep >= ~40 held-out documents "
+        "(docs/evaluation.md). Default: no selection",
+    )
     c.set_defaults(func=_corpus)
 
     t = esub.add_parser("tokenizer", help="train the byte-level BPE on a corpus' training split")
@@ -274,8 +285,21 @@ def _corpus(args: argparse.Namespace) -> int:
         test_permille=args.test_permille,
         group=args.group,
         max_package_chars=args.max_package_chars or MAX_PACKAGE_CHARS,
+        select_longrange=args.select_longrange,
     )
-    print(json.dumps({k: v for k, v in m.items() if k != "ids"}, indent=1))
+    shown = {k: v for k, v in m.items() if k != "ids"}
+    if "select_longrange" in shown:  # the per-document scores are in the manifest
+        shown["select_longrange"] = {
+            k: v for k, v in shown["select_longrange"].items() if k != "scores"
+        }
+    print(json.dumps(shown, indent=1))
+    if args.select_longrange is not None and m["documents"]["test"] < 40:
+        print(
+            f"note: --select-longrange {args.select_longrange} leaves {m['documents']['test']} "
+            f"held-out documents (fewer than ~40); raise --test-permille (now "
+            f"{args.test_permille})",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -44,10 +44,30 @@ Grouping (``group``, ``--group``):
   long-range dependence wanted, and immediate parents would cut most packages into pieces
   shorter than one window.
 
+Long-range selection (``select_longrange``, ``--select-longrange FRACTION``; default: none):
+
+* after collecting (and before splitting) keep only the documents whose own *far-only copy
+  share* is in the top ``FRACTION`` of all collected documents, as PG19 keeps long books: a
+  rule on the text fixed before any model is trained. The score
+  (:func:`powerattn.eval.longrange.document_score`, ``n = 8``): each document tokenized with
+  the committed BPE after ``<bos>`` and cut into consecutive 4096-token windows from its start
+  as the evaluation cuts it; in each window, the share of late tokens (positions 3072..4095)
+  whose preceding 8-gram occurred, followed by the same token, only more than 1024 tokens back
+  (every match ends before position 2048, the start of the truncated input); the mean over
+  the document's windows. The ``ceil(FRACTION * S)`` highest of the ``S`` scored documents are
+  kept (ties by document hash), train and test alike, so both splits are selected by the same
+  rule and the split is the unchanged hash rule. A document shorter than one window (fewer
+  than 4096 tokens with ``<bos>``) has no late region and no score: it is dropped (the
+  evaluation never reads it either). ``max_mb`` caps the text *before* the selection, so a
+  selected corpus holds about ``FRACTION`` of it. The manifest adds ``select_longrange``: the
+  rule, its parameters, the tokenizer's hash, the counts, the threshold (lowest kept score),
+  summaries of the scores and every scored document's score by hash.
+
 Output: ``OUT/train.jsonl`` and ``OUT/test.jsonl`` (one ``{"id", "source", "path", "licence",
 "text"}`` per line) and ``OUT/manifest.json`` (arguments, per-source counts, licences, the
 interpreter, and the sorted hashes of each split; with ``group="package"`` also ``group`` and
-``max_package_chars``, absent for the default ``file`` grouping, whose output is unchanged).
+``max_package_chars``, absent for the default ``file`` grouping, whose output is unchanged;
+``select_longrange`` only with a selection).
 """
 
 from __future__ import annotations
@@ -325,17 +345,23 @@ def build_corpus(
     test_permille: int = 50,
     group: str = "file",
     max_package_chars: int = MAX_PACKAGE_CHARS,
+    select_longrange: float | None = None,
+    tokenizer_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Build the corpus into ``out_dir`` (see the module docstring); returns the manifest.
 
     ``max_mb``: about this many MB of text per source at most (see :func:`collect`);
     ``test_permille``: held-out share of documents, in thousandths; ``group``: ``"file"`` or
-    ``"package"`` (documents of at most ``max_package_chars`` characters).
+    ``"package"`` (documents of at most ``max_package_chars`` characters);
+    ``select_longrange``: keep only this top share (0 < FRACTION <= 1) of documents by their
+    far-only copy share (module docstring; ``None``: no selection), scored with the BPE at
+    ``tokenizer_path`` (the committed one by default).
     """
     if not 0 < test_permille < 1000:
         raise ValueError(f"test_permille must be in 1..999, got {test_permille}")
     if max_mb <= 0:
         raise ValueError(f"max_mb must be positive, got {max_mb}")
+    check_fraction(select_longrange)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_source = collect(
@@ -345,6 +371,11 @@ def build_corpus(
         group=group,
         max_package_chars=max_package_chars,
     )
+    selection = None
+    if select_longrange is not None:
+        per_source, selection = select_documents(
+            per_source, select_longrange, test_permille, tokenizer_path
+        )
     splits: dict[str, list[Document]] = {"train": [], "test": []}
     counts = {}
     for name, docs in per_source.items():
@@ -358,6 +389,7 @@ def build_corpus(
         raise ValueError(
             f"the corpus has {len(splits['train'])} training and {len(splits['test'])} held-out "
             "documents; add sources, lower --min-chars or raise --test-permille"
+            + (" (or --select-longrange)" if selection is not None else "")
         )
     for split, docs in splits.items():
         tmp = out / f"{split}.jsonl.tmp"
@@ -379,9 +411,87 @@ def build_corpus(
         "documents": {k: len(v) for k, v in splits.items()},
         "chars": {k: sum(len(d.text) for d in v) for k, v in splits.items()},
         "ids": {k: sorted(d.id for d in v) for k, v in splits.items()},
+        # Only with a selection, so that a manifest without one is what it always was.
+        **({"select_longrange": selection} if selection is not None else {}),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def check_fraction(fraction: float | None) -> None:
+    """Refuse a ``select_longrange`` fraction outside (0, 1] (``None``: no selection)."""
+    if fraction is None:
+        return
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise ValueError(f"--select-longrange takes a number in (0, 1], got {fraction!r}")
+    if not 0 < fraction <= 1:
+        raise ValueError(
+            f"--select-longrange FRACTION must be in (0, 1] (the share of documents kept, "
+            f"e.g. 0.25), got {fraction}"
+        )
+
+
+def select_documents(
+    per_source: dict[str, list[Document]],
+    fraction: float,
+    test_permille: int,
+    tokenizer_path: str | Path | None = None,
+) -> tuple[dict[str, list[Document]], dict[str, Any]]:
+    """The documents of each source kept by the long-range selection (module docstring), in
+    their order, and the manifest's record of it. All sources' documents are ranked
+    together, independently of the split."""
+    from .bpe import DEFAULT_PATH, BPETokenizer
+    from .longrange import CONTEXT, SELECT_N, document_scores, regions, summary, top_fraction
+
+    check_fraction(fraction)
+    tok_path = Path(tokenizer_path or DEFAULT_PATH)
+    tokenizer = BPETokenizer(tok_path)
+    docs = [d for name in per_source for d in per_source[name]]
+    values = document_scores([d.text for d in docs], tokenizer, SELECT_N, CONTEXT)
+    scores = {d.id: v for d, v in zip(docs, values, strict=True)}
+    kept_ids, threshold = top_fraction(scores, fraction)
+    kept = set(kept_ids)
+    if not kept:
+        raise ValueError(
+            f"--select-longrange: none of the {len(docs)} documents fills one {CONTEXT}-token "
+            "window, so none has a score; add sources or raise --min-chars"
+        )
+    start, cut = regions(CONTEXT)
+
+    def _summ(ids: Any) -> dict[str, Any]:
+        return summary(scores[i] for i in ids if scores[i] is not None)
+
+    record = {
+        "rule": (
+            f"keep the ceil(fraction * scored) documents with the highest far-only copy share "
+            f"(ties by id): the share of late tokens (positions {start}..{CONTEXT - 1} of each "
+            f"consecutive {CONTEXT}-token window from the document's start, committed BPE after "
+            f"<bos>) whose preceding {SELECT_N}-gram occurred followed by the same token only "
+            f"ending before position {cut}, mean over the document's windows; documents "
+            f"shorter than one window have no score and are dropped; before the split"
+        ),
+        "fraction": fraction,
+        "n": SELECT_N,
+        "context": CONTEXT,
+        "late_start": start,
+        "cut": cut,
+        "tokenizer": tok_path.name,
+        "tokenizer_sha256": hashlib.sha256(tok_path.read_bytes()).hexdigest(),
+        "documents_before": len(docs),
+        "documents_scored": sum(v is not None for v in values),
+        "documents_unscored_dropped": sum(v is None for v in values),
+        "documents_kept": len(kept),
+        "threshold": threshold,
+        "score_summary": {
+            "all": _summ(scores),
+            "kept": _summ(kept),
+            "kept_train": _summ(i for i in kept if split_of(i, test_permille) == "train"),
+            "kept_test": _summ(i for i in kept if split_of(i, test_permille) == "test"),
+        },
+        "scores": {i: v for i, v in sorted(scores.items()) if v is not None},
+    }
+    out = {name: [d for d in ds if d.id in kept] for name, ds in per_source.items()}
+    return out, record
 
 
 def read_documents(corpus_dir: str | Path, split: str) -> list[dict[str, Any]]:
