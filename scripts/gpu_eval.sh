@@ -178,6 +178,10 @@ else
         timeout "${CORPUS_TIMEOUT:-240}" $E corpus --out "$CORPUS" --source python --max-mb "${CORPUS_MB:-60}" \
             ${CORPUS_ARGS:-} |
             grep -A12 '"counts"'
+        # A document selection's record (without the per-document scores) into the log.
+        python3 -c "import json, sys; s = json.load(open(sys.argv[1])).get('select_longrange'); \
+s and print('select_longrange', json.dumps({k: v for k, v in s.items() if k != 'scores'}))" \
+            "$CORPUS/manifest.json"
         python3 -c "from powerattn.eval import lm; print('tokens in', lm.tokenize_corpus('$CORPUS'))" ||
             { echo "CORPUS FAILED: nothing can run"; exit 1; }
         echo "corpus built and tokenized in $(( $(date +%s) - t )) s"
