@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 
 import numpy as np
 import pytest
 
+from powerattn.eval import corpus as corpus_mod
 from powerattn.eval.bpe import DEFAULT_PATH, BPETokenizer, train_tokenizer
-from powerattn.eval.corpus import build_corpus, package_of, read_documents, split_of
+from powerattn.eval.corpus import (
+    build_corpus,
+    package_of,
+    path_key,
+    read_documents,
+    split_of,
+)
 from powerattn.training.lm_data import lm_batch_fn
+
+
+def _path_split(path, permille):
+    return split_of(hashlib.sha256(path_key(path).encode()).hexdigest(), permille)
 
 
 def test_split_by_hash_no_overlap_and_reproducible(tiny_corpus, tmp_path):
     m = json.loads((tiny_corpus / "manifest.json").read_text())
+    assert m["split_key"] == "path"
     train, test = set(m["ids"]["train"]), set(m["ids"]["test"])
     assert train and test and not train & test
     for split, ids in (("train", train), ("test", test)):
         docs = read_documents(tiny_corpus, split)
         assert {d["id"] for d in docs} == ids
-        assert all(split_of(d["id"], 300) == split for d in docs)
+        assert all(_path_split(d["path"], 300) == split for d in docs)
     # Rebuilding gives the same documents on the same sides.
     again = build_corpus(tmp_path / "again", m["sources"], min_chars=2000, test_permille=300)
     assert again["ids"] == m["ids"]
@@ -164,7 +178,7 @@ def test_package_grouping_is_deterministic_and_split_by_document(tmp_path):
     for split, ids in (("train", train), ("test", test)):
         docs = read_documents(tmp_path / "a", split)
         assert {d["id"] for d in docs} == ids
-        assert all(split_of(d["id"], 500) == split for d in docs)
+        assert all(_path_split(d["path"], 500) == split for d in docs)
     # No file's text is on both sides: the copied file is kept in one document only.
     texts = {s: " ".join(d["text"] for d in read_documents(tmp_path / "a", s)) for s in a["ids"]}
     assert not ("shared = True" in texts["train"] and "shared = True" in texts["test"])
@@ -201,8 +215,8 @@ def test_default_grouping_is_unchanged(tmp_path, make_docs):
         assert (tmp_path / "d" / name).read_bytes() == (tmp_path / "e" / name).read_bytes()
     assert default["ids"] == explicit["ids"]
     assert set(default) == {
-        "sources", "min_chars", "max_mb", "test_permille", "python", "roots", "counts",
-        "licences", "documents", "chars", "ids",
+        "sources", "min_chars", "max_mb", "test_permille", "split_key", "other_versions_dropped",
+        "python", "roots", "counts", "licences", "documents", "chars", "ids",
     }  # fmt: skip
     paths = sorted(d["path"] for s in ("train", "test") for d in read_documents(tmp_path / "d", s))
     assert paths == sorted([f"doc{i}.py" for i in range(12)] + ["pkg/m0.py", "pkg/m1.py"])
@@ -285,10 +299,11 @@ def test_select_longrange_keeps_far_copies_nested_and_deterministic(tmp_path, lo
         assert sel["documents_kept"] == len(kept[f]) == {1.0: 8, 0.5: 4, 0.25: 2}[f]
         assert sel["threshold"] == min(sel["scores"][i] for i in kept[f])
         assert sel["score_summary"]["kept"]["count"] == len(kept[f])
-        # The split is the unchanged hash rule: the kept documents on their usual sides.
+        # The split is the unchanged path rule: the kept documents on their usual sides.
         train, test = set(m["ids"]["train"]), set(m["ids"]["test"])
         assert not train & test and train | test == set(kept[f])
-        assert all(split_of(i, 600) == ("test" if i in test else "train") for i in kept[f])
+        for i, d in kept[f].items():
+            assert _path_split(d["path"], 600) == ("test" if i in test else "train")
         assert m["documents"]["train"] + m["documents"]["test"] == len(kept[f])
     assert set(kept[0.25]) <= set(kept[0.5]) <= set(kept[1.0]) <= set(full)
     assert all(not d["path"].startswith("short") for d in kept[1.0].values())
@@ -336,3 +351,193 @@ def test_cli_select_longrange(tmp_path, capsys, longrange_src):
     shown = json.loads(out)
     assert "scores" not in shown["select_longrange"] and "ids" not in shown
     assert "fewer than ~40" in err and "--test-permille" in err
+
+
+# ---------------------------------------------------------------- --split-key
+
+
+def test_path_key():
+    assert path_key("site-packages/numpy/core/numeric.py") == "numpy/core/numeric.py"
+    assert path_key("numpy/core/numeric.py") == "numpy/core/numeric.py"
+    assert path_key("lib/dist-packages/numpy/") == "numpy/"
+    assert path_key("site-packages/six.py") == "six.py"
+    assert path_key("os.py") == "os.py" and path_key("email/") == "email/"
+
+
+# md5 of the three files built by the code before --split-key existed (commit 1180cbe), with
+# the temporary directory and the Python version replaced (see _md5s): --split-key content
+# must rebuild them byte for byte.
+OLD_MD5 = {
+    "file": {
+        "train.jsonl": "1e6cb2d9d4a05688be07f759d7f810ff",
+        "test.jsonl": "e7943f5a7350950f23109e895d00db49",
+        "manifest.json": "4e7d9ebdf77f3f2b7d6290ed5a5d5f71",
+    },
+    "package": {
+        "train.jsonl": "ec8b8fc6bae5af526d7271bc130ef6ee",
+        "test.jsonl": "876bda3a7606a7444524e9f9b47e8136",
+        "manifest.json": "cb16b390b653c7d41e0daf541dd852f6",
+    },
+    "select": {
+        "train.jsonl": "626b94e36f8c6a0fb9bfe8986cf820fe",
+        "test.jsonl": "15001bd57abfa902043983793472a27e",
+        "manifest.json": "65059ea599b23ae96fec21f2cfbbd036",
+    },
+}
+
+
+def _md5s(corpus, base):
+    out = {}
+    for name in ("train.jsonl", "test.jsonl", "manifest.json"):
+        text = (corpus / name).read_text().replace(str(base.resolve()), "<TMP>")
+        text = text.replace(f'"python": "{sys.version.split()[0]}"', '"python": "<PY>"')
+        out[name] = hashlib.md5(text.encode()).hexdigest()
+    return out
+
+
+def test_split_key_content_is_the_old_corpus_byte_for_byte(tmp_path, monkeypatch, make_docs):
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)  # relative sources: the jsonl's "source" holds no tmp path
+    src = make_docs(Path("src"))
+    (src / "pkg").mkdir()
+    for i in range(2):
+        (src / "pkg" / f"m{i}.py").write_text((src / f"doc{i}.py").read_text() + f"# {i}\n")
+    (src / "copy.py").write_text((src / "doc3.py").read_text())
+    Path("ptree").mkdir()
+    _package_tree(Path("ptree"))
+    _longrange_tree(Path("lr"))
+    builds = {
+        "file": (["src"], dict(min_chars=2000, test_permille=300)),
+        "package": (["ptree"], dict(min_chars=500, test_permille=500, group="package")),
+        "select": (["lr"], dict(min_chars=2000, test_permille=600, select_longrange=0.5)),
+    }
+    for name, (sources, kw) in builds.items():
+        m = build_corpus(Path(name), sources, split_key="content", **kw)
+        assert "split_key" not in m and "other_versions_dropped" not in m
+        assert _md5s(tmp_path / name, tmp_path) == OLD_MD5[name], name
+        # The new default differs by design (split by path).
+        build_corpus(Path(name + "-path"), sources, **kw)
+        assert _md5s(tmp_path / (name + "-path"), tmp_path) != OLD_MD5[name], name
+
+
+def _two_roots(tmp_path, monkeypatch, make_docs, n=12):
+    """A 'python' source of two roots holding the same relative paths in different versions:
+    an interpreter's lib (site-packages inside it) and a venv's bare site-packages (its paths
+    have no 'site-packages/' prefix), plus one path in the first root only."""
+    a = tmp_path / "a_interp" / "lib"
+    b = tmp_path / "b_venv" / "site-packages"
+    make_docs(a / "site-packages" / "mod", n=n)
+    make_docs(b / "mod", n=n)
+    for f in (b / "mod").iterdir():  # another version: one more line
+        f.write_text(f.read_text() + "# patched in the newer version\n")
+    (a / "only.py").write_text((a / "site-packages" / "mod" / "doc0.py").read_text() * 2)
+    monkeypatch.setattr(corpus_mod, "python_roots", lambda: [a.resolve(), b.resolve()])
+    return a, b
+
+
+def test_two_versions_of_one_path_one_kept_and_splits_disjoint_by_path(
+    tmp_path, monkeypatch, make_docs
+):
+    _two_roots(tmp_path, monkeypatch, make_docs)
+    kw = dict(min_chars=2000, test_permille=500)
+    m = build_corpus(tmp_path / "p", ["python"], **kw)
+    assert m["split_key"] == "path" and m["other_versions_dropped"] == {"python": 12}
+    docs = {s: read_documents(tmp_path / "p", s) for s in ("train", "test")}
+    keys = {s: [path_key(d["path"]) for d in docs[s]] for s in docs}
+    # One version of each relative path (whichever the read order, by the hash of the path
+    # below its root, meets first), and no relative path on both sides.
+    assert sorted(keys["train"] + keys["test"]) == sorted(
+        [f"mod/doc{i}.py" for i in range(12)] + ["only.py"]
+    )
+    assert not set(keys["train"]) & set(keys["test"])
+    for s in docs:
+        assert all(_path_split(d["path"], 500) == s for d in docs[s])
+    # content: every version kept and split on its own, and some pairs straddle the split.
+    c = build_corpus(tmp_path / "c", ["python"], split_key="content", **kw)
+    assert "split_key" not in c and "other_versions_dropped" not in c
+    cdocs = {s: read_documents(tmp_path / "c", s) for s in ("train", "test")}
+    assert sum(len(v) for v in cdocs.values()) == 25
+    ckeys = {s: {path_key(d["path"]) for d in cdocs[s]} for s in cdocs}
+    assert ckeys["train"] & ckeys["test"]
+    for s in cdocs:
+        assert all(split_of(d["id"], 500) == s for d in cdocs[s])
+
+
+def test_same_relative_path_in_two_roots_first_kept(tmp_path, monkeypatch, make_docs):
+    """Equal paths below their roots: the first absolute path (file) or the first root
+    (package) is kept; an exact copy is dropped as a duplicate, not counted as a version."""
+    a, b = tmp_path / "a" / "lib", tmp_path / "b" / "lib"
+    import shutil
+
+    make_docs(a / "site-packages", n=6)  # single-file modules: both splits non-empty
+    for f in make_docs(a / "site-packages" / "mod", n=3).iterdir():
+        f.write_text(f.read_text() + "# in mod\n")  # not a copy of site-packages/docN.py
+    shutil.copytree(a / "site-packages" / "mod", b / "site-packages" / "mod")  # the same ...
+    (b / "site-packages" / "mod" / "doc1.py").write_text("# newer\n" * 300)  # ... but one
+    monkeypatch.setattr(corpus_mod, "python_roots", lambda: [a.resolve(), b.resolve()])
+    kw = dict(min_chars=2000, test_permille=500)
+    m = build_corpus(tmp_path / "f", ["python"], **kw)
+    docs = _docs(tmp_path / "f")
+    mod = {f"site-packages/mod/doc{i}.py" for i in range(3)}
+    assert set(docs) == mod | {f"site-packages/doc{i}.py" for i in range(6)}
+    assert "# newer" not in docs["site-packages/mod/doc1.py"]["text"]
+    assert m["other_versions_dropped"] == {"python": 1}
+    c = build_corpus(tmp_path / "fc", ["python"], split_key="content", **kw)
+    assert c["documents"]["train"] + c["documents"]["test"] == 10  # the newer doc1 too
+    m = build_corpus(tmp_path / "pk", ["python"], group="package", **kw)
+    docs = _docs(tmp_path / "pk")
+    assert "site-packages/mod/" in docs and "# newer" not in docs["site-packages/mod/"]["text"]
+    assert m["other_versions_dropped"] == {"python": 1}
+    c = build_corpus(tmp_path / "pkc", ["python"], group="package", split_key="content", **kw)
+    assert "# newer" in " ".join(d["text"] for d in _docs(tmp_path / "pkc").values())
+
+
+def test_select_longrange_after_the_dedup_by_path(tmp_path, monkeypatch):
+    """Selection with both keys: the other versions are dropped before scoring."""
+    a = tmp_path / "a" / "lib" / "site-packages"
+    b = tmp_path / "b" / "lib" / "site-packages"
+    _longrange_tree(a / "lr")
+    _longrange_tree(b / "lr")
+    for f in (b / "lr").iterdir():
+        f.write_text(f.read_text() + "# another version\n")
+    monkeypatch.setattr(
+        corpus_mod, "python_roots", lambda: [a.parent.resolve(), b.parent.resolve()]
+    )
+    kw = dict(min_chars=2000, test_permille=500, select_longrange=0.75)
+    m = build_corpus(tmp_path / "p", ["python"], **kw)
+    c = build_corpus(tmp_path / "c", ["python"], split_key="content", **kw)
+    sel, csel = m["select_longrange"], c["select_longrange"]
+    assert m["other_versions_dropped"] == {"python": 9}
+    fields = ("documents_before", "documents_scored", "documents_kept")
+    assert [sel[k] for k in fields] == [9, 8, 6]  # one version of each path scored
+    assert [csel[k] for k in fields] == [18, 16, 12]  # both versions scored
+    for corpus, key in ((tmp_path / "p", "path"), (tmp_path / "c", "content")):
+        docs = {s: read_documents(corpus, s) for s in ("train", "test")}
+        for s in docs:
+            for d in docs[s]:
+                h = split_of(d["id"], 500) if key == "content" else _path_split(d["path"], 500)
+                assert h == s
+    keys = {s: {path_key(d["path"]) for d in read_documents(tmp_path / "p", s)} for s in m["ids"]}
+    assert len(keys["train"]) + len(keys["test"]) == 6 and not keys["train"] & keys["test"]
+    # The kept summaries follow the same split.
+    assert sel["score_summary"]["kept_test"]["count"] == len(m["ids"]["test"])
+
+
+def test_cli_split_key(tmp_path, capsys, make_docs):
+    from powerattn.cli import main
+
+    src = make_docs(tmp_path / "src")
+    argv = ["eval", "corpus", "--source", str(src), "--min-chars", "2000"]
+    argv += ["--test-permille", "300"]
+    assert main([*argv, "--out", str(tmp_path / "p")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "c"), "--split-key", "content"]) == 0
+    m = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    c = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert (m["split_key"], m["other_versions_dropped"]) == ("path", {str(src): 0})
+    assert "split_key" not in c and "other_versions_dropped" not in c
+    assert json.loads(capsys.readouterr().out.split("\n}\n")[0] + "\n}")["split_key"] == "path"
+    with pytest.raises(SystemExit):
+        main([*argv, "--out", str(tmp_path / "x"), "--split-key", "hash"])
+    with pytest.raises(ValueError, match="split_key must be"):
+        build_corpus(tmp_path / "x", [str(src)], split_key="hash")

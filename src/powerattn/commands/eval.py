@@ -80,6 +80,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(e.g. 100 for 0.5, 150 for 0.25 at --max-mb 60) to keep >= ~40 held-out documents "
         "(docs/evaluation.md). Default: no selection",
     )
+    c.add_argument(
+        "--split-key",
+        choices=("path", "content"),
+        default="path",
+        help="what decides a document's side: its relative path below its root (the default; "
+        "every version of one file, e.g. numpy in two site-packages, on one side, and only one "
+        "version kept) or its content hash (every version kept and split on its own: the rule "
+        "of corpora built before this option, rebuilt byte for byte)",
+    )
     c.set_defaults(func=_corpus)
 
     t = esub.add_parser("tokenizer", help="train the byte-level BPE on a corpus' training split")
@@ -286,6 +295,7 @@ def _corpus(args: argparse.Namespace) -> int:
         group=args.group,
         max_package_chars=args.max_package_chars or MAX_PACKAGE_CHARS,
         select_longrange=args.select_longrange,
+        split_key=args.split_key,
     )
     shown = {k: v for k, v in m.items() if k != "ids"}
     if "select_longrange" in shown:  # the per-document scores are in the manifest

@@ -2,11 +2,32 @@
 
 ``build_corpus`` walks its sources, keeps text files of at least ``min_chars`` characters,
 drops exact duplicates (by SHA-256 of the content), and splits the rest into ``train`` and
-``test`` *by document hash*: a document is held out iff ``int(sha256[:8], 16) % 1000 <
-test_permille``. The split depends on the content only, so a file is on the same side on every
-machine and in every rebuild, and no document is on both sides. What a source contributes is
-read in a fixed order (by path hash), so a size cap keeps the same documents on every rebuild
-of the same files.
+``test`` by a hash: a document is held out iff ``int(h[:8], 16) % 1000 < test_permille``.
+What a source contributes is read in a fixed order (by path hash), so a size cap keeps the
+same documents on every rebuild of the same files.
+
+Split key (``split_key``, ``--split-key``):
+
+* ``path`` (the default) -- ``h`` is the SHA-256 of the document's *relative path*
+  (:func:`path_key`: its ``path`` below its source root, cut after the last ``site-packages``
+  or ``dist-packages`` component, so ``site-packages/numpy/core/numeric.py`` of any root is
+  ``numpy/core/numeric.py``; a package document's ``numpy/``). Every version of one file (numpy
+  installed both in the interpreter's and in a venv's site-packages, in different versions) is
+  on the same side; and within a source only one version of each relative path is kept: the
+  first in the read order (below) that passes the length checks, whether or not its content is
+  then dropped as an exact duplicate. Between equal paths relative to their roots that is the
+  first absolute path with ``group="file"`` and the first root with ``group="package"``. The
+  other versions are dropped before any selection; the manifest counts those that are not an
+  exact duplicate of a document already read (``other_versions_dropped``). Near-twins under
+  *different* relative paths (a vendored copy such as ``pip/_vendor/...``) are not caught.
+* ``content`` -- ``h`` is the document's own hash (its ``id``), and every version is kept:
+  two versions of one file are different content and each is split independently, so a
+  held-out document can have a near-twin in training. Corpora built before ``--split-key``
+  existed used this rule; ``content`` rebuilds them byte for byte (manifest included: a
+  manifest without ``split_key`` means ``content``).
+
+Either way the split depends on the files only, so a document is on the same side on every
+machine and in every rebuild, and no document is on both sides.
 
 Sources (``--source``, repeatable):
 
@@ -67,7 +88,9 @@ Output: ``OUT/train.jsonl`` and ``OUT/test.jsonl`` (one ``{"id", "source", "path
 "text"}`` per line) and ``OUT/manifest.json`` (arguments, per-source counts, licences, the
 interpreter, and the sorted hashes of each split; with ``group="package"`` also ``group`` and
 ``max_package_chars``, absent for the default ``file`` grouping, whose output is unchanged;
-``select_longrange`` only with a selection).
+``select_longrange`` only with a selection; with ``split_key="path"`` also ``split_key`` and
+``other_versions_dropped`` per source, absent with ``content``, whose output is what it was
+before the option existed).
 """
 
 from __future__ import annotations
@@ -85,6 +108,7 @@ SUFFIXES = (".py", ".txt", ".md")
 PYTHON_LICENCE = "PSF-2.0 (standard library); site-packages: each package's own licence"
 MANIFEST = "manifest.json"
 GROUPS = ("file", "package")
+SPLIT_KEYS = ("path", "content")
 MAX_PACKAGE_CHARS = 200_000
 FILE_HEADER = "# file: {path}\n"  # before each file of a package document
 _SITE_DIRS = ("site-packages", "dist-packages")  # dist-packages: Debian's system Python
@@ -100,8 +124,37 @@ class Document:
 
 
 def split_of(doc_id: str, test_permille: int) -> str:
-    """``"test"`` or ``"train"`` for a document hash (a hex SHA-256)."""
+    """``"test"`` or ``"train"`` for a split hash (a hex SHA-256: the document's ``id`` with
+    ``split_key="content"``, that of its :func:`path_key` with ``"path"``)."""
     return "test" if int(doc_id[:8], 16) % 1000 < test_permille else "train"
+
+
+def path_key(path: str) -> str:
+    """The relative path that ``split_key="path"`` splits and deduplicates by: a document's
+    ``path`` (POSIX, relative to its source root) after its last ``site-packages`` or
+    ``dist-packages`` component, if any: ``"site-packages/numpy/core/numeric.py"`` ->
+    ``"numpy/core/numeric.py"``, ``"dist-packages/numpy/"`` -> ``"numpy/"``, ``"os.py"`` ->
+    ``"os.py"``."""
+    parts = path.split("/")
+    marks = [i for i, p in enumerate(parts[:-1]) if p in _SITE_DIRS]
+    return "/".join(parts[marks[-1] + 1 :]) if marks else path
+
+
+def split_hash(doc: Document, split_key: str = "path") -> str:
+    """The hash that decides ``doc``'s side (see :func:`split_of`)."""
+    if split_key == "content":
+        return doc.id
+    return hashlib.sha256(path_key(doc.path).encode("utf-8")).hexdigest()
+
+
+def document_split(doc: Document, test_permille: int, split_key: str = "path") -> str:
+    """``"test"`` or ``"train"``: the side of ``doc`` under ``split_key``."""
+    return split_of(split_hash(doc, split_key), test_permille)
+
+
+def _check_split_key(split_key: str) -> None:
+    if split_key not in SPLIT_KEYS:
+        raise ValueError(f"split_key must be one of {SPLIT_KEYS}, got {split_key!r}")
 
 
 def python_roots() -> list[Path]:
@@ -157,10 +210,16 @@ def collect(
     max_bytes: int | None = None,
     group: str = "file",
     max_package_chars: int = MAX_PACKAGE_CHARS,
+    split_key: str = "path",
+    dropped: dict[str, int] | None = None,
 ) -> dict[str, list[Document]]:
     """The documents of each source (deduplicated across all sources by content, first source
     wins), sorted by hash; files shorter than ``min_chars`` or longer than ``max_chars``
     characters, not UTF-8, or with NUL bytes are skipped.
+
+    ``split_key="path"``: within a source, only the first version of each :func:`path_key`
+    that passes the length checks is kept (module docstring); ``dropped``, if given, receives
+    per source the number of other versions dropped. ``"content"``: every version is kept.
 
     ``max_bytes``: at most about this much text per source. Files are read in the order of the
     hash of their path relative to their root (a fixed pseudo-random order), so a capped corpus
@@ -174,17 +233,23 @@ def collect(
         raise ValueError("give at least one source: 'python' or a directory")
     if group not in GROUPS:
         raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+    _check_split_key(split_key)
+    dropped = {} if dropped is None else dropped
     if group == "package":
         if max_package_chars < min_chars:
             raise ValueError(
                 f"max_package_chars ({max_package_chars}) is below min_chars ({min_chars}): "
                 "no document could be kept"
             )
-        return _collect_packages(sources, min_chars, max_chars, max_bytes, max_package_chars)
+        return _collect_packages(
+            sources, min_chars, max_chars, max_bytes, max_package_chars, split_key, dropped
+        )
     seen: set[str] = set()
     out: dict[str, list[Document]] = {}
     for spec in sources:
         name, roots, suffixes, licence = _parse_source(spec)
+        claimed: set[str] = set()  # path keys with a kept version (split_key="path")
+        dropped[name] = 0
         files = []
         for root in roots:
             for path in _files(root, suffixes):
@@ -204,6 +269,11 @@ def collect(
             if text is None or not min_chars <= len(text) <= max_chars:
                 continue
             doc_id = hashlib.sha256(text.encode("utf-8")).hexdigest()
+            if split_key == "path":  # another version of a path already taken
+                if path_key(rel) in claimed:
+                    dropped[name] += int(doc_id not in seen)  # an exact duplicate: not counted
+                    continue
+                claimed.add(path_key(rel))
             if doc_id in seen:
                 continue
             seen.add(doc_id)
@@ -253,6 +323,8 @@ def _collect_packages(
     max_chars: int,
     max_bytes: int | None,
     max_package_chars: int,
+    split_key: str,
+    dropped: dict[str, int],
 ) -> dict[str, list[Document]]:
     """:func:`collect` with ``group="package"``."""
     seen: set[str] = set()  # document hashes
@@ -260,6 +332,8 @@ def _collect_packages(
     out: dict[str, list[Document]] = {}
     for spec in sources:
         name, roots, suffixes, licence = _parse_source(spec)
+        claimed: set[str] = set()  # path keys with a kept version (split_key="path")
+        dropped[name] = 0
         units: dict[tuple[str, int, str], list[tuple[str, Path]]] = {}
         for r, root in enumerate(roots):
             for path in _files(root, suffixes):
@@ -291,7 +365,13 @@ def _collect_packages(
                 )
             if len(text) < min_chars:
                 continue
+            doc_path = unit if pkg is None else unit + "/"
             doc_id = hashlib.sha256(text.encode("utf-8")).hexdigest()
+            if split_key == "path":  # another root's version of a package already taken
+                if path_key(doc_path) in claimed:
+                    dropped[name] += int(doc_id not in seen)  # an exact duplicate: not counted
+                    continue
+                claimed.add(path_key(doc_path))
             if doc_id in seen:
                 continue
             seen.add(doc_id)
@@ -301,7 +381,7 @@ def _collect_packages(
             marks = [i for i, p in enumerate(parts[:-1]) if p in _SITE_DIRS]
             if name == "python" and marks:
                 lic = f"package {parts[marks[-1] + 1]}: its own licence"
-            docs.append(Document(doc_id, name, unit if pkg is None else unit + "/", lic, text))
+            docs.append(Document(doc_id, name, doc_path, lic, text))
             used += len(text.encode("utf-8"))
         out[name] = sorted(docs, key=lambda d: d.id)
     return out
@@ -347,6 +427,7 @@ def build_corpus(
     max_package_chars: int = MAX_PACKAGE_CHARS,
     select_longrange: float | None = None,
     tokenizer_path: str | Path | None = None,
+    split_key: str = "path",
 ) -> dict[str, Any]:
     """Build the corpus into ``out_dir`` (see the module docstring); returns the manifest.
 
@@ -355,32 +436,38 @@ def build_corpus(
     ``"package"`` (documents of at most ``max_package_chars`` characters);
     ``select_longrange``: keep only this top share (0 < FRACTION <= 1) of documents by their
     far-only copy share (module docstring; ``None``: no selection), scored with the BPE at
-    ``tokenizer_path`` (the committed one by default).
+    ``tokenizer_path`` (the committed one by default); ``split_key``: ``"path"`` (split by
+    relative path, one version per path) or ``"content"`` (split by content hash, every
+    version kept: the rule before this option, byte for byte).
     """
     if not 0 < test_permille < 1000:
         raise ValueError(f"test_permille must be in 1..999, got {test_permille}")
     if max_mb <= 0:
         raise ValueError(f"max_mb must be positive, got {max_mb}")
     check_fraction(select_longrange)
+    _check_split_key(split_key)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    dropped: dict[str, int] = {}
     per_source = collect(
         sources,
         min_chars=min_chars,
         max_bytes=int(max_mb * 1e6),
         group=group,
         max_package_chars=max_package_chars,
+        split_key=split_key,
+        dropped=dropped,
     )
     selection = None
-    if select_longrange is not None:
+    if select_longrange is not None:  # after the dedup by path: other versions are not scored
         per_source, selection = select_documents(
-            per_source, select_longrange, test_permille, tokenizer_path
+            per_source, select_longrange, test_permille, tokenizer_path, split_key
         )
     splits: dict[str, list[Document]] = {"train": [], "test": []}
     counts = {}
     for name, docs in per_source.items():
         for d in docs:
-            splits[split_of(d.id, test_permille)].append(d)
+            splits[document_split(d, test_permille, split_key)].append(d)
         counts[name] = {
             "documents": len(docs),
             "mb": round(sum(len(d.text.encode("utf-8")) for d in docs) / 1e6, 3),
@@ -404,6 +491,13 @@ def build_corpus(
         "test_permille": test_permille,
         # Only when not the default, so that a file-grouped manifest is what it always was.
         **({"group": group, "max_package_chars": max_package_chars} if group != "file" else {}),
+        # Only with "path", so that a "content" manifest is what it was before the option
+        # (a manifest without "split_key" was split by content).
+        **(
+            {"split_key": split_key, "other_versions_dropped": dropped}
+            if split_key == "path"
+            else {}
+        ),
         "python": sys.version.split()[0],
         "roots": {name: [str(r) for r in _parse_source(name)[1]] for name in per_source},
         "counts": counts,
@@ -436,10 +530,12 @@ def select_documents(
     fraction: float,
     test_permille: int,
     tokenizer_path: str | Path | None = None,
+    split_key: str = "path",
 ) -> tuple[dict[str, list[Document]], dict[str, Any]]:
     """The documents of each source kept by the long-range selection (module docstring), in
     their order, and the manifest's record of it. All sources' documents are ranked
-    together, independently of the split."""
+    together, independently of the split (``split_key`` and ``test_permille`` only sort the
+    kept scores' summaries by side)."""
     from .bpe import DEFAULT_PATH, BPETokenizer
     from .longrange import CONTEXT, SELECT_N, document_scores, regions, summary, top_fraction
 
@@ -449,6 +545,7 @@ def select_documents(
     docs = [d for name in per_source for d in per_source[name]]
     values = document_scores([d.text for d in docs], tokenizer, SELECT_N, CONTEXT)
     scores = {d.id: v for d, v in zip(docs, values, strict=True)}
+    side = {d.id: document_split(d, test_permille, split_key) for d in docs}
     kept_ids, threshold = top_fraction(scores, fraction)
     kept = set(kept_ids)
     if not kept:
@@ -485,8 +582,8 @@ def select_documents(
         "score_summary": {
             "all": _summ(scores),
             "kept": _summ(kept),
-            "kept_train": _summ(i for i in kept if split_of(i, test_permille) == "train"),
-            "kept_test": _summ(i for i in kept if split_of(i, test_permille) == "test"),
+            "kept_train": _summ(i for i in kept if side[i] == "train"),
+            "kept_test": _summ(i for i in kept if side[i] == "test"),
         },
         "scores": {i: v for i, v in sorted(scores.items()) if v is not None},
     }
