@@ -82,7 +82,8 @@
 #
 # Knobs (environment): SEEDS (0,1), LM_STEPS (the preset's 900), PATTERNS (all six), JOBS
 # (12), RULER_STEPS, RULER_SAMPLES (50 per task; 5 until session 14), RULER_SEEDS (0), RULER_TASKS, CORPUS_MB (60),
-# CORPUS_ARGS (more `eval corpus` flags, e.g. --select-longrange 0.25; none), CORPUS_TIMEOUT (240 s), LM_DIR (lm), INIT_FROM,
+# CORPUS_ARGS (more `eval corpus` flags, e.g. --select-longrange 0.25; --split-key content rebuilds
+# the corpora of sessions 5-15, split by content hash; none), CORPUS_TIMEOUT (240 s), LM_DIR (lm), INIT_FROM,
 # PRESET (gpu), DEVICE (cuda), SPEED (none; see above), SPEED_MIN, SPEED_TIMEOUT.
 # CPU dry run of every part (a stub nvidia-smi on the PATH; SPEED=fused_optim or none there:
 # compile runs Inductor on the CPU, minutes; SPEED=auto times tiny models, meaningless):
