@@ -65,17 +65,7 @@ def main() -> None:
             ops_decode.NUM_STAGES, ops_decode.EARLY_V_LOAD = stages, early
             ops_decode.clear_plans()
             for s, (q, kvs, ref) in data.items():
-
-                def call(k, v, q=q):
-                    return ops_decode.decode_attention(q, k, v, pattern, D**-0.5, need_lse=False)[0]
-
-                try:
-                    call(*kvs[0])
-                    err = (call(*kvs[0]).float() - ref).abs().max().item()
-                    ms = _in_graph_ms([lambda k=k, v=v: call(k, v) for k, v in kvs])
-                except Exception as exc:  # noqa: BLE001 - a sweep: keep the other rows
-                    err, ms = float("nan"), float("nan")
-                    print(f"  failed: {exc!r}"[:300])
+                err, ms = _check_and_time(q, kvs, ref, pattern, D)
                 row = {"block_n": bn, "num_warps": warps, "num_stages": stages, "early_v": early,
                        "seq_len": s, "in_graph_ms": ms, "max_err": err}  # fmt: skip
                 rows.append(row)
@@ -86,26 +76,31 @@ def main() -> None:
             )
 
 
+def _check_and_time(q, kvs, ref, pattern, D, splits=None) -> tuple[float, float]:
+    """(max error against the float32 reference, in-graph ms per call) of one setting; NaNs
+    when it fails (a sweep keeps the other rows)."""
+
+    def call(k, v):
+        return ops_decode.decode_attention(
+            q, k, v, pattern, D**-0.5, splits=splits, need_lse=False
+        )[0]
+
+    try:
+        call(*kvs[0])
+        err = (call(*kvs[0]).float() - ref).abs().max().item()
+        return err, _in_graph_ms([lambda k=k, v=v: call(k, v) for k, v in kvs])
+    except Exception as exc:  # noqa: BLE001 - a sweep: keep the other rows
+        print(f"  failed: {exc!r}"[:300])
+        return float("nan"), float("nan")
+
+
 def _sweep_splits(data, pattern, D, out_dir: Path) -> None:
     """In-graph ms per call against the number of splits (None: the module's choice)."""
     rows = []
     with torch.no_grad():
         for s, (q, kvs, ref) in data.items():
             for splits in (None, 4, 8, 12, 16, 24, 32, 48, 64):
-
-                def call(k, v, q=q, splits=splits):
-                    out = ops_decode.decode_attention(
-                        q, k, v, pattern, D**-0.5, splits=splits, need_lse=False
-                    )
-                    return out[0]
-
-                try:
-                    call(*kvs[0])
-                    err = (call(*kvs[0]).float() - ref).abs().max().item()
-                    ms = _in_graph_ms([lambda k=k, v=v: call(k, v) for k, v in kvs])
-                except Exception as exc:  # noqa: BLE001 - a sweep: keep the other rows
-                    err, ms = float("nan"), float("nan")
-                    print(f"  failed: {exc!r}"[:300])
+                err, ms = _check_and_time(q, kvs, ref, pattern, D, splits)
                 rows.append({"seq_len": s, "splits": splits, "in_graph_ms": ms, "max_err": err})
                 print(f"S={s:6d} splits={splits!s:>4} {ms:8.5f} ms err {err:.1e}")
             (out_dir / "decode_splits.json").write_text(

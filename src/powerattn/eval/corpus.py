@@ -203,6 +203,20 @@ def _parse_source(spec: str) -> tuple[str, list[Path], tuple[str, ...], str]:
     return str(root), [root.resolve()], SUFFIXES, licence or "see source"
 
 
+def _admit(doc_id: str, key: str, seen: set[str], claimed: set[str] | None) -> str:
+    """Whether a document is kept: ``"keep"`` (recorded in ``seen``, and its path ``key`` in
+    ``claimed``), ``"version"`` (another version of a path already kept; ``claimed`` is None
+    with ``split_key="content"``: never) or ``"duplicate"`` (exact content already kept)."""
+    if claimed is not None:
+        if key in claimed:
+            return "duplicate" if doc_id in seen else "version"
+        claimed.add(key)
+    if doc_id in seen:
+        return "duplicate"
+    seen.add(doc_id)
+    return "keep"
+
+
 def collect(
     sources: list[str],
     min_chars: int = 16384,
@@ -269,14 +283,10 @@ def collect(
             if text is None or not min_chars <= len(text) <= max_chars:
                 continue
             doc_id = hashlib.sha256(text.encode("utf-8")).hexdigest()
-            if split_key == "path":  # another version of a path already taken
-                if path_key(rel) in claimed:
-                    dropped[name] += int(doc_id not in seen)  # an exact duplicate: not counted
-                    continue
-                claimed.add(path_key(rel))
-            if doc_id in seen:
+            verdict = _admit(doc_id, path_key(rel), seen, claimed if split_key == "path" else None)
+            dropped[name] += verdict == "version"
+            if verdict != "keep":
                 continue
-            seen.add(doc_id)
             lic = licence
             packages = [d for d in _SITE_DIRS if d in path.parts]
             if name == "python" and packages:  # dist-packages: Debian's system Python
@@ -367,14 +377,11 @@ def _collect_packages(
                 continue
             doc_path = unit if pkg is None else unit + "/"
             doc_id = hashlib.sha256(text.encode("utf-8")).hexdigest()
-            if split_key == "path":  # another root's version of a package already taken
-                if path_key(doc_path) in claimed:
-                    dropped[name] += int(doc_id not in seen)  # an exact duplicate: not counted
-                    continue
-                claimed.add(path_key(doc_path))
-            if doc_id in seen:
+            key = path_key(doc_path)  # another root's version of a package: dropped
+            verdict = _admit(doc_id, key, seen, claimed if split_key == "path" else None)
+            dropped[name] += verdict == "version"
+            if verdict != "keep":
                 continue
-            seen.add(doc_id)
             seen_files |= file_ids
             lic = licence
             parts = unit.split("/")
