@@ -327,9 +327,10 @@ def test_graph_counter_arena(monkeypatch):
     arena = decode._graph_arenas[dev][0]
     decode._reserve_graph_counters(dev)  # made once
     assert decode._graph_arenas[dev][0] is arena
-    a, b = decode._graph_counters(dev, 4), decode._graph_counters(dev, 4)
+    a, b = decode._graph_counters(dev, 3), decode._graph_counters(dev, 4)
+    assert a.numel() == 3 and b.numel() == 4 and not a.any() and not b.any()
+    # Slices start 16 bytes apart at least, as fresh allocations would be aligned.
     assert a.data_ptr() == arena.data_ptr() and b.data_ptr() == arena.data_ptr() + 16
-    assert not a.any() and not b.any()
     assert decode._graph_counters(dev, 4) is None  # 8 of 10 given out
     plan = decode._plan(get_pattern("power"), 1, 4, 2, 1, 16, torch.float32, 8, dev, None,
                         True, False, False)  # fmt: skip
@@ -337,9 +338,10 @@ def test_graph_counter_arena(monkeypatch):
     decode._reserve_graph_counters(dev)
     _, cnt = decode._fresh_workspace(dev, plan, capturing=True)
     assert cnt.data_ptr() == decode._graph_arenas[dev][0].data_ptr()
-    assert cnt.numel() == plan.cnt_numel and decode._graph_arenas[dev][1] == plan.cnt_numel
+    assert cnt.numel() == plan.cnt_numel and decode._graph_arenas[dev][1] >= plan.cnt_numel
+    taken = decode._graph_arenas[dev][1]
     _, other = decode._fresh_workspace(dev, plan)  # not capturing: its own zeroed tensor
-    assert decode._graph_arenas[dev][1] == plan.cnt_numel and not other.any()
+    assert decode._graph_arenas[dev][1] == taken and not other.any()
     decode._graph_arenas[dev][1] = 10  # spent: a zeroed tensor of its own
     _, spent = decode._fresh_workspace(dev, plan, capturing=True)
     assert spent.numel() == plan.cnt_numel and not spent.any()

@@ -549,12 +549,14 @@ def _reserve_graph_counters(device: torch.device) -> None:
 
 def _graph_counters(device: torch.device, n: int) -> torch.Tensor | None:
     """``n`` zeroed counters no other call has had, from ``device``'s arena; ``None`` when
-    there is no arena or it is spent."""
+    there is no arena or it is spent. Each slice starts on a 16-byte boundary, as a fresh
+    allocation would: Triton specialises its kernels on pointer alignment, and an unaligned
+    counter pointer would compile another variant (during the capture)."""
     arena = _graph_arenas.get(device)
     if arena is None or arena[1] + n > arena[0].numel():
         return None
     start = arena[1]
-    arena[1] += n
+    arena[1] += -(-n // 4) * 4  # int32: 4 per 16 bytes
     return arena[0][start : start + n]
 
 
