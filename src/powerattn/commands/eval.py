@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..eval.corpus import GROUPS, MAX_PACKAGE_CHARS, SPLIT_KEYS
 from ..training.config import SPEED_OPTIONS
 from ..validate import add_list_argument, nonnegative_int, positive_int
 
@@ -59,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument(
         "--group",
-        choices=("file", "package"),
+        choices=GROUPS,
         default="file",
         help="one document per file (the default) or per package directory: its files "
         "concatenated in a fixed order, each after a '# file: PATH' line (docs/evaluation.md)",
@@ -67,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--max-package-chars",
         type=positive_int,
-        help="with --group package: longest document, in characters (200000: ~56K tokens)",
+        help=f"with --group package: longest document, in characters ({MAX_PACKAGE_CHARS}: "
+        "~56K tokens)",
     )
     c.add_argument(
         "--select-longrange",
@@ -82,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument(
         "--split-key",
-        choices=("path", "content"),
+        choices=SPLIT_KEYS,
         default="path",
         help="what decides a document's side: its relative path below its root (the default; "
         "every version of one file, e.g. numpy in two site-packages, on one side, and only one "
@@ -221,8 +223,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "continued-pretraining base, gpu_eval.sh LM_DIR=base; no checkpoints) into "
         "ROOT/{lm,lm-base,ruler,probing}/per_run (not git-ignored, unlike runs/) and its "
         "log.txt and gpu.txt into those areas' call_log.txt and gpu.txt, then rewrite each of "
-        "those areas' "
-        "summary.json, details.json, table.txt and figure from its per_run alone; the areas "
+        "those areas' summary.json, details.json, table.txt and figure from its per_run alone; "
+        "the areas "
         "the call holds no runs of are left as they are. Without --from: only the rewrite, of "
         "every area with a per_run.",
     )
@@ -282,7 +284,7 @@ def _tok(args: argparse.Namespace) -> str:
 
 
 def _corpus(args: argparse.Namespace) -> int:
-    from ..eval.corpus import MAX_PACKAGE_CHARS, build_corpus
+    from ..eval.corpus import build_corpus
 
     if args.max_package_chars is not None and args.group != "package":
         raise ValueError("--max-package-chars needs --group package")

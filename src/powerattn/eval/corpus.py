@@ -136,8 +136,15 @@ def path_key(path: str) -> str:
     ``"numpy/core/numeric.py"``, ``"dist-packages/numpy/"`` -> ``"numpy/"``, ``"os.py"`` ->
     ``"os.py"``."""
     parts = path.split("/")
+    top = _below_site(parts)
+    return "/".join(parts[top:]) if top else path
+
+
+def _below_site(parts: list[str]) -> int:
+    """Index of the first path component after the last ``site-packages``/``dist-packages``
+    directory among ``parts`` (0 if there is none)."""
     marks = [i for i, p in enumerate(parts[:-1]) if p in _SITE_DIRS]
-    return "/".join(parts[marks[-1] + 1 :]) if marks else path
+    return marks[-1] + 1 if marks else 0
 
 
 def split_hash(doc: Document, split_key: str = "path") -> str:
@@ -305,8 +312,7 @@ def package_of(rel: str) -> tuple[str, str] | None:
     ``("email", "")``, ``"site-packages/numpy/core/x.py"`` -> ``("site-packages/numpy",
     "site-packages")``."""
     parts = rel.split("/")
-    marks = [i for i, p in enumerate(parts[:-1]) if p in _SITE_DIRS]
-    top = marks[-1] + 1 if marks else 0
+    top = _below_site(parts)
     if len(parts) - top < 2:
         return None
     return "/".join(parts[: top + 1]), "/".join(parts[:top])
@@ -385,9 +391,9 @@ def _collect_packages(
             seen_files |= file_ids
             lic = licence
             parts = unit.split("/")
-            marks = [i for i, p in enumerate(parts[:-1]) if p in _SITE_DIRS]
-            if name == "python" and marks:
-                lic = f"package {parts[marks[-1] + 1]}: its own licence"
+            top = _below_site(parts)
+            if name == "python" and top:
+                lic = f"package {parts[top]}: its own licence"
             docs.append(Document(doc_id, name, doc_path, lic, text))
             used += len(text.encode("utf-8"))
         out[name] = sorted(docs, key=lambda d: d.id)
@@ -558,7 +564,7 @@ def select_documents(
     if not kept:
         raise ValueError(
             f"--select-longrange: none of the {len(docs)} documents fills one {CONTEXT}-token "
-            "window, so none has a score; add sources or raise --min-chars"
+            "window, so none has a score; add sources with longer files or raise --max-mb"
         )
     start, cut = regions(CONTEXT)
 
