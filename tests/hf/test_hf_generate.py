@@ -9,6 +9,10 @@ equal tokens (float32 on CUDA, to run the kernels: see hf_models.GEN_DTYPE).
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import hf_models as H
 import pytest
@@ -224,6 +228,27 @@ def test_static_cache_compiled_decode_step():
     out = H.greedy(model, x, 6, cache_implementation="static", compile_config=config)
     assert torch.equal(out, expected)
     assert counters["stats"]["unique_graphs"] > 0, "generate did not compile the decode step"
+
+
+def test_static_cache_compiled_decode_step_is_one_graph():
+    """``generate`` with a static cache and ``CompileConfig(fullgraph=True)``: through the
+    decode kernel (the Triton interpreter on the CPU, in a subprocess) the compiled decode
+    step is one graph with no break -- the mask function computes the written slots on the
+    device -- and gives the uncompiled static cache's tokens (compiled_decode_case.py)."""
+    pytest.importorskip("triton")
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ)
+    if H.DEVICE.type == "cpu":
+        env["TRITON_INTERPRET"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(here.parents[1] / "src"), str(here)])
+    proc = subprocess.run(
+        [sys.executable, str(here / "compiled_decode_case.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "one graph, same tokens" in proc.stdout
 
 
 # ---------------------------------------------------------------------------- heads

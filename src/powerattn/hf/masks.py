@@ -222,12 +222,13 @@ def mask_forward(
     ``q_offset`` is the slot of the first query (a 0-d tensor for a static cache): the slots in
     use are ``0 .. q_offset + q_length - 1``. Refuses what the operator cannot express.
 
-    Without a padding mask or a static cache there is no host work: a compiled forward traces
-    through (no graph break). ``mask_function`` is transformers' causal mask, or -- no cache,
-    no padding mask, position ids given: under ``torch.compile`` always, since transformers
-    cannot look at the position ids while tracing -- that mask restricted to packed sequences.
-    The latter is accepted when every row holds one sequence (checked on the host: one graph
-    break) and refused otherwise.
+    Without a padding mask there is no host work, a static cache included (its lengths are
+    computed on the device): a compiled forward traces through (no graph break).
+    ``mask_function`` is transformers' causal mask, or -- no cache, no padding mask, position
+    ids given: under ``torch.compile`` always, since transformers cannot look at the position
+    ids while tracing -- that mask restricted to packed sequences. The latter is accepted when
+    every row holds one sequence (checked on the host: one graph break) and refused
+    otherwise.
     """
     from transformers.masking_utils import causal_mask_function
 
@@ -245,6 +246,26 @@ def mask_forward(
         and q_offset + q_length == kv_length
     ):
         return None  # every key slot is a real token (no cache, or a dynamic cache)
+    if kv_offset == 0 and attention_mask is not None and attention_mask.dim() == 1:
+        # Our own per-sequence lengths, which generate built with this function ahead of the
+        # forward (it prepares static-cache masks before calling a compiled model) and hands
+        # back: already this answer. Metadata checks only, so a compiled step traces through.
+        if attention_mask.shape != (batch_size,) or attention_mask.dtype != torch.int32:
+            raise ValueError(
+                "a 1-D attention_mask is the (batch,) int32 tensor of written cache slots per "
+                f"sequence; got {attention_mask.dtype} of shape {tuple(attention_mask.shape)}"
+            )
+        return attention_mask
+    if kv_offset == 0 and attention_mask is None and isinstance(q_offset, torch.Tensor):
+        # A static cache with nothing padded: the written slots per sequence, computed on the
+        # device -- no host synchronisation and no graph break, so a compiled decode step is
+        # one graph that CUDA graphs can capture (the cache itself bounds the slots: its
+        # update would fail first).
+        used_t = (q_offset.reshape(()) + q_length).to(torch.int32)
+        device = kwargs.get("device")
+        if device is not None:
+            used_t = used_t.to(device)
+        return used_t.expand(batch_size).contiguous()
     return _host_mask(batch_size, q_length, kv_length, q_offset, kv_offset, attention_mask, kwargs)
 
 
@@ -313,18 +334,7 @@ def _host_mask(
     attention_mask: torch.Tensor | None,
     kwargs: dict[str, Any],
 ) -> torch.Tensor | None:
-    """:func:`mask_forward` with a padding mask or a static cache."""
-    if (
-        isinstance(q_offset, torch.Tensor)
-        and attention_mask is None
-        and kv_offset == 0
-        and q_offset.device.type != "cpu"
-    ):
-        # A static cache on the GPU with nothing padded: the written slots per sequence,
-        # computed on the device -- no host synchronisation, so a decode step can be captured
-        # in a CUDA graph (the cache itself bounds the slots: its update would fail first).
-        used_t = (q_offset.reshape(()) + q_length).to(torch.int32)
-        return used_t.expand(batch_size).contiguous()
+    """:func:`mask_forward` with a padding mask, or a cache that keeps only some keys."""
     used = int(q_offset) + q_length
     if kv_offset != 0 or used > kv_length:
         raise NotImplementedError(
@@ -333,15 +343,6 @@ def _host_mask(
             f"q_offset={int(q_offset)}, q_length={q_length}, kv_length={kv_length}, "
             f"kv_offset={kv_offset})"
         )
-    if attention_mask is not None and attention_mask.dim() == 1 and used < kv_length:
-        # Our own per-sequence lengths, which generate built ahead of this forward (it prepares
-        # static-cache masks before calling the model) and hands back: already this answer.
-        if attention_mask.shape != (batch_size,) or attention_mask.dtype != torch.int32:
-            raise ValueError(
-                "a 1-D attention_mask is the (batch,) int32 tensor of written cache slots per "
-                f"sequence; got {attention_mask.dtype} of shape {tuple(attention_mask.shape)}"
-            )
-        return attention_mask
     if attention_mask is not None:
         if attention_mask.dim() != 2 or attention_mask.shape[0] != batch_size:
             raise ValueError(
@@ -362,6 +363,6 @@ def _host_mask(
             return valid
     if used == kv_length:
         return None
-    # A static cache with nothing padded: the number of written slots per sequence, as a
-    # device tensor the attention reads without a host synchronisation.
+    # A static cache and a padding mask with nothing padded: the number of written slots per
+    # sequence, as a device tensor the attention reads without a host synchronisation.
     return torch.full((batch_size,), used, dtype=torch.int32, device=kwargs.get("device"))

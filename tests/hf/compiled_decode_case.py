@@ -1,0 +1,45 @@
+"""A static-cache decode step compiled by ``generate``, through the decode kernel: run by
+test_hf_generate.py as a script in a subprocess with ``TRITON_INTERPRET=1`` (the variable must
+be set before triton is imported and must not leak into other tests), so that the CPU takes
+the kernel's path, as a GPU does.
+
+Checks that the compiled step is one graph with no graph break (``fullgraph=True`` refuses a
+break; transformers' dense SDPA gives one graph too) and gives the tokens of the same static
+cache run without compiling (the same kernel, so the same bits).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hf_models as H
+import torch
+from torch._dynamo.utils import counters
+
+import powerattn.hf as pt
+
+
+def main() -> int:
+    model = pt.apply(
+        H.model("llama", layers=3, dtype=torch.float32), "power", full_layers=[1], **H.POWER
+    )
+    x = H.ids(2, 29, seed=12)  # two sequences, nothing padded
+    expected = H.greedy(model, x, 6, cache_implementation="static")
+    config = H.transformers.CompileConfig(backend="eager", fullgraph=True)
+    config._compile_all_devices = True  # transformers compiles only on accelerators
+    torch._dynamo.reset()
+    counters.clear()
+    out = H.greedy(model, x, 6, cache_implementation="static", compile_config=config)
+    graphs, breaks = counters["stats"]["unique_graphs"], dict(counters["graph_break"])
+    if not torch.equal(out, expected):
+        print(f"compiled tokens differ:\n{out}\n{expected}")
+        return 1
+    if graphs != 1 or breaks:
+        print(f"compiled decode step: {graphs} graphs, graph breaks {breaks}")
+        return 1
+    print("compiled static decode: one graph, same tokens")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
