@@ -3,9 +3,10 @@ test_hf_generate.py as a script in a subprocess with ``TRITON_INTERPRET=1`` (the
 be set before triton is imported and must not leak into other tests), so that the CPU takes
 the kernel's path, as a GPU does.
 
-Checks that the compiled step is one graph with no graph break (``fullgraph=True`` refuses a
-break; transformers' dense SDPA gives one graph too) and gives the tokens of the same static
-cache run without compiling (the same kernel, so the same bits).
+Checks, for a batch with nothing padded and a left-padded one, that the compiled step is
+one graph with no graph break (``fullgraph=True`` refuses a break; transformers' dense SDPA
+gives one graph too) and gives the tokens of the same static cache run without compiling
+(the same kernel, so the same bits).
 """
 
 from __future__ import annotations
@@ -19,24 +20,36 @@ from torch._dynamo.utils import counters
 import powerattn.hf as pt
 
 
-def main() -> int:
-    model = pt.apply(
-        H.model("llama", layers=3, dtype=torch.float32), "power", full_layers=[1], **H.POWER
-    )
-    x = H.ids(2, 29, seed=12)  # two sequences, nothing padded
-    expected = H.greedy(model, x, 6, cache_implementation="static")
+def _compiled_run(model, x, **kw) -> str | None:
+    """``None`` when the compiled static-cache run is one graph with the uncompiled tokens."""
+    expected = H.greedy(model, x, 6, cache_implementation="static", **kw)
     config = H.transformers.CompileConfig(backend="eager", fullgraph=True)
     config._compile_all_devices = True  # transformers compiles only on accelerators
     torch._dynamo.reset()
     counters.clear()
-    out = H.greedy(model, x, 6, cache_implementation="static", compile_config=config)
+    out = H.greedy(model, x, 6, cache_implementation="static", compile_config=config, **kw)
     graphs, breaks = counters["stats"]["unique_graphs"], dict(counters["graph_break"])
+    torch._dynamo.reset()
     if not torch.equal(out, expected):
-        print(f"compiled tokens differ:\n{out}\n{expected}")
-        return 1
+        return f"compiled tokens differ:\n{out}\n{expected}"
     if graphs != 1 or breaks:
-        print(f"compiled decode step: {graphs} graphs, graph breaks {breaks}")
-        return 1
+        return f"compiled decode step: {graphs} graphs, graph breaks {breaks}"
+    return None
+
+
+def main() -> int:
+    model = pt.apply(
+        H.model("llama", layers=3, dtype=torch.float32), "power", full_layers=[1], **H.POWER
+    )
+    # two sequences, nothing padded; then two of lengths 41 and 30, left-padded (generate's
+    # decode steps get each row's first real slot)
+    x = H.ids(2, 29, seed=12)
+    padded, mask = H.padded([H.ids(1, 41, seed=3)[0], H.ids(1, 30, seed=4)[0]], "left")
+    for name, ids, kw in (("unpadded", x, {}), ("left-padded", padded, {"attention_mask": mask})):
+        msg = _compiled_run(model, ids, **kw)
+        if msg is not None:
+            print(f"{name}: {msg}")
+            return 1
     print("compiled static decode: one graph, same tokens")
     return 0
 

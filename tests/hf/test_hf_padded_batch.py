@@ -259,3 +259,39 @@ def test_gpu_leftpad_script_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "leftpad.json").read_text())
     assert all(c["ok"] for c in report["checks"]) and len(report["rows"]) == 2
+
+
+@pytest.mark.parametrize("backend", ["auto", "dense"])
+def test_static_cache_slot_mask_equals_the_padding_mask(backend):
+    """A static cache with a left-padded batch at decode: the mask function returns the
+    fixed-shape ``(2B,)`` slot mask (written slots, then first real slots), hands it back
+    unchanged when given it, and keeps the bool mask for a dynamic cache (int offset). The
+    attention given the slot mask over the whole cache (unwritten slots after ``USED`` hold
+    noise) equals the attention given the bool mask of the written slots, outputs and
+    weights, on the kernel route (``auto``) and the host route (``dense``)."""
+    B, sq, s_max = len(LEFT), 1, USED + 11
+    valid = _mask(LEFT)
+    slots = pt.mask_forward(B, sq, s_max, q_offset=torch.tensor(USED - sq), attention_mask=valid)
+    assert slots.dtype == torch.int32 and slots.tolist() == [USED] * B + [s for s, _ in LEFT]
+    assert pt.mask_forward(B, sq, s_max, torch.tensor(USED - sq), attention_mask=slots) is slots
+    dynamic = pt.mask_forward(B, sq, USED, q_offset=USED - sq, attention_mask=valid)
+    assert dynamic.dtype == torch.bool and torch.equal(dynamic, valid)
+    with pytest.raises(ValueError, match=r"\(2 \* batch,\)"):
+        pt.mask_forward(B, sq, s_max, torch.tensor(USED - sq), attention_mask=slots[:-1])
+
+    model = pt.apply(H.model("llama", layers=1), PATTERNS["power"], backend=backend)
+    module = model.model.layers[0].self_attn
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(B, 4, sq, 16, generator=g)
+    k, v = (torch.randn(B, 2, s_max, 16, generator=g) for _ in range(2))
+    with torch.no_grad():
+        for weights in (False, True):
+            kw = {"scaling": 0.25, "output_attentions": weights}
+            out, w = pt.attention_forward(module, q, k, v, slots, **kw)
+            ref, w_ref = pt.attention_forward(
+                module, q, k[:, :, :USED], v[:, :, :USED], valid, **kw
+            )
+            torch.testing.assert_close(out, ref, rtol=0, atol=0)
+            if weights:
+                torch.testing.assert_close(w[..., :USED], w_ref, rtol=0, atol=0)
+                assert not w[..., USED:].any()

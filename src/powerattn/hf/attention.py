@@ -28,7 +28,15 @@ from ..ops.api import DECODE_MAX_Q, sparse_attention
 from ..ops.dense import sdpa_attention
 from ..ops.kvcache import sparse_attention_with_kvcache
 from ..patterns import Pattern, get_pattern
-from .masks import KeyPlan, RowPlan, plan_of, refuse_packed_positions
+from .masks import (
+    KeyPlan,
+    RowPlan,
+    check_slot_mask,
+    plan_of,
+    refuse_packed_positions,
+    slot_bounds,
+    valid_from_slots,
+)
 from .settings import LayerRoute, layer_route
 
 _FULL = get_pattern("full")  # the layers kept full, where an operator takes a pattern
@@ -86,18 +94,23 @@ def _attend_prefix(route: LayerRoute, q, k, v, used: int, scale):
     return _attend(route, q, k[:, :, :used], v[:, :, :used], scale)
 
 
-def _attend_cache(route: LayerRoute, q, k, v, seqlens: torch.Tensor, scale):
-    """A static cache with nothing padded: sequence ``b`` holds ``seqlens[b]`` tokens (a
-    ``(B,)`` device tensor, all equal) and its queries are the last ``Sq`` of them.
+def _attend_cache(route: LayerRoute, q, k, v, slots: torch.Tensor, scale):
+    """A static cache: ``slots`` is the mask function's 1-D slot mask, ``(B,)`` written
+    slots per sequence (all equal, nothing padded), or ``(2B,)`` those and each sequence's
+    first real slot (left padding, decode only); the queries are the last ``Sq`` written.
 
     Decode (``Sq <= DECODE_MAX_Q``, no gradient, backend ``auto``) goes to
     :func:`powerattn.sparse_attention_with_kvcache` on the whole cache, layers kept full with
-    the ``full`` pattern: it reads the lengths on the device (its CUDA kernel is a custom op,
-    traceable, with no host synchronisation). Anything else reads the length on the host."""
+    the ``full`` pattern: it reads the slots on the device (its CUDA kernel is a custom op,
+    traceable, with no host synchronisation). Anything else (never with left padding: the
+    caller sends that to the host path) reads the length on the host."""
+    ends, starts = slot_bounds(slots, q.shape[0])
     if not _kvcache_route(route, q, k, v):
-        return _attend_prefix(route, q, k, v, int(seqlens[0]), scale)
+        return _attend_prefix(route, q, k, v, int(ends[0]), scale)
     pattern = _FULL if route.pattern is None else route.pattern
-    return sparse_attention_with_kvcache(q, k, v, pattern, cache_seqlens=seqlens, scale=scale)
+    return sparse_attention_with_kvcache(
+        q, k, v, pattern, cache_seqlens=ends, cache_leftpad=starts, scale=scale
+    )
 
 
 def _kvcache_route(route: LayerRoute, q, k, v) -> bool:
@@ -267,8 +280,10 @@ def attention_forward(
             :func:`powerattn.hf.settings.layer_route`).
         query: ``(B, Hq, Sq, D)``; key, value: ``(B, Hkv, Sk, D)`` -- the whole cache at decode
             (a static cache: all its slots).
-        attention_mask: what :func:`~powerattn.hf.masks.mask_forward` returned: ``None`` or
-            the ``(B, used)`` bool mask of real key slots; or, nothing padded, a
+        attention_mask: what :func:`~powerattn.hf.masks.mask_forward` returned: ``None``,
+            the ``(B, used)`` bool mask of real key slots, or a static cache's 1-D slot
+            mask (``(B,)`` written slots, or ``(2B,)`` those and the first real slots); or,
+            nothing padded, a
             ``BlockMask`` passed to the model as ``attention_mask`` (transformers hands it to
             the layers as it is): ``powerattn.ops.flex.block_mask_for(pattern, Sq, Sk,
             device)``, built before a compiled forward so that no layer looks it up inside
@@ -314,11 +329,7 @@ def attention_forward(
             )
         block_mask, attention_mask = attention_mask, None  # every key slot is a real token
     if attention_mask is not None and attention_mask.dim() == 1:
-        if attention_mask.shape[0] != B or attention_mask.dtype not in (torch.int32, torch.int64):
-            raise ValueError(
-                "a 1-D attention_mask is the (batch,) int tensor of written cache slots per "
-                f"sequence; got {attention_mask.dtype} of shape {tuple(attention_mask.shape)}"
-            )
+        check_slot_mask(attention_mask, B, (torch.int32, torch.int64))
     elif attention_mask is not None:
         if attention_mask.dim() != 2:
             raise ValueError(
@@ -337,7 +348,12 @@ def attention_forward(
     want_weights = bool(kwargs.get("output_attentions"))
     if attention_mask is None and not want_weights:
         out, weights = _attend(route, query, key, value, scale, block_mask), None  # traceable
-    elif attention_mask is not None and attention_mask.dim() == 1 and not want_weights:
+    elif (
+        attention_mask is not None
+        and attention_mask.dim() == 1
+        and not want_weights
+        and (attention_mask.shape[0] == B or _kvcache_route(route, query, key, value))
+    ):
         out, weights = _attend_cache(route, query, key, value, attention_mask, scale), None
     else:
         out, weights = _run_masked(route, query, key, value, attention_mask, scale, want_weights)
@@ -346,5 +362,11 @@ def attention_forward(
 
 @torch.compiler.disable  # host-side plan (padding, static-cache length): runs eagerly
 def _run_masked(route, query, key, value, attention_mask, scale, want_weights):
+    if (
+        attention_mask is not None
+        and attention_mask.dim() == 1
+        and attention_mask.shape[0] != query.shape[0]
+    ):
+        attention_mask = valid_from_slots(attention_mask, query.shape[0])  # left padding
     plan = None if attention_mask is None else plan_of(attention_mask, query.shape[2])
     return _run(route, query, key, value, plan, scale, want_weights)

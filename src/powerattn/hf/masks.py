@@ -9,6 +9,10 @@ that forward. Ours returns
 * a ``(batch,)`` int32 tensor, the number of written slots per sequence, for a static cache
   (which pre-allocates more slots) with nothing padded: the attention reads it on the device,
   so a compiled decode step needs no host synchronisation there;
+* a ``(2 * batch,)`` int32 tensor, those numbers and then each sequence's first real slot,
+  for a static cache holding a left-padded batch with fewer queries than slots (the decode
+  steps of ``generate``): the same shape at every step, so a compiled decode step, to which
+  ``generate`` hands the tensor it built ahead of the forward, is one graph;
 * else a fresh ``(batch, used)`` bool tensor: True where one of the first ``used`` key slots
   holds a real token. The host-side analysis of that mask (:class:`KeyPlan`: which slots of
   each row are real) is done once, here, and travels on the returned tensor, which this
@@ -186,9 +190,36 @@ def _pad_runs(valid: torch.Tensor, q_start: int) -> tuple[tuple[int, int, int], 
     return tuple(runs)
 
 
+def check_slot_mask(mask: torch.Tensor, batch: int, dtypes: tuple[torch.dtype, ...]) -> None:
+    """Refuse a 1-D ``attention_mask`` that is not :func:`mask_forward`'s slot counts:
+    ``(batch,)`` written slots per sequence, or ``(2 * batch,)`` those and the first real
+    slots (metadata only: no host synchronisation)."""
+    if mask.shape not in ((batch,), (2 * batch,)) or mask.dtype not in dtypes:
+        raise ValueError(
+            "a 1-D attention_mask is the (batch,) int32 tensor of written cache slots per "
+            "sequence, or (2 * batch,): those and each sequence's first real slot; got "
+            f"{mask.dtype} of shape {tuple(mask.shape)} for batch {batch}"
+        )
+
+
+def slot_bounds(mask: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(ends, starts)`` of a 1-D slot mask (``starts`` None: every row starts at 0)."""
+    return (mask, None) if mask.shape[0] == batch else (mask[:batch], mask[batch:])
+
+
+def valid_from_slots(mask: torch.Tensor, batch: int) -> torch.Tensor:
+    """The ``(batch, used)`` bool mask of real key slots that a 1-D slot mask stands for
+    (host read: for the paths that analyse padding on the host anyway)."""
+    ends, starts = slot_bounds(mask, batch)
+    used = int(ends.max())
+    j = torch.arange(used, device=mask.device)
+    valid = j < ends[:, None]
+    return valid if starts is None else valid & (j >= starts[:, None])
+
+
 def plan_of(mask: torch.Tensor, q_len: int) -> KeyPlan:
     """The plan :func:`mask_forward` attached to ``mask``, or a fresh analysis of it (a 1-D
-    mask: every sequence holds ``mask[0]`` tokens)."""
+    mask of lengths: every sequence holds ``mask[0]`` tokens)."""
     if mask.dim() == 1:
         return KeyPlan(int(mask[0]), q_len, tuple(range(mask.shape[0])), None)
     plan = mask.__dict__.get(_PLAN_ATTR)
@@ -217,7 +248,9 @@ def mask_forward(
     """The ``AttentionMaskInterface`` function (see the module docstring), never a
     ``q_length x kv_length`` matrix. Returns ``None`` (nothing padded, every key slot written),
     a ``(batch,)`` int32 tensor of written slots per sequence (a static cache, nothing padded),
-    or the ``(batch, used)`` bool mask of real key slots with its analysis (padding).
+    ``(2 * batch,)``: those and each sequence's first real slot (a static cache, left padding,
+    fewer queries than slots), or the ``(batch, used)`` bool mask of real key slots with its
+    analysis (other padding).
 
     ``q_offset`` is the slot of the first query (a 0-d tensor for a static cache): the slots in
     use are ``0 .. q_offset + q_length - 1``. Refuses what the operator cannot express.
@@ -247,14 +280,11 @@ def mask_forward(
     ):
         return None  # every key slot is a real token (no cache, or a dynamic cache)
     if kv_offset == 0 and attention_mask is not None and attention_mask.dim() == 1:
-        # Our own per-sequence lengths, which generate built with this function ahead of the
-        # forward (it prepares static-cache masks before calling a compiled model) and hands
-        # back: already this answer. Metadata checks only, so a compiled step traces through.
-        if attention_mask.shape != (batch_size,) or attention_mask.dtype != torch.int32:
-            raise ValueError(
-                "a 1-D attention_mask is the (batch,) int32 tensor of written cache slots per "
-                f"sequence; got {attention_mask.dtype} of shape {tuple(attention_mask.shape)}"
-            )
+        # Our own per-sequence lengths (and starts), which generate built with this function
+        # ahead of the forward (it prepares static-cache masks before calling a compiled
+        # model) and hands back: already this answer. Metadata checks only, so a compiled
+        # step traces through.
+        check_slot_mask(attention_mask, batch_size, (torch.int32,))
         return attention_mask
     if kv_offset == 0 and attention_mask is None and isinstance(q_offset, torch.Tensor):
         # A static cache with nothing padded: the written slots per sequence, computed on the
@@ -358,6 +388,16 @@ def _host_mask(
             )
         valid = attention_mask[:, :used].to(torch.bool, copy=True)
         plan = KeyPlan.from_mask(valid, q_length)
+        if (
+            plan.rows is not None
+            and plan.leftpad is not None
+            and isinstance(q_offset, torch.Tensor)
+        ):
+            # A static cache and a left-padded batch (generate's decode steps): the written
+            # slots and each row's first real slot, a shape that does not grow with the
+            # step, so that a compiled decode step is one graph (the bool mask would give a
+            # new shape, and a host analysis, at every step).
+            return torch.cat((torch.full_like(plan.leftpad, used), plan.leftpad))
         if plan.rows is not None:
             setattr(valid, _PLAN_ATTR, plan)
             return valid
