@@ -240,7 +240,9 @@ def test_static_cache_compiled_decode_step_is_one_graph():
     env = dict(os.environ)
     if H.DEVICE.type == "cpu":
         env["TRITON_INTERPRET"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(here.parents[1] / "src"), str(here)])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(here.parents[1] / "src"), str(here), env.get("PYTHONPATH", "")]
+    )
     proc = subprocess.run(
         [sys.executable, str(here / "compiled_decode_case.py")],
         env=env,

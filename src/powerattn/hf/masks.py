@@ -401,8 +401,9 @@ def _host_mask(
         if plan.rows is not None:
             setattr(valid, _PLAN_ATTR, plan)
             return valid
-    if used == kv_length:
+    if used == kv_length and not isinstance(q_offset, torch.Tensor):
         return None
     # A static cache and a padding mask with nothing padded: the number of written slots per
-    # sequence, as a device tensor the attention reads without a host synchronisation.
+    # sequence, as a device tensor the attention reads without a host synchronisation (also
+    # when the cache is full: what generate hands a compiled step must not change type).
     return torch.full((batch_size,), used, dtype=torch.int32, device=kwargs.get("device"))
