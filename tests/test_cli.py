@@ -200,7 +200,8 @@ def test_bench_layout_small(tmp_path, capsys):
 
 
 def test_installed_console_script(tmp_path):
-    """The one subprocess test: the installed ``powerattn`` entry point works."""
+    """The one subprocess test: the installed ``powerattn`` entry point and ``python -m
+    powerattn`` work."""
     exe = shutil.which("powerattn") or str(Path(sys.executable).parent / "powerattn")
     assert Path(exe).exists(), "the powerattn console script is not installed (pip install -e .)"
     js = tmp_path / "s.json"
@@ -213,6 +214,14 @@ def test_installed_console_script(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "sliding_window" in res.stdout
     assert json.loads(js.read_text())["num_blocks"] == 8
+    # `python -m powerattn` is the same command (exit status included: bad input is 2).
+    mod = subprocess.run(
+        [sys.executable, "-m", "powerattn", "show", "--pattern", "nope", "--seq-len", "2048"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert mod.returncode == 2 and "nope" in mod.stderr, mod.stderr
 
 
 # ------------------------------------------------------------ new-user errors and notes

@@ -225,6 +225,8 @@ def test_get_pattern_returns_instances_and_applies_params():
     # Segments from JSON / CLI arrive as lists: normalised to hashable tuples.
     q = get_pattern("longnet", segments=[[4, 1], [8, 2]])
     assert q.segments == ((4, 1), (8, 2)) and hash(q)
+    # ... and the command line's string form works from Python too.
+    assert get_pattern("longnet", segments="4:1,8:2") == q
 
 
 # ---------------------------------------------------------------------------- budget
@@ -289,6 +291,9 @@ def test_equal_budget_explicit_budget_and_block_size():
         (lambda: get_pattern("longnet", segments=()), "segments"),
         (lambda: get_pattern("longnet", segments=((8, 3),)), "multiple of its rate"),
         (lambda: get_pattern("longnet", segments=((8, 0),)), "segments"),
+        (lambda: get_pattern("longnet", segments=((8.5, 1),)), "integers"),  # not truncated
+        (lambda: get_pattern("longnet", segments=[8, 1]), r"\(length, rate\) pairs"),
+        (lambda: get_pattern("longnet", segments="8-1"), "length:rate pairs"),
         (lambda: get_pattern("sliding_window", window=0, sink=0), "attends no key block"),
         (lambda: get_pattern("power", window=True), "window"),
         (lambda: get_pattern("full").block_layout(1 << 14), "entries; the limit"),

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..validate import is_int
 from .base import Pattern, param
 from .registry import register
 
@@ -72,12 +73,23 @@ class LongNetPattern(Pattern):
     )
 
     def _check(self) -> None:
-        segs = tuple(tuple(int(x) for x in s) for s in self.segments)
-        if not segs or any(len(s) != 2 or s[0] <= 0 or s[1] <= 0 for s in segs):
-            raise ValueError(
-                "segments must be a non-empty sequence of (length, rate) pairs of positive "
-                f"integers, got {self.segments!r}"
-            )
+        segs = self.segments
+        if isinstance(segs, str):  # the command line's form, also accepted from Python
+            try:
+                segs = parse_segments(segs)
+            except argparse.ArgumentTypeError as e:
+                raise ValueError(str(e)) from None
+        bad = ValueError(
+            "segments must be a non-empty sequence of (length, rate) pairs of positive "
+            f"integers, e.g. ((8, 1), (16, 2)) or '8:1,16:2', got {self.segments!r}"
+        )
+        try:
+            pairs = [tuple(s) for s in segs]
+        except TypeError:  # a flat list such as [8, 1] or a number
+            raise bad from None
+        if not pairs or any(len(s) != 2 or not all(is_int(x) and x > 0 for x in s) for s in pairs):
+            raise bad  # floats are refused, not truncated: 8.5 is no segment length
+        segs = tuple((int(w), int(r)) for w, r in pairs)
         if any(w % r for w, r in segs):
             raise ValueError(f"each segment length must be a multiple of its rate: {segs}")
         object.__setattr__(self, "segments", segs)  # lists from JSON/CLI -> hashable tuples
