@@ -18,10 +18,10 @@ a campaign, end to end (CPU smoke: --preset tiny; the H200: scripts/gpu_eval.sh)
   powerattn eval corpus --out runs/corpus --source python
   powerattn eval ppl --corpus runs/corpus --out runs/lm --preset gpu --seeds 0,1 --jobs 12
       [--speed compile]     # trainer speed options (the same training; measure first)
-  powerattn eval ppl --summarize runs/lm --results results/lm
+  powerattn eval ppl --summarize runs/lm     # its summary into runs/lm/results (--results)
   powerattn eval ruler --train --lm-runs runs/lm --out runs/ruler --preset gpu --steps 300
   powerattn eval ruler --model runs/lm/power-s0 --length 4096     # any one model
-  powerattn eval probe --out runs/probe --preset gpu-mix --jobs 3 --speed compile
+  powerattn eval probe --out runs/probe --jobs 3 --speed compile  # preset gpu-mix with CUDA
   powerattn eval probe --out runs/probe --from-runs pk    # runs of experiment passkey --out pk
   powerattn eval results --from OUT     # results/{lm,ruler,probing} from a GPU call's runs.tgz
 """
@@ -109,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _campaign_args(p, need_corpus=True)
     p.add_argument("--out", help="run directory: OUT/PATTERN-sSEED per run")
     p.add_argument("--summarize", metavar="RUNS", help="no training: summarize RUNS/*/ppl.json")
-    p.add_argument("--results", default="results/lm", help="summary directory (results/lm)")
+    _results_args(p)
     p.add_argument(
         "--init-from",
         metavar="BASE",
@@ -167,19 +167,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out", help="--train: run directory (OUT/NAME per run); --model: result JSON to write"
     )
     r.add_argument("--summarize", metavar="RUNS", help="no training: summarize RUNS/*/ruler.json")
-    r.add_argument("--results", default="results/ruler", help="summary directory (results/ruler)")
+    _results_args(r)
     r.set_defaults(func=_ruler)
 
     b = esub.add_parser(
         "probe",
         help="linear probes per layer and block, before and after passkey training",
         description="Probe passkey models: train the passkey experiment's main runs of "
-        "--patterns x --seeds (preset gpu-mix, the recipe that passed its gate; resuming) "
-        "into --train-out, or take the runs of --from-runs, and fit one logistic-regression "
-        "probe per (layer, block) on block-mean-pooled hidden states (6 candidate keys, "
-        "needle at 10% depth, the run's length and blocks) of the run's model at "
-        "initialisation and of its checkpoint; writes OUT/PATTERN-sSEED/probe.json, "
-        "RESULTS/summary.json and heatmaps.png.",
+        "--patterns x --seeds (preset gpu-mix, the recipe that passed its gate, where CUDA "
+        "is; smoke-mix, its CPU twin, elsewhere; resuming) into --train-out, or take the "
+        "runs of --from-runs, and fit one logistic-regression probe per (layer, block) on "
+        "block-mean-pooled hidden states (6 candidate keys, needle at 10% depth, the run's "
+        "length and blocks) of the run's model at initialisation and of its checkpoint; "
+        "writes OUT/PATTERN-sSEED/probe.json, RESULTS/summary.json and heatmaps.png.",
     )
     b.add_argument("--out", help="probe outputs: OUT/PATTERN-sSEED/probe.json")
     b.add_argument(
@@ -187,7 +187,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="no training: probe these runs of `powerattn experiment passkey` (its --out)",
     )  # fmt: skip
     b.add_argument("--train-out", metavar="DIR", help="where to train the runs (OUT/passkey)")
-    b.add_argument("--preset", help="gpu-mix (default) or smoke-mix (its CPU twin)")
+    b.add_argument(
+        "--preset",
+        help="gpu-mix (the default with CUDA: the gated recipe, GPU-sized) or smoke-mix (its "
+        "CPU twin; the default without CUDA or with --device cpu)",
+    )
     add_list_argument(
         b, "--patterns", default=["sliding_window", "power", "full"],
         help="pattern names (sliding_window,power,full)",
@@ -210,9 +214,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _speed_arg(b)
     b.add_argument("--summarize", metavar="RUNS", help="no training: summarize RUNS/*/probe.json")
-    b.add_argument(
-        "--results", default="results/probing", help="summary directory (results/probing)"
-    )
+    _results_args(b)
     b.set_defaults(func=_probe)
 
     g = esub.add_parser(
@@ -254,6 +256,25 @@ def _campaign_args(p: argparse.ArgumentParser, need_corpus: bool) -> None:
 
 
 RULER_LENGTH = 4096  # eval ruler --model's default --length
+RESULTS_DIR = "results"  # the default --results: RUNS/results, inside the runs' own folder
+# In a results folder: the runs folder its summary.json was written from (a rerun may rewrite it)
+WRITTEN_FROM = "written_from.txt"
+
+
+def _results_args(p: argparse.ArgumentParser) -> None:
+    # A default relative to the working directory (results/lm) overwrote the committed
+    # results of a checkout: the default lives under the runs' own folder instead.
+    p.add_argument(
+        "--results",
+        help=f"summary directory (default: RUNS/{RESULTS_DIR}, RUNS being --out or --summarize); "
+        "one holding a summary.json of other runs is refused without --force",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite a --results folder's summary.json of other runs (e.g. the committed "
+        "results/)",
+    )
 
 
 def _speed_arg(p: argparse.ArgumentParser) -> None:
@@ -329,8 +350,42 @@ def _tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _say_where(results: str) -> None:
-    """Name the summary folder (its default is relative to where the command runs)."""
+def _results_dir(args: argparse.Namespace) -> Path:
+    """--results, or RUNS/results (RUNS: --summarize, else --out)."""
+    return Path(args.results or Path(args.summarize or args.out) / RESULTS_DIR)
+
+
+def _check_results(results: Path, runs: str | Path, force: bool) -> None:
+    """Refuse (before any training) to overwrite a summary.json written from other runs, e.g.
+    the committed results/lm (from its per_run); the same runs' summary is rewritten (a rerun,
+    a resume, --summarize: scripts/gpu_eval.sh and gpu_probe.sh)."""
+    from ..eval.campaign import PER_RUN
+
+    if force or not (results / "summary.json").is_file():
+        return
+    runs = Path(runs).resolve()
+    mark = results / WRITTEN_FROM
+    source = Path(mark.read_text().strip()) if mark.is_file() else None
+    if runs in (source, (results / PER_RUN).resolve()):
+        return
+    which = source or "which: not recorded"
+    raise ValueError(
+        f"--results {results} already holds a summary.json of other runs ({which}; not {runs}); "
+        f"give another --results (default: RUNS/{RESULTS_DIR}) or --force to overwrite it"
+    )
+
+
+def _mark_results(results: Path, runs: str | Path) -> None:
+    """Record which runs the summary came from (no record for RESULTS/per_run, the committed
+    layout: a machine's absolute path has no place there)."""
+    from ..eval.campaign import PER_RUN
+
+    if Path(runs).resolve() != (results / PER_RUN).resolve():
+        (results / WRITTEN_FROM).write_text(f"{Path(runs).resolve()}\n")
+
+
+def _say_where(results: str | Path) -> None:
+    """Name the summary folder."""
     names = sorted(p.name for p in Path(results).iterdir() if p.is_file())
     print(f"wrote {Path(results).resolve()}: {', '.join(names)}", file=sys.stderr)
 
@@ -345,10 +400,11 @@ def _write_results(results: str, name: str, obj: dict) -> Path:
 def _ppl(args: argparse.Namespace) -> int:
     from ..eval import campaign, lm
 
-    runs = args.summarize or args.out
+    if not args.summarize and (not args.corpus or not args.out):
+        raise ValueError("give --corpus and --out (or --summarize RUNS)")
+    runs, results = args.summarize or args.out, _results_dir(args)
+    _check_results(results, runs, args.force)
     if not args.summarize:
-        if not args.corpus or not args.out:
-            raise ValueError("give --corpus and --out (or --summarize RUNS)")
         specs = campaign.lm_specs(
             args.corpus, args.out, args.preset, args.patterns or lm.PATTERNS, args.seeds,
             args.steps, args.device, _stop(args), _tok(args), _speed(args), args.init_from,
@@ -356,8 +412,9 @@ def _ppl(args: argparse.Namespace) -> int:
         failed = campaign.run_pool("lm", specs, args.out, args.jobs)
         if failed:
             print(f"failed runs (see {args.out}/lm-NAME.log): {failed}", file=sys.stderr)
-    print(write_lm_results(runs, args.results))
-    _say_where(args.results)
+    print(write_lm_results(runs, results))
+    _mark_results(results, runs)
+    _say_where(results)
     return 0
 
 
@@ -405,10 +462,11 @@ def _ruler(args: argparse.Namespace) -> int:
         if args.speed:
             raise ValueError("--speed applies to training (--train), not to scoring --model")
         return _ruler_one(args)
-    runs = args.summarize or args.out
+    if not args.summarize and (not args.train or not args.out):
+        raise ValueError("give --model, or --train with --out (and --lm-runs), or --summarize")
+    runs, results = args.summarize or args.out, _results_dir(args)
+    _check_results(results, runs, args.force)
     if not args.summarize:
-        if not args.train or not args.out:
-            raise ValueError("give --model, or --train with --out (and --lm-runs), or --summarize")
         if args.length is not None:
             raise ValueError(
                 "--length applies to --model; --train scores at the preset's context (--preset)"
@@ -451,8 +509,9 @@ def _ruler(args: argparse.Namespace) -> int:
         failed = campaign.run_pool("ruler", specs, args.out, args.jobs)
         if failed:
             print(f"failed runs (see {args.out}/ruler-NAME.log): {failed}", file=sys.stderr)
-    print(write_ruler_results(runs, args.results))
-    _say_where(args.results)
+    print(write_ruler_results(runs, results))
+    _mark_results(results, runs)
+    _say_where(results)
     return 0
 
 
@@ -551,16 +610,17 @@ def _check_model_path(path: Path) -> None:
 def _probe(args: argparse.Namespace) -> int:
     from ..eval import probe_runs
 
-    runs = args.summarize or args.out
+    if not args.summarize and not args.out:
+        raise ValueError("give --out (or --summarize RUNS)")
+    runs, results = args.summarize or args.out, _results_dir(args)
+    _check_results(results, runs, args.force)
     if not args.summarize:
-        if not args.out:
-            raise ValueError("give --out (or --summarize RUNS)")
         from ..eval.probe import check_engine
 
         check_engine(args.engine)  # before any training
         from ..training.trainer import resolve_device
 
-        resolve_device(args.device)
+        device = resolve_device(args.device)
         speed = _speed(args)
         if args.from_runs:
             training = ("preset", "train_out", "steps_scale", "jobs", "deadline", "speed")
@@ -570,17 +630,25 @@ def _probe(args: argparse.Namespace) -> int:
                 raise ValueError(f"{flags}: training options, not for --from-runs")
             source = args.from_runs
         else:
+            preset = args.preset or probe_runs.default_preset(device)
+            if not args.preset:  # say which: the two differ by days of CPU time
+                other = next(p for p in probe_runs.PRESETS if p != preset)
+                print(
+                    f"preset {preset}, the default on {device.type} (the other: --preset {other})",
+                    file=sys.stderr,
+                )
             source = args.train_out or str(Path(args.out) / "passkey")
             probe_runs.train_runs(
-                source, args.preset or probe_runs.DEFAULT_PRESET, args.patterns, args.seeds,
+                source, preset, args.patterns, args.seeds,
                 args.jobs or 1, _stop(args), speed,
                 1.0 if args.steps_scale is None else args.steps_scale,
             )  # fmt: skip
         found = [probe_runs.find_run(source, p, s) for s in args.seeds for p in args.patterns]
         for run_dir in found:  # every run found before the first is probed
             probe_runs.probe_run(run_dir, args.out, args.per_key, args.engine, args.device)
-    print(write_probe_results(runs, args.results))
-    _say_where(args.results)
+    print(write_probe_results(runs, results))
+    _mark_results(results, runs)
+    _say_where(results)
     return 0
 
 

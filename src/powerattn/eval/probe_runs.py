@@ -34,8 +34,15 @@ from .campaign import PROBE_FILE, _write_json
 from .lm import run_name
 
 PRESETS = ("gpu-mix", "smoke-mix")  # the gated recipe and its CPU twin
-DEFAULT_PRESET = "gpu-mix"
+DEFAULT_PRESET = "gpu-mix"  # with CUDA
+CPU_PRESET = "smoke-mix"  # without: gpu-mix (5500 steps up to 4096 tokens) is GPU-sized
 PART = "main"  # the experiment's part whose runs are probed (every pattern at 6 layers)
+
+
+def default_preset(device: str | torch.device) -> str:
+    """The preset ``eval probe`` trains when given none: gpu-mix on CUDA, its CPU twin on any
+    other ``device`` (no CUDA, or ``--device cpu``)."""
+    return DEFAULT_PRESET if torch.device(device).type == "cuda" else CPU_PRESET
 
 
 def train_runs(
