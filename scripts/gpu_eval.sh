@@ -8,6 +8,7 @@
 #   SPEED=auto OUT=$OUT bash scripts/gpu_eval.sh       # the same, compile if measured faster
 #   OUT=$OUT bash scripts/gpu_eval.sh ruler 560        # next call, machine still warm: RULER
 #                                                      # continues the lm runs in $WORK/lm
+#                                                      # (RULER_LM=base: those of LM_DIR=base)
 #   OUT=$OUT bash scripts/gpu_eval.sh probe 560        # = scripts/gpu_probe.sh after the
 #                                                      # corpus; better: gpu_probe.sh alone
 #
@@ -111,6 +112,7 @@ DEVICE=${DEVICE:-cuda}
 SPEED=${SPEED:-}
 LM_DIR=${LM_DIR:-lm}  # the lm part's runs: $WORK/$LM_DIR (base: a continued-pretraining base)
 INIT_FROM=${INIT_FROM:-}  # continued pretraining from $WORK/$INIT_FROM/full-s<seed>
+RULER_LM=${RULER_LM:-lm}  # the lm runs RULER continues: $WORK/$RULER_LM (base: LM_DIR=base's)
 SPEED_MIN=${SPEED_MIN:-}  # SPEED=auto's threshold (default: powerattn.eval.campaign.MIN_SPEEDUP)
 mkdir -p "$OUT" "$WORK"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -282,7 +284,7 @@ if has ruler; then
     [ "$PRESET" = tiny ] && RULER_TASKS=${RULER_TASKS:-niah_single,vt} && RSTEPS=${RULER_STEPS:-3}
     echo "== ruler: seeds $RSEEDS, $RSTEPS steps per run, ${RULER_SAMPLES:-50} samples per task," \
         "${S}s, speed options: ${TRAIN_SPEED:-none}"
-    timeout "$S" $E ruler --train --lm-runs "$WORK/lm" --out "$WORK/ruler" --preset "$PRESET" \
+    timeout "$S" $E ruler --train --lm-runs "$WORK/${RULER_LM:-lm}" --out "$WORK/ruler" --preset "$PRESET" \
         --seeds "$RSEEDS" --hybrid --steps "$RSTEPS" --samples "${RULER_SAMPLES:-50}" --jobs "$JOBS" \
         ${RULER_TASKS:+--tasks $RULER_TASKS} ${TRAIN_SPEED:+--speed $TRAIN_SPEED} \
         --device "$DEVICE" --deadline $((S * 55 / 100)) \

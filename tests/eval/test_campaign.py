@@ -96,6 +96,29 @@ def test_results_from_a_base_call_go_to_lm_base(tmp_path):
     assert got == json.loads((committed / "lm" / "summary.json").read_text())
 
 
+def test_results_skip_a_link_in_runs_tgz(tmp_path):
+    """A runs.tgz holding a link (``lm -> /tmp/eval/base``, made on the GPU machine to point
+    RULER at LM_DIR=base's runs) is read: the link is skipped (tarfile's ``data`` filter
+    refuses absolute links, which read as "not a tar archive" before), the real runs count."""
+    import tarfile
+    from pathlib import Path
+
+    from powerattn.commands import eval as eval_cmd
+
+    committed = Path(__file__).resolve().parents[2] / "results"
+    out, root = tmp_path / "out", tmp_path / "results"
+    out.mkdir()
+    with tarfile.open(out / "runs.tgz", "w:gz") as tar:
+        tar.add(committed / "lm" / campaign.PER_RUN, arcname="base")
+        link = tarfile.TarInfo("lm")
+        link.type, link.linkname = tarfile.SYMTYPE, "/tmp/eval/base"
+        tar.addfile(link)
+    assert eval_cmd.main(["results", "--from", str(out), "--root", str(root)]) == 0
+    assert not (root / "lm").exists()
+    got = json.loads((root / "lm-base" / "summary.json").read_text())
+    assert got == json.loads((committed / "lm" / "summary.json").read_text())
+
+
 def _ruler_runs(averages, n=40, seeds=(0,), **override):
     """Hybrid runs (full attention only plain) whose every sample scores 1 with the model's
     probability ``averages[pattern]``, the same hits for every seed (tasks vt and cwe)."""

@@ -50,6 +50,15 @@ KEEP_SUFFIXES = (".json", ".jsonl", ".log", ".txt")  # what of a run is committe
 PER_RUN = "per_run"  # results/<area>/per_run/: the runs' outputs (.gitignore has runs/)
 
 
+def _files_and_folders(member, path: str):
+    """tarfile's ``data`` filter, links skipped: a link in a runs.tgz (e.g. ``lm -> base``
+    made on the GPU machine to point one part at another's runs) names machine paths; the
+    runs are the real folders."""
+    import tarfile
+
+    return None if member.issym() or member.islnk() else tarfile.data_filter(member, path)
+
+
 def unpack_runs(source: str | Path, root: str | Path) -> list[Path]:
     """Copy the runs' outputs of a GPU call into ``root/<area>/per_run`` (:data:`AREAS`; each area
     present in ``source`` replaces that area's old runs) and the call's ``log.txt`` and
@@ -69,7 +78,7 @@ def unpack_runs(source: str | Path, root: str | Path) -> list[Path]:
         if tgz.is_file():
             try:
                 with tarfile.open(tgz) as tar:
-                    tar.extractall(tmp, filter="data")
+                    tar.extractall(tmp, filter=_files_and_folders)
             except tarfile.TarError:
                 raise ValueError(
                     f"{tgz} is not a runs.tgz (not a tar archive); give the GPU call's output "
