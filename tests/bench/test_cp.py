@@ -69,3 +69,63 @@ def test_cp_budget_skips_lengths(tmp_path, one_rank):
     assert out["measurements"] == [] and "scaling_points" not in out
     assert out["skipped"] == [{"seq_len": 256, "why": "time budget"},
                               {"seq_len": 512, "why": "time budget"}]  # fmt: skip
+
+
+@pytest.fixture
+def spied(monkeypatch):
+    """``bench cp`` with the check stubbed (records its length) and the timings' arguments
+    recorded; ``--budget-s 0`` then skips every length, so nothing slow runs."""
+    monkeypatch.setattr(flex, "STATIC_VARIANTS", flex.STATIC_VARIANTS)
+    monkeypatch.setitem(cp._DEV, "type", cp._DEV["type"])
+    seen: dict = {}
+
+    def check(S, pattern, methods):
+        seen["check_len"] = S
+        return {m: {"pass": True} for m in methods}
+
+    def timing(seq_lens, pattern, methods, iters, *rest):
+        seen["seq_lens"], seen["iters"] = list(seq_lens), iters
+        return real_timing(seq_lens, pattern, methods, iters, *rest)
+
+    real_timing = cp.timing_benchmark
+    monkeypatch.setattr(cp, "check", check)
+    monkeypatch.setattr(cp, "timing_benchmark", timing)
+    yield seen
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_cp_cpu_defaults_are_small(one_rank, spied, monkeypatch):
+    from powerattn.cli import main
+
+    monkeypatch.setattr(cp.torch.cuda, "is_available", lambda: False)
+    for argv in (["--device", "cpu"], []):  # asked for, or no CUDA
+        assert main(["bench", "cp", *argv, "--budget-s", "0"]) == 0
+        assert spied == {"check_len": 512, "seq_lens": [1024], "iters": 2}
+        spied.clear()
+    argv = [
+        "bench",
+        "cp",
+        "--device",
+        "cpu",
+        "--budget-s",
+        "0",
+        "--seq-lens",
+        "256",
+        "--iters",
+        "3",
+    ]
+    assert main(argv) == 0
+    assert spied == {"check_len": 512, "seq_lens": [256], "iters": 3}
+
+
+def test_cp_without_torchrun_runs_as_one_process(tmp_path, spied, monkeypatch, capsys):
+    from powerattn.cli import main
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    argv = ["bench", "cp", "--device", "cpu", "--budget-s", "0", "--json", str(tmp_path / "c.json")]
+    assert main(argv) == 0
+    assert "not under torchrun, running as one process" in capsys.readouterr().err
+    out = json.loads((tmp_path / "c.json").read_text())
+    assert out["world_size"] == 1 and out["skipped"] == [{"seq_len": 1024, "why": "time budget"}]

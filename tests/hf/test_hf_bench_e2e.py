@@ -31,7 +31,7 @@ def test_bench_e2e_plumbing(tmp_path, capsys):
     }
     assert all("error" not in r and r["decode_steps"] == 2 for r in doc["results"])
     assert "power(block_size=16" in doc["variants"]["power"]
-    assert "full layers [0, 1]" in doc["variants"]["hybrid"]  # 2 of every 7 with 2 layers
+    assert "full layers [1]" in doc["variants"]["hybrid"]  # 2 of every 7 would be both layers
     assert set(doc["profiles"]) == {"full_decode8_96", "power_decode8_96", "power_prefill_96"}
     text = (tmp_path / "prof.txt").read_text()
     assert text.count("=====") == 3 and text.count("Self CPU time total") == 3  # every table

@@ -29,6 +29,10 @@ FlexAttention runs its dynamic-shape compiled kernel for every call here
 (``flex.STATIC_VARIANTS = 0``), so that one compile serves all lengths; the numbers of
 bench kernel use static compiles (~30% faster in training, per flex.py). Results are written
 to ``--json`` after every measurement; ``--budget-s`` skips what would start after it.
+
+On the CPU (``--device cpu``, the default without CUDA) the lengths and iterations default to
+a dry run of the flow (:data:`CPU_DEFAULTS`, under a minute); started without torchrun it
+runs as one process (world size 1: nothing travels), saying so on stderr.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import socket
+import sys
 import time
 import traceback
 from typing import Any
@@ -60,6 +66,14 @@ from ..validate import add_list_argument, positive_int
 from . import runner
 
 HQ, HKV, D = 28, 4, 128
+# The flags whose default depends on the device: the GPU's measure long contexts; on the CPU
+# (gloo) the check's float32 reference at 128K alone would take hours.
+GPU_DEFAULTS: dict[str, Any] = {
+    "check_len": 131072,
+    "seq_lens": (262144, 524288, 1048576),
+    "iters": 5,
+}
+CPU_DEFAULTS: dict[str, Any] = {"check_len": 512, "seq_lens": (1024,), "iters": 2}
 # "cuda" under torchrun on GPUs; "cpu" (gloo) for a dry run of the whole flow (--device cpu).
 _DEV = {"type": "cuda"}
 
@@ -378,16 +392,51 @@ def torch_ring_benchmark(seq_lens, iters: int, budget_left, skipped: list) -> ru
 
 
 # --------------------------------------------------------------------------------- main
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the device (CUDA when present, else the CPU) and the flags left unset with
+    :data:`GPU_DEFAULTS` or, on the CPU, :data:`CPU_DEFAULTS` (in place; returned)."""
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    defaults = CPU_DEFAULTS if args.device == "cpu" else GPU_DEFAULTS
+    for flag, value in defaults.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, list(value) if isinstance(value, tuple) else value)
+    return args
+
+
+def _init_process_group(backend: str) -> None:
+    """torchrun's group from its environment; without torchrun (no ``RANK``), a group of
+    this one process, so that a plain ``powerattn bench cp`` runs instead of failing."""
+    timeout = datetime.timedelta(seconds=300)
+    if "RANK" in os.environ:
+        dist.init_process_group(backend, timeout=timeout)
+        return
+    with socket.socket() as s:  # a free port for the one-process store
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    print(
+        "bench cp: not under torchrun, running as one process (world size 1: nothing is "
+        "communicated); use torchrun --nproc-per-node N for N ranks",
+        file=sys.stderr,
+        flush=True,
+    )
+    dist.init_process_group(
+        backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1, timeout=timeout
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     from ..ops import flex
 
+    resolve_defaults(args)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device here (use --device cpu for a dry run)")
     flex.STATIC_VARIANTS = 0  # one dynamic-shape compile for every length (see docstring)
     _DEV["type"] = args.device
     if args.device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    backend = "nccl" if args.device == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=300))
+    _init_process_group("nccl" if args.device == "cuda" else "gloo")
     world, rank = dist.get_world_size(), dist.get_rank()
     pattern = get_pattern("power", block_size=256, window=5, sink=1)
     methods = {
@@ -465,23 +514,74 @@ def run(args: argparse.Namespace) -> int:
     return rc
 
 
+def _both(flag: str) -> str:
+    """``flag``'s defaults as help text: the GPU's, then the CPU's."""
+
+    def text(value: Any) -> str:
+        return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+    return f"default: {text(GPU_DEFAULTS[flag])} on CUDA, {text(CPU_DEFAULTS[flag])} on the CPU"
+
+
+# Plain text for --help (the module docstring is reST, for the API docs).
+DESCRIPTION = (
+    "Context-parallel attention on several GPUs, run on every rank under torchrun (e.g. "
+    "python3 -m torch.distributed.run --standalone --nproc-per-node 2 -m powerattn.bench.cp "
+    "--json cp.json). One attention layer of Qwen2-7B shape (28 query heads, 4 K/V heads, "
+    "head dim 128, bf16, batch 1), the sequence split over the ranks. First a correctness "
+    "check at --check-len tokens against single-GPU attention in float32; then, per --seq-lens "
+    "length, forward and forward+backward ms, peak memory and bytes received per rank for "
+    "our plan (only the K/V blocks the pattern reads), the all-gather baseline, and the "
+    "transfers alone; PyTorch's own ring context parallelism (dense causal) at "
+    "--torch-cp-lens. Defaults depend on the device: on CUDA, 128K check and 256K-1M "
+    "lengths; on the CPU (--device cpu, or no CUDA), a gloo dry run of the flow at 512 and "
+    "1024 tokens. Without torchrun it runs as one process (world size 1)."
+)
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--check-len", type=positive_int, default=131072, help="default 128K")
-    add_list_argument(p, "--seq-lens", positive_int, default=[262144, 524288, 1048576])
-    add_list_argument(
-        p, "--torch-cp-lens", positive_int, default=[262144],
-        help="lengths at which PyTorch's ring CP (dense causal) is timed",
-    )  # fmt: skip
-    p.add_argument("--iters", type=positive_int, default=5)
     p.add_argument(
-        "--budget-s", type=float, default=200.0, help="start no measurement after this many seconds"
+        "--check-len",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"tokens of the correctness check ({_both('check_len')})",
     )
-    p.add_argument("--json", metavar="PATH")
+    add_list_argument(
+        p,
+        "--seq-lens",
+        positive_int,
+        default=None,
+        metavar="N",
+        help=f"sequence lengths timed, split over the ranks ({_both('seq_lens')})",
+    )
+    add_list_argument(
+        p, "--torch-cp-lens", positive_int, default=[262144], metavar="N",
+        help="lengths at which PyTorch's ring CP (dense causal) is timed, CUDA only "
+        "(default: 262144)",
+    )  # fmt: skip
+    p.add_argument(
+        "--iters",
+        type=positive_int,
+        default=None,
+        help=f"timed iterations per measurement, median taken ({_both('iters')})",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=200.0,
+        metavar="S",
+        help="start no measurement after this many seconds (default 200)",
+    )
+    p.add_argument(
+        "--json", metavar="PATH", help="write the results as JSON (rewritten after each length)"
+    )
     p.add_argument(
         "--device",
         choices=("cuda", "cpu"),
-        default="cuda",
-        help="cpu: a dry run of the whole flow with gloo (tiny lengths; no PyTorch ring CP)",
+        default=None,
+        help="cuda (default when present) or cpu (default without CUDA): a dry run of the "
+        "whole flow with gloo (small lengths; no PyTorch ring CP)",
     )
 
 
@@ -489,15 +589,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "cp",
         help="context-parallel attention on several GPUs (run under torchrun)",
-        description=__doc__.split("\n\n")[0],
+        description=DESCRIPTION,
     )
     add_args(p)
     p.set_defaults(func=run)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="python -m powerattn.bench.cp", description=DESCRIPTION)
     add_args(parser)
     raise SystemExit(run(parser.parse_args()))

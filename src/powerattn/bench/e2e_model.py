@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 VARIANTS = ("full", "power", "sliding_window", "hybrid")
-HYBRID_RULE = "2 of every 7"
+HYBRID_RULE = "2 of every 7"  # the paper's hybrid: the last 2 of every 7 layers full
 
 
 @dataclass
@@ -68,8 +68,26 @@ def build_model(shape: ModelShape, device: torch.device, dtype: torch.dtype, max
     return model.eval()
 
 
-def variant_settings(name: str, block_size: int, budget_len: int) -> dict[str, Any] | None:
-    """``apply`` keyword arguments of a variant (``None``: transformers' sdpa)."""
+def hybrid_full_layers(num_layers: int) -> list[int]:
+    """The hybrid's full-attention layers: :data:`HYBRID_RULE`, except that a model
+    shallower than the rule's group keeps at least one sparse layer. At 2 layers the rule
+    would make both full (the hybrid row would be ``full`` under another name), so only the
+    last is; a 1-layer model has no hybrid (``ValueError``)."""
+    from ..transformers import full_layers_from_rule
+
+    if num_layers < 2:
+        raise ValueError(
+            f"hybrid needs at least 2 layers (one sparse, one full); the model has {num_layers}"
+        )
+    full = full_layers_from_rule(HYBRID_RULE, num_layers)
+    return full if len(full) < num_layers else full[1:]
+
+
+def variant_settings(
+    name: str, block_size: int, budget_len: int, num_layers: int | None = None
+) -> dict[str, Any] | None:
+    """``apply`` keyword arguments of a variant (``None``: transformers' sdpa);
+    ``num_layers`` sizes the hybrid (:func:`hybrid_full_layers`; ``None``: the bare rule)."""
     from ..patterns import equal_budget, get_pattern
 
     if name == "full":
@@ -78,23 +96,29 @@ def variant_settings(name: str, block_size: int, budget_len: int) -> dict[str, A
     if name == "power":
         return {"pattern": power}
     if name == "hybrid":
-        return {"pattern": power, "full_layers": HYBRID_RULE}
+        full = HYBRID_RULE if num_layers is None else hybrid_full_layers(num_layers)
+        return {"pattern": power, "full_layers": full}
     if name == "sliding_window":
         return {"pattern": equal_budget(budget_len, block_size)["sliding_window"]}
     raise ValueError(f"variant must be one of {VARIANTS}, got {name!r}")
 
 
 def set_variant(model, name: str, block_size: int, budget_len: int) -> str:
+    """Switch ``model`` to variant ``name``; returns its one-line description."""
     from .. import transformers as pt
 
-    kw = variant_settings(name, block_size, budget_len)
+    num_layers = model.config.num_hidden_layers
+    kw = variant_settings(name, block_size, budget_len, num_layers)
     if kw is None:
         model.set_attn_implementation("sdpa")
         return "sdpa (dense causal)"
     pt.apply(model, **kw)
     s = pt.get_settings(model.config)
     full = sorted(s.full_layers)
-    return s.pattern.describe() + (f", full layers {full}" if full else "")
+    desc = s.pattern.describe() + (f", full layers {full}" if full else "")
+    if name == "hybrid" and full != pt.full_layers_from_rule(HYBRID_RULE, num_layers):
+        desc += f" ({HYBRID_RULE} would make all {num_layers} layers full)"
+    return desc
 
 
 def _forward(model, ids: torch.Tensor, cache, cache_kw: str) -> torch.Tensor:

@@ -20,19 +20,62 @@ from .analysis import _add_pattern_args, pattern_from_args
 def _add_shape(p: argparse.ArgumentParser) -> None:
     d = LayerShape()
     g = p.add_argument_group("layer shape (default: Qwen2-7B, bf16)")
-    g.add_argument("--q-heads", type=positive_int, default=d.q_heads)
-    g.add_argument("--kv-heads", type=positive_int, default=d.kv_heads)
-    g.add_argument("--head-dim", type=positive_int, default=d.head_dim)
-    g.add_argument("--elem-bytes", type=positive_int, default=d.elem_bytes, help="2 for bf16")
+    g.add_argument(
+        "--q-heads",
+        type=positive_int,
+        default=d.q_heads,
+        help=f"query heads (default {d.q_heads})",
+    )
+    g.add_argument(
+        "--kv-heads",
+        type=positive_int,
+        default=d.kv_heads,
+        help=f"key/value heads, what travels (default {d.kv_heads})",
+    )
+    g.add_argument(
+        "--head-dim",
+        type=positive_int,
+        default=d.head_dim,
+        help=f"dimension per head (default {d.head_dim})",
+    )
+    g.add_argument(
+        "--elem-bytes",
+        type=positive_int,
+        default=d.elem_bytes,
+        help=f"bytes per element: 2 for bf16 (default {d.elem_bytes})",
+    )
     h = Hardware()
     g = p.add_argument_group("hardware model (default: H200 measurements of this project)")
     g.add_argument(
-        "--link-gb-s", type=float, default=h.link_gb_s, help="GB/s one direction inside a node"
+        "--link-gb-s",
+        type=float,
+        default=h.link_gb_s,
+        help=f"GB/s one direction inside a node (default {h.link_gb_s:g})",
     )
-    g.add_argument("--net-gb-s", type=float, default=h.net_gb_s, help="GB/s per GPU between nodes")
-    g.add_argument("--gpus-per-node", type=positive_int, default=h.gpus_per_node)
-    g.add_argument("--fwd-tflops", type=float, default=h.fwd_tflops)
-    g.add_argument("--train-tflops", type=float, default=h.train_tflops)
+    g.add_argument(
+        "--net-gb-s",
+        type=float,
+        default=h.net_gb_s,
+        help=f"GB/s per GPU between nodes (default {h.net_gb_s:g})",
+    )
+    g.add_argument(
+        "--gpus-per-node",
+        type=positive_int,
+        default=h.gpus_per_node,
+        help=f"GPUs per node: beyond it, transfers use the network (default {h.gpus_per_node})",
+    )
+    g.add_argument(
+        "--fwd-tflops",
+        type=float,
+        default=h.fwd_tflops,
+        help=f"attention forward throughput, TFLOP/s of attended pairs (default {h.fwd_tflops:g})",
+    )
+    g.add_argument(
+        "--train-tflops",
+        type=float,
+        default=h.train_tflops,
+        help=f"forward+backward throughput, TFLOP/s (default {h.train_tflops:g})",
+    )
 
 
 def _write_json(path: str, data) -> None:
@@ -109,9 +152,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_pattern_args(s)
     s.add_argument("--seq-len", type=positive_int, default=1 << 20, help="tokens (default 1M)")
     add_list_argument(
-        s, "--worlds", positive_int, default=[2, 4, 8, 16, 32, 64],
+        s,
+        "--worlds",
+        positive_int,
+        default=[2, 4, 8, 16, 32, 64],
         help="world sizes (default 2,4,8,16,32,64)",
-    )  # fmt: skip
+    )
     s.add_argument("--block-size", type=positive_int, help="tokens per block (default 256)")
     s.add_argument("--json", metavar="PATH", help="also write every number as JSON")
     s.add_argument("--plot", metavar="PATH", help="write the figure (.png/.pdf/.svg)")
