@@ -437,22 +437,11 @@ def _main(args: argparse.Namespace) -> int:
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the device (CUDA when present, else the CPU) and the flags left unset with
     :data:`GPU_DEFAULTS` or, on the CPU, :data:`CPU_DEFAULTS` (in place; returned)."""
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    defaults = CPU_DEFAULTS if args.device == "cpu" else GPU_DEFAULTS
-    for flag, value in defaults.items():
-        if getattr(args, flag) is None:
-            setattr(args, flag, list(value) if isinstance(value, tuple) else value)
-    return args
+    return runner.resolve_device_defaults(args, GPU_DEFAULTS, CPU_DEFAULTS)
 
 
 def _both(flag: str) -> str:
-    """``flag``'s defaults as help text: the GPU's, then the CPU's."""
-
-    def text(value: Any) -> str:
-        return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-    return f"default: {text(GPU_DEFAULTS[flag])} on CUDA, {text(CPU_DEFAULTS[flag])} on the CPU"
+    return runner.device_defaults_help(flag, GPU_DEFAULTS, CPU_DEFAULTS)
 
 
 def _variant(text: str) -> str:

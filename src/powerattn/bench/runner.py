@@ -313,3 +313,27 @@ def plot(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------ device-dependent flags
+def resolve_device_defaults(args: Any, gpu: Mapping[str, Any], cpu: Mapping[str, Any]) -> Any:
+    """Fill ``args.device`` (CUDA when present, else the CPU) and every flag of ``gpu`` /
+    ``cpu`` left ``None`` with the defaults of that device (in place; returned): a benchmark
+    sized for an H200 would run for hours on a CPU."""
+    import torch
+
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    for flag, value in (cpu if args.device == "cpu" else gpu).items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, list(value) if isinstance(value, tuple) else value)
+    return args
+
+
+def device_defaults_help(flag: str, gpu: Mapping[str, Any], cpu: Mapping[str, Any]) -> str:
+    """``flag``'s two defaults as help text: the GPU's, then the CPU's."""
+
+    def text(value: Any) -> str:
+        return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+    return f"default: {text(gpu[flag])} on CUDA, {text(cpu[flag])} on the CPU"
