@@ -142,11 +142,13 @@ def test_cli_constants_match_the_trainer():
     assert train_cmd.MIXED_PRECISION == trainer.MIXED_PRECISION
 
 
-def test_stop_at_in_one_process_keeps_a_checkpoint(tmp_path):
+def test_stop_at_in_one_process_keeps_a_checkpoint(tmp_path, capsys):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(CONFIG))
     argv = ["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]
     assert cli([*argv, "--stop-at", "1"]) == 0
+    assert cli([*argv, "--stop-at", "1"]) == 0  # resumed, nothing trained or logged
+    assert "{}" not in capsys.readouterr().out.splitlines()  # no empty metrics line
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 1
     assert not (tmp_path / "run" / "checkpoint.dcp").exists()  # the single-process path

@@ -50,7 +50,8 @@ several processes (data parallel x context parallel, FSDP2; docs/distributed.md)
 _PASSKEY_EPILOG = """\
 parts (each a list of runs; every run trains one model, then evaluates it):
   main    every pattern at the equal budget of the last length, same model and data
-  layers  power with the preset's smaller layer counts (accuracy vs receptive field)
+  layers  the preset's layer-sweep patterns (power; gpu-mix: power, sliding window,
+          stride slash) at smaller layer counts (accuracy vs receptive field)
   long    power vs stride slash trained to twice the length
 
 presets:
@@ -279,7 +280,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"powerattn train: error: {exc}; use another --out, or --fresh to discard it",
               file=sys.stderr)  # fmt: skip
         return 2
-    print(json.dumps(last))
+    if last:  # nothing logged after a resume of a finished run or a --stop-at
+        print(json.dumps(last))
     if trainer.interrupted:
         print(f"stopped by {trainer.interrupted} at step {trainer.step}: checkpoint saved; "
               "rerun the same command to resume")  # fmt: skip
@@ -352,7 +354,7 @@ def _train_distributed(args: argparse.Namespace, cfg) -> int:
                 print(f"powerattn train: error: {exc}; use another --out, or --fresh to "
                       "discard it", file=sys.stderr)  # fmt: skip
             return 2
-        if rank0:
+        if rank0 and last:
             print(json.dumps(last))
         if trainer.interrupted:
             if rank0:
