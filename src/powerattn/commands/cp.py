@@ -16,66 +16,31 @@ from ..distributed.scaling import Hardware, LayerShape, format_table, plot_scali
 from ..validate import add_list_argument, positive_int
 from .analysis import _add_pattern_args, pattern_from_args
 
+# (flag, type, help) per option; the default is the dataclass field of the flag's name.
+_SHAPE_ARGS = (
+    ("--q-heads", positive_int, "query heads"),
+    ("--kv-heads", positive_int, "key/value heads, what travels"),
+    ("--head-dim", positive_int, "dimension per head"),
+    ("--elem-bytes", positive_int, "bytes per element: 2 for bf16"),
+)
+_HARDWARE_ARGS = (
+    ("--link-gb-s", float, "GB/s one direction inside a node"),
+    ("--net-gb-s", float, "GB/s per GPU between nodes"),
+    ("--gpus-per-node", positive_int, "GPUs per node: beyond it, transfers use the network"),
+    ("--fwd-tflops", float, "attention forward throughput, TFLOP/s of attended pairs"),
+    ("--train-tflops", float, "forward+backward throughput, TFLOP/s"),
+)
+
 
 def _add_shape(p: argparse.ArgumentParser) -> None:
-    d = LayerShape()
-    g = p.add_argument_group("layer shape (default: Qwen2-7B, bf16)")
-    g.add_argument(
-        "--q-heads",
-        type=positive_int,
-        default=d.q_heads,
-        help=f"query heads (default {d.q_heads})",
-    )
-    g.add_argument(
-        "--kv-heads",
-        type=positive_int,
-        default=d.kv_heads,
-        help=f"key/value heads, what travels (default {d.kv_heads})",
-    )
-    g.add_argument(
-        "--head-dim",
-        type=positive_int,
-        default=d.head_dim,
-        help=f"dimension per head (default {d.head_dim})",
-    )
-    g.add_argument(
-        "--elem-bytes",
-        type=positive_int,
-        default=d.elem_bytes,
-        help=f"bytes per element: 2 for bf16 (default {d.elem_bytes})",
-    )
-    h = Hardware()
-    g = p.add_argument_group("hardware model (default: H200 measurements of this project)")
-    g.add_argument(
-        "--link-gb-s",
-        type=float,
-        default=h.link_gb_s,
-        help=f"GB/s one direction inside a node (default {h.link_gb_s:g})",
-    )
-    g.add_argument(
-        "--net-gb-s",
-        type=float,
-        default=h.net_gb_s,
-        help=f"GB/s per GPU between nodes (default {h.net_gb_s:g})",
-    )
-    g.add_argument(
-        "--gpus-per-node",
-        type=positive_int,
-        default=h.gpus_per_node,
-        help=f"GPUs per node: beyond it, transfers use the network (default {h.gpus_per_node})",
-    )
-    g.add_argument(
-        "--fwd-tflops",
-        type=float,
-        default=h.fwd_tflops,
-        help=f"attention forward throughput, TFLOP/s of attended pairs (default {h.fwd_tflops:g})",
-    )
-    g.add_argument(
-        "--train-tflops",
-        type=float,
-        default=h.train_tflops,
-        help=f"forward+backward throughput, TFLOP/s (default {h.train_tflops:g})",
-    )
+    for title, defaults, args in (
+        ("layer shape (default: Qwen2-7B, bf16)", LayerShape(), _SHAPE_ARGS),
+        ("hardware model (default: H200 measurements of this project)", Hardware(), _HARDWARE_ARGS),
+    ):
+        g = p.add_argument_group(title)
+        for flag, kind, text in args:
+            default = getattr(defaults, flag[2:].replace("-", "_"))
+            g.add_argument(flag, type=kind, default=default, help=f"{text} (default {default:g})")
 
 
 def _write_json(path: str, data) -> None:
