@@ -377,11 +377,12 @@ def _check_results(results: Path, runs: str | Path, force: bool) -> None:
 
 def _mark_results(results: Path, runs: str | Path) -> None:
     """Record which runs the summary came from (no record for RESULTS/per_run, the committed
-    layout: a machine's absolute path has no place there)."""
+    layout: a machine's absolute path has no place there), then name the folder's files."""
     from ..eval.campaign import PER_RUN
 
     if Path(runs).resolve() != (results / PER_RUN).resolve():
         (results / WRITTEN_FROM).write_text(f"{Path(runs).resolve()}\n")
+    _say_where(results)
 
 
 def _say_where(results: str | Path) -> None:
@@ -414,7 +415,6 @@ def _ppl(args: argparse.Namespace) -> int:
             print(f"failed runs (see {args.out}/lm-NAME.log): {failed}", file=sys.stderr)
     print(write_lm_results(runs, results))
     _mark_results(results, runs)
-    _say_where(results)
     return 0
 
 
@@ -511,7 +511,6 @@ def _ruler(args: argparse.Namespace) -> int:
             print(f"failed runs (see {args.out}/ruler-NAME.log): {failed}", file=sys.stderr)
     print(write_ruler_results(runs, results))
     _mark_results(results, runs)
-    _say_where(results)
     return 0
 
 
@@ -648,7 +647,6 @@ def _probe(args: argparse.Namespace) -> int:
             probe_runs.probe_run(run_dir, args.out, args.per_key, args.engine, args.device)
     print(write_probe_results(runs, results))
     _mark_results(results, runs)
-    _say_where(results)
     return 0
 
 
