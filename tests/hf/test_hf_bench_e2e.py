@@ -32,9 +32,14 @@ def test_bench_e2e_plumbing(tmp_path, capsys):
     assert all("error" not in r and r["decode_steps"] == 2 for r in doc["results"])
     assert "power(block_size=16" in doc["variants"]["power"]
     assert "full layers [1]" in doc["variants"]["hybrid"]  # 2 of every 7 would be both layers
-    assert set(doc["profiles"]) == {"full_decode8_96", "power_decode8_96", "power_prefill_96"}
+    assert set(doc["profiles"]) == {
+        "full_decode8_96",
+        "power_decode8_96",
+        "full_prefill_96",
+        "power_prefill_96",
+    }
     text = (tmp_path / "prof.txt").read_text()
-    assert text.count("=====") == 3 and text.count("Self CPU time total") == 3  # every table
+    assert text.count("=====") == 4 and text.count("Self CPU time total") == 4  # every table
     assert (
         "table"
         not in json.loads((tmp_path / "e2e.json").read_text())["profiles"]["full_decode8_96"]

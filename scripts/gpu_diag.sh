@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Issue 9's open diagnostics on nvidia-h200, in two calls of under 10 minutes each, with
+# FlashAttention-4 on PYTHONPATH (source .whl/cN/install.sh after the copy calls of
+# scripts/fa4_split.sh):
+#   A  the compiled static-cache decode as one graph on CUDA (tests/hf/compiled_decode_case.py
+#      with TORCH_LOGS=graph_breaks,recompiles: the whole log), then scripts/gpu_hf.sh (tests/hf
+#      on CUDA, the HF decode timing) and the decode split-count sweep;
+#   B  the 8K forward in the bench's own process (scripts/gpu_fwd8k.py), then bench e2e at 128K
+#      with full and power prefill both profiled (what the two share bounds the speed-up).
+# Usage (repository root, device machine): OUT=$OUT bash scripts/gpu_diag.sh A|B
+# Writes $OUT/diag_<part>.log and $OUT/diag_<part>.tgz (every file; the device returns 8).
+set -uo pipefail
+PART=${1:?part A or B}
+OUT=${OUT:-/tmp/powerattn-diag}
+WORK=/tmp/powerattn-diag-$PART
+mkdir -p "$OUT" "$WORK"
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+start=$(date +%s)
+step() { echo "== $1 ($(($(date +%s) - start)) s in)"; }
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+    python3 -c "import flash_attn.cute" 2>/dev/null && echo "flash_attn.cute importable" || echo "no flash_attn.cute"
+    case $PART in
+    A)
+        step "compiled static-cache decode case on CUDA"
+        POWERATTN_HF_DEVICE=cuda TORCH_LOGS=graph_breaks,recompiles PYTHONPATH="src:tests/hf:$PYTHONPATH" \
+            timeout 150 python3 tests/hf/compiled_decode_case.py >"$WORK/compiled_case.log" 2>&1
+        echo "compiled case: rc=$?"
+        tail -n 60 "$WORK/compiled_case.log"
+        step "gpu_hf.sh"
+        TEST_WORKERS=8 TEST_TIMEOUT=200 DECODE_TIMEOUT=150 OUT="$WORK/hf" bash scripts/gpu_hf.sh all
+        echo "gpu_hf: rc=$?"
+        step "split sweep"
+        OUT="$WORK/tune" timeout 90 python3 scripts/gpu_decode_tune.py --sweep splits
+        echo "split sweep: rc=$?"
+        ;;
+    B)
+        step "8K forward in the bench's process"
+        OUT="$WORK/fwd8k" timeout 200 python3 scripts/gpu_fwd8k.py
+        echo "fwd8k: rc=$?"
+        step "bench e2e at 128K, both prefills profiled"
+        timeout 330 python3 -m powerattn.cli bench e2e --seq-lens 131072 --variants full power \
+            --decode-steps 8 --static-batches 1 --static-steps 10 \
+            --json "$WORK/e2e128.json" --profile "$WORK/e2e128_profile.txt"
+        echo "e2e: rc=$?"
+        ;;
+    esac
+    step "done"
+} 2>&1 | tee "$WORK/diag.log"
+cp "$WORK/diag.log" "$OUT/diag_$PART.log"
+tar -czf "$OUT/diag_$PART.tgz" -C "$WORK" .
