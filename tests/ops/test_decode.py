@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import decode_cases
 import pytest
@@ -24,6 +25,7 @@ from powerattn.ops import decode
 from powerattn.ops.kvcache import sparse_attention_with_kvcache
 
 CASES = Path(__file__).with_name("decode_cases.py")
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def _ids(case) -> str:
@@ -376,6 +378,59 @@ def test_decode_graph_replays_cuda():
             torch.cuda.synchronize()
             torch.testing.assert_close(outs[i], sparse_attention(qs[i], k, v, pattern),
                                        rtol=0, atol=0)  # fmt: skip
+
+
+_REDUCE_OVERHEAD_CASE = """
+import torch
+from powerattn import get_pattern, sparse_attention
+g = torch.Generator(device="cuda").manual_seed(0)
+q = torch.randn(2, 8, 1, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+k, v = (torch.randn(2, 2, 3000, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+        for _ in range(2))
+pattern = get_pattern("power", block_size=64)
+step = torch.compile(lambda q: sparse_attention(q, k, v, pattern) * 2, mode="reduce-overhead")
+outs = [step(q).clone() for _ in range(4)]  # warm-up, recording, replays
+ref = sparse_attention(q, k, v, pattern) * 2
+for out in outs:
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA graphs")
+def test_decode_first_call_under_cudagraph_trees_cuda():
+    """The first decode call of a process inside Inductor's CUDA-graph trees (what
+    transformers' compiled static-cache step is): its warm-up run allocates from the graph's
+    pool, so nothing the process keeps may be allocated there (session 19 on the H200: the
+    graph-counter arena was, and the trees refused it). A fresh process, so that no earlier
+    call has made the arena; the replays equal the eager call bit for bit."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _REDUCE_OVERHEAD_CASE], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_arena_is_made_outside_the_calling_thread_on_cuda(monkeypatch):
+    """On CUDA the arena comes from a thread of its own (a CUDA-graph tree routes the calling
+    thread's allocations into its pool); on the CPU it is made in place."""
+    import threading
+
+    seen = []
+
+    def make():
+        seen.append(threading.get_ident())
+        return torch.zeros(3)
+
+    assert decode._outside_graph_pools(torch.device("cpu"), make).numel() == 3
+    assert seen == [threading.get_ident()]
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: SimpleNamespace(
+        synchronize=lambda: seen.append("synchronised")))  # fmt: skip
+    assert decode._outside_graph_pools(torch.device("cuda", 0), make).numel() == 3
+    assert seen[1] != threading.get_ident() and seen[2] == "synchronised"
 
 
 # ------------------------------------------------------------------------- the benchmark

@@ -57,6 +57,8 @@ import os
 import sys
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -544,7 +546,30 @@ def _workspace(
 def _reserve_graph_counters(device: torch.device) -> None:
     """Make ``device``'s zeroed counter arena for captured calls (call outside a capture)."""
     if device not in _graph_arenas:
-        _graph_arenas[device] = [torch.zeros(_GRAPH_COUNTERS, dtype=torch.int32, device=device), 0]
+        zeros = functools.partial(torch.zeros, _GRAPH_COUNTERS, dtype=torch.int32, device=device)
+        _graph_arenas[device] = [_outside_graph_pools(device, zeros), 0]
+
+
+def _outside_graph_pools(device: torch.device, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``make()``, for a tensor the process keeps, allocated from the ordinary CUDA pool.
+
+    Inductor's CUDA-graph trees (``mode="reduce-overhead"``; transformers' compiled static-cache
+    decode step) route every allocation of the current *thread* into a graph's private pool
+    during their warm-up runs, which are not captures; a tensor kept from there outlives the
+    run, and their check refuses it ("Detected 1 tensor(s) in the cudagraph pool not tracked
+    as outputs": the first decode step of a process, H200, session 19). A thread of its own
+    allocates from the ordinary pool; its stream is synchronised, so that the tensor is ready
+    for any stream. Not for use during a capture."""
+    if device.type != "cuda":
+        return make()
+
+    def run() -> torch.Tensor:
+        t = make()
+        torch.cuda.current_stream(device).synchronize()
+        return t
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(run).result()
 
 
 def _graph_counters(device: torch.device, n: int) -> torch.Tensor | None:
