@@ -30,6 +30,7 @@ def test_bench_e2e_plumbing(tmp_path, capsys):
         (v, n) for v in e2e.VARIANTS for n in (64, 96)
     }
     assert all("error" not in r and r["decode_steps"] == 2 for r in doc["results"])
+    assert all(r["prefill_first_s"] > 0 and r["prefill_s"] > 0 for r in doc["results"])
     assert "power(block_size=16" in doc["variants"]["power"]
     assert "full layers [1]" in doc["variants"]["hybrid"]  # 2 of every 7 would be both layers
     assert set(doc["profiles"]) == {

@@ -81,6 +81,7 @@ COLUMNS = (
     Column("variant", "variant", 15),
     Column("prefill_s", "TTFT s", 8, ".3f", align=">"),
     Column("x_full", "x full", 7, ".2f", "x", align=">"),
+    Column("prefill_first_s", "1st TTFT s", 10, ".3f", align=">"),
     Column("decode_ms_per_token", "decode ms/tok", 13, ".2f", align=">"),
     Column("pct_full", "% full", 7, ".0%", align=">"),
     Column("peak_gib", "peak GiB", 9, ".1f", align=">"),
