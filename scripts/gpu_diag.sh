@@ -6,8 +6,11 @@
 #      with TORCH_LOGS=graph_breaks,recompiles: the whole log), then scripts/gpu_hf.sh (tests/hf
 #      on CUDA, the HF decode timing) and the decode split-count sweep;
 #   B  the 8K forward in the bench's own process (scripts/gpu_fwd8k.py), then bench e2e at 128K
-#      with full and power prefill both profiled (what the two share bounds the speed-up).
-# Usage (repository root, device machine): OUT=$OUT bash scripts/gpu_diag.sh A|B
+#      with full and power prefill both profiled (what the two share bounds the speed-up);
+#   C  the checks of the fixes that A and B led to: the first decode of a process under
+#      CUDA-graph trees (tests/ops, tests/hf and the compiled case on CUDA), then bench e2e at
+#      128K with the TTFT taken on the second prompt of the length (prefill_first_s: the first).
+# Usage (repository root, device machine): OUT=$OUT bash scripts/gpu_diag.sh A|B|C
 # Writes $OUT/diag_<part>.log and $OUT/diag_<part>.tgz (every file; the device returns 8).
 set -uo pipefail
 PART=${1:?part A or B}
@@ -41,6 +44,27 @@ step() { echo "== $1 ($(($(date +%s) - start)) s in)"; }
         echo "fwd8k: rc=$?"
         step "bench e2e at 128K, both prefills profiled"
         timeout 330 python3 -m powerattn.cli bench e2e --seq-lens 131072 --variants full power \
+            --decode-steps 8 --static-batches 1 --static-steps 10 \
+            --json "$WORK/e2e128.json" --profile "$WORK/e2e128_profile.txt"
+        echo "e2e: rc=$?"
+        ;;
+    C)
+        step "the first decode under CUDA-graph trees, then tests/hf on CUDA"
+        POWERATTN_HF_DEVICE=cuda PYTHONPATH="src:tests/hf:$PYTHONPATH" \
+            timeout 120 python3 tests/hf/compiled_decode_case.py >"$WORK/compiled_case.log" 2>&1
+        echo "compiled case: rc=$?"
+        tail -n 5 "$WORK/compiled_case.log"
+        timeout 150 python3 -m pytest -q -p no:cacheprovider tests/ops/test_decode.py \
+            -k "cudagraph_trees or graph_replays or public_and_compiled or arena" \
+            >"$WORK/ops_tests.log" 2>&1
+        echo "tests/ops decode graph tests: rc=$?"
+        tail -n 3 "$WORK/ops_tests.log"
+        POWERATTN_HF_DEVICE=cuda timeout 200 python3 -m pytest -q -n 8 -p no:cacheprovider tests/hf \
+            --deselect tests/hf/test_hf_bench_e2e.py::test_bench_e2e_plumbing >"$WORK/hf_tests.log" 2>&1
+        echo "tests/hf on CUDA: rc=$?"
+        grep -E "^(FAILED|ERROR)|passed|failed" "$WORK/hf_tests.log" | tail -n 20
+        step "bench e2e at 128K, TTFT on the second prompt"
+        timeout 300 python3 -m powerattn.cli bench e2e --seq-lens 131072 --variants full power \
             --decode-steps 8 --static-batches 1 --static-steps 10 \
             --json "$WORK/e2e128.json" --profile "$WORK/e2e128_profile.txt"
         echo "e2e: rc=$?"
