@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -34,18 +35,8 @@ from powerattn import get_pattern, sparse_attention
 from powerattn.bench import kernel as bk
 from powerattn.ops import flex as ops_flex
 
-
-def gpu_ms(fn, n: int = 50) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(n):
-        fn()
-    b.record()
-    torch.cuda.synchronize()
-    return a.elapsed_time(b) / n
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu_host_isolate import gpu_ms  # noqa: E402  (back-to-back GPU ms per call)
 
 
 def host_ms(fn, n: int = 50) -> float:
