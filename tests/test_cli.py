@@ -332,3 +332,21 @@ def test_import_and_cli_stay_light():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "[]", res.stdout
+
+
+def test_gpu_preset_on_cpu_says_so(capsys, monkeypatch):
+    """A gpu* preset where no GPU will run it prints a note naming the CPU preset; the CPU
+    presets and an explicit CUDA device print none."""
+    import torch
+
+    from powerattn.commands.train import warn_gpu_preset_on_cpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    warn_gpu_preset_on_cpu("train", "gpu-mix", None)
+    assert "--preset cpu is the CPU preset" in capsys.readouterr().err
+    warn_gpu_preset_on_cpu("experiment passkey", "gpu", "auto")
+    assert "--preset smoke is the CPU preset" in capsys.readouterr().err
+    for preset, device in (("cpu", None), ("smoke", "cpu"), ("gpu", "cuda"), (None, None)):
+        warn_gpu_preset_on_cpu("train", preset, device)
+        assert capsys.readouterr().err == ""

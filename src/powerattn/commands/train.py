@@ -239,6 +239,22 @@ def train_preset(name: str, pattern: str = "power"):
     raise ValueError(f"preset must be one of {TRAIN_PRESETS}, got {name!r}")
 
 
+def warn_gpu_preset_on_cpu(command: str, preset: str | None, device: str | None) -> None:
+    """A ``gpu*`` preset where no GPU will run it: say so on stderr (it runs, for hours)."""
+    if not (preset or "").startswith("gpu") or (device or "").startswith("cuda"):
+        return
+    import torch
+
+    if device in (None, "auto") and torch.cuda.is_available():
+        return
+    small = "cpu" if command == "train" else "smoke"
+    print(
+        f"powerattn {command}: note: preset {preset!r} is sized for an H200 and will run on the "
+        f"CPU here for hours; --preset {small} is the CPU preset",
+        file=sys.stderr,
+    )
+
+
 def _train(args: argparse.Namespace) -> int:
     from ..training import Trainer, load_config
     from ..training.trainer import CheckpointMismatchError
@@ -246,6 +262,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.config and args.preset:
         print("powerattn train: error: give --config or --preset, not both", file=sys.stderr)
         return 2
+    warn_gpu_preset_on_cpu("train", args.preset, args.device)
     pattern = args.pattern or "power"
     cfg = load_config(args.config) if args.config else train_preset(args.preset or "cpu", pattern)
     if args.pattern:
@@ -408,6 +425,8 @@ def _passkey(args: argparse.Namespace) -> int:
         import time
 
         stop_time = time.time() + args.deadline
+    if not args.only:  # a worker of --jobs: its parent has said it
+        warn_gpu_preset_on_cpu("experiment passkey", args.preset, None)
     try:
         run_experiment(
             args.preset,
