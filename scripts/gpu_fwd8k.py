@@ -7,15 +7,15 @@
    auto), each timed three ways: the bench's ``_bench`` (do_bench: an L2 flush, then events
    around each call), back-to-back GPU time, and host time per call.
 3. torch.profiler over 20 do_bench-like iterations of each (flush, event, call, event), with a
-   per-iteration breakdown: host time from the flush's launch to the attention kernel's
-   launch, the GPU gap between the flush's end and the kernel's start, and the kernel time.
-   Key averages and the chrome traces go to $OUT.
+   per-iteration breakdown: the GPU gap between the flush's end and the call's first kernel
+   (host time the GPU waits for), the call's kernels and their time. Key averages (host time
+   per op) and the chrome traces go to $OUT.
 
 Correctness first: ours' output equals flex_flash's to bf16 noise (same kernel, same mask).
 
     source <FA4 install> && PYTHONPATH=src:$PYTHONPATH OUT=$OUT python3 scripts/gpu_fwd8k.py
 
-About a minute. Writes $OUT/fwd8k.json, fwd8k_bench.json, fwd8k_<method>_trace.json.
+About a minute. Writes $OUT/fwd8k.json, fwd8k_bench.json, fwd8k_<method>_trace.json and _ops.txt.
 """
 
 from __future__ import annotations
@@ -166,7 +166,6 @@ def main() -> None:
             f"{med('span_us')} us; kernels of one call: {one}"
         )
         (out / "fwd8k.json").write_text(json.dumps(report, indent=1, default=str))
-    (out / "fwd8k.json").write_text(json.dumps(report, indent=1, default=str))
 
 
 if __name__ == "__main__":
