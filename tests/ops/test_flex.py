@@ -178,6 +178,72 @@ def test_pick_kernel_follows_flash_unsupported(monkeypatch):
     assert flex.pick_kernel(q, pattern) == "flex"
 
 
+def _route_flash(monkeypatch, sq, sk, *, direct=True):
+    """Where flex_sparse_attention sends backend='flash' (flash_unsupported mocked to None):
+    ``("fa4", block mask)`` for the direct FlashAttention-4 call, ``("flex", options)`` for the
+    compiled FlexAttention function; neither runs (no GPU here)."""
+    calls = []
+    monkeypatch.setattr(flex, "flash_unsupported", lambda q, p: None)
+    monkeypatch.setattr(flex, "FLASH_DIRECT", direct)
+
+    def fa4(q, k, v, bm, scale, need_lse):
+        calls.append(("fa4", bm))
+        return q, None
+
+    def compiled(dynamic):
+        def fn(q, k, v, bm, scale, gqa, options, aux):
+            calls.append(("flex", options))
+            return q
+
+        return fn
+
+    monkeypatch.setattr(flex, "fa4_attention", fa4)
+    monkeypatch.setattr(flex, "_compiled_fn", compiled)
+    monkeypatch.setattr(flex, "_static_signatures", set())
+    pattern = get_pattern("power", block_size=256)
+    q, k, v = _inputs(4, 2, sq, sk)
+    flex.flex_sparse_attention(q, k, v, pattern, 0.125, need_lse=False, kernel="flash")
+    return calls, pattern
+
+
+def test_flash_prefill_calls_flashattention4_directly(monkeypatch):
+    """Eager Sq == Sk: FlashAttention-4 itself, with the pattern's cached BlockMask; chunks
+    (Sq < Sk) and FLASH_DIRECT off go through FlexAttention's FLASH backend."""
+    calls, pattern = _route_flash(monkeypatch, 384, 384)
+    assert [c[0] for c in calls] == ["fa4"]
+    assert calls[0][1] is flex.block_mask_for(pattern, 384, 384, DEVICE)
+    calls, _ = _route_flash(monkeypatch, 128, 384)
+    assert [c[0] for c in calls] == ["flex"]
+    calls, _ = _route_flash(monkeypatch, 384, 384, direct=False)
+    assert [c[0] for c in calls] == ["flex"]
+
+
+def test_fa4_tile_lists_follow_the_block_mask():
+    """Forward: key-side lists (partial tiles -> FlashAttention-4's mask blocks, full tiles ->
+    its full blocks); backward: the query side; built once per mask."""
+    import collections
+
+    from powerattn.ops import fa4
+
+    tensors = collections.namedtuple(
+        "Tensors", "mask_block_cnt mask_block_idx full_block_cnt full_block_idx block_size"
+    )
+    tensors.__new__.__defaults__ = (None,)
+    bm = flex.block_mask_for(get_pattern("power", block_size=256), 1000, 1000, "cpu")
+    fwd, bwd = fa4.sparse_tensors(bm, tensors)
+    assert fwd.mask_block_cnt is bm.kv_num_blocks and fwd.mask_block_idx is bm.kv_indices
+    assert fwd.full_block_cnt is bm.full_kv_num_blocks
+    assert fwd.full_block_idx is bm.full_kv_indices
+    assert bwd.mask_block_cnt is bm.q_num_blocks and bwd.full_block_idx is bm.full_q_indices
+    assert fwd.block_size == bwd.block_size == (flex.TILE, flex.TILE)
+    # Tiles align with 256-token blocks: the partial tiles are exactly the diagonal ones,
+    # which is why causal=True is the whole token predicate of the direct call.
+    n = bm.kv_num_blocks.shape[-1]
+    assert bm.kv_num_blocks.flatten().tolist() == [1] * n
+    assert bm.kv_indices[0, 0, :, 0].tolist() == list(range(n))
+    assert fa4.sparse_tensors(bm, tensors)[0] is fwd
+
+
 # --------------------------------------------------------------- CUDA: both kernels, both compiles
 
 CUDA_SMALL = {  # long-range parameters that differ from full within a few 256-token blocks
@@ -222,15 +288,20 @@ def _check_kernel(pattern, kernel, sq, sk, dtype, seed, Hq=8, Hkv=2, D=128):
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA kernels (CPU: selection tests above)")
-@pytest.mark.parametrize("kernel", ["flex", "flash"])
+@pytest.mark.parametrize("kernel", ["flex", "flash", "flash_via_flex"])
 @pytest.mark.parametrize("name", ["power", "sliding_window", "stride_slash", "dilated", "longnet"])
-def test_cuda_kernels_match_reference(name, kernel):
+def test_cuda_kernels_match_reference(name, kernel, monkeypatch):
     """Every pattern through each kernel ``auto`` may pick, prefill and a chunk whose offset
-    is not a tile multiple (padded queries), GQA 4, bf16 and fp16."""
+    is not a tile multiple (padded queries), GQA 4, bf16 and fp16. ``flash``'s prefill calls
+    FlashAttention-4 directly; ``flash_via_flex`` reaches it through FlexAttention's FLASH
+    backend (FLASH_DIRECT off), the path of chunks and compiled callers."""
     pattern = get_pattern(name, block_size=256, **CUDA_SMALL[name])
     q = torch.empty(1, 1, 1, 128, dtype=torch.bfloat16, device="cuda")
-    if kernel == "flash" and flex.flash_unsupported(q, pattern):
+    if kernel != "flex" and flex.flash_unsupported(q, pattern):
         pytest.skip(f"flash: {flex.flash_unsupported(q, pattern)}")
+    if kernel == "flash_via_flex":
+        monkeypatch.setattr(flex, "FLASH_DIRECT", False)
+        kernel = "flash"
     for i, (sq, sk, dtype) in enumerate(
         [(2333, 2333, torch.bfloat16), (300, 2333, torch.float16), (1024, 1024, torch.float16)]
     ):

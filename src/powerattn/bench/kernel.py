@@ -17,7 +17,9 @@ Methods (``method`` in the JSON):
 * ``flex_flash``: the same with ``kernel_options={"BACKEND": "FLASH"}`` (FlashAttention-4;
   only where ``flash_attn.cute`` imports and the GPU is SM90/SM100, else a note says why);
 * ``ours``: :func:`powerattn.sparse_attention` with ``backend="auto"`` (``backend`` says which
-  kernel it chose); ``ours_flex``: ours forced to the Triton kernel, when auto chose FLASH.
+  kernel it chose); ``ours_flex``: ours forced to the Triton kernel, when auto chose FLASH;
+  ``ours_flash_flex``: ours with FlashAttention-4 reached through FlexAttention's FLASH
+  backend (``ops.flex.FLASH_DIRECT`` off), beside ``ours`` calling it directly.
 
 Times are medians of CUDA-event timings (``triton.testing.do_bench``; calls over 20 ms: the
 median of 3). TFLOP/s count the attended token pairs only (4 * pairs * D * Hq for the forward,
@@ -119,7 +121,14 @@ PLOT = Plot(
     xlabel="sequence length (tokens)",
     ylabel="ms (log)",
 )
-PREFILL_METHODS = ("dense_cudnn", "flex_static", "flex_flash", "ours", "ours_flex")
+PREFILL_METHODS = (
+    "dense_cudnn",
+    "flex_static",
+    "flex_flash",
+    "ours",
+    "ours_flex",
+    "ours_flash_flex",
+)
 
 
 def benchmark(cfg: KernelBenchConfig) -> Benchmark:
@@ -306,10 +315,18 @@ def _measure_prefill(method, case, pattern, st, bm_flex):
     chosen = api._pick_backend(q, k, v, pattern, False)
     if method == "ours":
         backend = chosen
-    elif chosen == "flash":  # ours_flex: ours forced to the Triton kernel, next to FLASH
-        backend = "flex"
-    else:
+    elif chosen != "flash":
         raise Skip()
+    elif method == "ours_flex":  # ours forced to the Triton kernel, next to FLASH
+        backend = "flex"
+    else:  # ours_flash_flex: FlashAttention-4 through FlexAttention, next to the direct call
+        direct = ops_flex.FLASH_DIRECT
+        ops_flex.FLASH_DIRECT = False
+        try:
+            res = timed("flash", lambda: api.sparse_attention(q, k, v, pattern), st["flops"])
+        finally:
+            ops_flex.FLASH_DIRECT = direct
+        return {**res, "backend": "flash_flex"}
     return timed(
         backend, lambda: api.sparse_attention(q, k, v, pattern, backend=backend), st["flops"]
     )

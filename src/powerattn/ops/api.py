@@ -2,9 +2,11 @@
 
 Backends (``backend=``):
 
-* ``"flash"`` -- FlexAttention's FlashAttention-4 kernels with the analytic BlockMask
+* ``"flash"`` -- FlashAttention-4's kernels with the analytic BlockMask's tile lists
   (Hopper/Blackwell GPUs with ``flash-attn-4`` installed: ``pip install 'powerattn[fa4]'``;
-  16-bit inputs; block sizes that are multiples of 128). Forward and backward.
+  16-bit inputs; block sizes that are multiples of 128). Forward and backward. Eager calls
+  with ``Sq == Sk`` call FlashAttention-4 directly (:mod:`powerattn.ops.fa4`); chunks and
+  calls inside a user's ``torch.compile`` go through FlexAttention's FLASH backend.
 * ``"flex"`` -- FlexAttention's Triton kernels with the analytic BlockMask (CUDA; CPU through
   its compiled C++ kernel). Forward and backward, any ``Sq <= Sk``.
 * ``"decode"`` -- one Triton kernel that reads only the attended key blocks (CUDA, or CPU

@@ -5,8 +5,10 @@ Two kernels run the same analytic BlockMask:
 * ``"flash"`` -- FlexAttention's FlashAttention-4 (CuTe DSL) kernels,
   ``kernel_options={"BACKEND": "FLASH"}``: Hopper (SM90) and Blackwell (SM100) GPUs with
   ``flash-attn-4`` installed (``pip install 'powerattn[fa4]'``), 16-bit inputs, pattern blocks
-  that are multiples of the 128-token tile (the default 256). :func:`flash_unsupported`
-  says why it cannot serve an input; ``backend="auto"`` then uses:
+  that are multiples of the 128-token tile (the default 256). An eager call with
+  ``Sq == Sk`` skips FlexAttention and calls FlashAttention-4 itself with the same tile lists
+  (:mod:`.fa4`, :data:`FLASH_DIRECT`). :func:`flash_unsupported` says why it cannot serve an
+  input; ``backend="auto"`` then uses:
 * ``"flex"`` -- FlexAttention's Triton kernels (any CUDA GPU; on the CPU its C++ kernel,
   forward only).
 
@@ -55,6 +57,7 @@ except ImportError:  # pragma: no cover - older torch
 
 from ..patterns import Pattern
 from .checks import needs_grad
+from .fa4 import fa4_attention
 from .layout import tile_entries
 
 # FlexAttention tile (its BlockMask BLOCK_SIZE). 128 is what its GPU kernels are tuned for;
@@ -73,6 +76,9 @@ KERNELS = ("flash", "flex")
 # FlashAttention-4 runs on these compute capabilities (major): Hopper and Blackwell.
 FLASH_CAPABILITIES = (9, 10)
 FLASH_DTYPES = (torch.float16, torch.bfloat16)
+# backend="flash" with Sq == Sk, called eagerly: FlashAttention-4 directly (:mod:`.fa4`);
+# False routes it through FlexAttention's FLASH backend like chunks (benchmarks compare both).
+FLASH_DIRECT = True
 
 
 def _flex_static(q, k, v, block_mask, scale, enable_gqa, kernel_options, return_aux):
@@ -467,6 +473,12 @@ def flex_sparse_attention(
             f"{tuple(block_mask.BLOCK_SIZE)}; these inputs need block_mask_for(pattern, {Sq}, "
             f"{Sk}, device) (tiles of {TILE})"
         )
+    compiling = torch.compiler.is_compiling()
+    if kernel == "flash" and FLASH_DIRECT and Sq == Sk and not compiling and not _raw:
+        # Eager prefill/training: FlashAttention-4 itself, without the compiled FlexAttention
+        # call around it (host time; see .fa4). Chunks and traced calls go on below.
+        bm = block_mask if block_mask is not None else block_mask_for(pattern, Sq, Sk, q.device)
+        return fa4_attention(q, k, v, bm, scale, need_lse)
     on_cpu = q.device.type == "cpu"
     if on_cpu and need_lse:
         raise ValueError("backend='flex' cannot return the lse on the CPU")
@@ -482,7 +494,6 @@ def flex_sparse_attention(
         if pad:
             q = F.pad(q, (0, 0, pad, 0))
     gqa = q.shape[1] != k.shape[1]
-    compiling = torch.compiler.is_compiling()
     if compiling and kernel == "flash" and need_lse:
         # The lse scale of FlashAttention-4 is measured eagerly (_flash_lse_scale), which a
         # trace cannot do: inside a user's compile an lse comes from the Triton kernels.
