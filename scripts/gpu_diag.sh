@@ -10,7 +10,11 @@
 #   C  the checks of the fixes that A and B led to: the first decode of a process under
 #      CUDA-graph trees (tests/ops, tests/hf and the compiled case on CUDA), then bench e2e at
 #      128K with the TTFT taken on the second prompt of the length (prefill_first_s: the first).
-# Usage (repository root, device machine): OUT=$OUT bash scripts/gpu_diag.sh A|B|C
+#   D  (session 20) the CUDA operator suite with FlashAttention-4 called directly (ops.fa4)
+#      and through FlexAttention, beside the compiled static-cache decode case (one graph?),
+#      then tests/hf on CUDA; the benchmark follows in its own call (gpu_kernel.sh bench);
+#   E  bench e2e at 128K, both prefills profiled (prefill through the direct FA4 call).
+# Usage (repository root, device machine): OUT=$OUT bash scripts/gpu_diag.sh A|B|C|D|E
 # Writes $OUT/diag_<part>.log and $OUT/diag_<part>.tgz (every file; the device returns 8).
 set -uo pipefail
 PART=${1:?part A or B}
@@ -66,6 +70,32 @@ step() { echo "== $1 ($(($(date +%s) - start)) s in)"; }
         step "bench e2e at 128K, TTFT on the second prompt"
         timeout 300 python3 -m powerattn.cli bench e2e --seq-lens 131072 --variants full power \
             --decode-steps 8 --static-batches 1 --static-steps 10 \
+            --json "$WORK/e2e128.json" --profile "$WORK/e2e128_profile.txt"
+        echo "e2e: rc=$?"
+        ;;
+    D)
+        step "compiled static-cache decode case (background) and the CUDA operator suite"
+        POWERATTN_HF_DEVICE=cuda TORCH_LOGS=recompiles PYTHONPATH="src:tests/hf:$PYTHONPATH" \
+            timeout 200 python3 tests/hf/compiled_decode_case.py >"$WORK/compiled_case.log" 2>&1 &
+        case_pid=$!
+        timeout 300 python3 -m pytest -q -n 4 -p no:cacheprovider --maxfail=20 \
+            tests/ops/test_flex.py tests/ops/test_sparse_attention.py tests/ops/test_decode.py \
+            tests/ops/test_bench_kernel.py >"$WORK/ops_tests.log" 2>&1
+        echo "tests/ops on CUDA: rc=$?"
+        grep -E "^(FAILED|ERROR)|passed|failed" "$WORK/ops_tests.log" | tail -n 30
+        wait $case_pid
+        echo "compiled case: rc=$?"
+        grep -v Warning "$WORK/compiled_case.log" | tail -n 12
+        step "tests/hf on CUDA"
+        POWERATTN_HF_DEVICE=cuda timeout 200 python3 -m pytest -q -n 8 -p no:cacheprovider tests/hf \
+            --deselect tests/hf/test_hf_bench_e2e.py::test_bench_e2e_plumbing >"$WORK/hf_tests.log" 2>&1
+        echo "tests/hf on CUDA: rc=$?"
+        grep -E "^(FAILED|ERROR)|passed|failed" "$WORK/hf_tests.log" | tail -n 20
+        ;;
+    E)
+        step "bench e2e at 128K, both prefills profiled"
+        timeout "${E2E_TIMEOUT:-330}" python3 -m powerattn.cli bench e2e --seq-lens 131072 \
+            --variants full power --decode-steps 8 --static-batches 1 --static-steps 10 \
             --json "$WORK/e2e128.json" --profile "$WORK/e2e128_profile.txt"
         echo "e2e: rc=$?"
         ;;
