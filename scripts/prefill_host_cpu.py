@@ -13,6 +13,10 @@ so that it runs without a GPU:
   tensors through a trivial ``autograd.Function`` (so that ``backward`` runs), and the
   FlashAttention-4 lse factor is 1.
 
+* since session 20 an eager ``flash`` prefill calls FlashAttention-4 directly (``ops.fa4``):
+  its ``flash_attn_func`` is stubbed the same way; the ``FLASH_DIRECT off`` rows take the
+  FlexAttention path as before.
+
 Our wrapper has no ``autograd.Function`` of its own on this path: the backward is
 FlexAttention's compiled one. The fwd+bwd case therefore adds only the autograd engine's
 work on the stub, the same for every tree; the "stub alone" rows are what the plain
@@ -101,7 +105,20 @@ def _stub(q, k, v, block_mask, scale, enable_gqa, kernel_options, return_aux):
     return (out, _Aux(lse)) if "return_aux" in return_aux else (out, lse)
 
 
-def _cases(sa, p, s: int, d: int) -> dict:
+def _stub_fa4(q, k, v, *, return_lse=False, **kw):
+    """``flash_attn_func`` stubbed: FlashAttention-4's ``(B, S, H, D)`` views in, an output of
+    that shape out (and an lse when asked for)."""
+    out = _StubAttention.apply(q, k, v)
+    lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+    return out, lse if return_lse else None
+
+
+class _Tensors(tuple):
+    def __new__(cls, *args, block_size=None):
+        return super().__new__(cls, (*args, block_size))
+
+
+def _cases(sa, p, s: int, d: int, flex=None) -> dict:
     """The calls to time at ``s`` tokens (Qwen2-7B heads), each a no-argument function."""
     q = torch.empty(1, 28, s, d, dtype=torch.bfloat16, requires_grad=True)
     k = torch.empty(1, 4, s, d, dtype=torch.bfloat16, requires_grad=True)
@@ -119,6 +136,16 @@ def _cases(sa, p, s: int, d: int) -> dict:
     def stub():
         return _stub(q, k, v, None, 0.1, True, None, {})
 
+    def via_flex(fn):  # FlashAttention-4 reached through FlexAttention (the pre-session-20 path)
+        def call():
+            flex.FLASH_DIRECT = False
+            try:
+                return fn()
+            finally:
+                flex.FLASH_DIRECT = True
+
+        return call
+
     return {
         "stub alone (fwd, grad)": stub,
         'sparse_attention(q, k, v, "power") fwd, grad': lambda: sa(q, k, v, "power"),
@@ -129,6 +156,8 @@ def _cases(sa, p, s: int, d: int) -> dict:
         "... no grad, return_lse=True": lambda: sa(qn, kn, vn, p, return_lse=True),
         "stub alone fwd+bwd": fwd_bwd(stub),
         'sparse_attention(q, k, v, "power") fwd+bwd': fwd_bwd(lambda: sa(q, k, v, "power")),
+        "... FLASH_DIRECT off: fwd, grad": via_flex(lambda: sa(q, k, v, "power")),
+        "... FLASH_DIRECT off: no grad": via_flex(lambda: sa(qn, kn, vn, p)),
     }
 
 
@@ -172,6 +201,10 @@ def main() -> int:
     flex._flash_importable = True
     flex._flash_lse_scale = lambda index: 1.0
     flex._compiled.update(static=_stub, dynamic=_stub)
+    try:  # trees since session 20: FlashAttention-4 called directly for Sq == Sk
+        importlib.import_module("powerattn.ops.fa4")._fa4.update(func=_stub_fa4, tensors=_Tensors)
+    except ImportError:
+        pass
     torch.compile  # noqa: B018 - the stub replaces what _compiled_fn would build
 
     sa = powerattn.sparse_attention
@@ -183,7 +216,7 @@ def main() -> int:
         f"{args.calls} calls; compiled flex_attention stubbed"
     ]
     for s in map(int, args.lengths.split(",")):
-        cases = _cases(sa, p, s, args.head_dim)
+        cases = _cases(sa, p, s, args.head_dim, flex)
         for fn in cases.values():  # builds and caches the BlockMasks, checks the stub path
             fn()
         if args.profile:
