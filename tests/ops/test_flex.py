@@ -203,18 +203,18 @@ def _route_flash(monkeypatch, sq, sk, *, direct=True):
     pattern = get_pattern("power", block_size=256)
     q, k, v = _inputs(4, 2, sq, sk)
     flex.flex_sparse_attention(q, k, v, pattern, 0.125, need_lse=False, kernel="flash")
-    return calls, pattern
+    return calls, pattern, q.device
 
 
 def test_flash_prefill_calls_flashattention4_directly(monkeypatch):
     """Eager Sq == Sk: FlashAttention-4 itself, with the pattern's cached BlockMask; chunks
     (Sq < Sk) and FLASH_DIRECT off go through FlexAttention's FLASH backend."""
-    calls, pattern = _route_flash(monkeypatch, 384, 384)
+    calls, pattern, device = _route_flash(monkeypatch, 384, 384)
     assert [c[0] for c in calls] == ["fa4"]
-    assert calls[0][1] is flex.block_mask_for(pattern, 384, 384, DEVICE)
-    calls, _ = _route_flash(monkeypatch, 128, 384)
+    assert calls[0][1] is flex.block_mask_for(pattern, 384, 384, device)  # cuda:0, not cuda
+    calls, *_ = _route_flash(monkeypatch, 128, 384)
     assert [c[0] for c in calls] == ["flex"]
-    calls, _ = _route_flash(monkeypatch, 384, 384, direct=False)
+    calls, *_ = _route_flash(monkeypatch, 384, 384, direct=False)
     assert [c[0] for c in calls] == ["flex"]
 
 
