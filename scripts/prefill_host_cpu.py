@@ -202,7 +202,8 @@ def main() -> int:
     flex._flash_lse_scale = lambda index: 1.0
     flex._compiled.update(static=_stub, dynamic=_stub)
     try:  # trees since session 20: FlashAttention-4 called directly for Sq == Sk
-        importlib.import_module("powerattn.ops.fa4")._fa4.update(func=_stub_fa4, tensors=_Tensors)
+        fa4 = importlib.import_module("powerattn.ops.fa4")
+        fa4._fa4.update(func=_stub_fa4, tensors=_Tensors, causal=None)
     except ImportError:
         pass
     torch.compile  # noqa: B018 - the stub replaces what _compiled_fn would build

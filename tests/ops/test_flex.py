@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from powerattn import get_pattern, reference_attention
-from powerattn.ops import api, flex
+from powerattn.ops import api, fa4, flex
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -223,8 +223,6 @@ def test_fa4_tile_lists_follow_the_block_mask():
     its full blocks); backward: the query side; built once per mask."""
     import collections
 
-    from powerattn.ops import fa4
-
     tensors = collections.namedtuple(
         "Tensors", "mask_block_cnt mask_block_idx full_block_cnt full_block_idx block_size"
     )
@@ -288,20 +286,23 @@ def _check_kernel(pattern, kernel, sq, sk, dtype, seed, Hq=8, Hkv=2, D=128):
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA kernels (CPU: selection tests above)")
-@pytest.mark.parametrize("kernel", ["flex", "flash", "flash_via_flex"])
+@pytest.mark.parametrize("kernel", ["flex", "flash", "flash_causal_flag", "flash_via_flex"])
 @pytest.mark.parametrize("name", ["power", "sliding_window", "stride_slash", "dilated", "longnet"])
 def test_cuda_kernels_match_reference(name, kernel, monkeypatch):
     """Every pattern through each kernel ``auto`` may pick, prefill and a chunk whose offset
     is not a tile multiple (padded queries), GQA 4, bf16 and fp16. ``flash``'s prefill calls
-    FlashAttention-4 directly; ``flash_via_flex`` reaches it through FlexAttention's FLASH
-    backend (FLASH_DIRECT off), the path of chunks and compiled callers."""
+    FlashAttention-4 directly (a causal ``mask_mod``; ``flash_causal_flag``: its ``causal``
+    flag instead); ``flash_via_flex`` reaches it through FlexAttention's FLASH backend
+    (FLASH_DIRECT off), the path of chunks and compiled callers."""
     pattern = get_pattern(name, block_size=256, **CUDA_SMALL[name])
     q = torch.empty(1, 1, 1, 128, dtype=torch.bfloat16, device="cuda")
     if kernel != "flex" and flex.flash_unsupported(q, pattern):
         pytest.skip(f"flash: {flex.flash_unsupported(q, pattern)}")
     if kernel == "flash_via_flex":
         monkeypatch.setattr(flex, "FLASH_DIRECT", False)
-        kernel = "flash"
+    if kernel == "flash_causal_flag":
+        monkeypatch.setattr(fa4, "CAUSAL_MASK_MOD", False)
+    kernel = kernel.split("_")[0]
     for i, (sq, sk, dtype) in enumerate(
         [(2333, 2333, torch.bfloat16), (300, 2333, torch.float16), (1024, 1024, torch.float16)]
     ):
