@@ -242,6 +242,38 @@ def test_fa4_tile_lists_follow_the_block_mask():
     assert fa4.sparse_tensors(bm, tensors)[0] is fwd
 
 
+@pytest.mark.parametrize("mask_mod", [False, True])
+def test_fa4_call_is_assembled_as_flashattention4_expects(monkeypatch, mask_mod):
+    """(B, S, H, D) views in, the output's view back in (B, H, S, D); the tile lists of the
+    mask both ways; causality by the flag or by the mask_mod, never both (FlashAttention-4
+    drops ``causal`` when a ``mask_mod`` is given)."""
+    import collections
+
+    seen = {}
+
+    def func(q, k, v, **kw):
+        seen.update(q=q, k=k, **kw)
+        return torch.zeros(q.shape), torch.zeros(q.shape[0], q.shape[2], q.shape[1])
+
+    tensors = collections.namedtuple("Tensors", "cnt idx full_cnt full_idx block_size")
+    causal = object()
+    monkeypatch.setattr(fa4, "_fa4", {"func": func, "tensors": tensors, "causal": causal})
+    monkeypatch.setattr(fa4, "CAUSAL_MASK_MOD", mask_mod)
+    q, k, v = _inputs(4, 2, 300, 300)
+    bm = flex.block_mask_for(get_pattern("power", block_size=256), 300, 300, "cpu")
+    out, lse = fa4.fa4_attention(q, k, v, bm, 0.125, need_lse=True)
+    assert seen["q"].shape == (2, 300, 4, 64) and seen["k"].shape == (2, 300, 2, 64)
+    assert seen["q"].data_ptr() == q.data_ptr()  # a view, no copy
+    assert out.shape == q.shape and lse.shape == (2, 4, 300)
+    assert seen["block_sparse_tensors"].cnt is bm.kv_num_blocks
+    assert seen["block_sparse_tensors_bwd"].cnt is bm.q_num_blocks
+    assert seen["softmax_scale"] == 0.125 and seen["return_lse"] is True
+    if mask_mod:
+        assert seen["mask_mod"] is causal and "causal" not in seen
+    else:
+        assert seen["causal"] is True and "mask_mod" not in seen
+
+
 # --------------------------------------------------------------- CUDA: both kernels, both compiles
 
 CUDA_SMALL = {  # long-range parameters that differ from full within a few 256-token blocks
@@ -286,22 +318,22 @@ def _check_kernel(pattern, kernel, sq, sk, dtype, seed, Hq=8, Hkv=2, D=128):
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA kernels (CPU: selection tests above)")
-@pytest.mark.parametrize("kernel", ["flex", "flash", "flash_causal_flag", "flash_via_flex"])
+@pytest.mark.parametrize("kernel", ["flex", "flash", "flash_maskmod", "flash_via_flex"])
 @pytest.mark.parametrize("name", ["power", "sliding_window", "stride_slash", "dilated", "longnet"])
 def test_cuda_kernels_match_reference(name, kernel, monkeypatch):
     """Every pattern through each kernel ``auto`` may pick, prefill and a chunk whose offset
     is not a tile multiple (padded queries), GQA 4, bf16 and fp16. ``flash``'s prefill calls
-    FlashAttention-4 directly (a causal ``mask_mod``; ``flash_causal_flag``: its ``causal``
-    flag instead); ``flash_via_flex`` reaches it through FlexAttention's FLASH backend
-    (FLASH_DIRECT off), the path of chunks and compiled callers."""
+    FlashAttention-4 directly (its ``causal`` flag; ``flash_maskmod``: a causal CuTe
+    ``mask_mod`` instead); ``flash_via_flex`` reaches it through FlexAttention's FLASH
+    backend (FLASH_DIRECT off), the path of chunks and compiled callers."""
     pattern = get_pattern(name, block_size=256, **CUDA_SMALL[name])
     q = torch.empty(1, 1, 1, 128, dtype=torch.bfloat16, device="cuda")
     if kernel != "flex" and flex.flash_unsupported(q, pattern):
         pytest.skip(f"flash: {flex.flash_unsupported(q, pattern)}")
     if kernel == "flash_via_flex":
         monkeypatch.setattr(flex, "FLASH_DIRECT", False)
-    if kernel == "flash_causal_flag":
-        monkeypatch.setattr(fa4, "CAUSAL_MASK_MOD", False)
+    if kernel == "flash_maskmod":
+        monkeypatch.setattr(fa4, "CAUSAL_MASK_MOD", True)
     kernel = kernel.split("_")[0]
     for i, (sq, sk, dtype) in enumerate(
         [(2333, 2333, torch.bfloat16), (300, 2333, torch.float16), (1024, 1024, torch.float16)]

@@ -5,8 +5,8 @@ graph: every call pays Dynamo's cache lookup and Inductor's wrapper on top of
 FlashAttention-4's own Python launch. At 8K a forward is host-bound on the H200 (session 19:
 the kernel ran 9 % faster than FlexAttention-FLASH's while the call took 43 % longer,
 results/kernel/README.md), so the one lever left was the host path: this module hands the
-analytic BlockMask's tile lists to ``flash_attn.cute.flash_attn_func`` with a causal
-``mask_mod`` and no compile of ours.
+analytic BlockMask's tile lists to ``flash_attn.cute.flash_attn_func``, causal, with no
+compile of ours.
 
 Why causality is the whole token predicate: the path is taken only when every 128-token
 tile lies inside one pattern block pair (:func:`~powerattn.ops.flex.tiles_align`) and
@@ -15,11 +15,13 @@ plain causality (the same reasoning that lets the FlexAttention path share one c
 ``mask_mod`` among every pattern). Chunks (``Sq < Sk``) and calls inside a user's
 ``torch.compile`` keep FlexAttention's FLASH path (it is traceable; this one is not).
 
-How causality is asked for (:data:`CAUSAL_MASK_MOD`): a CuTe ``mask_mod`` (``kv <= q``) with
-``causal=False``, as FlexAttention asks, or ``causal=True``. Both give bit-identical
-outputs; on the H200 the ``mask_mod`` forward was 3-5 % faster at 8K-128K (``causal=True``
+How causality is asked for (:data:`CAUSAL_MASK_MOD`): FlashAttention-4's ``causal=True``
+(the default: the CUDA suite and the benchmark ran it), or a CuTe ``mask_mod`` (``kv <= q``)
+with ``causal=False``, as FlexAttention asks. On the H200 the two gave bit-identical
+outputs at 8K-128K (B=1, bf16) and the ``mask_mod`` forward was 3-5 % faster (``causal=True``
 selects a longest-processing-time-first tile order, built for dense causal work), forward +
-backward within 1 % either way (session 20, ``scripts/gpu_fa4_variants.py``).
+backward within 1 % either way (session 20, ``scripts/gpu_fa4_variants.py``). It becomes the
+default once the CUDA suite has run it (fp16, batches, odd lengths; DEVELOPERS.md).
 
 FlashAttention-4 wants ``(B, S, H, D)``: the transposes below are views (its
 ``maybe_contiguous`` copies only a tensor whose layout its kernels cannot read), and the
@@ -34,8 +36,9 @@ from collections import OrderedDict
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-# Causality as a CuTe mask_mod (True) or as FlashAttention-4's causal flag (False).
-CAUSAL_MASK_MOD = True
+# Causality as a CuTe mask_mod (True) or as FlashAttention-4's causal flag (False, the
+# variant the CUDA suite has verified; see the module docstring).
+CAUSAL_MASK_MOD = False
 
 # Block-sparse tile lists per BlockMask (both directions), FlashAttention-4's named tuples:
 # built once per cached mask, not per call (host time is what this path is for).
