@@ -23,8 +23,10 @@ bounds checks and pick tile configs per length, which the earlier single dynamic
 variant could not (it cost ~30% in training on the H200). After :data:`STATIC_VARIANTS`
 distinct signatures in a process (training on many lengths), further Triton calls go to a
 second, dynamic-shape compiled function, so a long tail of lengths never recompiles per
-length. FlashAttention-4 compiles static shapes only; beyond the budget those calls use the
-dynamic Triton function too. In static variants the query offset ``Sk - Sq`` is a Python int
+length. FlashAttention-4 through FlexAttention compiles static shapes only; beyond the
+budget those calls (chunks, ``FLASH_DIRECT`` off) use the dynamic Triton function too; the
+direct FlashAttention-4 call (:mod:`.fa4`) compiles per head layout, never per length.
+In static variants the query offset ``Sk - Sq`` is a Python int
 (FlashAttention-4's CuTe mask cannot read captured tensors); in the dynamic one it is a
 captured 0-dim tensor, so a new offset does not recompile.
 
