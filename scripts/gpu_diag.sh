@@ -24,6 +24,18 @@ mkdir -p "$OUT" "$WORK"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 start=$(date +%s)
 step() { echo "== $1 ($(($(date +%s) - start)) s in)"; }
+hf_tests() {  # tests/hf on CUDA (8 workers), failures printed
+    POWERATTN_HF_DEVICE=cuda timeout 200 python3 -m pytest -q -n 8 -p no:cacheprovider tests/hf \
+        --deselect tests/hf/test_hf_bench_e2e.py::test_bench_e2e_plumbing >"$WORK/hf_tests.log" 2>&1
+    echo "tests/hf on CUDA: rc=$?"
+    grep -E "^(FAILED|ERROR)|passed|failed" "$WORK/hf_tests.log" | tail -n 20
+}
+e2e128() {  # bench e2e at 128K, full and power, both prefills profiled; $1: timeout (s)
+    timeout "$1" python3 -m powerattn.cli bench e2e --seq-lens 131072 --variants full power \
+        --decode-steps 8 --static-batches 1 --static-steps 10 \
+        --json "$WORK/e2e128.json" --profile "$WORK/e2e128_profile.txt"
+    echo "e2e: rc=$?"
+}
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
@@ -47,10 +59,7 @@ step() { echo "== $1 ($(($(date +%s) - start)) s in)"; }
         OUT="$WORK/fwd8k" timeout 200 python3 scripts/gpu_fwd8k.py
         echo "fwd8k: rc=$?"
         step "bench e2e at 128K, both prefills profiled"
-        timeout 330 python3 -m powerattn.cli bench e2e --seq-lens 131072 --variants full power \
-            --decode-steps 8 --static-batches 1 --static-steps 10 \
-            --json "$WORK/e2e128.json" --profile "$WORK/e2e128_profile.txt"
-        echo "e2e: rc=$?"
+        e2e128 330
         ;;
     C)
         step "the first decode under CUDA-graph trees, then tests/hf on CUDA"
@@ -63,15 +72,9 @@ step() { echo "== $1 ($(($(date +%s) - start)) s in)"; }
             >"$WORK/ops_tests.log" 2>&1
         echo "tests/ops decode graph tests: rc=$?"
         tail -n 3 "$WORK/ops_tests.log"
-        POWERATTN_HF_DEVICE=cuda timeout 200 python3 -m pytest -q -n 8 -p no:cacheprovider tests/hf \
-            --deselect tests/hf/test_hf_bench_e2e.py::test_bench_e2e_plumbing >"$WORK/hf_tests.log" 2>&1
-        echo "tests/hf on CUDA: rc=$?"
-        grep -E "^(FAILED|ERROR)|passed|failed" "$WORK/hf_tests.log" | tail -n 20
+        hf_tests
         step "bench e2e at 128K, TTFT on the second prompt"
-        timeout 300 python3 -m powerattn.cli bench e2e --seq-lens 131072 --variants full power \
-            --decode-steps 8 --static-batches 1 --static-steps 10 \
-            --json "$WORK/e2e128.json" --profile "$WORK/e2e128_profile.txt"
-        echo "e2e: rc=$?"
+        e2e128 300
         ;;
     D)
         step "compiled static-cache decode case (background) and the CUDA operator suite"
@@ -87,17 +90,11 @@ step() { echo "== $1 ($(($(date +%s) - start)) s in)"; }
         echo "compiled case: rc=$?"
         grep -v Warning "$WORK/compiled_case.log" | tail -n 12
         step "tests/hf on CUDA"
-        POWERATTN_HF_DEVICE=cuda timeout 200 python3 -m pytest -q -n 8 -p no:cacheprovider tests/hf \
-            --deselect tests/hf/test_hf_bench_e2e.py::test_bench_e2e_plumbing >"$WORK/hf_tests.log" 2>&1
-        echo "tests/hf on CUDA: rc=$?"
-        grep -E "^(FAILED|ERROR)|passed|failed" "$WORK/hf_tests.log" | tail -n 20
+        hf_tests
         ;;
     E)
         step "bench e2e at 128K, both prefills profiled"
-        timeout "${E2E_TIMEOUT:-330}" python3 -m powerattn.cli bench e2e --seq-lens 131072 \
-            --variants full power --decode-steps 8 --static-batches 1 --static-steps 10 \
-            --json "$WORK/e2e128.json" --profile "$WORK/e2e128_profile.txt"
-        echo "e2e: rc=$?"
+        e2e128 "${E2E_TIMEOUT:-330}"
         ;;
     esac
     step "done"
