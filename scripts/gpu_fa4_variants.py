@@ -13,9 +13,12 @@ shapes (B=1, Hq=28, Hkv=4, D=128, bf16, pattern ``power``):
   (``kv <= q``);
 * ``via_flex``: ours with ``FLASH_DIRECT = False``.
 
-Correctness first: every variant's output (and at 8K its gradients) against ``via_flex``'s
-and against a float32 SDPA with the pattern's dense mask at 8K. Then medians of the bench's
-``_bench`` (CUDA events, L2 flush) for the forward and forward + backward.
+The session 20 run (code ``190f807``) wrote its own copy of that call and mask; the
+script now calls :func:`powerattn.ops.fa4.fa4_attention` with ``CAUSAL_MASK_MOD`` set
+either way (the same arguments). Correctness first: every variant's output (and at 8K its
+gradients) against ``via_flex``'s and against a float32 SDPA with the pattern's dense mask at
+8K. Then medians of the bench's ``_bench`` (CUDA events, L2 flush) for the forward and
+forward + backward.
 
     source .whl/cN/install.sh && OUT=$OUT PYTHONPATH=src:$PYTHONPATH \
         python3 scripts/gpu_fa4_variants.py
@@ -32,17 +35,9 @@ import torch.nn.functional as F
 
 
 def main() -> int:
-    import cutlass.cute as cute
-    from flash_attn.cute import flash_attn_func
-    from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
-
     from powerattn import get_pattern, sparse_attention
     from powerattn.bench.kernel import _bench
     from powerattn.ops import fa4, flex
-
-    @cute.jit
-    def causal_mask(batch, head, m_idx, n_idx, seqlen_info, aux_tensors):
-        return n_idx <= m_idx
 
     out_dir = os.environ.get("OUT", "/tmp/fa4-variants")
     os.makedirs(out_dir, exist_ok=True)
@@ -52,17 +47,16 @@ def main() -> int:
     result: dict = {"check": {}, "ms": {}}
 
     def variants(q, k, v, bm):
-        fwd, bwd = fa4.sparse_tensors(bm, BlockSparseTensorsTorch)
         scale = q.shape[-1] ** -0.5
 
-        def direct(**kw):
+        def direct(mask_mod: bool):  # ops.fa4's call, causality by the flag or the mask_mod
             def call():
-                out, _ = flash_attn_func(
-                    q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                    softmax_scale=scale, block_sparse_tensors=fwd,
-                    block_sparse_tensors_bwd=bwd, **kw,
-                )  # fmt: skip
-                return out.transpose(1, 2)
+                saved = fa4.CAUSAL_MASK_MOD
+                fa4.CAUSAL_MASK_MOD = mask_mod
+                try:
+                    return fa4.fa4_attention(q, k, v, bm, scale, need_lse=False)[0]
+                finally:
+                    fa4.CAUSAL_MASK_MOD = saved
 
             return call
 
@@ -74,8 +68,8 @@ def main() -> int:
                 flex.FLASH_DIRECT = True
 
         return {
-            "direct_causal": direct(causal=True),
-            "direct_maskmod": direct(causal=False, mask_mod=causal_mask),
+            "direct_causal": direct(False),
+            "direct_maskmod": direct(True),
             "via_flex": via_flex,
         }
 
